@@ -237,7 +237,7 @@ async fn connect_device(hub: Arc<HubUrl>, path: String) -> Result<WsStream, Conn
         Ok(r) => r,
         Err(_) => Err(ConnectError::Tcp {
             addr,
-            source: std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
+            error: std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
         }),
     }
 }
