@@ -33,6 +33,7 @@ pub mod session;
 pub mod shutdown;
 pub mod telemetry;
 pub mod upgrade;
+pub mod websocket;
 
 pub use config::Settings;
 pub use hub::Hub;
