@@ -21,6 +21,7 @@
 //! - [`server`] wires it together and owns the graceful [`shutdown`].
 
 pub mod config;
+pub mod dashboard;
 pub mod http;
 pub mod hub;
 pub mod metrics;

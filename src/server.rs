@@ -100,7 +100,10 @@ pub async fn run(
         completion: completion.clone(),
         ping_interval: Duration::from_millis(settings.server.ping_interval_ms),
     });
-    let routes = warp::service(crate::http::routes(hub.clone()));
+    let routes = warp::service(crate::http::routes(
+        hub.clone(),
+        settings.server.dashboard_dir.clone(),
+    ));
 
     tokio::spawn(sweep(hub.clone(), shutdown.clone(), completion.clone()));
 
