@@ -197,6 +197,8 @@ impl Device {
     /// Apply a command; returns the ack to send and what the transport must do.
     pub(crate) fn handle_command(&mut self, cmd: &Command) -> (Ack, Effect) {
         let (ack, effect) = command::apply(cmd, self.sensor.as_mut());
+        tracing::debug!(room = %self.spec.room, device = %self.spec.id, id = %cmd.id,
+            name = %cmd.name, ok = ack.ok, "command");
         if let Effect::SetInterval(d) = effect {
             self.interval = d;
         }

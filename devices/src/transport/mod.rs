@@ -106,3 +106,31 @@ pub(crate) fn next_sample_after(prev: Instant, interval: Duration) -> Instant {
         next
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_allows_a_burst_then_the_rate() {
+        let mut b = TokenBucket::new(100.0);
+        assert_eq!(b.available(), 200, "burst is twice the rate");
+        b.take(200);
+        assert_eq!(b.available(), 0);
+        let wait = b.ready_at(10) - Instant::now();
+        assert!(
+            wait >= Duration::from_millis(90) && wait <= Duration::from_millis(101),
+            "{wait:?}"
+        );
+    }
+
+    #[test]
+    fn a_late_sampler_skips_instead_of_bursting() {
+        let interval = Duration::from_millis(100);
+        let long_ago = Instant::now() - Duration::from_secs(5);
+        let next = next_sample_after(long_ago, interval);
+        assert!(next > Instant::now(), "no burst of missed samples");
+        let now = Instant::now();
+        assert_eq!(next_sample_after(now, interval), now + interval);
+    }
+}

@@ -168,7 +168,8 @@ async fn pump(mut eventloop: EventLoop, tx: mpsc::Sender<MqttEvent>) {
             },
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => MqttEvent::Written(pkid),
             Ok(_) => continue,
-            Err(_) => {
+            Err(error) => {
+                tracing::debug!(%error, "mqtt connection failed");
                 let _ = tx.send(MqttEvent::Failed).await;
                 return;
             }
@@ -338,6 +339,7 @@ pub(crate) async fn run_device(
             }
         }
         if lost {
+            tracing::debug!(room = %dev.spec.room, device = %dev.spec.id, "mqtt connection lost");
             let was_up = conn.take().is_some_and(|c| c.ready);
             flush_at = None;
             if was_up {

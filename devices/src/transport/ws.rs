@@ -319,14 +319,18 @@ pub(crate) async fn run_device(
                 connecting = None;
                 match res {
                     Ok(stream) => {
+                        tracing::debug!(room = %dev.spec.room, device = %dev.spec.id, "connected");
                         ws = Some(stream);
                         dev.connected();
                         backoff.reset();
                         want_flush = true;
                     }
-                    Err(_) => {
+                    Err(error) => {
                         dev.stats().connect_failure();
-                        retry_at = Some(Instant::now() + backoff.next_delay());
+                        let delay = backoff.next_delay();
+                        tracing::debug!(room = %dev.spec.room, device = %dev.spec.id, %error,
+                            retry_ms = delay.as_millis() as u64, "connect failed");
+                        retry_at = Some(Instant::now() + delay);
                     }
                 }
             }
@@ -379,6 +383,7 @@ pub(crate) async fn run_device(
             }
         }
         if lost {
+            tracing::debug!(room = %dev.spec.room, device = %dev.spec.id, "connection lost");
             ws = None;
             flush_at = None;
             inflight.0.clear();
