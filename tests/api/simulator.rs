@@ -1,7 +1,8 @@
 //! The device simulator (`telehub-sim`, the devices/ crate) and the hub together, both
 //! real, on loopback: dashboards receive exactly what the simulator reports sending,
-//! commands reach simulated devices and their acks come back, and a hub killed mid-run
-//! and restarted loses none of the readings generated while it was down.
+//! commands reach simulated devices and their acks come back, a hub killed mid-run and
+//! restarted loses none of the readings generated while it was down, and the bench's
+//! load and idle modes measure a live hub.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::TcpListener;
@@ -470,4 +471,48 @@ async fn hub_killed_mid_run_loses_nothing_generated_while_it_was_down() {
             d.id
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_measures_a_live_hub_without_loss() {
+    // Arrange
+    let app = spawn_app().await;
+    let url = format!("ws://{}", app.addr);
+
+    // Act: a tiny load run, then a tiny idle run, with our own pid standing in for the
+    // hub's (the hub runs in this process).
+    let report = telehub_sim::bench::run_bench(telehub_sim::bench::BenchOptions {
+        url: url.clone(),
+        rooms: 2,
+        devices: 2,
+        dashboards: 3,
+        rate_hz: 20.0,
+        duration: Duration::from_millis(1500),
+        warmup: Duration::from_millis(300),
+        pid: Some(std::process::id()),
+    })
+    .await
+    .expect("bench runs");
+    let idle = telehub_sim::bench::idle::run_idle(telehub_sim::bench::idle::IdleOptions {
+        url,
+        connections: 40,
+        per_room: 10,
+        hold: Duration::from_millis(200),
+        pid: Some(std::process::id()),
+    })
+    .await
+    .expect("idle runs");
+
+    // Assert
+    assert!(report.readings_sent >= 100, "{report:?}");
+    assert_eq!(report.deliveries_expected, report.readings_sent * 3);
+    assert_eq!(report.lost, 0, "{report:?}");
+    assert_eq!(report.dashboards_closed, 0);
+    assert!(report.latency.p50_us > 0.0 && report.latency.max_us >= report.latency.p99_us);
+    assert!(report.hub.is_some_and(|h| h.rss_end_kib > 0));
+    assert_eq!(idle.opened, 40, "{idle:?}");
+    assert_eq!(idle.dropped_while_held, 0);
+    assert_eq!(idle.rooms, 4);
+    assert!(idle.bytes_per_connection.is_some());
+    app.stop().await;
 }
