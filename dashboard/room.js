@@ -22,6 +22,7 @@ const BACKFILL = "-15m";
 const BACKFILL_LIMIT = 100000;
 const COMMAND_TIMEOUT_MS = 15000;
 const PLOT_REFRESH_MS = 15000;
+const CARD_REFRESH_MS = 200;
 
 const COMMANDS = {
   set_interval: { label: "Set interval", arg: "ms", argLabel: "Interval (ms)", min: 20, step: 1, value: 1000 },
@@ -187,9 +188,18 @@ export function renderRoom(root, room, { ui, clientId }) {
     dirtyCells.clear();
   }
 
+  // Card values refresh at most 5 times a second: faster is unreadable, and with 50
+  // devices each refresh costs a style and layout pass.
+  let cardsTimer = 0;
+  let cardsFlushedAt = 0;
   function markCell(name, metric) {
     dirtyCells.add(`${name}\u0000${metric}`);
-    if (!cardsRaf) cardsRaf = requestAnimationFrame(flushCards);
+    if (cardsRaf || cardsTimer) return;
+    const wait = Math.max(0, CARD_REFRESH_MS - (performance.now() - cardsFlushedAt));
+    cardsTimer = setTimeout(() => {
+      cardsTimer = 0;
+      cardsRaf = requestAnimationFrame(() => { cardsFlushedAt = performance.now(); flushCards(); });
+    }, wait);
   }
 
   // Ages tick every second.
@@ -543,6 +553,7 @@ export function renderRoom(root, room, { ui, clientId }) {
       for (const t of timers) clearInterval(t);
       clearInterval(countdown);
       if (cardsRaf) cancelAnimationFrame(cardsRaf);
+      clearTimeout(cardsTimer);
       for (const c of chartEls.values()) { c.chart.destroy(); clearInterval(c.plotTimer); }
       for (const p of pending.values()) clearTimeout(p.timer);
       window.removeEventListener("telehub-theme", onTheme);
