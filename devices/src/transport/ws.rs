@@ -340,9 +340,10 @@ pub(crate) async fn run_device(
                     Inbox::Closed => lost = true,
                     Inbox::RateLimited => {
                         // Some readings were refused: send everything unconfirmed again
-                        // after a pause (the hub drops the ones it already has).
+                        // after a pause (the hub drops the ones it already has). The
+                        // messages in flight stay listed: their answers still come, in
+                        // order, ahead of the resent ones'.
                         dev.rewind();
-                        inflight.0.clear();
                         flush_at = Some(Instant::now() + RATE_LIMITED_PAUSE);
                     }
                     Inbox::Reply(text, effect) => {
@@ -442,6 +443,18 @@ mod tests {
         assert_eq!(f.accept(8), Some((6, 8)));
         assert_eq!(f.accept(15), Some((11, 15)));
         assert_eq!(f.accept(20), None);
+    }
+
+    #[test]
+    fn answers_match_in_order_across_a_resend() {
+        // M1 = 1..=5 had its tail refused (accepted 3); M2 = 6..=10 was already in
+        // flight; after the rewind M3 resends 4..=10.
+        let mut f = InFlight::default();
+        f.0.extend([(1, 5), (6, 10), (4, 10)]);
+        assert_eq!(f.accept(3), Some((1, 3)));
+        assert_eq!(f.accept(10), Some((6, 10)));
+        assert_eq!(f.accept(10), Some((4, 10)));
+        assert!(f.0.is_empty());
     }
 
     #[test]
