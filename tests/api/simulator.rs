@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::helpers::{spawn_app, Client, WAIT};
+use crate::helpers::{spawn_app, spawn_app_with, Client, WAIT};
 
 const SCENARIO: &str = r#"
 name = "e2e"
@@ -311,6 +311,72 @@ async fn commands_reach_simulated_devices_and_acks_come_back() {
     assert_eq!(summary.totals.commands, 4);
     assert!(summary.totals.reconnects >= 1, "{summary:?}");
     assert_eq!(summary.lost(), 0);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readings_the_hub_refuses_for_rate_are_resent_not_lost() {
+    // Arrange: a hub that takes 30 readings/s per connection, and climate devices (three
+    // metrics) sampling at 20 Hz that are allowed to send 1000/s, so the hub refuses the
+    // tails of their messages with `rate_limited`.
+    let app = spawn_app_with(|s| {
+        s.limits.rate_per_sec = 30.0;
+        s.limits.rate_burst = 30.0;
+    })
+    .await;
+    let (mut dash, _) = app.connect("sim-r", "dash", "dashboard").await;
+    let mut scenario =
+        Scenario::quick(1, 2, Some(20.0), Some(telehub_sim::Kind::Climate)).expect("scenario");
+    scenario.rooms[0].name = "sim-r".into();
+    let stats = SimStats::new();
+    let mut opts = options(format!("ws://{}", app.addr), BackoffConfig::default());
+    opts.send_rate = 1_000.0;
+    opts.drain = Duration::from_secs(8);
+    opts.stats = stats.clone();
+    let sim = SimRun::start(scenario, opts);
+    let mut seen = Seen::default();
+
+    // Act: 60 readings/s per device against a limit of 30/s, for a second and a half;
+    // then stop sampling and let the devices drain what the hub refused.
+    read_into(
+        &mut dash,
+        &mut seen,
+        Duration::from_millis(1500),
+        Duration::from_millis(1500),
+        |_| false,
+    )
+    .await;
+    let summary = sim.finish().await;
+    let want: usize = summary.devices.iter().map(|d| d.acked as usize).sum();
+    read_into(
+        &mut dash,
+        &mut seen,
+        Duration::from_millis(500),
+        WAIT,
+        |s| s.readings.len() >= want,
+    )
+    .await;
+
+    // Assert
+    assert!(
+        summary.totals.rate_limited > 0,
+        "the hub refused some: {:?}",
+        summary.totals
+    );
+    assert_eq!(summary.lost(), 0, "{summary:?}");
+    for d in &summary.devices {
+        let sent: BTreeSet<u64> = (d.first_seq..=d.last_seq).collect();
+        assert_eq!(
+            seen.seqs(&d.id),
+            sent,
+            "{}: refused readings were resent",
+            d.id
+        );
+    }
+    assert!(
+        seen.duplicates().is_empty(),
+        "the hub deduplicated the resends"
+    );
     app.stop().await;
 }
 
