@@ -44,6 +44,7 @@ export function renderRoom(root, room, { ui, clientId }) {
     metrics: new Map(), // metric -> {unit}
     acks: [], // {id, device, name, ok, result, error}
     historyAvailable: null,
+    lastCsv: null, // {url, status, bytes} of the last CSV download
     window: "5m",
   };
   let destroyed = false;
@@ -526,6 +527,7 @@ export function renderRoom(root, room, { ui, clientId }) {
     const w = WINDOWS.find((x) => x.key === state.window);
     const url = api.historyCsvUrl(room, { metric, from: `-${w.key}` });
     const res = await api.fetchBlob(url);
+    state.lastCsv = { url, status: res.status, bytes: res.ok ? res.data.size : 0 };
     if (!res.ok) {
       ui.notice(res.status === 404
         ? "CSV download is not available: this hub does not serve history yet."

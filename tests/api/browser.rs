@@ -339,7 +339,7 @@ async fn room_page_shows_changing_values_a_drawn_chart_and_command_acks() {
     let pixels = page
         .wait_for(
             &format!(
-                "(() => {{ const n = {}; return n > 40 ? n : 0; }})()",
+                "(() => {{ const n = {}; return n > 80 ? n : 0; }})()",
                 line_pixels_js("temperature", "climate-1")
             ),
             WAIT,
@@ -410,6 +410,49 @@ async fn room_page_shows_changing_values_a_drawn_chart_and_command_acks() {
         "the unknown_device error on climate-3's card",
     )
     .await;
+
+    // Long windows switch to the hub's plotters chart: an image, or (before the hub has
+    // plots) a note saying so; back at 5m the live canvas returns.
+    page.eval(r#"document.querySelector('input[name="window"][value="1h"]').click()"#)
+        .await;
+    let long = page
+        .wait_for(
+            r#"(() => { const f = document.querySelector('figure.chart[data-metric="temperature"]');
+                const img = f.querySelector('img.plot'), note = f.querySelector('.plot-note');
+                if (!f.querySelector('canvas').hidden) return '';
+                if (!img.hidden && img.complete && img.naturalWidth > 0) return 'image';
+                return note.hidden ? '' : 'note: ' + note.textContent; })()"#,
+            WAIT,
+            "the 1h window to show the hub's chart or say it is not available",
+        )
+        .await;
+    println!("1h window shows: {long}");
+    print_screenshot("room, 1h window", &page.screenshot_to_dir("room-1h").await);
+    page.eval(r#"document.querySelector('input[name="window"][value="5m"]').click()"#)
+        .await;
+    page.wait_for(
+        r#"!document.querySelector('canvas[data-metric="temperature"]').hidden"#,
+        WAIT,
+        "the live chart back at 5m",
+    )
+    .await;
+
+    // CSV of the shown series: a file when the hub has history, else a clear notice.
+    page.eval(r#"document.querySelector('.room-tools button').click()"#)
+        .await;
+    let csv = page
+        .wait_for("window.telehub.view.lastCsv", WAIT, "the CSV download")
+        .await;
+    if csv["status"] == 200 {
+        assert!(csv["bytes"].as_u64().unwrap() > 0, "{csv}");
+    } else {
+        let notice = page
+            .eval("document.querySelector('#notice').textContent")
+            .await;
+        assert!(notice.as_str().unwrap().contains("CSV"), "{csv} {notice}");
+        page.eval("document.querySelector('#notice .close').click()")
+            .await;
+    }
 
     print_screenshot("room", &page.screenshot_to_dir("room").await);
     page.set_color_scheme("dark").await;
