@@ -265,6 +265,7 @@ async fn cmd_run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(n) = args.seq_start {
         opts.seq_start = SeqStart::Fixed(n);
     }
+    opts.check()?;
     let stats = SimStats::new();
     opts.stats = stats.clone();
     let target = args.mqtt.clone().unwrap_or_else(|| args.url.clone());
