@@ -25,6 +25,10 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Devices spread their first connection attempts over this window, so a scenario with
 /// thousands of devices does not open them all in the same millisecond.
 pub const CONNECT_SPREAD: Duration = Duration::from_millis(500);
+/// A connection that lasted this long resets the reconnect backoff when it drops; one
+/// that dropped sooner (a hub that accepts and then closes, or two simulators fighting
+/// over one device id) keeps backing off further.
+pub const STABLE_AFTER: Duration = Duration::from_secs(2);
 /// Most readings in one `readings` message (the hub's default `limits.max_batch` is 256).
 pub const MAX_BATCH: usize = 100;
 

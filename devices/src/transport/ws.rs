@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 
 use super::{
     next_sample_after, sleep_opt, DeviceCtx, TokenBucket, CONNECT_SPREAD, CONNECT_TIMEOUT,
-    MAX_BATCH,
+    MAX_BATCH, STABLE_AFTER,
 };
 use crate::backoff::Backoff;
 use crate::command::{Ack, Command, Effect};
@@ -280,6 +280,7 @@ pub(crate) async fn run_device(
     let mut drain_until: Option<Instant> = None;
     let mut bucket = TokenBucket::new(ctx.send_rate);
     let mut inflight = InFlight::default();
+    let mut connected_at = Instant::now();
 
     loop {
         if let Some(deadline) = drain_until {
@@ -322,7 +323,7 @@ pub(crate) async fn run_device(
                         tracing::debug!(room = %dev.spec.room, device = %dev.spec.id, "connected");
                         ws = Some(stream);
                         dev.connected();
-                        backoff.reset();
+                        connected_at = Instant::now();
                         want_flush = true;
                     }
                     Err(error) => {
@@ -389,6 +390,9 @@ pub(crate) async fn run_device(
             flush_at = None;
             inflight.0.clear();
             dev.disconnected();
+            if connected_at.elapsed() >= STABLE_AFTER {
+                backoff.reset();
+            }
             if drain_until.is_none() {
                 retry_at = Some(Instant::now() + backoff.next_delay());
             }
