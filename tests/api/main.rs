@@ -11,3 +11,4 @@ mod errors;
 mod http;
 mod lifecycle;
 mod rooms;
+mod simulator;
