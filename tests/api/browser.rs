@@ -623,11 +623,16 @@ async fn fifty_devices_at_10_hz_keep_the_page_responsive() {
     println!("PERF view after sampling: {view}");
     println!("PERF renderer main thread, seconds over the sample (CDP Performance.getMetrics): {renderer}");
     assert_eq!(view["conn"], "live");
-    // A 1013 (slow consumer) while we measure means the page fell behind. (Before the
-    // sample, a starved machine may cause one; it is printed above with its close code.)
-    assert_eq!(
-        view["reconnects"], reconnects_before,
-        "no disconnect while measuring: {view}"
+    // The page kept up: the hub never closed it as a slow consumer (1013). Other
+    // closes are printed above with their codes.
+    let closes = view["closes"].as_array().cloned().unwrap_or_default();
+    assert!(
+        !closes.contains(&json!(1013)),
+        "the page fell behind and was closed as a slow consumer: {view}"
+    );
+    println!(
+        "PERF connections lost while running: {} (before the sample: {reconnects_before})",
+        closes.len()
     );
     let fps = stats["fps"].as_f64().unwrap();
     let per_sec = stats["messagesPerSec"].as_f64().unwrap();
