@@ -454,6 +454,25 @@ async fn room_page_shows_changing_values_a_drawn_chart_and_command_acks() {
             .await;
     }
 
+    // Screen-reader basics: every control has a label, the status is a live region,
+    // the charts are images with a name, and the devices are a list.
+    let unlabelled = page
+        .eval(
+            r#"[...document.querySelectorAll('input, select, button')]
+                .filter(e => !(e.labels?.length || e.getAttribute('aria-label') || e.textContent.trim()))
+                .map(e => e.outerHTML.slice(0, 80))"#,
+        )
+        .await;
+    assert_eq!(unlabelled, json!([]), "controls without a label");
+    let a11y = page
+        .eval(
+            r#"[document.querySelector('#conn').getAttribute('aria-live'),
+                [...document.querySelectorAll('canvas')].every(c => c.getAttribute('role') === 'img' && c.getAttribute('aria-label')),
+                document.querySelector('.cards').getAttribute('role')]"#,
+        )
+        .await;
+    assert_eq!(a11y, json!(["polite", true, "list"]));
+
     print_screenshot("room", &page.screenshot_to_dir("room").await);
     page.set_color_scheme("dark").await;
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -643,6 +662,95 @@ async fn fifty_devices_at_10_hz_keep_the_page_responsive() {
     for d in devices {
         d.stop().await;
     }
+    drop(browser);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_closed_as_a_slow_consumer_reconnects_and_carries_on() {
+    let _one = BROWSER_TESTS.lock().await;
+    // Arrange: a hub with tiny outbound queues, a steady device, and the page.
+    let app = crate::helpers::spawn_app_with(|s| {
+        s.limits.outbound_queue = 8;
+        s.limits.rate_per_sec = 100_000.0;
+        s.limits.rate_burst = 100_000.0;
+    })
+    .await;
+    let steady = Device::spawn(
+        app.addr,
+        "busy",
+        "meter-1",
+        &[("power", "W", 800.0)],
+        Duration::from_millis(100),
+    );
+    let browser = Browser::launch().await;
+    let page = browser.new_page(1280, 900).await;
+    page.goto(&format!("http://{}/#/rooms/busy", app.addr))
+        .await;
+    page.wait_for(
+        "window.telehub.view?.conn === 'live' && window.telehub.view.readings > 3",
+        WAIT,
+        "the page to be live",
+    )
+    .await;
+
+    // Act: a burst of 64-reading batches, far more than an 8-frame queue holds.
+    let url = format!("ws://{}/ws/busy/flood?role=device", app.addr);
+    let (mut flood, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .expect("flood device connects");
+    let items: Vec<Value> = (0..64)
+        .map(|i| json!({"metric": "burst", "value": i}))
+        .collect();
+    let batch = json!({"type": "readings", "items": items}).to_string();
+    let mut closed = false;
+    for _ in 0..200 {
+        flood
+            .send(Message::Text(batch.clone().into()))
+            .await
+            .expect("send burst");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        if page
+            .eval("window.telehub.view.closes.includes(1013)")
+            .await
+            .as_bool()
+            .unwrap_or(false)
+        {
+            closed = true;
+            break;
+        }
+    }
+    let _ = flood.close(None).await;
+    assert!(closed, "the hub closed the page as a slow consumer (1013)");
+
+    // Assert: the page reconnects by itself and the steady device's values flow again.
+    page.wait_for(
+        "window.telehub.view.conn === 'live' && window.telehub.view.reconnects >= 1",
+        WAIT,
+        "the page to reconnect after 1013",
+    )
+    .await;
+    let before = page
+        .eval("window.telehub.view.readings")
+        .await
+        .as_u64()
+        .unwrap();
+    page.wait_for(
+        &format!("window.telehub.view.readings > {before} + 5"),
+        WAIT,
+        "readings after the reconnect",
+    )
+    .await;
+    let v1 = page.eval(&value_js("meter-1", "power")).await;
+    page.wait_for(
+        &format!("{} !== {v1}", value_js("meter-1", "power")),
+        WAIT,
+        "meter-1's value to keep changing",
+    )
+    .await;
+    assert!(page.errors().is_empty(), "page errors: {:?}", page.errors());
+
+    steady.stop().await;
     drop(browser);
     app.stop().await;
 }
