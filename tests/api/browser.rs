@@ -272,7 +272,27 @@ async fn home_lists_the_room_with_its_devices_and_dashboards() {
         .eval("document.querySelector('#conn').dataset.state")
         .await;
     assert_eq!(status, "live");
+
+    // A dashboard open on the room (a second tab) is counted too.
+    let other = browser.new_page(800, 600).await;
+    other
+        .goto(&format!("http://{}/#/rooms/greenhouse", app.addr))
+        .await;
+    page.wait_for(
+        r#"document.querySelector('[data-room="greenhouse"] [data-stat="dashboards"] .stat-num')?.textContent === '1'"#,
+        WAIT,
+        "the greenhouse room with 1 dashboard",
+    )
+    .await;
     print_screenshot("home", &page.screenshot_to_dir("home").await);
+
+    // The theme toggle switches to dark and says so to assistive technology.
+    page.eval("document.querySelector('#theme').click()").await;
+    let theme = page
+        .eval("[document.documentElement.dataset.theme, document.querySelector('#theme').getAttribute('aria-pressed')]")
+        .await;
+    assert_eq!(theme, json!(["dark", "true"]));
+    print_screenshot("home, dark", &page.screenshot_to_dir("home-dark").await);
     page.set_viewport(390, 760, true).await;
     print_screenshot("home, phone", &page.screenshot_to_dir("home-phone").await);
     assert!(page.errors().is_empty(), "page errors: {:?}", page.errors());
