@@ -183,6 +183,9 @@ async fn serve_connection<R>(
     R::Future: Send + 'static,
 {
     let _ = stream.set_nodelay(true);
+    if upgrade::is_websocket_request(&stream).await {
+        return upgrade::serve_raw(stream, ws.clone(), guard, over_cap).await;
+    }
     let service = service_fn(move |req: Request<Incoming>| {
         if over_cap {
             hub.metrics().rejected(Rejection::ServerFull);
