@@ -1,1 +1,3 @@
+//! telehub: a live-dashboard and IoT telemetry hub.
 
+pub mod mqtt;
