@@ -26,15 +26,9 @@ enum Got {
 /// Collects what the bridge hands on, as the hub would take it.
 struct Collect {
     tx: mpsc::Sender<Got>,
-    link: Option<oneshot::Sender<BridgeLink>>,
 }
 
 impl BridgeSink for Collect {
-    fn attach(&mut self, link: BridgeLink) {
-        if let Some(tx) = self.link.take() {
-            let _ = tx.send(link);
-        }
-    }
     fn readings(&mut self, msg: BridgedMessage) -> Result<usize, String> {
         let n = msg.readings.len();
         self.tx
@@ -108,19 +102,12 @@ async fn start_bridge(toml_text: &str) -> Running {
         .expect("one bridge");
     let bridge = Bridge::new(spec).expect("bridge builds");
     let state = bridge.state();
+    let link = bridge.link();
     let (tx, rx) = mpsc::channel(100_000);
-    let (link_tx, link_rx) = oneshot::channel();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(bridge.run(
-        Collect {
-            tx,
-            link: Some(link_tx),
-        },
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
-    let link = link_rx.await.expect("bridge attaches its link");
+    let task = tokio::spawn(bridge.run(Collect { tx }, async move {
+        let _ = stop_rx.await;
+    }));
     let r = Running {
         rx,
         link,

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rumqttc::{
-    AsyncClient, ConnectionError, Event, MqttOptions, Outgoing, Packet, Publish, QoS,
+    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS,
     SubscribeFilter, SubscribeReasonCode, TlsConfiguration, Transport,
 };
 use serde::Deserialize;
@@ -36,6 +36,7 @@ use super::config::{BridgeSpec, TopicSpec};
 use super::payload::{self, PayloadFormat};
 use super::state::{BridgeState, LogLimiter};
 use super::BridgeError;
+use crate::protocol::{valid_id, valid_metric};
 
 /// MQTT messages received by the poll loop and not yet taken by the ingest task. When it
 /// is full the poll loop waits for the ingest task, which then holds back keep-alive
@@ -99,10 +100,6 @@ pub struct BridgedAck {
 /// Where a bridge hands what it reads: the hub, in the server; a collector, in tests.
 /// Called from the bridge's ingest task only, one message at a time.
 pub trait BridgeSink: Send + 'static {
-    /// Called once, before any message, with the way back to the broker.
-    fn attach(&mut self, link: BridgeLink) {
-        let _ = link;
-    }
     /// Readings of one device. `Ok(n)`: the hub accepted `n` (duplicates excluded);
     /// `Err`: why it refused them all (logged and counted as rejected).
     fn readings(&mut self, msg: BridgedMessage) -> Result<usize, String>;
@@ -262,7 +259,9 @@ impl BridgeLink {
 pub struct Bridge {
     spec: Arc<BridgeSpec>,
     state: Arc<BridgeState>,
-    options: MqttOptions,
+    client: AsyncClient,
+    eventloop: EventLoop,
+    link: BridgeLink,
 }
 
 impl Bridge {
@@ -294,32 +293,8 @@ impl Bridge {
                 Arc::new(tls),
             )));
         }
-        Ok(Bridge {
-            spec: Arc::new(spec),
-            state,
-            options: o,
-        })
-    }
-
-    pub fn state(&self) -> Arc<BridgeState> {
-        self.state.clone()
-    }
-
-    pub fn spec(&self) -> &BridgeSpec {
-        &self.spec
-    }
-
-    /// Runs until `shutdown` resolves: connects, subscribes, reconnects with backoff,
-    /// hands readings and acks to `sink`. On shutdown it lets the ingest task finish
-    /// what it has (so those messages are acked), then disconnects cleanly.
-    #[tracing::instrument(name = "mqtt_bridge", skip_all, fields(bridge = %self.spec.name))]
-    pub async fn run<S: BridgeSink>(self, mut sink: S, shutdown: impl Future<Output = ()>) {
-        let Bridge {
-            spec,
-            state,
-            options,
-        } = self;
-        let (client, mut eventloop) = AsyncClient::new(options, REQUEST_QUEUE);
+        let spec = Arc::new(spec);
+        let (client, eventloop) = AsyncClient::new(o, REQUEST_QUEUE);
         let link = BridgeLink {
             inner: Arc::new(LinkInner {
                 client: client.clone(),
@@ -332,7 +307,41 @@ impl Bridge {
                 ),
             }),
         };
-        sink.attach(link.clone());
+        Ok(Bridge {
+            spec,
+            state,
+            client,
+            eventloop,
+            link,
+        })
+    }
+
+    pub fn state(&self) -> Arc<BridgeState> {
+        self.state.clone()
+    }
+
+    /// The way back to the broker (commands, mirror); usable before `run` starts, and
+    /// whatever it queues is sent once the bridge is connected.
+    pub fn link(&self) -> BridgeLink {
+        self.link.clone()
+    }
+
+    pub fn spec(&self) -> &BridgeSpec {
+        &self.spec
+    }
+
+    /// Runs until `shutdown` resolves: connects, subscribes, reconnects with backoff,
+    /// hands readings and acks to `sink`. On shutdown it lets the ingest task finish
+    /// what it has (so those messages are acked), then disconnects cleanly.
+    #[tracing::instrument(name = "mqtt_bridge", skip_all, fields(bridge = %self.spec.name))]
+    pub async fn run<S: BridgeSink>(self, sink: S, shutdown: impl Future<Output = ()>) {
+        let Bridge {
+            spec,
+            state,
+            client,
+            mut eventloop,
+            link,
+        } = self;
         let (tx, rx) = mpsc::channel::<Publish>(INGEST_QUEUE);
         let mut ingest = tokio::spawn(
             Ingest {
@@ -741,18 +750,6 @@ fn map_items(
         }
     }
     Ok(out)
-}
-
-fn valid_id(s: &str) -> bool {
-    (1..=64).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-}
-
-fn valid_metric(s: &str) -> bool {
-    (1..=64).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'/'))
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::payload::PayloadFormat;
 use super::template::TopicTemplate;
 use crate::mqtt::BridgeError;
+use crate::protocol::{valid_id, valid_metric};
 
 /// `[mqtt]`: the bridges to MQTT brokers. None by default.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -158,18 +159,6 @@ pub struct BridgeSpec {
     pub command_topic: TopicTemplate,
     pub ack_topic: TopicTemplate,
     pub mirror: bool,
-}
-
-fn valid_id(s: &str) -> bool {
-    (1..=64).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-}
-
-fn valid_metric(s: &str) -> bool {
-    (1..=64).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'/'))
 }
 
 /// Parses `mqtt://[user[:pass]@]host[:port]` (also `tcp://`; `mqtts://` or `ssl://` for

@@ -13,6 +13,8 @@
 //!   timestamp rules.
 //! - [`bridge`]: the connection: a persistent QoS 1 session, reconnects with backoff,
 //!   manual acks after the hub has taken each message.
+//! - [`sink`]: the hub seam: bridged devices as `via: mqtt` members, commands out, acks
+//!   back, retained seeds.
 //! - [`state`]: what `GET /api/bridges` and `/metrics` show.
 //!
 //! `docs/MQTT.md` documents the topic layout and payloads for users.
@@ -20,6 +22,7 @@
 pub mod bridge;
 pub mod config;
 pub mod payload;
+pub mod sink;
 pub mod state;
 pub mod template;
 
@@ -29,6 +32,7 @@ pub use bridge::{
 };
 pub use config::{BridgeConfig, BridgeSpec, MqttConfig, TopicConfig};
 pub use payload::PayloadFormat;
+pub use sink::HubSink;
 pub use state::{BridgeState, BridgeStatus, Bridges};
 
 /// Everything that can go wrong in a bridge, at start-up or while it runs.
