@@ -394,6 +394,9 @@ impl Bridge {
                     // this process's first connect (to seed last values from retained
                     // messages), subscribes.
                     if first_connect || !ack.session_present {
+                        if !ack.session_present {
+                            state.set_subscribed(false);
+                        }
                         if let Some(h) = subscriber.take() {
                             h.abort();
                         }
@@ -423,6 +426,8 @@ impl Bridge {
                         );
                         tracing::error!("{msg}");
                         state.set_error(msg);
+                    } else {
+                        state.set_subscribed(true);
                     }
                 }
                 Ok(Event::Incoming(Packet::Disconnect)) => {

@@ -288,6 +288,60 @@ impl ReadingTap for BridgeLink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::LimitsConfig;
+    use crate::mqtt::{Bridge, BridgedReading, MqttConfig};
+
+    fn sink() -> (Hub, HubSink) {
+        let cfg: MqttConfig =
+            toml::from_str("[[bridges]]\nname = \"b\"\nurl = \"mqtt://127.0.0.1:1\"\n")
+                .expect("config");
+        let spec = cfg.validate().expect("valid").remove(0);
+        let bridge = Bridge::new(spec).expect("bridge");
+        let hub = Hub::new(LimitsConfig::default());
+        let sink = HubSink::new(hub.clone(), bridge.link());
+        (hub, sink)
+    }
+
+    fn msg(ts: Option<i64>, retained: bool) -> BridgedMessage {
+        BridgedMessage {
+            room: "lab".into(),
+            device: "t1".into(),
+            readings: vec![BridgedReading {
+                metric: "temperature".into(),
+                value: 1.0,
+                unit: None,
+                ts,
+                seq: None,
+            }],
+            retained,
+        }
+    }
+
+    #[tokio::test]
+    async fn retained_messages_seed_once_and_never_repeat_a_reading() {
+        let (hub, mut sink) = sink();
+        // A retained message for a series the hub has nothing for seeds it.
+        assert_eq!(sink.readings(msg(Some(1_000), true)), Ok(1));
+        // The same retained message again (re-subscription) is not a new reading.
+        assert_eq!(sink.readings(msg(Some(1_000), true)), Ok(0));
+        // Nor is a retained message without a time once the series has a value.
+        assert_eq!(sink.readings(msg(None, true)), Ok(0));
+        // A live reading is always taken, and a retained one newer than it too.
+        assert_eq!(sink.readings(msg(Some(2_000), false)), Ok(1));
+        assert_eq!(sink.readings(msg(Some(3_000), true)), Ok(1));
+        assert_eq!(hub.summaries()[0].offset, 3);
+        assert_eq!(&*hub.summaries()[0].devices[0].client, "t1");
+    }
+
+    #[tokio::test]
+    async fn out_of_range_timestamps_and_long_units_are_refused() {
+        let (_, mut sink) = sink();
+        let mut m = msg(Some(-5), false);
+        assert!(sink.readings(m.clone()).unwrap_err().contains("1970"));
+        m.readings[0].ts = None;
+        m.readings[0].unit = Some("u".repeat(33));
+        assert!(sink.readings(m).unwrap_err().contains("unit"));
+    }
 
     #[test]
     fn command_frames_become_payloads() {

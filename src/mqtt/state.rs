@@ -19,6 +19,8 @@ pub struct BridgeState {
     pub broker: String,
     pub client_id: String,
     connected: AtomicBool,
+    /// The broker has acknowledged every subscription of the current session.
+    subscribed: AtomicBool,
     /// Epoch ms of the last successful connect (0: never).
     connected_at: AtomicU64,
     /// MQTT messages received on the subscribed topics (readings, acks, the rest).
@@ -61,6 +63,9 @@ pub struct BridgeStatus {
     pub broker: String,
     pub client_id: String,
     pub connected: bool,
+    /// The broker has acknowledged the bridge's subscriptions (kept in its persistent
+    /// session across reconnects).
+    pub subscribed: bool,
     /// Epoch ms of the last successful connect, if any.
     pub connected_at: Option<u64>,
     pub messages_in: u64,
@@ -84,6 +89,7 @@ impl BridgeState {
             broker,
             client_id: client_id.to_string(),
             connected: AtomicBool::new(false),
+            subscribed: AtomicBool::new(false),
             connected_at: AtomicU64::new(0),
             messages_in: AtomicU64::new(0),
             readings_in: AtomicU64::new(0),
@@ -114,6 +120,10 @@ impl BridgeState {
         }
     }
 
+    pub(crate) fn set_subscribed(&self, yes: bool) {
+        self.subscribed.store(yes, Ordering::Relaxed);
+    }
+
     pub(crate) fn set_error(&self, message: String) {
         let e = LastError {
             message,
@@ -130,6 +140,7 @@ impl BridgeState {
             broker: self.broker.clone(),
             client_id: self.client_id.clone(),
             connected: self.is_connected(),
+            subscribed: self.subscribed.load(Ordering::Relaxed),
             connected_at: (at != 0).then_some(at),
             messages_in: get(&self.messages_in),
             readings_in: get(&self.readings_in),

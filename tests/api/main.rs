@@ -8,4 +8,5 @@ mod backpressure;
 mod errors;
 mod http;
 mod lifecycle;
+mod mqtt;
 mod rooms;
