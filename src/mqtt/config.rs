@@ -568,6 +568,27 @@ mod tests {
         assert!(e.contains("mqtt.bridges[1].name"), "{e}");
     }
 
+    /// The commented `[[mqtt.bridges]]` example in config.toml, uncommented, is valid.
+    #[test]
+    fn the_config_toml_example_is_valid() {
+        let text = include_str!("../../config.toml");
+        let start = text
+            .find("# [[mqtt.bridges]]")
+            .expect("config.toml has the example");
+        let example: String = text[start..]
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("{}\n", l.replace("[[mqtt.", "[[")))
+            .collect();
+        let specs = parse(&example).unwrap_or_else(|e| panic!("{e}\n{example}"));
+        assert_eq!(specs[0].name, "local");
+        assert_eq!(
+            specs[0].topics[0].template.as_str(),
+            "telehub/{room}/{device}/{metric}"
+        );
+    }
+
     #[test]
     fn fixed_values_and_formats() {
         let specs = parse(
