@@ -157,9 +157,9 @@ impl Device {
         self.outbox.len()
     }
 
-    /// The hub accepted everything up to `seq`.
-    pub(crate) fn ack_through(&mut self, seq: u64) {
-        let n = self.outbox.ack_through(seq) as u64;
+    /// The hub accepted the readings `first..=last` of one message.
+    pub(crate) fn ack_range(&mut self, first: u64, last: u64) {
+        let n = self.outbox.ack_range(first, last) as u64;
         self.acked += n;
         self.stats.acked(n);
         self.sync_buffered();

@@ -13,6 +13,7 @@
 //! The library prints nothing; the `telehub-sim` binary does.
 
 pub mod backoff;
+pub mod bench;
 pub mod clock;
 pub mod command;
 mod device;

@@ -139,6 +139,32 @@ impl Outbox {
         n
     }
 
+    /// The hub accepted the readings with seq in `first..=last` (one message's granted
+    /// prefix). Returns how many readings this newly confirmed.
+    pub fn ack_range(&mut self, first: u64, last: u64) -> usize {
+        let start = self.entries.partition_point(|e| e.reading.seq < first);
+        let mut n = 0;
+        for e in self.entries.range_mut(start..) {
+            if e.reading.seq > last {
+                break;
+            }
+            if !e.acked {
+                e.acked = true;
+                n += 1;
+            }
+        }
+        self.unacked -= n;
+        self.pop_acked_front();
+        n
+    }
+
+    fn pop_acked_front(&mut self) {
+        while self.entries.front().is_some_and(|e| e.acked) {
+            self.entries.pop_front();
+            self.cursor = self.cursor.saturating_sub(1);
+        }
+    }
+
     /// The broker confirmed the one reading `seq`. Returns whether it was still waiting.
     pub fn ack_one(&mut self, seq: u64) -> bool {
         let Ok(i) = self.entries.binary_search_by_key(&seq, |e| e.reading.seq) else {
@@ -149,10 +175,7 @@ impl Outbox {
             self.entries[i].acked = true;
             self.unacked -= 1;
         }
-        while self.entries.front().is_some_and(|e| e.acked) {
-            self.entries.pop_front();
-            self.cursor = self.cursor.saturating_sub(1);
-        }
+        self.pop_acked_front();
         newly
     }
 
@@ -268,6 +291,22 @@ mod tests {
         o.push(r(4)); // drops 1, which was in flight
         assert_eq!(seqs(&o.take_unsent(10)), vec![3, 4]);
         assert!(!o.has_unsent());
+    }
+
+    #[test]
+    fn range_acks_leave_a_refused_tail() {
+        let mut o = Outbox::new(100);
+        for s in 1..=10 {
+            o.push(r(s));
+        }
+        // Message 1 carried 1..=5 and only 1..=3 were granted; message 2 carried 6..=10.
+        assert_eq!(seqs(&o.take_unsent(5)), vec![1, 2, 3, 4, 5]);
+        assert_eq!(seqs(&o.take_unsent(5)), vec![6, 7, 8, 9, 10]);
+        assert_eq!(o.ack_range(1, 3), 3);
+        assert_eq!(o.ack_range(6, 10), 5);
+        assert_eq!(o.len(), 2);
+        o.rewind();
+        assert_eq!(seqs(&o.take_unsent(100)), vec![4, 5]);
     }
 
     #[test]

@@ -2,10 +2,14 @@
 //!
 //! The device connects with `role=device&acks=true`, sends its outbox (one `reading`, or a
 //! `readings` batch of up to [`MAX_BATCH`]), and forgets readings only when the hub's
-//! `accepted` covers their seq. When the connection drops it backs off, reconnects, and
+//! `accepted` covers their seq. The hub answers each message in order, and when it refuses
+//! the tail of a batch (`rate_limited`) its `accepted` names the highest seq it took, so
+//! the device matches each `accepted` to the message it answers ([`InFlight`]) and confirms
+//! only that message's granted prefix. When the connection drops it backs off, reconnects, and
 //! resends everything unconfirmed with the original `ts` and `seq`.
 
 use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -115,6 +119,28 @@ fn encode_ack(ack: &Ack) -> String {
     serde_json::to_string(&WireAck { kind: "ack", ack }).unwrap_or_default()
 }
 
+/// Messages sent on the current connection and not yet answered, as (first seq, last seq).
+/// Bounded by the outbox: every entry covers at least one unconfirmed reading.
+#[derive(Debug, Default)]
+struct InFlight(VecDeque<(u64, u64)>);
+
+impl InFlight {
+    /// Match `accepted{seq}` to its message; returns the range it confirms. Messages before
+    /// it that got no `accepted` were refused whole and stay unconfirmed.
+    fn accept(&mut self, seq: u64) -> Option<(u64, u64)> {
+        while let Some(&(first, last)) = self.0.front() {
+            if seq < first {
+                return None;
+            }
+            self.0.pop_front();
+            if seq <= last {
+                return Some((first, seq));
+            }
+        }
+        None
+    }
+}
+
 /// What an incoming frame asks the loop to do.
 enum Inbox {
     Nothing,
@@ -124,7 +150,11 @@ enum Inbox {
     Closed,
 }
 
-fn handle_frame(dev: &mut Device, msg: Option<Result<Message, tungstenite::Error>>) -> Inbox {
+fn handle_frame(
+    dev: &mut Device,
+    inflight: &mut InFlight,
+    msg: Option<Result<Message, tungstenite::Error>>,
+) -> Inbox {
     let text = match msg {
         Some(Ok(Message::Text(t))) => t,
         Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return Inbox::Closed,
@@ -135,8 +165,8 @@ fn handle_frame(dev: &mut Device, msg: Option<Result<Message, tungstenite::Error
     };
     match frame.kind.as_ref() {
         "accepted" => {
-            if let Some(seq) = frame.seq {
-                dev.ack_through(seq);
+            if let Some((first, last)) = frame.seq.and_then(|seq| inflight.accept(seq)) {
+                dev.ack_range(first, last);
             }
             Inbox::Nothing
         }
@@ -166,6 +196,7 @@ async fn flush(
     ws: &mut WsStream,
     dev: &mut Device,
     bucket: &mut TokenBucket,
+    inflight: &mut InFlight,
 ) -> Result<Option<Instant>, tungstenite::Error> {
     let mut wrote = false;
     let mut retry = None;
@@ -180,6 +211,9 @@ async fn flush(
             break;
         }
         bucket.take(batch.readings.len());
+        if let (Some(first), Some(last)) = (batch.readings.first(), batch.readings.last()) {
+            inflight.0.push_back((first.seq, last.seq));
+        }
         ws.feed(Message::text(encode_readings(&batch.readings)))
             .await?;
         wrote = true;
@@ -203,7 +237,7 @@ async fn connect_device(hub: Arc<HubUrl>, path: String) -> Result<WsStream, Conn
         Ok(r) => r,
         Err(_) => Err(ConnectError::Tcp {
             addr,
-            source: std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
+            error: std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
         }),
     }
 }
@@ -245,6 +279,7 @@ pub(crate) async fn run_device(
     let mut flush_at: Option<Instant> = None;
     let mut drain_until: Option<Instant> = None;
     let mut bucket = TokenBucket::new(ctx.send_rate);
+    let mut inflight = InFlight::default();
 
     loop {
         if let Some(deadline) = drain_until {
@@ -295,13 +330,14 @@ pub(crate) async fn run_device(
                 }
             }
             msg = recv(&mut ws), if ws.is_some() => {
-                match handle_frame(&mut dev, msg) {
+                match handle_frame(&mut dev, &mut inflight, msg) {
                     Inbox::Nothing => {}
                     Inbox::Closed => lost = true,
                     Inbox::RateLimited => {
                         // Some readings were refused: send everything unconfirmed again
                         // after a pause (the hub drops the ones it already has).
                         dev.rewind();
+                        inflight.0.clear();
                         flush_at = Some(Instant::now() + RATE_LIMITED_PAUSE);
                     }
                     Inbox::Reply(text, effect) => {
@@ -311,6 +347,7 @@ pub(crate) async fn run_device(
                         };
                         match effect {
                             Effect::Reboot(pause) => {
+                                inflight.0.clear();
                                 if let Some(mut s) = ws.take() {
                                     let _ = tokio::time::timeout(CLOSE_TIMEOUT, s.close(None)).await;
                                     dev.disconnected();
@@ -334,7 +371,7 @@ pub(crate) async fn run_device(
         }
         if want_flush && flush_at.is_none() && !lost {
             if let Some(s) = ws.as_mut() {
-                match flush(s, &mut dev, &mut bucket).await {
+                match flush(s, &mut dev, &mut bucket, &mut inflight).await {
                     Ok(retry) => flush_at = retry,
                     Err(_) => lost = true,
                 }
@@ -343,6 +380,7 @@ pub(crate) async fn run_device(
         if lost {
             ws = None;
             flush_at = None;
+            inflight.0.clear();
             dev.disconnected();
             if drain_until.is_none() {
                 retry_at = Some(Instant::now() + backoff.next_delay());
@@ -388,6 +426,16 @@ mod tests {
         assert_eq!(v["type"], "readings");
         assert_eq!(v["items"][0].get("unit"), None);
         assert_eq!(v["items"][1]["seq"], 2);
+    }
+
+    #[test]
+    fn accepted_matches_its_message() {
+        let mut f = InFlight::default();
+        f.0.extend([(1, 5), (6, 10), (11, 15)]);
+        // Message 1 fully refused (no accepted), message 2 granted 6..=8.
+        assert_eq!(f.accept(8), Some((6, 8)));
+        assert_eq!(f.accept(15), Some((11, 15)));
+        assert_eq!(f.accept(20), None);
     }
 
     #[test]
