@@ -403,3 +403,21 @@ async fn a_restarted_bridge_gets_what_was_published_while_it_was_down() {
     assert_eq!(seen, want, "{:?}", bridge.state.status());
     bridge.stop().await;
 }
+
+#[tokio::test]
+async fn mqtts_with_a_private_ca() {
+    let broker = Mosquitto::start_tls();
+    let tls_port = broker.tls_port.expect("TLS listener");
+    let toml_text = format!(
+        "[[bridges]]\nname = \"tls\"\nurl = \"mqtts://127.0.0.1:{tls_port}\"\nclient_id = \"tls\"\n\
+         ca_file = \"{}\"\nreconnect_min_ms = 50\nreconnect_max_ms = 200\n",
+        broker.ca_file().display()
+    );
+    let mut bridge = start_bridge(&toml_text).await;
+    let sensor = TestClient::connect(broker.port, "sensor-tls");
+    sensor.publish("telehub/lab/t1/temperature", "7").await;
+    let m = bridge.next_readings().await;
+    assert_eq!(m.readings[0].value, 7.0);
+    assert!(bridge.state.status().broker.starts_with("mqtts://"));
+    bridge.stop().await;
+}

@@ -20,7 +20,10 @@ const KNOWN_PATHS: [&str; 3] = [
 ];
 
 pub struct Mosquitto {
+    /// The plain MQTT listener.
     pub port: u16,
+    /// The TLS listener, when started with [`Mosquitto::start_tls`].
+    pub tls_port: Option<u16>,
     dir: PathBuf,
     child: Option<Child>,
 }
@@ -59,6 +62,104 @@ static NEXT: AtomicU64 = AtomicU64::new(0);
 impl Mosquitto {
     /// Starts a broker on a free port with persistence in a fresh temporary directory.
     pub fn start() -> Mosquitto {
+        let mut m = Mosquitto::prepare();
+        m.launch();
+        m
+    }
+
+    /// Starts a broker with a TLS listener too (`tls_port`), its server certificate for
+    /// `127.0.0.1` and `localhost` signed by a fresh test CA ([`Mosquitto::ca_file`]),
+    /// made with the `openssl` command.
+    pub fn start_tls() -> Mosquitto {
+        let mut m = Mosquitto::prepare();
+        let d = m.dir.clone();
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&d)
+                .output()
+                .unwrap_or_else(|e| {
+                    panic!("the TLS test needs the `openssl` command ({e}); apt-get install -y openssl")
+                });
+            assert!(
+                out.status.success(),
+                "openssl {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        std::fs::write(
+            d.join("ext.cnf"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        )
+        .expect("write ext.cnf");
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=telehub test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ]);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        for f in ["ca.crt", "server.crt", "server.key"] {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(d.join(f), std::fs::Permissions::from_mode(0o644))
+                .expect("let mosquitto read the certificates");
+        }
+        m.tls_port = Some(free_port());
+        m.launch();
+        m
+    }
+
+    /// The test CA's certificate (PEM), with [`Mosquitto::start_tls`].
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+
+    fn prepare() -> Mosquitto {
         let dir = std::env::temp_dir().join(format!(
             "telehub-mosquitto-{}-{}",
             std::process::id(),
@@ -73,13 +174,12 @@ impl Mosquitto {
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))
                 .expect("open up the broker dir");
         }
-        let mut m = Mosquitto {
+        Mosquitto {
             port: free_port(),
+            tls_port: None,
             dir,
             child: None,
-        };
-        m.launch();
-        m
+        }
     }
 
     pub fn url(&self) -> String {
@@ -105,6 +205,13 @@ impl Mosquitto {
             port = self.port,
             dir = self.dir.display()
         );
+        let text = match self.tls_port {
+            None => text,
+            Some(tls) => format!(
+                "{text}listener {tls} 127.0.0.1\ncafile {dir}/ca.crt\ncertfile {dir}/server.crt\nkeyfile {dir}/server.key\n",
+                dir = self.dir.display()
+            ),
+        };
         std::fs::write(&conf, text).expect("write mosquitto.conf");
         let child = Command::new(binary())
             .arg("-c")
@@ -117,7 +224,11 @@ impl Mosquitto {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                && self
+                    .tls_port
+                    .is_none_or(|p| TcpStream::connect(("127.0.0.1", p)).is_ok())
+            {
                 return;
             }
             if let Some(c) = self.child.as_mut() {
