@@ -20,6 +20,8 @@
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::{AcqRel, Acquire};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,9 +47,18 @@ use crate::protocol::{valid_id, valid_metric};
 pub const INGEST_QUEUE: usize = 1024;
 
 /// Requests (acks, subscriptions, commands, mirrored readings) queued for the rumqttc
-/// event loop. Acks and commands wait for room; a mirrored reading finding it full is
-/// dropped and counted (`mirror_dropped`), so the hub's publish path never waits.
+/// event loop.
 pub const REQUEST_QUEUE: usize = 1024;
+
+/// Commands and mirrored readings queued in the request queue at most, so that acks
+/// always find room. (The ingest task waits for room for its acks while the poll loop
+/// may wait for the ingest task: were the queue full of publishes, neither would move.)
+/// A mirrored reading past the cap is dropped and counted (`mirror_dropped`), so the
+/// hub's publish path never waits; a command waits for room up to [`COMMAND_WAIT`].
+pub const MAX_QUEUED_PUBLISHES: usize = REQUEST_QUEUE / 2;
+
+/// How long a command waits for room among the queued publishes before it fails.
+pub const COMMAND_WAIT: Duration = Duration::from_secs(5);
 
 /// (room, device) pairs whose readings this bridge mirrors; their echoes from the broker
 /// are dropped. Past this many, new pairs are not remembered (their echoes are still
@@ -115,11 +126,31 @@ pub struct BridgeLink {
 
 struct LinkInner {
     client: AsyncClient,
+    /// Publishes handed to the request queue and not yet taken by the event loop.
+    queued_publishes: AtomicUsize,
     spec: Arc<BridgeSpec>,
     state: Arc<BridgeState>,
     mirrored: Mutex<HashSet<(String, String)>>,
     /// `"src":"<client id>"` as mirrored payloads carry it, to recognise their echoes.
     src_marker: String,
+}
+
+impl LinkInner {
+    /// Takes a place among the [`MAX_QUEUED_PUBLISHES`]; false when none is free.
+    fn reserve_publish(&self) -> bool {
+        self.queued_publishes
+            .fetch_update(AcqRel, Acquire, |n| {
+                (n < MAX_QUEUED_PUBLISHES).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives a place back: the event loop took a publish (or queueing it failed).
+    fn release_publish(&self) {
+        let _ = self
+            .queued_publishes
+            .fetch_update(AcqRel, Acquire, |n| n.checked_sub(1));
+    }
 }
 
 #[derive(serde::Serialize)]
@@ -147,8 +178,8 @@ impl BridgeLink {
         self.inner.spec.mirror
     }
 
-    /// Publishes a command (QoS 1) on the device's command topic. Waits while the
-    /// request queue is full.
+    /// Publishes a command (QoS 1) on the device's command topic. Waits (up to
+    /// [`COMMAND_WAIT`]) while [`MAX_QUEUED_PUBLISHES`] publishes are queued.
     pub async fn command(
         &self,
         room: &str,
@@ -164,14 +195,27 @@ impl BridgeLink {
                 topic: spec.command_topic.to_string(),
                 message: "the command topic cannot be rendered".into(),
             })?;
+        let deadline = tokio::time::Instant::now() + COMMAND_WAIT;
+        while !self.inner.reserve_publish() {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(BridgeError::Publish {
+                    bridge: spec.name.clone(),
+                    topic,
+                    message: "the broker is not taking publishes (request queue busy)".into(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         self.inner
             .client
-            .publish(topic.clone(), QoS::AtLeastOnce, false, payload)
-            .await
-            .map_err(|e| BridgeError::Publish {
-                bridge: spec.name.clone(),
-                topic,
-                message: e.to_string(),
+            .try_publish(topic.clone(), QoS::AtLeastOnce, false, payload)
+            .map_err(|e| {
+                self.inner.release_publish();
+                BridgeError::Publish {
+                    bridge: spec.name.clone(),
+                    topic,
+                    message: e.to_string(),
+                }
             })?;
         self.inner
             .state
@@ -218,6 +262,14 @@ impl BridgeLink {
             message: e.to_string(),
         })?;
         use std::sync::atomic::Ordering::Relaxed;
+        if !self.inner.reserve_publish() {
+            self.inner.state.mirror_dropped.fetch_add(1, Relaxed);
+            return Err(BridgeError::Publish {
+                bridge: spec.name.clone(),
+                topic,
+                message: format!("{MAX_QUEUED_PUBLISHES} publishes already queued"),
+            });
+        }
         match self
             .inner
             .client
@@ -228,6 +280,7 @@ impl BridgeLink {
                 Ok(())
             }
             Err(e) => {
+                self.inner.release_publish();
                 self.inner.state.mirror_dropped.fetch_add(1, Relaxed);
                 Err(BridgeError::Publish {
                     bridge: spec.name.clone(),
@@ -298,6 +351,7 @@ impl Bridge {
         let link = BridgeLink {
             inner: Arc::new(LinkInner {
                 client: client.clone(),
+                queued_publishes: AtomicUsize::new(0),
                 spec: spec.clone(),
                 state: state.clone(),
                 mirrored: Mutex::new(HashSet::new()),
@@ -347,7 +401,7 @@ impl Bridge {
             Ingest {
                 spec: spec.clone(),
                 state: state.clone(),
-                link,
+                link: link.clone(),
                 client: client.clone(),
                 log: LogLimiter::new(LOG_BURST, LOG_WINDOW),
             }
@@ -433,6 +487,7 @@ impl Bridge {
                 Ok(Event::Incoming(Packet::Disconnect)) => {
                     state.set_connected(false);
                 }
+                Ok(Event::Outgoing(Outgoing::Publish(_))) => link.inner.release_publish(),
                 Ok(_) => {}
                 Err(e) => {
                     state.set_connected(false);
@@ -774,6 +829,38 @@ mod tests {
 
     fn decode(p: &str) -> Vec<payload::Item> {
         payload::decode(p.as_bytes(), PayloadFormat::Auto, 0).expect("decodes")
+    }
+
+    #[test]
+    fn queued_publishes_are_capped_so_acks_find_room() {
+        let cfg: crate::mqtt::MqttConfig = toml::from_str(
+            "[[bridges]]\nname = \"b\"\nurl = \"mqtt://127.0.0.1:1\"\nmirror = true\n",
+        )
+        .expect("config");
+        let bridge = Bridge::new(cfg.validate().expect("valid").remove(0)).expect("bridge");
+        let link = bridge.link();
+        // No event loop runs: every mirrored reading stays queued.
+        for i in 0..MAX_QUEUED_PUBLISHES {
+            link.mirror("lab", "ws1", "t", (i as f64, None, 1, None))
+                .expect("room for it");
+        }
+        assert!(link
+            .mirror("lab", "ws1", "t", (0.0, None, 1, None))
+            .is_err());
+        let s = link.state().status();
+        assert_eq!(
+            (s.mirrored_out, s.mirror_dropped),
+            (MAX_QUEUED_PUBLISHES as u64, 1)
+        );
+        link.inner.release_publish();
+        assert!(link.inner.reserve_publish());
+        assert!(link.is_mirror_echo("lab", "ws1", b"1"));
+        assert!(link.is_mirror_echo(
+            "lab",
+            "other",
+            format!(r#"{{"value":1,"src":"{}"}}"#, bridge.spec().client_id).as_bytes()
+        ));
+        assert!(!link.is_mirror_echo("lab", "other", br#"{"value":1}"#));
     }
 
     #[test]
