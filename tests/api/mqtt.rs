@@ -399,3 +399,41 @@ async fn mirror_publishes_websocket_readings_to_the_broker() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn an_unreachable_broker_shows_in_api_bridges_and_the_hub_keeps_serving() {
+    // A port where nothing listens.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let app = hub_with_bridge(port, "api-unreachable", "").await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let status = loop {
+        let s = bridge_status(&app).await;
+        if s["connection_errors"].as_u64() >= Some(2) {
+            break s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no errors counted: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status["connected"], false, "{status}");
+    assert!(
+        status["last_error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("refused")),
+        "{status}"
+    );
+    let (code, body) = app.get("/healthz").await;
+    assert_eq!((code, body.as_str()), (200, "ok"));
+    let (_, metrics) = app.get("/metrics").await;
+    assert!(
+        metrics.contains("telehub_mqtt_connected{bridge=\"test\"} 0"),
+        "{metrics}"
+    );
+    app.stop().await;
+}
