@@ -85,6 +85,9 @@ impl HubSink {
             }
             Some(Some(close)) => {
                 if close == Close::REPLACED {
+                    if self.taken.len() >= MAX_BRIDGED_DEVICES {
+                        self.taken.retain(|_, since| since.elapsed() < REJOIN_AFTER);
+                    }
                     self.taken.insert(key.clone(), Instant::now());
                 }
                 self.devices.remove(&key);
