@@ -437,3 +437,40 @@ async fn an_unreachable_broker_shows_in_api_bridges_and_the_hub_keeps_serving() 
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_websocket_device_taking_a_bridged_id_is_not_replaced_back() {
+    let broker = Mosquitto::start();
+    let app = hub_with_bridge(broker.port, "api-takeover", "").await;
+    wait_subscribed(&app).await;
+    let (mut dash, _) = app.connect("lab", "dash", "dashboard").await;
+    let sensor = TestClient::connect(broker.port, "api-sensor-takeover");
+    sensor.publish("telehub/lab/t1/temperature", "1").await;
+    assert_eq!(next_reading(&mut dash).await["value"], 1.0);
+
+    // A WebSocket device with the same id takes over, as a newer connection does.
+    let (mut ws_t1, _) = app.connect("lab", "t1", "device").await;
+    sensor.publish("telehub/lab/t1/temperature", "2").await;
+    ws_t1
+        .send_json(json!({"type":"reading","metric":"temperature","value":3}))
+        .await;
+    // The dashboard gets the WebSocket device's reading, not the bridged one.
+    assert_eq!(next_reading(&mut dash).await["value"], 3.0);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let s = bridge_status(&app).await;
+        if s["rejected"] == 1 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{s}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, body) = app.get("/api/rooms").await;
+    let rooms: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(
+        rooms["rooms"][0]["devices"],
+        json!([{"client":"t1","via":"ws"}]),
+        "{rooms}"
+    );
+    app.stop().await;
+}
