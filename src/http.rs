@@ -1,9 +1,10 @@
 //! The HTTP side of the hub, as warp filters: health, the room list, metrics (and, as
-//! the other stages land, history, plots and the dashboard). One function per endpoint,
-//! composed in [`routes`]; unknown paths and bad requests become JSON errors in
-//! [`recover`].
+//! the other stages land, history and plots) and the browser dashboard at `/`
+//! ([`crate::dashboard`]). One function per endpoint, composed in [`routes`]; unknown
+//! paths and bad requests become JSON errors in [`recover`].
 
 use std::convert::Infallible;
+use std::path::PathBuf;
 
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
@@ -12,15 +13,18 @@ use crate::hub::Hub;
 use crate::mqtt::Bridges;
 use crate::upgrade::error_response;
 
-/// All HTTP routes of the hub.
+/// All HTTP routes of the hub; `dashboard_dir` serves the page from disk instead of the
+/// embedded copy.
 pub fn routes(
     hub: Hub,
     bridges: Bridges,
+    dashboard_dir: Option<PathBuf>,
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
     healthz()
         .or(rooms(hub.clone()))
         .or(api_bridges(bridges.clone()))
         .or(metrics(hub, bridges))
+        .or(crate::dashboard::routes(dashboard_dir))
         .recover(recover)
 }
 

@@ -23,6 +23,7 @@
 //! - [`server`] wires it together and owns the graceful [`shutdown`].
 
 pub mod config;
+pub mod dashboard;
 pub mod http;
 pub mod hub;
 pub mod metrics;
@@ -36,6 +37,7 @@ pub mod session;
 pub mod shutdown;
 pub mod telemetry;
 pub mod upgrade;
+pub mod websocket;
 
 pub use config::Settings;
 pub use hub::Hub;

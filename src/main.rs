@@ -40,6 +40,10 @@ struct ServeArgs {
     /// Address to listen on, overriding `server.listen` (port 0 picks a free port).
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Serve the browser dashboard live from this folder (for editing the page) instead
+    /// of the copy built into the binary; overrides `server.dashboard_dir`.
+    #[arg(long)]
+    dashboard_dir: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -48,6 +52,7 @@ fn main() -> ExitCode {
         Some(Command::Serve(args)) => ServeArgs {
             config: args.config.or(cli.serve.config),
             listen: args.listen.or(cli.serve.listen),
+            dashboard_dir: args.dashboard_dir.or(cli.serve.dashboard_dir),
         },
         None => cli.serve,
     };
@@ -60,6 +65,9 @@ fn main() -> ExitCode {
     };
     if let Some(listen) = args.listen {
         settings.server.listen = listen;
+    }
+    if let Some(dir) = args.dashboard_dir {
+        settings.server.dashboard_dir = Some(dir);
     }
     telehub::telemetry::init(&settings.server.log);
     match serve(settings) {

@@ -47,18 +47,35 @@ impl Close {
         reason: "server shutting down",
         flush_first: true,
     };
-    /// A frame or message over `limits.max_frame_bytes`.
-    pub const TOO_BIG: Close = Close {
-        code: 1009,
-        reason: "frame too large",
-        flush_first: true,
-    };
     /// The client answered nothing for two ping intervals.
     pub const TIMED_OUT: Close = Close {
         code: 1001,
         reason: "ping timeout",
         flush_first: false,
     };
+
+    /// The answer to a client's close frame: its own code echoed (RFC 6455 5.5.1).
+    pub fn answer(code: Option<u16>) -> Close {
+        Close {
+            code: code.unwrap_or(1000),
+            reason: "",
+            flush_first: false,
+        }
+    }
+
+    /// The close for a frame the hub cannot accept (1002, 1007, 1009).
+    pub fn refuse(code: u16) -> Close {
+        let reason = match code {
+            1009 => "frame too large",
+            1007 => "invalid utf-8",
+            _ => "protocol error",
+        };
+        Close {
+            code,
+            reason,
+            flush_first: true,
+        }
+    }
 }
 
 /// What became of a pushed frame.
@@ -191,7 +208,7 @@ mod tests {
     use super::*;
 
     fn f(s: &str) -> Frame {
-        Frame::from(s.to_string())
+        crate::websocket::text(s)
     }
 
     #[test]

@@ -98,12 +98,12 @@ pub async fn run(
     let (trigger, shutdown) = shutdown::channel();
     let (completion, mut all_done) = mpsc::channel::<()>(1);
 
-    let ws = Arc::new(WsContext::new(
-        hub.clone(),
-        shutdown.clone(),
-        completion.clone(),
-        Duration::from_millis(settings.server.ping_interval_ms),
-    ));
+    let ws = Arc::new(WsContext {
+        hub: hub.clone(),
+        shutdown: shutdown.clone(),
+        completion: completion.clone(),
+        ping_interval: Duration::from_millis(settings.server.ping_interval_ms),
+    });
     // MQTT bridges: built (and their TLS set up) before anything is served, so a bad
     // one stops start-up; mirroring bridges tap WebSocket devices' readings.
     let mut bridges = Vec::new();
@@ -129,7 +129,11 @@ pub async fn run(
         });
     }
 
-    let routes = warp::service(crate::http::routes(hub.clone(), bridge_states));
+    let routes = warp::service(crate::http::routes(
+        hub.clone(),
+        bridge_states,
+        settings.server.dashboard_dir.clone(),
+    ));
 
     tokio::spawn(sweep(hub.clone(), shutdown.clone(), completion.clone()));
 

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use super::bridge::{BridgeLink, BridgeSink, BridgedAck, BridgedMessage};
 use crate::hub::{Hub, Membership, ReadingTap};
 use crate::outbox::{Close, Outbox};
-use crate::protocol::{AckIn, ReadingIn, Role, Via, MAX_UNIT_LEN, TS_RANGE};
+use crate::protocol::{self, AckIn, ReadingIn, Role, Via, MAX_UNIT_LEN, TS_RANGE};
 
 /// Devices one bridge keeps joined at most; readings of further devices are refused
 /// (counted as rejected) so a broker full of topics cannot grow the hub without bound.
@@ -259,7 +259,7 @@ async fn drain_commands(outbox: Arc<Outbox>, link: BridgeLink, room: Arc<str>, d
     loop {
         let close = outbox.drain_into(&mut batch);
         for frame in batch.drain(..) {
-            if let Some(payload) = command_payload(frame.as_str()) {
+            if let Some(payload) = command_payload(protocol::frame_text(&frame)) {
                 if let Err(e) = link.command(&room, &device, payload).await {
                     tracing::warn!(error = %e, "command not sent");
                 }

@@ -2,9 +2,11 @@
 //! through its public interface (WebSocket and HTTP), as a device or a browser would.
 //! One binary with a module per capability keeps linking cheap.
 
+mod cdp;
 mod helpers;
 
 mod backpressure;
+mod browser;
 mod errors;
 mod http;
 mod lifecycle;

@@ -7,7 +7,7 @@
 //! - deliveries per second and loss: a reading sent within the window should reach every
 //!   dashboard of its room, so expected = readings sent in the window × S;
 //! - latency from send to dashboard receipt. Each device records the monotonic time of
-//!   every send in a ring indexed by seq ([`SendTimes`]), and a dashboard looks the send
+//!   every send in a ring indexed by seq (`SendTimes`), and a dashboard looks the send
 //!   time up by (device, seq) on receipt, for sub-millisecond precision that the ms `ts`
 //!   cannot give. Window membership is decided by that same send time on both sides.
 //!
