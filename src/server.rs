@@ -109,6 +109,9 @@ pub async fn run(
     let mut bridges = Vec::new();
     let mut taps: Vec<Arc<dyn ReadingTap>> = Vec::new();
     for spec in settings.mqtt.validate()? {
+        // History is in memory: a restarted hub has no last values, so the broker's
+        // retained messages seed them (`seed_on_start`, the default). A hub whose history
+        // persists would call `bridge.set_seed_on_start(false)` here.
         let bridge = Bridge::new(spec)?;
         if bridge.spec().mirror {
             taps.push(Arc::new(bridge.link()));

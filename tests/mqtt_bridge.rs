@@ -89,6 +89,10 @@ impl Running {
 }
 
 async fn start_bridge(toml_text: &str) -> Running {
+    start_bridge_seeding(toml_text, true).await
+}
+
+async fn start_bridge_seeding(toml_text: &str, seed_on_start: bool) -> Running {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
@@ -100,7 +104,8 @@ async fn start_bridge(toml_text: &str) -> Running {
         .into_iter()
         .next()
         .expect("one bridge");
-    let bridge = Bridge::new(spec).expect("bridge builds");
+    let mut bridge = Bridge::new(spec).expect("bridge builds");
+    bridge.set_seed_on_start(seed_on_start);
     let state = bridge.state();
     let link = bridge.link();
     let (tx, rx) = mpsc::channel(100_000);
@@ -312,6 +317,30 @@ async fn retained_messages_are_flagged() {
     let m = bridge.next_readings().await;
     assert!(m.retained);
     assert_eq!(m.readings[0].value, 19.0);
+    bridge.stop().await;
+}
+
+#[tokio::test]
+async fn retained_messages_come_again_on_restart_only_when_seeding() {
+    let broker = Mosquitto::start();
+    let sensor = TestClient::connect(broker.port, "sensor-reseed");
+    sensor
+        .publish_retained("telehub/lab/t1/temperature", r#"{"value":19,"seq":4}"#)
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let toml_text = bridge_toml(broker.port, "reseed", "");
+    let mut bridge = start_bridge(&toml_text).await;
+    assert!(bridge.next_readings().await.retained);
+    bridge.stop().await;
+
+    // The session is resumed: without seeding nothing is re-sent...
+    let mut bridge = start_bridge_seeding(&toml_text, false).await;
+    assert!(bridge.next(Duration::from_millis(500)).await.is_none());
+    bridge.stop().await;
+    // ...with seeding (an in-memory hub) the retained value comes again, flagged.
+    let mut bridge = start_bridge_seeding(&toml_text, true).await;
+    let m = bridge.next_readings().await;
+    assert!(m.retained && m.readings[0].value == 19.0);
     bridge.stop().await;
 }
 

@@ -315,6 +315,7 @@ pub struct Bridge {
     client: AsyncClient,
     eventloop: EventLoop,
     link: BridgeLink,
+    seed_on_start: bool,
 }
 
 impl Bridge {
@@ -367,7 +368,17 @@ impl Bridge {
             client,
             eventloop,
             link,
+            seed_on_start: true,
         })
+    }
+
+    /// Whether the first connect of this process subscribes again even when the broker
+    /// resumed the session, so that the broker re-sends its retained messages and they
+    /// seed the series' last values (default `true`). A hub whose history survives a
+    /// restart already has those values, and a re-sent retained reading could be stored
+    /// twice: it sets this to `false`. (A new session always subscribes.)
+    pub fn set_seed_on_start(&mut self, seed: bool) {
+        self.seed_on_start = seed;
     }
 
     pub fn state(&self) -> Arc<BridgeState> {
@@ -395,6 +406,7 @@ impl Bridge {
             client,
             mut eventloop,
             link,
+            seed_on_start,
         } = self;
         let (tx, rx) = mpsc::channel::<Publish>(INGEST_QUEUE);
         let mut ingest = tokio::spawn(
@@ -420,7 +432,7 @@ impl Bridge {
 
         let mut shutdown = std::pin::pin!(shutdown);
         let mut backoff = spec.reconnect_min;
-        let mut first_connect = true;
+        let mut first_connect = seed_on_start;
         let mut subscriber: Option<JoinHandle<()>> = None;
         let mut conn_log = LogLimiter::new(LOG_BURST, LOG_WINDOW);
         loop {
@@ -445,8 +457,8 @@ impl Bridge {
                     tracing::info!(session_present = ack.session_present, "connected to broker");
                     // A resumed session keeps its subscriptions (and re-subscribing would
                     // make the broker re-send every retained message). A new session, or
-                    // this process's first connect (to seed last values from retained
-                    // messages), subscribes.
+                    // this process's first connect when it seeds last values from retained
+                    // messages (`seed_on_start`), subscribes.
                     if first_connect || !ack.session_present {
                         if !ack.session_present {
                             state.set_subscribed(false);
