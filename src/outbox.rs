@@ -172,15 +172,11 @@ impl Outbox {
         self.lock().close
     }
 
-    /// Moves every queued frame into `batch` and returns the close decision, if any.
-    pub fn drain_into(&self, batch: &mut Vec<Frame>) -> Option<Close> {
+    /// Takes every queued frame (the whole queue, leaving none of its memory behind, so
+    /// an idle connection holds no queue) and the close decision, if any.
+    pub fn take(&self) -> (VecDeque<Frame>, Option<Close>) {
         let mut s = self.lock();
-        batch.extend(s.queue.drain(..));
-        if s.queue.capacity() > 64 && s.queue.is_empty() {
-            // Give back the memory of a burst so that idle connections stay small.
-            s.queue.shrink_to(16);
-        }
-        s.close
+        (std::mem::take(&mut s.queue), s.close)
     }
 
     /// Waits until something was pushed or a close was decided.
@@ -217,9 +213,8 @@ mod tests {
         assert_eq!(o.push(f("a")), Push::Queued);
         assert_eq!(o.push(f("b")), Push::Queued);
         assert_eq!(o.push(f("c")), Push::Full);
-        let mut batch = Vec::new();
-        assert_eq!(o.drain_into(&mut batch), None);
-        assert_eq!(batch.len(), 2);
+        let (batch, close) = o.take();
+        assert_eq!((batch.len(), close), (2, None));
         o.close(Close::SLOW_CONSUMER);
         assert_eq!(o.push(f("d")), Push::Closed);
         o.close(Close::GOING_AWAY);
@@ -231,16 +226,13 @@ mod tests {
         let o = Outbox::new(4);
         o.push(f("a"));
         o.close(Close::GOING_AWAY);
-        let mut batch = Vec::new();
-        assert_eq!(o.drain_into(&mut batch), Some(Close::GOING_AWAY));
-        assert_eq!(batch.len(), 1);
+        let (batch, close) = o.take();
+        assert_eq!((batch.len(), close), (1, Some(Close::GOING_AWAY)));
 
         let o = Outbox::new(4);
         o.push(f("a"));
         o.close(Close::SLOW_CONSUMER);
-        let mut batch = Vec::new();
-        o.drain_into(&mut batch);
-        assert!(batch.is_empty());
+        assert!(o.take().0.is_empty());
     }
 
     #[tokio::test]

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Instant;
-use tracing::{debug, instrument};
+use tracing::debug;
 
 use crate::hub::{Hub, Membership};
 use crate::outbox::{Close, Outbox, Push};
@@ -53,7 +53,6 @@ pub struct Socket {
 }
 
 /// Runs the connection until either side closes it or the hub shuts down.
-#[instrument(name = "session", skip_all, fields(room = %membership.room().name, client = %membership.client(), role = %membership.role()))]
 pub async fn run(
     socket: Socket,
     membership: Membership,
@@ -61,7 +60,14 @@ pub async fn run(
     mut shutdown: Shutdown,
     opts: SessionOptions,
 ) {
-    debug!("connected");
+    // No tracing span per connection: a live span holds its formatted fields for the
+    // connection's lifetime, which is memory an idle dashboard should not cost.
+    let (room, client, role) = (
+        membership.room().name.clone(),
+        membership.client().clone(),
+        membership.role(),
+    );
+    debug!(%room, %client, %role, "connected");
     let Socket {
         mut read,
         write,
@@ -146,7 +152,7 @@ pub async fn run(
         // The peer went away first: stop the writer (its frames have nowhere to go).
         writer.abort();
     }
-    debug!("disconnected");
+    debug!(%room, %client, %role, "disconnected");
 }
 
 /// The reader side's state and its handling of one text frame.
@@ -268,14 +274,14 @@ impl Reader<'_> {
 /// client when nothing else is sent, and finishes with the close frame the outbox asks
 /// for.
 async fn write_loop(mut io: OwnedWriteHalf, outbox: Arc<Outbox>, ping_interval: Duration) {
-    let mut batch: Vec<Frame> = Vec::new();
     let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
     // Where a possibly interrupted write stands: a frame on the wire must always be
     // finished before anything else (the close frame) can follow it.
     let mut partial: Option<Frame> = None;
     loop {
-        let close = outbox.drain_into(&mut batch);
+        let (mut batch, close) = outbox.take();
         if !batch.is_empty() {
+            let batch = batch.make_contiguous();
             let mut progress = Progress::default();
             tokio::select! {
                 biased;
@@ -286,15 +292,11 @@ async fn write_loop(mut io: OwnedWriteHalf, outbox: Arc<Outbox>, ping_interval: 
                         partial = Some(batch[progress.first].slice(progress.offset..));
                     }
                 }
-                res = write_frames(&mut io, &batch, &mut progress) => {
+                res = write_frames(&mut io, batch, &mut progress) => {
                     if res.is_err() {
                         return;
                     }
                 }
-            }
-            batch.clear();
-            if batch.capacity() > 256 {
-                batch = Vec::new();
             }
             ping.reset();
         }

@@ -207,8 +207,6 @@ pub fn handle<G: Send + Sync + 'static>(
         ping_interval: ctx.ping_interval,
     };
     tokio::spawn(async move {
-        let _completion = completion;
-        let _conn_guard = conn_guard;
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => return debug!(error = %e, "upgrade failed"),
@@ -225,7 +223,13 @@ pub fn handle<G: Send + Sync + 'static>(
             write,
             already_read: parts.read_buf,
         };
-        session::run(socket, membership, hub, shutdown, opts).await;
+        // The session runs as a task of its own so that this task's state (the pending
+        // upgrade) is freed: an idle connection then costs only the session's future.
+        tokio::spawn(async move {
+            let _completion = completion;
+            let _conn_guard = conn_guard;
+            session::run(socket, membership, hub, shutdown, opts).await;
+        });
     });
 
     let accept = accept_key(key.as_bytes());

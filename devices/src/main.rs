@@ -278,7 +278,8 @@ async fn cmd_run(args: RunArgs) -> anyhow::Result<()> {
             scenario.readings_per_sec()
         );
     }
-    let status = (!args.quiet && std::io::stdout().is_terminal())
+    // The status line shares stdout with the summary, so not with --json.
+    let status = (!args.quiet && !args.json && std::io::stdout().is_terminal())
         .then(|| tokio::spawn(status_line(stats.clone())));
     let summary = telehub_sim::run(scenario, opts, shutdown_signal(args.duration))
         .await

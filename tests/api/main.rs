@@ -12,3 +12,4 @@ mod http;
 mod lifecycle;
 mod mqtt;
 mod rooms;
+mod simulator;

@@ -430,8 +430,9 @@ impl Drop for HubProcess {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hub_killed_mid_run_loses_nothing_generated_while_it_was_down() {
-    // Arrange: a hub process, a dashboard, and devices whose reconnects start a second
-    // after a failure, so the dashboard is back before they resend.
+    // Arrange: a hub process, a dashboard, and devices whose first retry comes 1.5 to 3 s
+    // after the connection drops, so the dashboard is back (about 0.3 s after the kill)
+    // before they resend.
     let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")
@@ -447,8 +448,8 @@ async fn hub_killed_mid_run_loses_nothing_generated_while_it_was_down() {
     let mut opts = options(
         url,
         BackoffConfig {
-            initial: Duration::from_millis(2_000),
-            max: Duration::from_millis(2_000),
+            initial: Duration::from_millis(3_000),
+            max: Duration::from_millis(3_000),
         },
     );
     opts.stats = stats.clone();
@@ -459,10 +460,14 @@ async fn hub_killed_mid_run_loses_nothing_generated_while_it_was_down() {
         &mut before,
         Duration::from_millis(1500),
         WAIT,
-        |s| s.readings.len() >= 40,
+        |s| s.readings.len() >= 40 && stats.snapshot().connected == 4,
     )
     .await;
-    assert_eq!(stats.snapshot().connected, 4);
+    assert_eq!(
+        stats.snapshot().connected,
+        4,
+        "all devices up before the kill"
+    );
 
     // Act: kill the hub, leave it down for a while, start it again on the same port.
     hub.kill();
@@ -474,7 +479,7 @@ async fn hub_killed_mid_run_loses_nothing_generated_while_it_was_down() {
         |_| false,
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let buffered_while_down = stats.snapshot().buffered;
     let _hub = HubProcess::start(hub.port).await;
     let mut dash = Client::connect(&dash_url).await.expect("dashboard again");
