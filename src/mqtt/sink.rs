@@ -255,10 +255,9 @@ fn command_payload(frame: &str) -> Option<Vec<u8>> {
 /// (welcome, presence) has no MQTT counterpart and is dropped. Ends when the member is
 /// closed (replaced, hub shutdown).
 async fn drain_commands(outbox: Arc<Outbox>, link: BridgeLink, room: Arc<str>, device: Arc<str>) {
-    let mut batch = Vec::new();
     loop {
-        let close = outbox.drain_into(&mut batch);
-        for frame in batch.drain(..) {
+        let (batch, close) = outbox.take();
+        for frame in batch {
             if let Some(payload) = command_payload(protocol::frame_text(&frame)) {
                 if let Err(e) = link.command(&room, &device, payload).await {
                     tracing::warn!(error = %e, "command not sent");
