@@ -65,6 +65,9 @@ pub const COMMAND_WAIT: Duration = Duration::from_secs(5);
 /// recognised by the `src` marker in the payload).
 pub const MAX_MIRRORED_DEVICES: usize = 4096;
 
+/// How often the ingest task calls [`BridgeSink::tick`].
+const SINK_TICK: Duration = Duration::from_secs(1);
+
 /// Largest MQTT packet accepted or sent.
 const MAX_PACKET_BYTES: usize = 256 * 1024;
 
@@ -116,6 +119,8 @@ pub trait BridgeSink: Send + 'static {
     fn readings(&mut self, msg: BridgedMessage) -> Result<usize, String>;
     /// A device's ack to a command.
     fn ack(&mut self, ack: BridgedAck) -> Result<(), String>;
+    /// Called about once a second between messages (idle devices leave here).
+    fn tick(&mut self) {}
 }
 
 /// The way from the hub back to the broker: commands and mirrored readings.
@@ -171,6 +176,11 @@ impl BridgeLink {
 
     pub fn state(&self) -> &Arc<BridgeState> {
         &self.inner.state
+    }
+
+    /// How long a bridged device may stay silent before it leaves its room.
+    pub fn device_idle(&self) -> Option<Duration> {
+        self.inner.spec.device_idle
     }
 
     /// True when this bridge mirrors WebSocket readings to its broker.
@@ -647,7 +657,19 @@ struct AckPayload {
 
 impl Ingest {
     async fn run<S: BridgeSink>(mut self, mut rx: mpsc::Receiver<Publish>, mut sink: S) {
-        while let Some(p) = rx.recv().await {
+        let mut tick = tokio::time::interval(SINK_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let p = tokio::select! {
+                p = rx.recv() => match p {
+                    Some(p) => p,
+                    None => return,
+                },
+                _ = tick.tick() => {
+                    sink.tick();
+                    continue;
+                }
+            };
             self.handle(&p, &mut sink);
             // After the hub has it: only now may the broker forget it.
             if let Err(e) = self.client.ack(&p).await {

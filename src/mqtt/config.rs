@@ -66,6 +66,11 @@ pub struct BridgeConfig {
     /// `{room}` and `{device}` (or the bridge cannot tell whose ack it is).
     #[serde(default = "default_ack_topic")]
     pub ack_topic: String,
+    /// A bridged device that has published nothing for this many seconds leaves its
+    /// room (dashboards get a presence `leave`; its next reading joins it again). 0
+    /// keeps every bridged device until the bridge stops.
+    #[serde(default)]
+    pub device_idle_secs: u64,
     /// Publish the readings of WebSocket devices to this broker too, on the first topic
     /// template (which then must be renderable: `{room}`, `{device}`, `{metric}`, no
     /// `{_}` or `#`), so existing MQTT consumers see them.
@@ -159,6 +164,8 @@ pub struct BridgeSpec {
     pub command_topic: TopicTemplate,
     pub ack_topic: TopicTemplate,
     pub mirror: bool,
+    /// `None`: bridged devices stay until the bridge stops.
+    pub device_idle: Option<Duration>,
 }
 
 /// Parses `mqtt://[user[:pass]@]host[:port]` (also `tcp://`; `mqtts://` or `ssl://` for
@@ -392,6 +399,8 @@ impl BridgeConfig {
             command_topic,
             ack_topic,
             mirror: self.mirror,
+            device_idle: (self.device_idle_secs > 0)
+                .then(|| Duration::from_secs(self.device_idle_secs)),
         })
     }
 }

@@ -37,6 +37,8 @@ const REJOIN_AFTER: Duration = Duration::from_secs(30);
 struct Device {
     membership: Membership,
     drain: JoinHandle<()>,
+    /// When its last reading arrived (for `device_idle_secs`).
+    last_seen: Instant,
 }
 
 impl Drop for Device {
@@ -127,10 +129,11 @@ impl HubSink {
             bridge = self.link.name(),
             "bridged device joined"
         );
-        let entry = self
-            .devices
-            .entry(key)
-            .or_insert(Device { membership, drain });
+        let entry = self.devices.entry(key).or_insert(Device {
+            membership,
+            drain,
+            last_seen: Instant::now(),
+        });
         Ok(&entry.membership)
     }
 
@@ -192,17 +195,36 @@ impl BridgeSink for HubSink {
         }
         let hub = self.hub.clone();
         let member = self.member(&msg.room, &msg.device)?;
-        Ok(hub.publish(member, items).accepted)
+        let accepted = hub.publish(member, items).accepted;
+        let key: (Arc<str>, Arc<str>) = (msg.room.as_str().into(), msg.device.as_str().into());
+        if let Some(d) = self.devices.get_mut(&key) {
+            d.last_seen = Instant::now();
+        }
+        Ok(accepted)
+    }
+
+    fn tick(&mut self) {
+        let Some(idle) = self.link.device_idle() else {
+            return;
+        };
+        self.devices.retain(|(room, device), d| {
+            let keep = d.last_seen.elapsed() < idle;
+            if !keep {
+                tracing::info!(%room, %device, "bridged device idle; it leaves its room");
+            }
+            keep
+        });
     }
 
     fn ack(&mut self, ack: BridgedAck) -> Result<(), String> {
         let key: (Arc<str>, Arc<str>) = (ack.room.as_str().into(), ack.device.as_str().into());
-        let Some(d) = self.devices.get(&key) else {
+        let Some(d) = self.devices.get_mut(&key) else {
             return Err(format!(
                 "ack from `{}` in room `{}`, which is not a bridged device here",
                 ack.device, ack.room
             ));
         };
+        d.last_seen = Instant::now();
         let a = AckIn {
             id: ack.id,
             ok: ack.ok,

@@ -474,3 +474,25 @@ async fn a_websocket_device_taking_a_bridged_id_is_not_replaced_back() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn an_idle_bridged_device_leaves_its_room() {
+    let broker = Mosquitto::start();
+    let app = hub_with_bridge(broker.port, "api-idle", "device_idle_secs = 1\n").await;
+    wait_subscribed(&app).await;
+    let (mut dash, _) = app.connect("lab", "dash", "dashboard").await;
+    let sensor = TestClient::connect(broker.port, "api-sensor-idle");
+    sensor.publish("telehub/lab/t1/temperature", "1").await;
+    assert_eq!(dash.recv_type("presence").await["event"], "join");
+    assert_eq!(next_reading(&mut dash).await["value"], 1.0);
+    let leave = dash.recv_type("presence").await;
+    assert_eq!(
+        (&leave["event"], &leave["client"], &leave["via"]),
+        (&json!("leave"), &json!("t1"), &json!("mqtt"))
+    );
+    // Its next reading joins it again.
+    sensor.publish("telehub/lab/t1/temperature", "2").await;
+    assert_eq!(dash.recv_type("presence").await["event"], "join");
+    assert_eq!(next_reading(&mut dash).await["value"], 2.0);
+    app.stop().await;
+}
