@@ -236,6 +236,21 @@ export class LineChart {
     this.canvas.height = Math.round(this.height * this.dpr);
   }
 
+  /** A transparent offscreen layer of w x h device pixels, cleared, for rasterColumns. */
+  pixelLayer(w, h) {
+    let l = this.layer;
+    if (!l || l.canvas.width !== w || l.canvas.height !== h) {
+      const canvas = document.createElement("canvas");
+      canvas.width = w;
+      canvas.height = h;
+      const image = new ImageData(w, h);
+      l = this.layer = { canvas, ctx: canvas.getContext("2d"), image, pix: new Uint32Array(image.data.buffer) };
+    } else {
+      l.pix.fill(0);
+    }
+    return l;
+  }
+
   readTheme() {
     const cs = getComputedStyle(this.canvas);
     const v = (name, dflt) => cs.getPropertyValue(name).trim() || dflt;
@@ -339,12 +354,24 @@ export class LineChart {
     ctx.lineWidth = ranges.length > 12 ? 1.2 : 1.6;
     ctx.lineJoin = ranges.length > 12 ? "bevel" : "round";
     let segments = 0;
+    // Dense lines first, rasterised by us into one pixel layer (see rasterColumns).
+    const dense = ranges.filter(([, , a, b]) => b - a > pw * 1.5);
+    if (dense.length) {
+      const dpr = this.dpr;
+      const lw = Math.round(pw * dpr), lh = Math.round(ph * dpr);
+      const layer = this.pixelLayer(lw, lh);
+      const pxPerMsDev = lw / this.windowMs;
+      const scaleY = (lh - 1) / (hi - lo);
+      const half = Math.max(0.5, (ctx.lineWidth * dpr) / 2);
+      for (const [device, s, a, b] of dense) {
+        segments += rasterColumns(layer.pix, lw, lh, s, a, b, tStart, pxPerMsDev, hi, scaleY, half, rgba32(this.colorFor(device)));
+      }
+      layer.ctx.putImageData(layer.image, 0, 0);
+      ctx.drawImage(layer.canvas, padL, padT, pw, ph);
+    }
     for (const [device, s, a, b] of ranges) {
       const color = this.colorFor(device);
-      if (b - a > pw * 1.5) {
-        ctx.fillStyle = color;
-        segments += fillColumns(ctx, s, a, b, xOf, yOf, ctx.lineWidth);
-      } else {
+      if (b - a <= pw * 1.5) {
         ctx.strokeStyle = color;
         ctx.beginPath();
         segments += traceAll(ctx, s, a, b, xOf, yOf);
@@ -376,25 +403,28 @@ function traceAll(ctx, s, a, b, xOf, yOf) {
 }
 
 /**
- * Dense lines (several points per pixel column) are drawn as one filled 1-pixel-wide
- * bar per column, from the column's min to its max, stretched to meet the previous
- * column's last value so the line stays connected. Rectangles rasterise far faster
- * than stroked paths (no joins, no anti-aliased slopes), and there is one per column
- * whatever the number of points: this is what keeps 50 lines at 10 Hz cheap.
+ * Dense lines (several points per pixel column) are rasterised here, straight into a
+ * pixel buffer: per device-pixel column one vertical run from the column's min to its
+ * max, stretched to meet the previous column's last value so the line stays connected.
+ * This is exact to the pixel, costs one run per column whatever the number of points,
+ * and skips the canvas's path machinery entirely: with 50 lines of 10 Hz data, stroking
+ * cost ~125 ms a chart in Chromium's software raster, this costs a few.
  */
-function fillColumns(ctx, s, a, b, xOf, yOf, lw) {
+function rasterColumns(pix, w, h, s, a, b, tStart, pxPerMs, hi, scaleY, half, color) {
   let col = NaN, mn = 0, mx = 0, last = NaN, prevLast = NaN, prevT = -Infinity, n = 0;
-  const half = lw / 2;
   const flush = () => {
-    let lo = mn, hi = mx;
-    if (prevLast === prevLast) { if (prevLast < lo) lo = prevLast; if (prevLast > hi) hi = prevLast; }
-    ctx.fillRect(col, lo - half, 1, hi - lo + lw);
+    if (col < 0 || col >= w) return;
+    let lo = mn, top = mx;
+    if (prevLast === prevLast) { if (prevLast < lo) lo = prevLast; if (prevLast > top) top = prevLast; }
+    const y0 = Math.max(0, Math.floor(lo - half + 0.5));
+    const y1 = Math.min(h - 1, Math.ceil(top + half - 0.5));
+    for (let y = y0, i = y0 * w + col; y <= y1; y++, i += w) pix[i] = color;
     n += 1;
   };
   for (let i = a; i < b; i++) {
     const t = s.ts[i];
-    const x = Math.floor(xOf(t));
-    const y = yOf(s.v[i]);
+    const x = Math.floor((t - tStart) * pxPerMs);
+    const y = (hi - s.v[i]) * scaleY;
     const breaks = t - prevT > GAP_MS;
     prevT = t;
     if (x !== col || breaks) {
@@ -409,6 +439,27 @@ function fillColumns(ctx, s, a, b, xOf, yOf, lw) {
   }
   if (col === col) flush();
   return n;
+}
+
+/** A CSS colour as a little-endian RGBA pixel for a Uint32Array over ImageData. */
+const rgbaCache = new Map();
+let probe = null;
+function rgba32(color) {
+  let v = rgbaCache.get(color);
+  if (v === undefined) {
+    if (!probe) {
+      const c = document.createElement("canvas");
+      c.width = c.height = 1;
+      probe = c.getContext("2d", { willReadFrequently: true });
+    }
+    probe.clearRect(0, 0, 1, 1);
+    probe.fillStyle = color;
+    probe.fillRect(0, 0, 1, 1);
+    const [r, g, bl, al] = probe.getImageData(0, 0, 1, 1).data;
+    v = ((al << 24) | (bl << 16) | (g << 8) | r) >>> 0;
+    rgbaCache.set(color, v);
+  }
+  return v;
 }
 
 /** About `count` round tick values covering [lo, hi]. */
