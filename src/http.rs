@@ -10,17 +10,20 @@ use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
 use crate::hub::Hub;
+use crate::mqtt::Bridges;
 use crate::upgrade::error_response;
 
 /// All HTTP routes of the hub; `dashboard_dir` serves the page from disk instead of the
 /// embedded copy.
 pub fn routes(
     hub: Hub,
+    bridges: Bridges,
     dashboard_dir: Option<PathBuf>,
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
     healthz()
         .or(rooms(hub.clone()))
-        .or(metrics(hub))
+        .or(api_bridges(bridges.clone()))
+        .or(metrics(hub, bridges))
         .or(crate::dashboard::routes(dashboard_dir))
         .recover(recover)
 }
@@ -42,14 +45,27 @@ fn rooms(hub: Hub) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + 
         .map(|hub: Hub| warp::reply::json(&serde_json::json!({ "rooms": hub.summaries() })))
 }
 
+/// GET /api/bridges: each MQTT bridge with its connection state and counters.
+fn api_bridges(
+    bridges: Bridges,
+) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    warp::path!("api" / "bridges")
+        .and(warp::get())
+        .map(move || warp::reply::json(&serde_json::json!({ "bridges": bridges.statuses() })))
+}
+
 /// GET /metrics
-fn metrics(hub: Hub) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+fn metrics(
+    hub: Hub,
+    bridges: Bridges,
+) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
     warp::path!("metrics")
         .and(warp::get())
         .and(with_hub(hub))
-        .map(|hub: Hub| {
+        .map(move |hub: Hub| {
             let mut text = String::with_capacity(4096);
             hub.metrics().render(hub.room_count(), &mut text);
+            bridges.render_metrics(&mut text);
             warp::reply::with_header(text, "content-type", "text/plain; version=0.0.4")
         })
 }

@@ -10,5 +10,6 @@ mod browser;
 mod errors;
 mod http;
 mod lifecycle;
+mod mqtt;
 mod rooms;
 mod simulator;
