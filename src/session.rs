@@ -1,16 +1,18 @@
 //! One WebSocket connection, from the first frame to the close.
 //!
-//! The TCP stream is split in two owned halves: a writer task drains the connection's
-//! [`Outbox`] (every queued frame in one `writev`) and owns the close handshake; the
-//! reader loop decodes what the client sends ([`websocket::Decoder`]) and hands it to the
-//! [`Hub`]. Either side ending tears down the other, and dropping the [`Membership`] at
-//! the end leaves the room.
+//! One task per connection, one `select!` loop: it decodes what the client sends
+//! ([`websocket::Decoder`]) and hands it to the [`Hub`], and it drains the connection's
+//! [`Outbox`] into the socket (every queued frame in one `writev`), so reading never waits
+//! for a slow write and vice versa. One task, not a reader and a writer, because memory
+//! per idle connection is a target: a second task and its timer cost about a kilobyte.
+//! Dropping the [`Membership`] at the end leaves the room.
 //!
 //! Nothing a client sends is trusted: every message is validated by [`protocol::parse`],
 //! errors are answered with an `error` frame and the connection stays open, except for
 //! frames over the size limit (close 1009), invalid UTF-8 (1007) and WebSocket protocol
 //! violations (1002).
 
+use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,7 +33,7 @@ use crate::websocket::{self, Decoder, Message};
 /// How long the writer may take to put the close frame on a socket whose peer does not
 /// read, before the connection is simply dropped.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long the reader waits for the peer's answer to our close frame.
+/// How long the session waits for the peer's answer to our close frame.
 const CLOSE_ECHO_TIMEOUT: Duration = Duration::from_secs(2);
 /// Frames handed to one `writev` call at most.
 const MAX_IOVECS: usize = 64;
@@ -70,11 +72,10 @@ pub async fn run(
     debug!(%room, %client, %role, "connected");
     let Socket {
         mut read,
-        write,
+        mut write,
         already_read,
     } = socket;
     let outbox = membership.outbox().clone();
-    let mut writer = tokio::spawn(write_loop(write, outbox.clone(), opts.ping_interval));
     let limits = hub.limits();
     let mut decoder = Decoder::new(limits.max_frame_bytes, already_read);
     let mut reader = Reader {
@@ -84,18 +85,33 @@ pub async fn run(
         outbox: &outbox,
         acks: opts.acks,
     };
-
-    let idle_limit = opts.ping_interval * 2;
-    let idle = tokio::time::sleep(idle_limit);
-    tokio::pin!(idle);
+    let mut out = Unsent::default();
+    // One timer serves the pings, the idle limit and the wait for a close answer.
+    let timer = tokio::time::sleep(opts.ping_interval);
+    tokio::pin!(timer);
+    let mut last_heard = Instant::now();
     let mut shutting_down = false;
-    let mut writer_done = false;
+    let mut reading = true;
+    let mut peer_closed = false;
+    let mut close_sent = false;
     loop {
-        tokio::select! {
-            msg = decoder.next(&mut read) => {
-                if !writer_done {
-                    idle.as_mut().reset(Instant::now() + idle_limit);
+        if out.is_empty() && !close_sent {
+            let (frames, close) = outbox.take();
+            out.frames = frames;
+            if out.is_empty() {
+                if let Some(close) = close {
+                    send_close(&mut write, &mut out, close).await;
+                    close_sent = true;
+                    if peer_closed || !reading {
+                        break;
+                    }
+                    timer.as_mut().reset(Instant::now() + CLOSE_ECHO_TIMEOUT);
                 }
+            }
+        }
+        tokio::select! {
+            msg = decoder.next(&mut read), if reading => {
+                last_heard = Instant::now();
                 match msg {
                     Ok(Message::Text(text)) => {
                         if outbox.closing().is_none() {
@@ -109,50 +125,68 @@ pub async fn run(
                     Ok(Message::Ping(payload)) => reader.send(websocket::pong(&payload)),
                     Ok(Message::Pong) => {}
                     Ok(Message::Close(code)) => {
-                        // Answer the close (unless ours is already on its way), then end.
-                        outbox.close(Close::answer(code));
-                        if !writer_done {
-                            let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, &mut writer).await;
+                        if close_sent {
+                            break;
                         }
-                        break;
+                        // Answer the close (the next turn sends it), then end.
+                        peer_closed = true;
+                        reading = false;
+                        outbox.close(Close::answer(code));
                     }
                     Err(e) => {
-                        debug!(error = %e, "read ended");
-                        if let Some(code) = e.close_code() {
-                            outbox.close(Close::refuse(code));
-                            if !writer_done {
-                                let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, &mut writer).await;
+                        debug!(%room, %client, error = %e, "read ended");
+                        match e.close_code() {
+                            Some(code) if !close_sent => {
+                                reading = false;
+                                outbox.close(Close::refuse(code));
                             }
+                            _ => break,
                         }
-                        break;
                     }
                 }
             }
+            res = out.write(&mut write), if !out.is_empty() => {
+                if res.is_err() {
+                    break;
+                }
+            }
+            // A client that stopped reading must not keep this session stuck on a full
+            // socket once the room has given up on it: keep only a frame already begun.
+            _ = outbox.urgent(), if !out.is_empty() => out.abandon(),
+            _ = outbox.ready(), if out.is_empty() && !close_sent => {}
             _ = shutdown.recv(), if !shutting_down => {
                 shutting_down = true;
                 outbox.close(Close::GOING_AWAY);
             }
-            _ = &mut writer, if !writer_done => {
-                // The writer has sent its close frame (or the socket failed): give the peer
-                // a moment to answer the close, then end.
-                writer_done = true;
-                idle.as_mut().reset(Instant::now() + CLOSE_ECHO_TIMEOUT);
-            }
-            _ = &mut idle => {
-                if writer_done {
+            _ = &mut timer => {
+                if close_sent {
                     break;
                 }
-                debug!("no frame for two ping intervals");
-                outbox.close(Close::TIMED_OUT);
-                idle.as_mut().reset(Instant::now() + CLOSE_WRITE_TIMEOUT);
+                if last_heard.elapsed() >= opts.ping_interval * 2 {
+                    debug!(%room, %client, "no frame for two ping intervals");
+                    outbox.close(Close::TIMED_OUT);
+                } else {
+                    // Every interval whatever the traffic: a dashboard only ever answers
+                    // pings, so they are how the hub knows it is still there.
+                    out.frames.push_back(websocket::ping());
+                }
+                timer.as_mut().reset(Instant::now() + opts.ping_interval);
             }
         }
     }
-    if !writer.is_finished() {
-        // The peer went away first: stop the writer (its frames have nowhere to go).
-        writer.abort();
-    }
     debug!(%room, %client, %role, "disconnected");
+}
+
+/// Writes the rest of a frame already begun, then the close frame, then ends our side of
+/// the TCP stream; gives up after [`CLOSE_WRITE_TIMEOUT`] on a peer that does not read.
+async fn send_close(io: &mut OwnedWriteHalf, out: &mut Unsent, close: Close) {
+    let frame = websocket::close(close.code, close.reason);
+    let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, async {
+        out.write(io).await?;
+        io.write_all(&frame).await?;
+        io.shutdown().await
+    })
+    .await;
 }
 
 /// The reader side's state and its handling of one text frame.
@@ -270,82 +304,34 @@ impl Reader<'_> {
     }
 }
 
-/// Drains the outbox into the socket: every queued frame in `writev` calls, pings the
-/// client every `ping_interval` whatever the traffic (a dashboard only ever answers
-/// pings, and the reader drops a client that sends nothing for two intervals), and finishes with the close frame the outbox asks
-/// for.
-async fn write_loop(mut io: OwnedWriteHalf, outbox: Arc<Outbox>, ping_interval: Duration) {
-    let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
-    // Where a possibly interrupted write stands: a frame on the wire must always be
-    // finished before anything else (the close frame) can follow it.
-    let mut partial: Option<Frame> = None;
-    loop {
-        let (mut batch, close) = outbox.take();
-        if !batch.is_empty() {
-            let batch = batch.make_contiguous();
-            let mut progress = Progress::default();
-            tokio::select! {
-                biased;
-                // A client that stopped reading must not keep this task stuck on a full
-                // socket once the room has given up on it.
-                _ = outbox.urgent() => {
-                    if progress.offset > 0 {
-                        partial = Some(batch[progress.first].slice(progress.offset..));
-                    }
-                }
-                res = write_frames(&mut io, batch, &mut progress) => {
-                    if res.is_err() {
-                        return;
-                    }
-                }
-            }
-        }
-        if let Some(close) = close.or_else(|| outbox.closing()) {
-            if close.flush_first && !outbox.is_empty() {
-                continue;
-            }
-            let frame = websocket::close(close.code, close.reason);
-            let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, async {
-                if let Some(rest) = partial.take() {
-                    io.write_all(&rest).await?;
-                }
-                io.write_all(&frame).await?;
-                io.shutdown().await
-            })
-            .await;
-            return;
-        }
-        tokio::select! {
-            _ = outbox.ready() => {}
-            _ = ping.tick() => {
-                if io.write_all(&websocket::ping()).await.is_err() {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-/// How far a batch has been written: whole frames before `first`, and `offset` bytes of
-/// frame `first`. Kept outside the write future so an interrupted write can be finished.
+/// Frames taken from the outbox and not yet on the wire, and how much of the first one is
+/// already written. Progress is recorded only after a write returns, so dropping a write
+/// future (when `select!` picks another branch) loses nothing.
 #[derive(Default)]
-struct Progress {
-    first: usize,
+struct Unsent {
+    frames: VecDeque<Frame>,
     offset: usize,
 }
 
-/// Writes whole frames with as few `writev` calls as the socket allows.
-async fn write_frames(
-    io: &mut OwnedWriteHalf,
-    frames: &[Frame],
-    progress: &mut Progress,
-) -> std::io::Result<()> {
-    let Progress { first, offset } = progress;
-    while *first < frames.len() {
+impl Unsent {
+    fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// Writes every frame, [`MAX_IOVECS`] to a `writev`.
+    async fn write(&mut self, io: &mut OwnedWriteHalf) -> std::io::Result<()> {
+        while !self.is_empty() {
+            self.write_some(io).await?;
+        }
+        Ok(())
+    }
+
+    /// One `writev` of up to [`MAX_IOVECS`] frames.
+    async fn write_some(&mut self, io: &mut OwnedWriteHalf) -> std::io::Result<()> {
         let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
         let mut n = 0;
-        for (i, f) in frames[*first..].iter().take(MAX_IOVECS).enumerate() {
-            slices[i] = IoSlice::new(if i == 0 { &f[*offset..] } else { &f[..] });
+        for (i, f) in self.frames.iter().take(MAX_IOVECS).enumerate() {
+            slices[i] = IoSlice::new(if i == 0 { &f[self.offset..] } else { &f[..] });
             n += 1;
         }
         let mut written = io.write_vectored(&slices[..n]).await?;
@@ -353,16 +339,33 @@ async fn write_frames(
             return Err(std::io::ErrorKind::WriteZero.into());
         }
         while written > 0 {
-            let left = frames[*first].len() - *offset;
+            let Some(front) = self.frames.front() else {
+                break;
+            };
+            let left = front.len() - self.offset;
             if written >= left {
                 written -= left;
-                *first += 1;
-                *offset = 0;
+                self.frames.pop_front();
+                self.offset = 0;
             } else {
-                *offset += written;
+                self.offset += written;
                 written = 0;
             }
         }
+        if self.frames.is_empty() {
+            // Give the queue's memory back: an idle connection holds none.
+            self.frames = VecDeque::new();
+        }
+        Ok(())
     }
-    Ok(())
+
+    /// Drops every frame not yet begun; a frame partly on the wire must be finished
+    /// before anything else (the close frame) can follow it.
+    fn abandon(&mut self) {
+        if self.offset > 0 {
+            self.frames.truncate(1);
+        } else {
+            self.frames = VecDeque::new();
+        }
+    }
 }
