@@ -1,1 +1,454 @@
-//! placeholder until written
+//! Plots: history rendered to SVG or PNG with plotters, for
+//! `GET /api/rooms/{room}/plot.svg|png` and `telehub plot`.
+//!
+//! A reader at the end of the data flow: the HTTP handler copies one metric's points out
+//! of [`history`](crate::history) ([`PlotData`]), and [`render`] draws them on a blocking
+//! thread ([`render_blocking`] wraps it in `spawn_blocking`), so no lock and no async
+//! worker is held while drawing. One line per device, a time axis with local-time labels,
+//! the unit on the value axis, a title and a legend, in a light or dark theme.
+//!
+//! Text is drawn with the DejaVu Sans font shipped in `assets/fonts/` and registered with
+//! plotters' `ab_glyph` support, so rendering needs no system fonts and the build no
+//! system libraries.
+
+use std::sync::OnceLock;
+
+use chrono::TimeZone;
+use plotters::prelude::*;
+use plotters::style::{FontStyle, RGBColor};
+
+use crate::history::{PlotData, Point};
+
+/// The font every plot uses (DejaVu Sans, Bitstream Vera licence: `assets/fonts/`).
+static FONT: &[u8] = include_bytes!("../assets/fonts/DejaVuSans.ttf");
+
+/// Smallest and largest width or height of a plot, in pixels.
+pub const MIN_SIZE: u32 = 100;
+pub const MAX_SIZE: u32 = 4_000;
+/// Size of a plot when the request gives none.
+pub const DEFAULT_WIDTH: u32 = 1_000;
+pub const DEFAULT_HEIGHT: u32 = 500;
+
+/// What can go wrong drawing a plot.
+#[derive(Debug, thiserror::Error)]
+pub enum PlotError {
+    /// `width` or `height` outside `MIN_SIZE..=MAX_SIZE`.
+    #[error("`{name}` must be {MIN_SIZE} to {MAX_SIZE} pixels, not {value}")]
+    Size { name: &'static str, value: u32 },
+    #[error("the bundled font could not be loaded")]
+    Font,
+    #[error("drawing failed: {0}")]
+    Draw(String),
+    #[error("PNG encoding failed: {0}")]
+    Encode(String),
+    #[error("the rendering task failed: {0}")]
+    Task(String),
+}
+
+/// The image format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Svg,
+    Png,
+}
+
+impl Format {
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Svg => "image/svg+xml",
+            Format::Png => "image/png",
+        }
+    }
+}
+
+/// Colours of the background, text and grid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Theme {
+    #[default]
+    Light,
+    Dark,
+}
+
+impl std::str::FromStr for Theme {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "light" => Ok(Theme::Light),
+            "dark" => Ok(Theme::Dark),
+            _ => Err(()),
+        }
+    }
+}
+
+/// How to draw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlotOptions {
+    pub format: Format,
+    pub width: u32,
+    pub height: u32,
+    pub theme: Theme,
+}
+
+impl PlotOptions {
+    /// Options with a checked size.
+    pub fn new(format: Format, width: u32, height: u32, theme: Theme) -> Result<Self, PlotError> {
+        for (name, value) in [("width", width), ("height", height)] {
+            if !(MIN_SIZE..=MAX_SIZE).contains(&value) {
+                return Err(PlotError::Size { name, value });
+            }
+        }
+        Ok(PlotOptions {
+            format,
+            width,
+            height,
+            theme,
+        })
+    }
+}
+
+struct Colors {
+    background: RGBColor,
+    text: RGBColor,
+    grid: RGBColor,
+    axis: RGBColor,
+    lines: [RGBColor; 10],
+}
+
+const LIGHT: Colors = Colors {
+    background: RGBColor(255, 255, 255),
+    text: RGBColor(32, 32, 32),
+    grid: RGBColor(225, 225, 225),
+    axis: RGBColor(90, 90, 90),
+    lines: [
+        RGBColor(31, 119, 180),
+        RGBColor(255, 127, 14),
+        RGBColor(44, 160, 44),
+        RGBColor(214, 39, 40),
+        RGBColor(148, 103, 189),
+        RGBColor(140, 86, 75),
+        RGBColor(227, 119, 194),
+        RGBColor(127, 127, 127),
+        RGBColor(188, 189, 34),
+        RGBColor(23, 190, 207),
+    ],
+};
+
+const DARK: Colors = Colors {
+    background: RGBColor(24, 26, 31),
+    text: RGBColor(225, 225, 225),
+    grid: RGBColor(55, 58, 66),
+    axis: RGBColor(160, 160, 160),
+    lines: [
+        RGBColor(100, 181, 246),
+        RGBColor(255, 167, 38),
+        RGBColor(102, 187, 106),
+        RGBColor(239, 83, 80),
+        RGBColor(186, 104, 200),
+        RGBColor(161, 136, 127),
+        RGBColor(240, 98, 146),
+        RGBColor(189, 189, 189),
+        RGBColor(212, 225, 87),
+        RGBColor(77, 208, 225),
+    ],
+};
+
+/// Registers the bundled font with plotters, once per process.
+fn font_ready() -> Result<(), PlotError> {
+    static READY: OnceLock<bool> = OnceLock::new();
+    let ok = *READY.get_or_init(|| {
+        plotters::style::register_font("sans-serif", FontStyle::Normal, FONT).is_ok()
+    });
+    ok.then_some(()).ok_or(PlotError::Font)
+}
+
+/// Draws `data` on a blocking-pool thread (rendering a large PNG takes milliseconds of
+/// CPU, which must not stall an async worker).
+pub async fn render_blocking(data: PlotData, opts: PlotOptions) -> Result<Vec<u8>, PlotError> {
+    tokio::task::spawn_blocking(move || render(&data, &opts))
+        .await
+        .map_err(|e| PlotError::Task(e.to_string()))?
+}
+
+/// Draws `data` as `opts` says and returns the encoded image.
+pub fn render(data: &PlotData, opts: &PlotOptions) -> Result<Vec<u8>, PlotError> {
+    font_ready()?;
+    let size = (opts.width, opts.height);
+    match opts.format {
+        Format::Svg => {
+            let mut out = String::new();
+            {
+                let root = SVGBackend::with_string(&mut out, size).into_drawing_area();
+                draw(&root, data, opts)?;
+                root.present().map_err(draw_err)?;
+            }
+            Ok(out.into_bytes())
+        }
+        Format::Png => {
+            let mut rgb = vec![0u8; opts.width as usize * opts.height as usize * 3];
+            {
+                let root = BitMapBackend::with_buffer(&mut rgb, size).into_drawing_area();
+                draw(&root, data, opts)?;
+                root.present().map_err(draw_err)?;
+            }
+            encode_png(&rgb, opts.width, opts.height)
+        }
+    }
+}
+
+fn encode_png(rgb: &[u8], width: u32, height: u32) -> Result<Vec<u8>, PlotError> {
+    let mut out = Vec::with_capacity(rgb.len() / 8);
+    let mut enc = png::Encoder::new(&mut out, width, height);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    enc.set_compression(png::Compression::Fast);
+    let enc_err = |e: png::EncodingError| PlotError::Encode(e.to_string());
+    let mut writer = enc.write_header().map_err(enc_err)?;
+    writer.write_image_data(rgb).map_err(enc_err)?;
+    writer.finish().map_err(enc_err)?;
+    Ok(out)
+}
+
+fn draw_err<E: std::fmt::Display>(e: E) -> PlotError {
+    PlotError::Draw(e.to_string())
+}
+
+/// Labels for the time axis: local time, with the date when the window spans days.
+fn time_label(ms: i64, span: i64) -> String {
+    let Some(t) = chrono::Local.timestamp_millis_opt(ms).single() else {
+        return String::new();
+    };
+    if span > 86_400_000 {
+        t.format("%m-%d %H:%M").to_string()
+    } else if span > 600_000 {
+        t.format("%H:%M").to_string()
+    } else {
+        t.format("%H:%M:%S").to_string()
+    }
+}
+
+/// Reduces a line to at most about `2 * columns` points, keeping each column's minimum
+/// and maximum in time order, so spikes survive and drawing stays fast.
+fn decimate(points: &[Point], from: i64, to: i64, columns: usize) -> Vec<(i64, f64)> {
+    if points.len() <= 2 * columns || columns == 0 {
+        return points.iter().map(|p| (p.ts, p.value)).collect();
+    }
+    let span = (to - from).max(1) as f64;
+    let mut out = Vec::with_capacity(2 * columns + 2);
+    let mut i = 0;
+    while i < points.len() {
+        let col = (((points[i].ts - from) as f64 / span) * columns as f64).floor() as i64;
+        let mut lo = points[i];
+        let mut hi = points[i];
+        let mut j = i + 1;
+        while j < points.len()
+            && ((((points[j].ts - from) as f64 / span) * columns as f64).floor() as i64) == col
+        {
+            if points[j].value < lo.value {
+                lo = points[j];
+            }
+            if points[j].value > hi.value {
+                hi = points[j];
+            }
+            j += 1;
+        }
+        let (a, b) = if lo.ts <= hi.ts { (lo, hi) } else { (hi, lo) };
+        out.push((a.ts, a.value));
+        if b != a {
+            out.push((b.ts, b.value));
+        }
+        i = j;
+    }
+    out
+}
+
+fn draw<DB: DrawingBackend>(
+    root: &DrawingArea<DB, plotters::coord::Shift>,
+    data: &PlotData,
+    opts: &PlotOptions,
+) -> Result<(), PlotError>
+where
+    DB::ErrorType: 'static,
+{
+    let colors = match opts.theme {
+        Theme::Light => &LIGHT,
+        Theme::Dark => &DARK,
+    };
+    root.fill(&colors.background).map_err(draw_err)?;
+
+    let (from, to) = (data.from, data.to.max(data.from + 1));
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for (_, pts) in &data.lines {
+        for p in pts {
+            lo = lo.min(p.value);
+            hi = hi.max(p.value);
+        }
+    }
+    if !lo.is_finite() {
+        (lo, hi) = (0.0, 1.0);
+    }
+    let pad = if hi > lo { (hi - lo) * 0.05 } else { 1.0 };
+    let (lo, hi) = (lo - pad, hi + pad);
+
+    // Text scales gently with the image so small and large plots both read well.
+    let scale = (opts.width.min(opts.height * 2) as f64 / 1000.0).clamp(0.5, 3.0);
+    let px = |n: f64| (n * scale).round().max(8.0) as u32;
+    let font = |n: f64| ("sans-serif", px(n)).into_font().color(&colors.text);
+
+    let title = format!("{} in {}", data.metric, data.room);
+    let y_desc = match &data.unit {
+        Some(u) => format!("{} ({u})", data.metric),
+        None => data.metric.clone(),
+    };
+    let span = to - from;
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, font(24.0))
+        .margin(px(12.0))
+        .x_label_area_size(px(40.0))
+        .y_label_area_size(px(70.0))
+        .build_cartesian_2d(from..to, lo..hi)
+        .map_err(draw_err)?;
+    chart
+        .configure_mesh()
+        .bold_line_style(colors.grid)
+        .light_line_style(colors.background)
+        .axis_style(colors.axis)
+        .label_style(font(13.0))
+        .axis_desc_style(font(15.0))
+        .x_labels(((opts.width / 140).max(2)) as usize)
+        .y_labels(((opts.height / 60).max(2)) as usize)
+        .x_label_formatter(&|ms| time_label(*ms, span))
+        .y_label_formatter(&|v| format_value(*v))
+        .x_desc(format!("local time ({})", chrono::Local::now().format("%Z")))
+        .y_desc(y_desc)
+        .draw()
+        .map_err(draw_err)?;
+
+    let columns = chart.plotting_area().dim_in_pixel().0 as usize;
+    // At least 2 px: the axes and ticks are 1 px polylines, the data lines never are.
+    let stroke = ((scale * 2.0).round() as u32).max(2);
+    for (i, (device, points)) in data.lines.iter().enumerate() {
+        let color = colors.lines[i % colors.lines.len()];
+        let line = decimate(points, from, to, columns);
+        chart
+            .draw_series(LineSeries::new(line, color.stroke_width(stroke)))
+            .map_err(draw_err)?
+            .label(device.as_str())
+            // A filled square, not a path, so the SVG has exactly one path per device.
+            .legend(move |(x, y)| {
+                Rectangle::new([(x, y - 5), (x + 14, y + 5)], color.filled())
+            });
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(colors.background.mix(0.85))
+        .border_style(colors.axis)
+        .label_font(font(13.0))
+        .draw()
+        .map_err(draw_err)?;
+    Ok(())
+}
+
+/// A value axis label: short, without float noise.
+fn format_value(v: f64) -> String {
+    let a = v.abs();
+    if a != 0.0 && !(0.001..1e6).contains(&a) {
+        format!("{v:.2e}")
+    } else if a >= 100.0 {
+        format!("{v:.0}")
+    } else if a >= 1.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(devices: usize, n: usize) -> PlotData {
+        let from = 1_764_000_000_000;
+        PlotData {
+            room: "lab".into(),
+            metric: "temperature".into(),
+            unit: Some("C".into()),
+            from,
+            to: from + n as i64 * 1000,
+            lines: (0..devices)
+                .map(|d| {
+                    let pts = (0..n)
+                        .map(|i| Point {
+                            ts: from + i as i64 * 1000,
+                            value: 20.0 + d as f64 + (i as f64 / 10.0).sin(),
+                        })
+                        .collect();
+                    (format!("dev-{d}"), pts)
+                })
+                .collect(),
+        }
+    }
+
+    /// Polylines wider than the 1 px axes and ticks: the data lines.
+    pub(crate) fn data_lines(svg: &str) -> usize {
+        svg.split("<polyline")
+            .skip(1)
+            .filter(|p| !p.contains("stroke-width=\"1\""))
+            .count()
+    }
+
+    #[test]
+    fn sizes_are_bounded() {
+        assert!(PlotOptions::new(Format::Png, 100_000, 100_000, Theme::Light).is_err());
+        assert!(PlotOptions::new(Format::Png, 99, 500, Theme::Light).is_err());
+        assert!(PlotOptions::new(Format::Png, 4000, 100, Theme::Dark).is_ok());
+    }
+
+    #[test]
+    fn svg_has_one_polyline_per_device_and_a_legend() {
+        let opts = PlotOptions::new(Format::Svg, 800, 400, Theme::Light).unwrap();
+        let svg = String::from_utf8(render(&data(3, 300), &opts).unwrap()).unwrap();
+        assert_eq!(data_lines(&svg), 3, "{svg}");
+        for d in ["dev-0", "dev-1", "dev-2", "temperature in lab", "temperature (C)"] {
+            assert!(svg.contains(d), "missing {d}");
+        }
+    }
+
+    #[test]
+    fn png_has_the_size_and_is_not_blank() {
+        for theme in [Theme::Light, Theme::Dark] {
+            let opts = PlotOptions::new(Format::Png, 640, 320, theme).unwrap();
+            let png = render(&data(2, 3600), &opts).unwrap();
+            let decoder = png::Decoder::new(std::io::Cursor::new(png));
+            let mut reader = decoder.read_info().unwrap();
+            let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+            let info = reader.next_frame(&mut buf).unwrap();
+            assert_eq!((info.width, info.height), (640, 320));
+            let px = &buf[..info.buffer_size()];
+            let first = &px[..3];
+            let differing = px.chunks(3).filter(|p| *p != first).count();
+            assert!(differing > 2_000, "only {differing} non-background pixels");
+        }
+    }
+
+    #[test]
+    fn decimation_keeps_extremes() {
+        let pts: Vec<Point> = (0..10_000)
+            .map(|i| Point {
+                ts: i,
+                value: if i == 5_000 { 99.0 } else { 0.0 },
+            })
+            .collect();
+        let out = decimate(&pts, 0, 10_000, 100);
+        assert!(out.len() <= 200);
+        assert!(out.iter().any(|p| p.1 == 99.0));
+    }
+
+    #[test]
+    fn an_empty_window_still_renders() {
+        let mut d = data(1, 0);
+        d.to = d.from + 60_000;
+        let opts = PlotOptions::new(Format::Png, 200, 100, Theme::Light).unwrap();
+        assert!(render(&d, &opts).is_ok());
+    }
+}
