@@ -1,0 +1,67 @@
+//! The HTTP side of the hub, as warp filters: health, the room list, metrics (and, as
+//! the other stages land, history, plots and the dashboard). One function per endpoint,
+//! composed in [`routes`]; unknown paths and bad requests become JSON errors in
+//! [`recover`].
+
+use std::convert::Infallible;
+
+use warp::http::StatusCode;
+use warp::{Filter, Rejection, Reply};
+
+use crate::hub::Hub;
+use crate::upgrade::error_response;
+
+/// All HTTP routes of the hub.
+pub fn routes(hub: Hub) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
+    healthz()
+        .or(rooms(hub.clone()))
+        .or(metrics(hub))
+        .recover(recover)
+}
+
+fn with_hub(hub: Hub) -> impl Filter<Extract = (Hub,), Error = Infallible> + Clone {
+    warp::any().map(move || hub.clone())
+}
+
+/// GET /healthz
+fn healthz() -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    warp::path!("healthz").and(warp::get()).map(|| "ok")
+}
+
+/// GET /api/rooms
+fn rooms(hub: Hub) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    warp::path!("api" / "rooms")
+        .and(warp::get())
+        .and(with_hub(hub))
+        .map(|hub: Hub| warp::reply::json(&serde_json::json!({ "rooms": hub.summaries() })))
+}
+
+/// GET /metrics
+fn metrics(hub: Hub) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    warp::path!("metrics")
+        .and(warp::get())
+        .and(with_hub(hub))
+        .map(|hub: Hub| {
+            let mut text = String::with_capacity(4096);
+            hub.metrics().render(hub.room_count(), &mut text);
+            warp::reply::with_header(text, "content-type", "text/plain; version=0.0.4")
+        })
+}
+
+/// Turns warp's rejections into JSON errors with the right status.
+async fn recover(err: Rejection) -> Result<warp::reply::Response, Infallible> {
+    let resp = if err.is_not_found() {
+        error_response(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+    } else if err.find::<warp::reject::MethodNotAllowed>().is_some() {
+        error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this endpoint does not take that method",
+        )
+    } else if let Some(e) = err.find::<warp::reject::InvalidQuery>() {
+        error_response(StatusCode::BAD_REQUEST, "invalid_parameter", &e.to_string())
+    } else {
+        error_response(StatusCode::BAD_REQUEST, "bad_request", &format!("{err:?}"))
+    };
+    Ok(resp)
+}

@@ -1,0 +1,237 @@
+//! The bounded outbound queue of one connection.
+//!
+//! The room pushes already-serialised frames here without waiting (a full queue is an
+//! answer, not a wait), and the connection's writer task drains everything queued in one
+//! go and flushes once. The queue is a `VecDeque` behind a std mutex rather than a tokio
+//! channel because an idle connection then holds no buffer at all: a tokio mpsc channel
+//! allocates its first block of slots up front, which matters at 10,000 idle dashboards.
+//!
+//! The outbox also carries the close decision: a room that finds the queue full, a newer
+//! connection that replaces this one, or a shutdown sets a [`Close`] and wakes the writer.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use tokio::sync::Notify;
+
+use crate::protocol::Frame;
+
+/// Why and how a connection is being closed by the hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Close {
+    /// RFC 6455 close code.
+    pub code: u16,
+    /// Close reason sent to the peer.
+    pub reason: &'static str,
+    /// Whether frames already queued are sent before the close frame. A slow or replaced
+    /// client gets the close at once; a shutdown flushes first.
+    pub flush_first: bool,
+}
+
+impl Close {
+    /// The queue filled up: the client reads slower than the room produces.
+    pub const SLOW_CONSUMER: Close = Close {
+        code: 1013,
+        reason: "slow consumer",
+        flush_first: false,
+    };
+    /// A newer connection with the same (room, client) took over.
+    pub const REPLACED: Close = Close {
+        code: 4000,
+        reason: "replaced",
+        flush_first: false,
+    };
+    /// The hub is stopping.
+    pub const GOING_AWAY: Close = Close {
+        code: 1001,
+        reason: "server shutting down",
+        flush_first: true,
+    };
+    /// A frame or message over `limits.max_frame_bytes`.
+    pub const TOO_BIG: Close = Close {
+        code: 1009,
+        reason: "frame too large",
+        flush_first: true,
+    };
+    /// The client answered nothing for two ping intervals.
+    pub const TIMED_OUT: Close = Close {
+        code: 1001,
+        reason: "ping timeout",
+        flush_first: false,
+    };
+}
+
+/// What became of a pushed frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Push {
+    Queued,
+    /// The queue is at capacity; the frame was not queued.
+    Full,
+    /// The connection is closing; the frame was dropped.
+    Closed,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Frame>,
+    close: Option<Close>,
+}
+
+/// A bounded queue of frames for one connection, plus its close latch.
+pub struct Outbox {
+    state: Mutex<State>,
+    /// Wakes the writer for new frames or a close.
+    ready: Notify,
+    /// Wakes a writer blocked on a full socket when it must give up and close at once.
+    urgent: Notify,
+    capacity: usize,
+}
+
+impl Outbox {
+    pub fn new(capacity: usize) -> Outbox {
+        Outbox {
+            state: Mutex::new(State::default()),
+            ready: Notify::new(),
+            urgent: Notify::new(),
+            capacity,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the queue inconsistent (every
+        // operation is a single VecDeque call), so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a frame unless the queue is full or closing. Never waits.
+    pub fn push(&self, frame: Frame) -> Push {
+        let mut s = self.lock();
+        if s.close.is_some() {
+            return Push::Closed;
+        }
+        if s.queue.len() >= self.capacity {
+            return Push::Full;
+        }
+        let was_empty = s.queue.is_empty();
+        s.queue.push_back(frame);
+        drop(s);
+        if was_empty {
+            self.ready.notify_one();
+        }
+        Push::Queued
+    }
+
+    /// Queues frames regardless of capacity: used once, at join, for the welcome and the
+    /// replay of missed readings, whose size the history bounds.
+    pub fn push_all(&self, frames: impl IntoIterator<Item = Frame>) {
+        let mut s = self.lock();
+        if s.close.is_some() {
+            return;
+        }
+        s.queue.extend(frames);
+        drop(s);
+        self.ready.notify_one();
+    }
+
+    /// Asks the writer to close the connection. The first close wins.
+    pub fn close(&self, close: Close) {
+        let mut s = self.lock();
+        if s.close.is_some() {
+            return;
+        }
+        s.close = Some(close);
+        if !close.flush_first {
+            s.queue = VecDeque::new();
+        }
+        drop(s);
+        self.ready.notify_one();
+        if !close.flush_first {
+            self.urgent.notify_one();
+        }
+    }
+
+    /// The close decided so far, if any.
+    pub fn closing(&self) -> Option<Close> {
+        self.lock().close
+    }
+
+    /// Moves every queued frame into `batch` and returns the close decision, if any.
+    pub fn drain_into(&self, batch: &mut Vec<Frame>) -> Option<Close> {
+        let mut s = self.lock();
+        batch.extend(s.queue.drain(..));
+        if s.queue.capacity() > 64 && s.queue.is_empty() {
+            // Give back the memory of a burst so that idle connections stay small.
+            s.queue.shrink_to(16);
+        }
+        s.close
+    }
+
+    /// Waits until something was pushed or a close was decided.
+    pub async fn ready(&self) {
+        self.ready.notified().await
+    }
+
+    /// Waits until a close that must not wait for the queue (slow consumer, replaced).
+    pub async fn urgent(&self) {
+        self.urgent.notified().await
+    }
+
+    /// Frames waiting now.
+    pub fn len(&self) -> usize {
+        self.lock().queue.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(s: &str) -> Frame {
+        Frame::from(s.to_string())
+    }
+
+    #[test]
+    fn bounded_and_closing() {
+        let o = Outbox::new(2);
+        assert_eq!(o.push(f("a")), Push::Queued);
+        assert_eq!(o.push(f("b")), Push::Queued);
+        assert_eq!(o.push(f("c")), Push::Full);
+        let mut batch = Vec::new();
+        assert_eq!(o.drain_into(&mut batch), None);
+        assert_eq!(batch.len(), 2);
+        o.close(Close::SLOW_CONSUMER);
+        assert_eq!(o.push(f("d")), Push::Closed);
+        o.close(Close::GOING_AWAY);
+        assert_eq!(o.closing(), Some(Close::SLOW_CONSUMER), "first close wins");
+    }
+
+    #[test]
+    fn shutdown_keeps_the_queue_and_slow_consumer_drops_it() {
+        let o = Outbox::new(4);
+        o.push(f("a"));
+        o.close(Close::GOING_AWAY);
+        let mut batch = Vec::new();
+        assert_eq!(o.drain_into(&mut batch), Some(Close::GOING_AWAY));
+        assert_eq!(batch.len(), 1);
+
+        let o = Outbox::new(4);
+        o.push(f("a"));
+        o.close(Close::SLOW_CONSUMER);
+        let mut batch = Vec::new();
+        o.drain_into(&mut batch);
+        assert!(batch.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_push_wakes_the_writer_even_before_it_waits() {
+        let o = Outbox::new(4);
+        o.push(f("a"));
+        tokio::time::timeout(std::time::Duration::from_secs(1), o.ready())
+            .await
+            .expect("the permit was stored");
+    }
+}

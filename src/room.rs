@@ -1,0 +1,488 @@
+//! One room: its members, its reading offset, pending commands and duplicate detection,
+//! and the fan-out of readings to its dashboards.
+//!
+//! All state sits behind one std mutex per room. Every operation is short and
+//! synchronous (no `.await` while locked): pushing to a member is a non-blocking
+//! [`Outbox::push`], so a slow dashboard costs the room one failed push and a close, never
+//! a wait. Readings are stamped with their offset and serialised once under the lock, so
+//! offsets and per-device order are the same for every dashboard.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::metrics::Metrics;
+use crate::outbox::{Close, Outbox, Push};
+use crate::protocol::{
+    self, AckIn, CommandIn, ErrorCode, Frame, MemberInfo, ProtoError, ReadingIn, ReadingOut, Role,
+    Via,
+};
+
+/// How far back duplicate detection remembers a device's sequence numbers.
+pub const SEQ_WINDOW: u64 = 4096;
+
+/// A connected member of a room.
+#[derive(Clone)]
+pub struct Member {
+    pub role: Role,
+    pub via: Via,
+    /// Distinguishes this connection from an older or newer one with the same client id.
+    pub conn: u64,
+    pub outbox: Arc<Outbox>,
+}
+
+/// A command waiting for its ack: who asked, and whom.
+struct Pending {
+    dashboard: Arc<str>,
+    dashboard_conn: u64,
+    device: Arc<str>,
+    since: Instant,
+}
+
+/// A room and its lock.
+pub struct Room {
+    pub name: Arc<str>,
+    /// Names this room's offset sequence (see `docs/PROTOCOL.md`).
+    pub epoch: Arc<str>,
+    state: Mutex<RoomState>,
+}
+
+#[derive(Default)]
+struct RoomState {
+    members: HashMap<Arc<str>, Member>,
+    /// The outboxes of the dashboards, kept beside `members` so that fan-out walks a
+    /// dense vector instead of a map.
+    subscribers: Vec<(u64, Arc<Outbox>)>,
+    offset: u64,
+    pending: HashMap<String, Pending>,
+    dedup: HashMap<Arc<str>, SeqWindow>,
+    /// When the last member left; `None` while the room has members.
+    empty_since: Option<Instant>,
+}
+
+/// What became of a device message's readings.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    pub accepted: usize,
+    pub duplicates: usize,
+    /// Highest `seq` among the message's readings (accepted or duplicate).
+    pub max_seq: Option<u64>,
+}
+
+/// A room as `GET /api/rooms` lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RoomSummary {
+    pub room: Arc<str>,
+    pub offset: u64,
+    pub epoch: Arc<str>,
+    pub devices: Vec<MemberSummary>,
+    pub dashboards: Vec<MemberSummary>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MemberSummary {
+    pub client: Arc<str>,
+    pub via: Via,
+}
+
+/// Queues `frame` for one member; a full queue closes it as a slow consumer.
+fn deliver(outbox: &Outbox, frame: Frame, metrics: &Metrics) {
+    if outbox.push(frame) == Push::Full {
+        outbox.close(Close::SLOW_CONSUMER);
+        metrics
+            .slow_consumers
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Room {
+    pub fn new(name: Arc<str>) -> Room {
+        Room {
+            name,
+            epoch: new_epoch(),
+            state: Mutex::new(RoomState::default()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, RoomState> {
+        // Room operations keep the state consistent at every step that can panic, so a
+        // poisoned lock (a panic elsewhere while holding it) is still safe to use.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a member, replacing (close 4000) an older connection with the same client id.
+    /// The welcome is queued first, under the lock, so no reading can precede it.
+    /// Returns false if the room is full.
+    pub(crate) fn join(
+        &self,
+        client: &Arc<str>,
+        member: Member,
+        max_members: usize,
+        metrics: &Metrics,
+    ) -> bool {
+        let mut st = self.lock();
+        let replacing = st.members.get(client).cloned();
+        if replacing.is_none() && st.members.len() >= max_members {
+            return false;
+        }
+        if let Some(old) = &replacing {
+            old.outbox.close(Close::REPLACED);
+            st.subscribers.retain(|(conn, _)| *conn != old.conn);
+        }
+        let others: Vec<MemberInfo> = st
+            .members
+            .iter()
+            .filter(|(c, _)| *c != client)
+            .map(|(c, m)| MemberInfo {
+                client: c,
+                role: m.role,
+                via: m.via,
+            })
+            .collect();
+        let welcome = protocol::welcome(
+            &self.name,
+            client,
+            member.role,
+            st.offset,
+            &self.epoch,
+            &others,
+            None,
+        );
+        member.outbox.push_all([welcome]);
+        let join = protocol::presence("join", client, member.role, member.via);
+        for (c, m) in st.members.iter() {
+            if c != client {
+                deliver(&m.outbox, join.clone(), metrics);
+            }
+        }
+        if member.role == Role::Dashboard {
+            st.subscribers.push((member.conn, member.outbox.clone()));
+        }
+        st.members.insert(client.clone(), member);
+        st.empty_since = None;
+        true
+    }
+
+    /// Removes the member if `conn` is still its connection (a replaced connection leaves
+    /// silently: its successor is already in).
+    pub(crate) fn leave(&self, client: &str, conn: u64, metrics: &Metrics) {
+        let mut st = self.lock();
+        let Some(member) = st.members.get(client) else {
+            return;
+        };
+        if member.conn != conn {
+            return;
+        }
+        let role = member.role;
+        let via = member.via;
+        st.members.remove(client);
+        st.subscribers.retain(|(c, _)| *c != conn);
+        st.pending.retain(|_, p| p.dashboard_conn != conn);
+        let leave = protocol::presence("leave", client, role, via);
+        for m in st.members.values() {
+            deliver(&m.outbox, leave.clone(), metrics);
+        }
+        if st.members.is_empty() {
+            st.empty_since = Some(Instant::now());
+        }
+    }
+
+    /// Stamps, serialises once and fans out a device's readings, in order.
+    pub(crate) fn publish(
+        &self,
+        device: &Arc<str>,
+        items: Vec<ReadingIn>,
+        now_ms: i64,
+        max_dedup: usize,
+        metrics: &Metrics,
+    ) -> Published {
+        let mut out = Published::default();
+        let mut st = self.lock();
+        let st = &mut *st;
+        for item in items {
+            if let Some(seq) = item.seq {
+                out.max_seq = Some(out.max_seq.map_or(seq, |m: u64| m.max(seq)));
+                if !st.dedup.contains_key(device) && st.dedup.len() >= max_dedup {
+                    // Forget the windows of devices that are gone before refusing to
+                    // remember a new one; the map stays bounded either way.
+                    let members = &st.members;
+                    st.dedup.retain(|d, _| members.contains_key(d));
+                }
+                if st.dedup.len() < max_dedup || st.dedup.contains_key(device) {
+                    let window = st.dedup.entry(device.clone()).or_default();
+                    if !window.insert(seq) {
+                        out.duplicates += 1;
+                        continue;
+                    }
+                }
+            }
+            st.offset += 1;
+            let frame = protocol::reading_frame(&ReadingOut {
+                room: &self.name,
+                device,
+                metric: &item.metric,
+                value: item.value,
+                unit: item.unit.as_deref(),
+                ts: item.ts.unwrap_or(now_ms),
+                seq: item.seq,
+                offset: st.offset,
+            });
+            for (_, outbox) in &st.subscribers {
+                deliver(outbox, frame.clone(), metrics);
+            }
+            metrics.frames_out.fetch_add(
+                st.subscribers.len() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            out.accepted += 1;
+        }
+        out
+    }
+
+    /// Forwards a dashboard's command to a device of this room and remembers who asked.
+    pub(crate) fn command(
+        &self,
+        from: &Arc<str>,
+        from_conn: u64,
+        cmd: &CommandIn,
+        max_pending: usize,
+        timeout: Duration,
+    ) -> Result<(), ProtoError> {
+        let mut st = self.lock();
+        let device = match st.members.get_key_value(cmd.to.as_str()) {
+            Some((name, m)) if m.role == Role::Device => (name.clone(), m.outbox.clone()),
+            _ => {
+                return Err(ProtoError::new(
+                    ErrorCode::UnknownDevice,
+                    format!("no device `{}` in room `{}`", cmd.to, self.name),
+                )
+                .with_id(&cmd.id))
+            }
+        };
+        if st.pending.contains_key(&cmd.id) {
+            return Err(ProtoError::new(
+                ErrorCode::DuplicateId,
+                format!("command `{}` is already pending in this room", cmd.id),
+            )
+            .with_id(&cmd.id));
+        }
+        if st.pending.len() >= max_pending {
+            st.pending.retain(|_, p| p.since.elapsed() < timeout);
+            if st.pending.len() >= max_pending {
+                return Err(ProtoError::new(
+                    ErrorCode::TooManyPending,
+                    format!("{max_pending} commands already wait for an ack in this room"),
+                )
+                .with_id(&cmd.id));
+            }
+        }
+        let frame = protocol::command_frame(&cmd.id, from, &cmd.name, cmd.args.as_deref());
+        if device.1.push(frame) != Push::Queued {
+            // The device is not reading (full queue) or is closing; say so rather than
+            // leave the dashboard waiting for an ack that cannot come.
+            return Err(ProtoError::new(
+                ErrorCode::UnknownDevice,
+                format!("device `{}` is not accepting commands now", cmd.to),
+            )
+            .with_id(&cmd.id));
+        }
+        st.pending.insert(
+            cmd.id.clone(),
+            Pending {
+                dashboard: from.clone(),
+                dashboard_conn: from_conn,
+                device: device.0,
+                since: Instant::now(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Routes a device's ack to the dashboard that sent the command.
+    pub(crate) fn ack(
+        &self,
+        device: &str,
+        ack: &AckIn,
+        metrics: &Metrics,
+    ) -> Result<(), ProtoError> {
+        let mut st = self.lock();
+        let pending = match st.pending.get(&ack.id) {
+            Some(p) if &*p.device == device => st.pending.remove(&ack.id),
+            _ => None,
+        };
+        let Some(p) = pending else {
+            return Err(ProtoError::new(
+                ErrorCode::UnknownCommand,
+                format!("no pending command `{}` for this device", ack.id),
+            )
+            .with_id(&ack.id));
+        };
+        if let Some(m) = st.members.get(&p.dashboard) {
+            if m.conn == p.dashboard_conn {
+                let frame = protocol::ack_frame(&ack.id, device, ack.ok, ack.result.as_deref());
+                deliver(&m.outbox, frame, metrics);
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets commands older than `timeout`.
+    pub(crate) fn expire_commands(&self, timeout: Duration) {
+        self.lock()
+            .pending
+            .retain(|_, p| p.since.elapsed() < timeout);
+    }
+
+    /// True if the room has been empty for at least `ttl`.
+    pub(crate) fn empty_for(&self, ttl: Duration) -> bool {
+        self.lock().empty_since.is_some_and(|t| t.elapsed() >= ttl)
+    }
+
+    pub fn summary(&self) -> RoomSummary {
+        let st = self.lock();
+        let mut devices = Vec::new();
+        let mut dashboards = Vec::new();
+        for (client, m) in &st.members {
+            let entry = MemberSummary {
+                client: client.clone(),
+                via: m.via,
+            };
+            match m.role {
+                Role::Device => devices.push(entry),
+                Role::Dashboard => dashboards.push(entry),
+            }
+        }
+        devices.sort_by(|a, b| a.client.cmp(&b.client));
+        dashboards.sort_by(|a, b| a.client.cmp(&b.client));
+        RoomSummary {
+            room: self.name.clone(),
+            offset: st.offset,
+            epoch: self.epoch.clone(),
+            devices,
+            dashboards,
+        }
+    }
+
+    /// Asks every member to close (used by shutdown).
+    pub(crate) fn close_all(&self, close: Close) {
+        for m in self.lock().members.values() {
+            m.outbox.close(close);
+        }
+    }
+}
+
+/// A fresh epoch: 8 base-36 characters from the process's random hasher keys and the
+/// clock, unique enough to tell one life of a room from the next.
+fn new_epoch() -> Arc<str> {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    let mut n = h.finish();
+    let mut s = String::with_capacity(8);
+    for _ in 0..8 {
+        let d = (n % 36) as u32;
+        s.push(char::from_digit(d, 36).unwrap_or('0'));
+        n /= 36;
+    }
+    s.into()
+}
+
+/// The sequence numbers a device sent recently: the highest, and a bitmap of the
+/// `SEQ_WINDOW` below it.
+pub struct SeqWindow {
+    high: Option<u64>,
+    bits: Box<[u64; (SEQ_WINDOW / 64) as usize]>,
+}
+
+impl Default for SeqWindow {
+    fn default() -> Self {
+        SeqWindow {
+            high: None,
+            bits: Box::new([0; (SEQ_WINDOW / 64) as usize]),
+        }
+    }
+}
+
+impl SeqWindow {
+    fn bit(seq: u64) -> (usize, u64) {
+        let i = seq % SEQ_WINDOW;
+        ((i / 64) as usize, 1u64 << (i % 64))
+    }
+
+    fn set(&mut self, seq: u64) {
+        let (w, b) = Self::bit(seq);
+        self.bits[w] |= b;
+    }
+
+    fn clear_all(&mut self) {
+        self.bits.iter_mut().for_each(|w| *w = 0);
+    }
+
+    /// Records `seq`; false if it was already seen within the window.
+    pub fn insert(&mut self, seq: u64) -> bool {
+        let Some(high) = self.high else {
+            self.high = Some(seq);
+            self.set(seq);
+            return true;
+        };
+        if seq > high {
+            if seq - high >= SEQ_WINDOW {
+                self.clear_all();
+            } else {
+                for s in high + 1..=seq {
+                    let (w, b) = Self::bit(s);
+                    self.bits[w] &= !b;
+                }
+            }
+            self.high = Some(seq);
+            self.set(seq);
+            return true;
+        }
+        if high - seq >= SEQ_WINDOW {
+            // Far below anything remembered: the device restarted its counter.
+            self.clear_all();
+            self.high = Some(seq);
+            self.set(seq);
+            return true;
+        }
+        let (w, b) = Self::bit(seq);
+        if self.bits[w] & b != 0 {
+            return false;
+        }
+        self.bits[w] |= b;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seq_window_drops_repeats_and_accepts_restarts() {
+        let mut w = SeqWindow::default();
+        assert!(w.insert(1));
+        assert!(w.insert(2));
+        assert!(!w.insert(1));
+        assert!(w.insert(5));
+        assert!(w.insert(3), "a gap filled late is new");
+        assert!(!w.insert(3));
+        assert!(w.insert(10_000));
+        assert!(!w.insert(10_000));
+        assert!(w.insert(9_000), "inside the window and never seen");
+        assert!(w.insert(1), "far below the window: a restarted counter");
+        assert!(w.insert(2));
+        assert!(!w.insert(2));
+    }
+
+    #[test]
+    fn epochs_differ() {
+        assert_ne!(new_epoch(), new_epoch());
+        assert_eq!(new_epoch().len(), 8);
+    }
+}

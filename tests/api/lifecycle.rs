@@ -1,0 +1,129 @@
+//! The process around the hub: graceful shutdown with 1001, the CLI's address log, and
+//! start-up refusing a bad configuration with exit code 2.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::helpers::{spawn_app, Client};
+
+#[tokio::test]
+async fn shutdown_flushes_queued_frames_and_closes_everyone_with_1001() {
+    let app = spawn_app().await;
+    let (mut dash, _) = app.connect("s", "dash", "dashboard").await;
+    let (mut dev, _) = app.connect("s", "dev", "device").await;
+    for seq in 1..=20 {
+        dev.reading("t", seq as f64, seq).await;
+    }
+    // Wait until the hub has taken all twenty before stopping it.
+    for _ in 0..100 {
+        if app
+            .get("/metrics")
+            .await
+            .1
+            .contains("telehub_readings_in_total 20")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stopping = tokio::spawn(app.stop());
+    for seq in 1..=20u64 {
+        let r = dash.recv_type("reading").await;
+        assert_eq!(r["seq"].as_u64(), Some(seq));
+    }
+    let (code, reason) = dash.recv_close().await;
+    assert_eq!(u16::from(code), 1001);
+    assert_eq!(reason, "server shutting down");
+    let (code, _) = dev.recv_close().await;
+    assert_eq!(u16::from(code), 1001);
+    stopping.await.expect("stopped");
+}
+
+fn telehub() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_telehub"));
+    c.env_remove("RUST_LOG")
+        .env_remove("TELEHUB_CONFIG")
+        .current_dir(std::env::temp_dir());
+    c
+}
+
+#[test]
+fn a_bad_config_stops_start_up_with_exit_code_2_naming_key_and_file() {
+    let dir = std::env::temp_dir().join(format!("telehub-badcfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let cases = [
+        ("[server]\nlisen = \"127.0.0.1:0\"\n", "lisen"),
+        (
+            "[limits]\noutbound_queue = \"lots\"\n",
+            "limits.outbound_queue",
+        ),
+        ("[server]\nlisten = \"not-an-address\"\n", "server.listen"),
+    ];
+    for (i, (text, key)) in cases.iter().enumerate() {
+        let path = dir.join(format!("bad{i}.toml"));
+        std::fs::write(&path, text).expect("write");
+        let out = telehub()
+            .args(["serve", "--config"])
+            .arg(&path)
+            .output()
+            .expect("run telehub");
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(key), "{err}");
+        assert!(err.contains(&format!("bad{i}.toml")), "{err}");
+    }
+    let out = telehub()
+        .env("TELEHUB_LIMITS_MAX_ROOMS", "zero")
+        .arg("serve")
+        .output()
+        .expect("run telehub");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("TELEHUB_LIMITS_MAX_ROOMS"));
+}
+
+#[tokio::test]
+async fn the_binary_logs_its_real_address_and_exits_0_on_sigterm_closing_clients_with_1001() {
+    let mut child = telehub()
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn telehub");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let _ = tx.send(rest.trim().to_string());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the hub logs its address");
+    assert!(!addr.ends_with(":0"), "{addr}");
+    let mut dash = Client::connect(&format!("ws://{addr}/ws/sig/dash"))
+        .await
+        .expect("connect");
+    let _ = dash.recv_type("welcome").await;
+    dash.send_json(json!({"type":"command","id":"x","to":"nobody","name":"n"}))
+        .await;
+    let _ = dash.recv_type("error").await;
+
+    let pid = child.id().to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let (code, _) = dash.recv_close().await;
+    assert_eq!(u16::from(code), 1001);
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert_eq!(status.code(), Some(0));
+}

@@ -1,0 +1,11 @@
+//! Integration tests: every test spawns a real hub on 127.0.0.1 port 0 and drives it
+//! through its public interface (WebSocket and HTTP), as a device or a browser would.
+//! One binary with a module per capability keeps linking cheap.
+
+mod helpers;
+
+mod backpressure;
+mod errors;
+mod http;
+mod lifecycle;
+mod rooms;

@@ -1,0 +1,180 @@
+//! Rooms: welcome, presence, isolation, per-device order, commands and acks, and the
+//! replacement of a duplicate client.
+
+use serde_json::json;
+
+use crate::helpers::{next_error, spawn_app};
+
+#[tokio::test]
+async fn welcome_lists_the_room_and_presence_announces_arrivals_and_departures() {
+    let app = spawn_app().await;
+    let (mut dash, welcome) = app.connect("lab", "dash-1", "dashboard").await;
+    assert_eq!(welcome["room"], "lab");
+    assert_eq!(welcome["client"], "dash-1");
+    assert_eq!(welcome["role"], "dashboard");
+    assert_eq!(welcome["offset"], 0);
+    assert!(welcome["epoch"].as_str().is_some_and(|e| !e.is_empty()));
+    assert_eq!(welcome["members"], json!([]));
+
+    let (dev, welcome) = app.connect("lab", "t1", "device").await;
+    assert_eq!(
+        welcome["members"],
+        json!([{"client":"dash-1","role":"dashboard","via":"ws"}])
+    );
+    let join = dash.recv_type("presence").await;
+    assert_eq!(
+        join,
+        json!({"type":"presence","event":"join","client":"t1","role":"device","via":"ws"})
+    );
+    drop(dev);
+    let leave = dash.recv_type("presence").await;
+    assert_eq!(leave["event"], "leave");
+    assert_eq!(leave["client"], "t1");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn readings_reach_every_dashboard_of_the_room_and_no_one_else() {
+    let app = spawn_app().await;
+    let (mut a1, _) = app.connect("a", "d1", "dashboard").await;
+    let (mut a2, _) = app.connect("a", "d2", "dashboard").await;
+    let (mut b1, _) = app.connect("b", "d1", "dashboard").await;
+    let (mut dev, _) = app.connect("a", "sensor", "device").await;
+    let _ = a1.recv_type("presence").await;
+    let _ = a1.recv_type("presence").await;
+    let _ = a2.recv_type("presence").await;
+
+    dev.send_json(json!({"type":"reading","metric":"temperature","value":21.5,"unit":"C","ts":1764000000000u64,"seq":17}))
+        .await;
+    for dash in [&mut a1, &mut a2] {
+        let r = dash.recv_type("reading").await;
+        assert_eq!(
+            r,
+            json!({"type":"reading","room":"a","device":"sensor","metric":"temperature","value":21.5,"unit":"C","ts":1764000000000u64,"seq":17,"offset":1})
+        );
+    }
+    b1.expect_silence(300).await;
+    dev.expect_silence(100).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_hub_stamps_readings_without_ts_and_offsets_rise_by_one() {
+    let app = spawn_app().await;
+    let (mut dash, _) = app.connect("r", "dash", "dashboard").await;
+    let (mut dev, _) = app.connect("r", "dev", "device").await;
+    let before = chrono::Utc::now().timestamp_millis();
+    dev.send_json(json!({"type":"readings","items":[{"metric":"a","value":1},{"metric":"b","value":2,"ts":"2026-01-01T00:00:00Z"}]}))
+        .await;
+    let r1 = dash.recv_type("reading").await;
+    let r2 = dash.recv_type("reading").await;
+    let stamped = r1["ts"].as_i64().expect("ts");
+    assert!(stamped >= before && stamped <= chrono::Utc::now().timestamp_millis());
+    assert_eq!(r2["ts"], 1_767_225_600_000i64);
+    assert_eq!(r1["offset"], 1);
+    assert_eq!(r2["offset"], 2);
+    assert!(r1.get("seq").is_none() && r1.get("unit").is_none());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn readings_of_each_device_arrive_in_the_order_sent() {
+    let app = spawn_app().await;
+    let (mut dash, _) = app.connect("o", "dash", "dashboard").await;
+    let (d1, _) = app.connect("o", "d1", "device").await;
+    let (d2, _) = app.connect("o", "d2", "device").await;
+    const N: u64 = 150;
+    let send = |mut c: crate::helpers::Client| async move {
+        for seq in 1..=N {
+            c.reading("x", seq as f64, seq).await;
+        }
+        c
+    };
+    let (d1, d2) = tokio::join!(send(d1), send(d2));
+    let mut next = std::collections::HashMap::from([("d1", 1u64), ("d2", 1u64)]);
+    let mut last_offset = 0;
+    for _ in 0..2 * N {
+        let r = dash.recv_type("reading").await;
+        let device = r["device"].as_str().expect("device").to_string();
+        let expect = next.get_mut(device.as_str()).expect("known device");
+        assert_eq!(r["seq"].as_u64(), Some(*expect), "order of {device}");
+        *expect += 1;
+        let offset = r["offset"].as_u64().expect("offset");
+        assert_eq!(offset, last_offset + 1, "offsets have no gap");
+        last_offset = offset;
+    }
+    drop((d1, d2));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn commands_reach_the_device_and_acks_reach_the_sender() {
+    let app = spawn_app().await;
+    let (mut dev, _) = app.connect("c", "pump", "device").await;
+    let (mut asker, _) = app.connect("c", "dash-a", "dashboard").await;
+    let (mut other, _) = app.connect("c", "dash-b", "dashboard").await;
+
+    asker
+        .send_json(json!({"type":"command","id":"c-1","to":"pump","name":"set_interval","args":{"ms":500}}))
+        .await;
+    let cmd = dev.recv_type("command").await;
+    assert_eq!(
+        cmd,
+        json!({"type":"command","id":"c-1","from":"dash-a","name":"set_interval","args":{"ms":500}})
+    );
+    dev.send_json(json!({"type":"ack","id":"c-1","ok":true,"result":{"interval_ms":500}}))
+        .await;
+    let ack = asker.recv_type("ack").await;
+    assert_eq!(
+        ack,
+        json!({"type":"ack","id":"c-1","from":"pump","ok":true,"result":{"interval_ms":500}})
+    );
+    // The ack went to the sender only; a second ack for the same id is unknown.
+    dev.send_json(json!({"type":"ack","id":"c-1","ok":true}))
+        .await;
+    assert_eq!(next_error(&mut dev).await.0, "unknown_command");
+    other.expect_silence(200).await;
+
+    // A command to a device that is not in the room.
+    asker
+        .send_json(json!({"type":"command","id":"c-2","to":"ghost","name":"reboot"}))
+        .await;
+    let e = asker.recv_type("error").await;
+    assert_eq!(e["code"], "unknown_device");
+    assert_eq!(e["id"], "c-2");
+    // A dashboard is not a device either.
+    asker
+        .send_json(json!({"type":"command","id":"c-3","to":"dash-b","name":"reboot"}))
+        .await;
+    assert_eq!(next_error(&mut asker).await.0, "unknown_device");
+    // Two pending commands with one id.
+    asker
+        .send_json(json!({"type":"command","id":"c-4","to":"pump","name":"reboot"}))
+        .await;
+    asker
+        .send_json(json!({"type":"command","id":"c-4","to":"pump","name":"reboot"}))
+        .await;
+    assert_eq!(next_error(&mut asker).await.0, "duplicate_id");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_newer_connection_replaces_the_older_one_with_4000() {
+    let app = spawn_app().await;
+    let (mut dash, _) = app.connect("rep", "dash", "dashboard").await;
+    let (mut old, _) = app.connect("rep", "dev", "device").await;
+    let _ = dash.recv_type("presence").await;
+    let (mut new, _) = app.connect("rep", "dev", "device").await;
+    let (code, reason) = old.recv_close().await;
+    assert_eq!(u16::from(code), 4000);
+    assert_eq!(reason, "replaced");
+    // The new connection is the live one: its readings flow, and the old one's
+    // departure did not announce a leave.
+    new.reading("t", 1.0, 1).await;
+    let r = dash.recv_type("reading").await;
+    assert_eq!(r["device"], "dev");
+    let summary: serde_json::Value =
+        serde_json::from_str(&app.get("/api/rooms").await.1).expect("json");
+    assert_eq!(summary["rooms"][0]["devices"][0]["client"], "dev");
+    app.stop().await;
+}
