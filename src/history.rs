@@ -103,25 +103,28 @@ impl Default for HistoryConfig {
 }
 
 impl HistoryConfig {
-    /// Checks the values serde cannot; the message names the key.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the values serde cannot; names the key (`history.…`) that is wrong.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
         if self.points_per_series == 0 || self.points_per_series > 10_000_000 {
-            return Err("points_per_series: must be 1 to 10000000".into());
+            return Err(("history.points_per_series", "must be 1 to 10000000".into()));
         }
         if self.retention_ms < 1_000 {
-            return Err("retention_ms: must be at least 1000".into());
+            return Err(("history.retention_ms", "must be at least 1000".into()));
         }
         if self.max_series == 0 {
-            return Err("max_series: must be at least 1".into());
+            return Err(("history.max_series", "must be at least 1".into()));
         }
         if self.room_log_len == 0 || self.room_log_len > 10_000_000 {
-            return Err("room_log_len: must be 1 to 10000000".into());
+            return Err(("history.room_log_len", "must be 1 to 10000000".into()));
         }
         if !(10..=60_000).contains(&self.flush_interval_ms) {
-            return Err("flush_interval_ms: must be 10 to 60000".into());
+            return Err(("history.flush_interval_ms", "must be 10 to 60000".into()));
         }
         if self.persist && self.data_dir.as_os_str().is_empty() {
-            return Err("data_dir: must not be empty when persist = true".into());
+            return Err((
+                "history.data_dir",
+                "must not be empty when persist = true".into(),
+            ));
         }
         Ok(())
     }
@@ -278,7 +281,10 @@ impl RoomHistory {
                     }),
                     unit: None,
                     points: VecDeque::new(),
-                    last: Point { ts: r.ts, value: r.value },
+                    last: Point {
+                        ts: r.ts,
+                        value: r.value,
+                    },
                     last_offset: 0,
                 })
             }
@@ -369,11 +375,11 @@ impl RoomHistory {
         inner.log.front().map_or(inner.offset + 1, |e| e.offset)
     }
 
-    /// The last value of every series, by device then metric.
-    pub fn snapshot(&self, mut each: impl FnMut(Replayed<'_>)) {
+    /// Hands `f` the last value of every series, by device then metric.
+    pub fn snapshot<R>(&self, f: impl FnOnce(&[Replayed<'_>]) -> R) -> R {
         let inner = self.lock();
-        for s in sorted_series(&inner) {
-            each(Replayed {
+        let entries: Vec<Replayed<'_>> = sorted_series(&inner)
+            .map(|s| Replayed {
                 device: &s.key.device,
                 metric: &s.key.metric,
                 unit: s.unit.as_deref(),
@@ -381,8 +387,9 @@ impl RoomHistory {
                 value: s.last.value,
                 seq: None,
                 offset: s.last_offset,
-            });
-        }
+            })
+            .collect();
+        f(&entries)
     }
 
     /// Whether the room has any series now.
@@ -606,9 +613,7 @@ fn replayed_of(e: &Entry) -> Replayed<'_> {
 /// The room's series, by device then metric.
 fn sorted_series(inner: &RoomInner) -> impl Iterator<Item = &Series> {
     let mut all: Vec<&Series> = inner.series.values().flat_map(|m| m.values()).collect();
-    all.sort_by(|a, b| {
-        (&*a.key.device, &*a.key.metric).cmp(&(&*b.key.device, &*b.key.metric))
-    });
+    all.sort_by(|a, b| (&*a.key.device, &*a.key.metric).cmp(&(&*b.key.device, &*b.key.metric)));
     all.into_iter()
 }
 
@@ -626,7 +631,11 @@ fn insert_point(points: &mut VecDeque<Point>, p: Point, cap: usize) {
 }
 
 /// The points with `from <= ts <= to`.
-fn ts_range(points: &VecDeque<Point>, from: i64, to: i64) -> std::collections::vec_deque::Iter<'_, Point> {
+fn ts_range(
+    points: &VecDeque<Point>,
+    from: i64,
+    to: i64,
+) -> std::collections::vec_deque::Iter<'_, Point> {
     let lo = points.partition_point(|p| p.ts < from);
     let hi = points.partition_point(|p| p.ts <= to).max(lo);
     points.range(lo..hi)
@@ -1034,7 +1043,7 @@ mod tests {
             flush_interval_ms: 0,
             ..c
         };
-        assert!(bad.validate().unwrap_err().starts_with("flush_interval_ms"));
+        assert_eq!(bad.validate().unwrap_err().0, "history.flush_interval_ms");
     }
 
     #[test]
@@ -1052,7 +1061,10 @@ mod tests {
         let room = h.room(&Arc::from("r"));
         let d: Arc<str> = Arc::from("d1");
         for i in 0..8 {
-            assert_eq!(room.record(&rec(&d, "t", 1000 + i, i as f64)).unwrap(), i as u64 + 1);
+            assert_eq!(
+                room.record(&rec(&d, "t", 1000 + i, i as f64)).unwrap(),
+                i as u64 + 1
+            );
         }
         assert_eq!(room.offset(), 8);
         let info = room.series_info();
@@ -1135,9 +1147,20 @@ mod tests {
         .unwrap();
         let mut seen = Vec::new();
         room.replay(0, None, |e| {
-            seen.push((e.device.to_string(), e.metric.to_string(), e.unit.is_none(), e.ts, e.value, e.seq, e.offset))
+            seen.push((
+                e.device.to_string(),
+                e.metric.to_string(),
+                e.unit.is_none(),
+                e.ts,
+                e.value,
+                e.seq,
+                e.offset,
+            ))
         });
-        assert_eq!(seen, [("dev".into(), "hum".into(), true, 77, 40.5, Some(9), 1)]);
+        assert_eq!(
+            seen,
+            [("dev".into(), "hum".into(), true, 77, 40.5, Some(9), 1)]
+        );
     }
 
     #[test]
@@ -1148,8 +1171,11 @@ mod tests {
         room.record(&rec(&b, "t", 1, 1.0)).unwrap();
         room.record(&rec(&a, "t", 2, 2.0)).unwrap();
         room.record(&rec(&b, "t", 3, 3.0)).unwrap();
-        let mut snap = Vec::new();
-        room.snapshot(|e| snap.push((e.device.to_string(), e.value, e.offset)));
+        let snap: Vec<(String, f64, u64)> = room.snapshot(|all| {
+            all.iter()
+                .map(|e| (e.device.to_string(), e.value, e.offset))
+                .collect()
+        });
         assert_eq!(snap, [("a".into(), 2.0, 2), ("b".into(), 3.0, 3)]);
     }
 
@@ -1163,7 +1189,8 @@ mod tests {
         let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
         for i in 0..100 {
             room.record(&rec(&a, "t", i * 1000, i as f64)).unwrap();
-            room.record(&rec(&b, "t", i * 1000 + 500, -(i as f64))).unwrap();
+            room.record(&rec(&b, "t", i * 1000 + 500, -(i as f64)))
+                .unwrap();
         }
         let q = Query {
             device: Some("a".into()),
@@ -1227,7 +1254,10 @@ mod tests {
         assert_eq!(h.series_count(), 2);
         h.prune(100_000 + 1); // cutoff 40_001
         assert_eq!(h.series_count(), 1);
-        assert!(h.get("gone").is_none(), "no series left and no room holds it");
+        assert!(
+            h.get("gone").is_none(),
+            "no series left and no room holds it"
+        );
         assert_eq!(kept.series_info()[0].count, 1);
         h.prune(1_000_000);
         assert_eq!(h.series_count(), 0);
@@ -1250,7 +1280,10 @@ mod tests {
         assert_eq!(data.lines.len(), 2);
         assert_eq!(data.unit.as_deref(), Some("C"));
         assert!(room.plot_data("x", None, 0, 10).is_err());
-        assert_eq!(room.plot_data("t", Some("b"), 0, 10).unwrap().lines.len(), 1);
+        assert_eq!(
+            room.plot_data("t", Some("b"), 0, 10).unwrap().lines.len(),
+            1
+        );
     }
 
     #[test]

@@ -8,13 +8,18 @@ use std::convert::Infallible;
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
+use crate::history_api;
 use crate::hub::Hub;
+use crate::plot::Format;
 use crate::upgrade::error_response;
 
 /// All HTTP routes of the hub.
 pub fn routes(hub: Hub) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
     healthz()
         .or(rooms(hub.clone()))
+        .or(room_history(hub.clone()))
+        .or(room_series(hub.clone()))
+        .or(room_plot(hub.clone()))
         .or(metrics(hub))
         .recover(recover)
 }
@@ -34,6 +39,44 @@ fn rooms(hub: Hub) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + 
         .and(warp::get())
         .and(with_hub(hub))
         .map(|hub: Hub| warp::reply::json(&serde_json::json!({ "rooms": hub.summaries() })))
+}
+
+/// The query string as pairs (empty when there is none); the handlers check them.
+fn query_pairs() -> impl Filter<Extract = (Vec<(String, String)>,), Error = Rejection> + Clone {
+    warp::query::<Vec<(String, String)>>()
+}
+
+/// GET /api/rooms/{room}/history?device=&metric=&from=&to=&limit=&format=&step=
+fn room_history(hub: Hub) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    warp::path!("api" / "rooms" / String / "history")
+        .and(warp::get())
+        .and(with_hub(hub))
+        .and(query_pairs())
+        .and_then(|room, hub, q| history_api::history(hub, room, q))
+}
+
+/// GET /api/rooms/{room}/series
+fn room_series(hub: Hub) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    warp::path!("api" / "rooms" / String / "series")
+        .and(warp::get())
+        .and(with_hub(hub))
+        .and(query_pairs())
+        .and_then(|room, hub, q| history_api::series(hub, room, q))
+}
+
+/// GET /api/rooms/{room}/plot.svg and /api/rooms/{room}/plot.png
+fn room_plot(hub: Hub) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    let format = warp::path("plot.svg")
+        .map(|| Format::Svg)
+        .or(warp::path("plot.png").map(|| Format::Png))
+        .unify();
+    warp::path!("api" / "rooms" / String / ..)
+        .and(format)
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(with_hub(hub))
+        .and(query_pairs())
+        .and_then(|room, format, hub, q| history_api::plot(hub, room, format, q))
 }
 
 /// GET /metrics

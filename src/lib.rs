@@ -20,8 +20,10 @@
 //!   once and queues the same bytes for every dashboard.
 //! - [`server`] wires it together and owns the graceful [`shutdown`].
 
+pub mod client;
 pub mod config;
 pub mod history;
+pub mod history_api;
 pub mod http;
 pub mod hub;
 pub mod metrics;

@@ -75,6 +75,9 @@ pub enum Push {
 struct State {
     queue: VecDeque<Frame>,
     close: Option<Close>,
+    /// Room above `capacity` granted by `push_all` (a join's replay) until the writer
+    /// next drains the queue, so live readings that arrive meanwhile still fit.
+    extra: usize,
 }
 
 /// A bounded queue of frames for one connection, plus its close latch.
@@ -109,7 +112,7 @@ impl Outbox {
         if s.close.is_some() {
             return Push::Closed;
         }
-        if s.queue.len() >= self.capacity {
+        if s.queue.len() >= self.capacity + s.extra {
             return Push::Full;
         }
         let was_empty = s.queue.is_empty();
@@ -128,7 +131,9 @@ impl Outbox {
         if s.close.is_some() {
             return;
         }
+        let before = s.queue.len();
         s.queue.extend(frames);
+        s.extra += s.queue.len() - before;
         drop(s);
         self.ready.notify_one();
     }
@@ -159,6 +164,7 @@ impl Outbox {
     pub fn drain_into(&self, batch: &mut Vec<Frame>) -> Option<Close> {
         let mut s = self.lock();
         batch.extend(s.queue.drain(..));
+        s.extra = 0;
         if s.queue.capacity() > 64 && s.queue.is_empty() {
             // Give back the memory of a burst so that idle connections stay small.
             s.queue.shrink_to(16);

@@ -318,7 +318,10 @@ where
         .y_labels(((opts.height / 60).max(2)) as usize)
         .x_label_formatter(&|ms| time_label(*ms, span))
         .y_label_formatter(&|v| format_value(*v))
-        .x_desc(format!("local time ({})", chrono::Local::now().format("%Z")))
+        .x_desc(format!(
+            "local time ({})",
+            chrono::Local::now().format("%Z")
+        ))
         .y_desc(y_desc)
         .draw()
         .map_err(draw_err)?;
@@ -334,9 +337,7 @@ where
             .map_err(draw_err)?
             .label(device.as_str())
             // A filled square, not a path, so the SVG has exactly one path per device.
-            .legend(move |(x, y)| {
-                Rectangle::new([(x, y - 5), (x + 14, y + 5)], color.filled())
-            });
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], color.filled()));
     }
     chart
         .configure_series_labels()
@@ -409,7 +410,13 @@ mod tests {
         let opts = PlotOptions::new(Format::Svg, 800, 400, Theme::Light).unwrap();
         let svg = String::from_utf8(render(&data(3, 300), &opts).unwrap()).unwrap();
         assert_eq!(data_lines(&svg), 3, "{svg}");
-        for d in ["dev-0", "dev-1", "dev-2", "temperature in lab", "temperature (C)"] {
+        for d in [
+            "dev-0",
+            "dev-1",
+            "dev-2",
+            "temperature in lab",
+            "temperature (C)",
+        ] {
             assert!(svg.contains(d), "missing {d}");
         }
     }

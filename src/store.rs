@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::history::{HistoryConfig, SeriesKey};
 
@@ -81,7 +81,10 @@ pub struct Loaded {
 enum Msg {
     Reading(StoredReading),
     /// A room starts a new epoch: its old rows (if any) belong to a history the hub lost.
-    Room { room: Arc<str>, epoch: Arc<str> },
+    Room {
+        room: Arc<str>,
+        epoch: Arc<str>,
+    },
     /// Commit now and answer.
     Flush(SyncSender<()>),
     /// Commit and stop.
@@ -129,12 +132,43 @@ impl Store {
                  offset INTEGER NOT NULL,
                  PRIMARY KEY (room, offset)
              ) WITHOUT ROWID;
-             CREATE INDEX IF NOT EXISTS readings_ts ON readings (ts);",
+             CREATE INDEX IF NOT EXISTS readings_ts ON readings (ts);
+             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
         )
         .map_err(sql)?;
         let retention = config.retention_ms as i64;
         let cutoff = crate::history::now_ms().saturating_sub(retention);
-        let loaded = load(&conn, cutoff).map_err(sql)?;
+        let mut loaded = load(&conn, cutoff).map_err(sql)?;
+        // After a crash or `kill -9` the last flush interval's readings are lost, and
+        // with them offsets that dashboards may already have seen. Those offsets will be
+        // given out again, so each room starts a new epoch: a dashboard that comes back
+        // with the old epoch is told `recovered: false` instead of getting readings that
+        // do not follow on from what it saw. Kept readings keep their offsets.
+        let clean: Option<String> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'clean'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(sql)?;
+        if clean.as_deref() == Some("0") && !loaded.rooms.is_empty() {
+            tracing::warn!(
+                rooms = loaded.rooms.len(),
+                "history was not closed cleanly (crash or kill -9): rooms get new epochs"
+            );
+            for (room, epoch, _) in &mut loaded.rooms {
+                *epoch = crate::history::new_epoch();
+                conn.execute(
+                    "UPDATE rooms SET epoch = ?2 WHERE room = ?1",
+                    params![&**room, &**epoch],
+                )
+                .map_err(sql)?;
+            }
+        }
+        conn.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('clean', '0')",
+            [],
+        )
+        .map_err(sql)?;
         let (tx, rx) = mpsc::sync_channel(STORE_QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
         let writer = Writer {
@@ -304,6 +338,7 @@ impl Writer {
                 }
                 Ok(Msg::Stop) => {
                     self.commit(&mut batch);
+                    self.mark_clean();
                     return;
                 }
                 Ok(msg) => {
@@ -338,6 +373,16 @@ impl Writer {
             tracing::error!(path = %self.path.display(), error = %e, lost = n, "history commit failed");
         }
         batch.clear();
+    }
+
+    /// Records that everything was committed: the next start keeps the epochs.
+    fn mark_clean(&mut self) {
+        if let Err(e) = self.conn.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('clean', '1')",
+            [],
+        ) {
+            tracing::error!(error = %e, "cannot mark history closed cleanly");
+        }
     }
 
     fn enforce_retention(&mut self) {
@@ -392,8 +437,9 @@ fn write(conn: &mut Connection, batch: &[Msg]) -> rusqlite::Result<()> {
                 Msg::Flush(_) | Msg::Stop => {}
             }
         }
-        let mut set_last =
-            tx.prepare_cached("UPDATE rooms SET last_offset = max(last_offset, ?2) WHERE room = ?1")?;
+        let mut set_last = tx.prepare_cached(
+            "UPDATE rooms SET last_offset = max(last_offset, ?2) WHERE room = ?1",
+        )?;
         for (room, offset) in last {
             set_last.execute(params![room, offset as i64])?;
         }
@@ -457,6 +503,26 @@ mod tests {
         assert_eq!(got, [(8, Some(7)), (9, Some(8)), (10, Some(9))]);
         record(&h, "a", 1);
         assert_eq!(a.offset(), 11);
+        h.close();
+    }
+
+    #[test]
+    fn an_unclean_stop_keeps_readings_but_changes_epochs() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = History::open(cfg(dir.path())).unwrap();
+        record(&h, "a", 4);
+        let epoch = h.get("a").unwrap().epoch().clone();
+        h.flush();
+        // No close: as if the process had been killed.
+        std::mem::forget(h);
+        let h = History::open(cfg(dir.path())).unwrap();
+        let a = h.get("a").unwrap();
+        assert_ne!(a.epoch(), &epoch);
+        assert_eq!(a.offset(), 4);
+        let mut n = 0;
+        let r = a.replay(2, Some(&epoch), |_| n += 1);
+        assert!(!r.recovered);
+        assert_eq!(n, 4);
         h.close();
     }
 

@@ -23,6 +23,7 @@ use warp::Reply;
 use crate::hub::Hub;
 use crate::metrics::Rejection;
 use crate::protocol::{valid_id, Role, Via};
+use crate::room::Since;
 use crate::session::{self, SessionOptions};
 use crate::shutdown::{Completion, Shutdown};
 
@@ -209,7 +210,11 @@ pub fn handle<G: Send + Sync + 'static>(
         return resp;
     };
 
-    let membership = match hub.join(room, client, query.role, Via::Ws) {
+    let since = query.since.map(|offset| Since {
+        offset,
+        epoch: query.epoch.as_deref(),
+    });
+    let membership = match hub.join(room, client, query.role, Via::Ws, since) {
         Ok(m) => m,
         Err(e) => {
             return reject(
@@ -220,7 +225,6 @@ pub fn handle<G: Send + Sync + 'static>(
             )
         }
     };
-    let _ = (&query.since, &query.epoch);
 
     let on_upgrade = hyper::upgrade::on(&mut req);
     let hub = hub.clone();
