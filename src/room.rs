@@ -173,10 +173,12 @@ impl Room {
         let mut frames = Vec::new();
         let mut recovered = None;
         if member.role == Role::Dashboard {
-            frames.push(self.history.snapshot(|all| {
+            // A room with no series yet has nothing to show: no snapshot then.
+            let snapshot = self.history.snapshot(|all| {
                 let series: Vec<_> = all.iter().map(protocol::snapshot_entry).collect();
-                protocol::snapshot_frame(&series)
-            }));
+                (!series.is_empty()).then(|| protocol::snapshot_frame(&series))
+            });
+            frames.extend(snapshot);
             if let Some(since) = since {
                 let recovery = self.history.replay(since.offset, since.epoch, |e| {
                     frames.push(protocol::reading_frame(&ReadingOut {

@@ -6,6 +6,7 @@ mod helpers;
 
 mod backpressure;
 mod errors;
+mod history;
 mod http;
 mod lifecycle;
 mod rooms;
