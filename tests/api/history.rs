@@ -242,6 +242,12 @@ async fn past_max_series_a_reading_is_refused_with_series_limit() {
             ("a".into(), json!(3))
         ]
     );
+    let (_, text) = app.get("/metrics").await;
+    assert!(text.contains("telehub_history_series 2\n"), "{text}");
+    assert!(
+        text.contains("telehub_errors_total{code=\"series_limit\"} 1"),
+        "{text}"
+    );
 }
 
 fn persistent(dir: &Path) -> impl FnOnce(&mut Settings) + '_ {
