@@ -1,1 +1,481 @@
-fn main() {}
+//! The `telehub-sim` command: run a scenario of simulated devices against a hub (or an
+//! MQTT broker), check scenario files, or run the benchmark load generator.
+//!
+//! Only argument parsing, printing and signal handling live here; the work is in the
+//! library (`telehub_sim::run`, `telehub_sim::bench`).
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use telehub_sim::bench::idle::{run_idle, IdleOptions, IdleReport};
+use telehub_sim::bench::{run_bench, BenchOptions, BenchReport};
+use telehub_sim::{ClockConfig, Kind, RunOptions, Scenario, SeqStart, SimStats, Summary};
+
+/// Simulated IoT devices for telehub, and its load generator.
+#[derive(Parser)]
+#[command(name = "telehub-sim", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a scenario (a TOML file, or rooms × devices from flags) until Ctrl-C or --duration.
+    Run(RunArgs),
+    /// Parse and validate scenario files, and say what they contain.
+    Check {
+        /// Scenario files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Benchmark a running hub: devices and dashboards per room, throughput, loss, latency.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Scenario file (devices/greenhouse.toml ...). Without one, --rooms × --devices.
+    scenario: Option<PathBuf>,
+    /// Hub base URL for WebSocket devices.
+    #[arg(long, default_value = "ws://127.0.0.1:8080")]
+    url: String,
+    /// Publish over MQTT to this broker instead (mqtt://127.0.0.1:1883).
+    #[arg(long, value_name = "URL")]
+    mqtt: Option<String>,
+    /// Quick start: number of rooms (room-1, room-2, ...).
+    #[arg(long, conflicts_with = "scenario")]
+    rooms: Option<u32>,
+    /// Devices per room (quick start; default 6), or per group when a file is given.
+    #[arg(long)]
+    devices: Option<u32>,
+    /// Samples per second per device; overrides every group's rate.
+    #[arg(long, value_name = "HZ")]
+    rate: Option<f64>,
+    /// Quick start: only this kind (climate, air_quality, power, vibration, gps, door).
+    #[arg(long, conflicts_with = "scenario", value_parser = parse_kind)]
+    kind: Option<Kind>,
+    /// Seed for every device's signal (overrides the file's).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Readings each device keeps unconfirmed while disconnected; when full the oldest
+    /// is dropped and counted.
+    #[arg(long)]
+    buffer: Option<usize>,
+    /// Stop after this long (e.g. 30s, 5m); default: until Ctrl-C.
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Simulated seconds per real second (60 = a day in 24 minutes); `ts` follows.
+    #[arg(long, default_value_t = 1.0)]
+    speed: f64,
+    /// First seq of every device (default: derived from the clock, so reruns never reuse one).
+    #[arg(long)]
+    seq_start: Option<u64>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+    /// No live status line.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Hub base URL.
+    #[arg(long, default_value = "ws://127.0.0.1:8080")]
+    url: String,
+    /// Rooms.
+    #[arg(long, default_value_t = 10)]
+    rooms: u32,
+    /// Devices per room.
+    #[arg(long, default_value_t = 10)]
+    devices: u32,
+    /// Dashboards per room.
+    #[arg(long, default_value_t = 10)]
+    dashboards: u32,
+    /// Readings per second per device (the hub's default limit is 200 per connection).
+    #[arg(long, value_name = "HZ", default_value_t = 10.0)]
+    rate: f64,
+    /// Measured window (e.g. 10s).
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    duration: Duration,
+    /// Warm-up before the window.
+    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    warmup: Duration,
+    /// The hub's pid: report its RSS and CPU time per delivery.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Instead of the load run: open N idle dashboards and measure the hub's memory.
+    #[arg(long, value_name = "N")]
+    idle: Option<usize>,
+    /// With --idle: dashboards per room.
+    #[arg(long, default_value_t = 50)]
+    idle_per_room: usize,
+    /// With --idle: how long to hold the connections open.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    idle_hold: Duration,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_kind(s: &str) -> Result<Kind, String> {
+    Kind::ALL
+        .into_iter()
+        .find(|k| k.name() == s || k.name().replace('_', "-") == s)
+        .ok_or_else(|| {
+            let names: Vec<_> = Kind::ALL.iter().map(|k| k.name()).collect();
+            format!("unknown kind {s:?}; one of {}", names.join(", "))
+        })
+}
+
+/// `500ms`, `10s`, `5m`, `1h`, or plain seconds (`2.5`).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad duration {s:?}: expected e.g. 500ms, 10s, 5m, 1h"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("bad duration unit in {s:?}: use ms, s, m or h")),
+    };
+    if !(secs.is_finite() && secs >= 0.0) {
+        return Err(format!("bad duration {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => cmd_run(args).await,
+        Command::Check { files } => cmd_check(files),
+        Command::Bench(args) => cmd_bench(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn cmd_check(files: Vec<PathBuf>) -> anyhow::Result<()> {
+    for f in files {
+        let s = Scenario::load(&f)?;
+        println!(
+            "{}: scenario {:?}, seed {}, {} rooms, {} devices, about {:.1} readings/s",
+            f.display(),
+            s.name,
+            s.seed,
+            s.rooms.len(),
+            s.devices().len(),
+            s.readings_per_sec()
+        );
+    }
+    Ok(())
+}
+
+fn build_scenario(args: &RunArgs) -> anyhow::Result<Scenario> {
+    let mut scenario = match &args.scenario {
+        Some(path) => {
+            let mut s = Scenario::load(path)?;
+            if let Some(n) = args.devices {
+                s.set_count(n)?;
+            }
+            s
+        }
+        None => Scenario::quick(
+            args.rooms.unwrap_or(1),
+            args.devices.unwrap_or(6),
+            args.rate,
+            args.kind,
+        )?,
+    };
+    if let Some(r) = args.rate {
+        scenario.set_rate(r)?;
+    }
+    if let Some(seed) = args.seed {
+        scenario.seed = seed;
+    }
+    Ok(scenario)
+}
+
+async fn shutdown_signal(duration: Option<Duration>) {
+    let timer = async {
+        match duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    let term = async {
+        #[cfg(unix)]
+        {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending().await,
+            }
+        }
+        #[cfg(not(unix))]
+        std::future::pending::<()>().await
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+        _ = timer => {}
+    }
+}
+
+async fn cmd_run(args: RunArgs) -> anyhow::Result<()> {
+    let scenario = build_scenario(&args)?;
+    let mut opts = match &args.mqtt {
+        Some(url) => RunOptions::mqtt(url.clone()),
+        None => RunOptions::websocket(args.url.clone()),
+    };
+    opts.buffer = args.buffer;
+    opts.clock = ClockConfig {
+        start_ms: None,
+        speed: args.speed,
+    };
+    if let Some(n) = args.seq_start {
+        opts.seq_start = SeqStart::Fixed(n);
+    }
+    let stats = SimStats::new();
+    opts.stats = stats.clone();
+    let target = args.mqtt.clone().unwrap_or_else(|| args.url.clone());
+    let devices = scenario.devices().len();
+    if !args.json {
+        eprintln!(
+            "telehub-sim: scenario {:?}: {} rooms, {devices} devices, about {:.1} readings/s -> {target}",
+            scenario.name,
+            scenario.rooms.len(),
+            scenario.readings_per_sec()
+        );
+    }
+    let status = (!args.quiet && std::io::stdout().is_terminal())
+        .then(|| tokio::spawn(status_line(stats.clone())));
+    let summary = telehub_sim::run(scenario, opts, shutdown_signal(args.duration))
+        .await
+        .context("simulator run failed")?;
+    if let Some(s) = status {
+        s.abort();
+        print!("\r\x1b[2K");
+        let _ = std::io::stdout().flush();
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print_summary(&summary);
+    }
+    Ok(())
+}
+
+/// Redraw one status line in place every second.
+async fn status_line(stats: SimStats) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last = stats.snapshot();
+    let mut last_at = std::time::Instant::now();
+    loop {
+        tick.tick().await;
+        let now = stats.snapshot();
+        let dt = last_at.elapsed().as_secs_f64().max(1e-3);
+        let rate = (now.generated - last.generated) as f64 / dt;
+        print!(
+            "\r\x1b[2Kdevices {}/{} connected | {:.1} readings/s | confirmed {} | reconnects {} | buffered {} | dropped {}",
+            now.connected, now.devices, rate, now.acked, now.reconnects, now.buffered, now.dropped
+        );
+        let _ = std::io::stdout().flush();
+        last = now;
+        last_at = std::time::Instant::now();
+    }
+}
+
+fn print_summary(s: &Summary) {
+    let t = &s.totals;
+    println!(
+        "scenario {:?} over {}: {:.1} s, {} devices",
+        s.scenario, s.transport, s.elapsed_secs, t.devices
+    );
+    println!(
+        "  readings:  {} generated, {} confirmed, {} unconfirmed at exit, {} dropped (buffer of {} per device full)",
+        t.generated,
+        t.acked,
+        s.devices.iter().map(|d| d.unacked).sum::<u64>(),
+        t.dropped,
+        s.buffer
+    );
+    println!(
+        "  sent:      {} ({} resent after reconnects); reconnects {}, failed connection attempts {}",
+        t.sent, t.resent, t.reconnects, t.connect_failures
+    );
+    println!(
+        "  commands:  {} answered ({} reboots); hub errors {} ({} rate_limited)",
+        t.commands, t.reboots, t.hub_errors, t.rate_limited
+    );
+    let lost = s.lost();
+    if lost > 0 {
+        println!(
+            "  LOST:      {lost} readings were never confirmed (dropped or unconfirmed at exit)"
+        );
+    }
+}
+
+async fn cmd_bench(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(n) = args.idle {
+        let report = run_idle(IdleOptions {
+            url: args.url,
+            connections: n,
+            per_room: args.idle_per_room,
+            hold: args.idle_hold,
+            pid: args.pid,
+        })
+        .await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print_idle(&report);
+        }
+        return Ok(());
+    }
+    if !args.json {
+        eprintln!(
+            "bench: {} rooms x {} devices x {} dashboards at {} Hz; warm-up {:.1} s, window {:.1} s",
+            args.rooms,
+            args.devices,
+            args.dashboards,
+            args.rate,
+            args.warmup.as_secs_f64(),
+            args.duration.as_secs_f64()
+        );
+    }
+    let report = run_bench(BenchOptions {
+        url: args.url,
+        rooms: args.rooms,
+        devices: args.devices,
+        dashboards: args.dashboards,
+        rate_hz: args.rate,
+        duration: args.duration,
+        warmup: args.warmup,
+        pid: args.pid,
+    })
+    .await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_bench(&report);
+    }
+    Ok(())
+}
+
+fn print_bench(r: &BenchReport) {
+    let ms = |us: f64| us / 1000.0;
+    println!(
+        "readings in   {:>10.1}/s   ({} in {:.2} s)",
+        r.readings_per_sec, r.readings_sent, r.window_secs
+    );
+    println!(
+        "deliveries    {:>10.1}/s   ({} of {} expected; lost {} = {:.4}%)",
+        r.deliveries_per_sec,
+        r.deliveries,
+        r.deliveries_expected,
+        r.lost,
+        r.loss_ratio * 100.0
+    );
+    println!(
+        "latency       p50 {:.3} ms   p99 {:.3} ms   p99.9 {:.3} ms   max {:.3} ms",
+        ms(r.latency.p50_us),
+        ms(r.latency.p99_us),
+        ms(r.latency.p999_us),
+        ms(r.latency.max_us)
+    );
+    if r.dashboards_closed > 0 || r.device_errors > 0 || r.untimed > 0 {
+        println!(
+            "trouble       {} dashboards closed, {} device error frames, {} untimed deliveries",
+            r.dashboards_closed, r.device_errors, r.untimed
+        );
+    }
+    if let Some(h) = &r.hub {
+        println!(
+            "hub pid {}   RSS {:.1} -> {:.1} MiB; CPU {:.2} s ({:.1}% of a core), {:.2} µs per delivery",
+            h.pid,
+            h.rss_start_kib as f64 / 1024.0,
+            h.rss_end_kib as f64 / 1024.0,
+            h.cpu_secs,
+            h.cpu_cores * 100.0,
+            h.cpu_us_per_delivery
+        );
+    }
+}
+
+fn print_idle(r: &IdleReport) {
+    println!(
+        "idle: {} of {} dashboards open in {:.1} s ({} rooms, {} source addresses); {} failed{}",
+        r.opened,
+        r.requested,
+        r.connect_secs,
+        r.rooms,
+        r.source_addrs,
+        r.failed,
+        r.first_error
+            .as_deref()
+            .map(|e| format!(" (first: {e})"))
+            .unwrap_or_default()
+    );
+    if r.dropped_while_held > 0 {
+        println!("  {} connections closed while held", r.dropped_while_held);
+    }
+    match (r.rss_before_kib, r.rss_open_kib, r.rss_after_kib) {
+        (Some(b), Some(o), Some(a)) => println!(
+            "  hub RSS {:.1} MiB before, {:.1} MiB open, {:.1} MiB after close; {:.0} bytes ({:.2} KiB) per connection",
+            b as f64 / 1024.0,
+            o as f64 / 1024.0,
+            a as f64 / 1024.0,
+            r.bytes_per_connection.unwrap_or(0.0),
+            r.bytes_per_connection.unwrap_or(0.0) / 1024.0
+        ),
+        _ => println!("  (give --pid to measure the hub's memory)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn kinds_by_name() {
+        assert_eq!(parse_kind("air-quality"), Ok(Kind::AirQuality));
+        assert!(parse_kind("toaster").is_err());
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -178,3 +178,55 @@ async fn a_newer_connection_replaces_the_older_one_with_4000() {
     assert_eq!(summary["rooms"][0]["devices"][0]["client"], "dev");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn pending_commands_are_bounded_per_room() {
+    let app = crate::helpers::spawn_app_with(|s| s.limits.max_pending_commands = 2).await;
+    let (_dev, _) = app.connect("p", "dev", "device").await;
+    let (mut dash, _) = app.connect("p", "dash", "dashboard").await;
+    for id in ["a", "b", "c"] {
+        dash.send_json(json!({"type":"command","id":id,"to":"dev","name":"reboot"}))
+            .await;
+    }
+    let e = dash.recv_type("error").await;
+    assert_eq!(e["code"], "too_many_pending");
+    assert_eq!(e["id"], "c");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn devices_asking_for_acks_get_accepted_and_resent_readings_are_not_duplicated() {
+    let app = spawn_app().await;
+    let (mut dash, _) = app.connect("d", "dash", "dashboard").await;
+    let (mut dev, _) = app.connect_query("d", "dev", "role=device&acks=true").await;
+    dev.send_json(json!({"type":"readings","items":[
+        {"metric":"t","value":1,"seq":1},{"metric":"t","value":2,"seq":2}]}))
+        .await;
+    assert_eq!(
+        dev.recv_type("accepted").await,
+        json!({"type":"accepted","seq":2,"count":2})
+    );
+    // After a reconnect the device resends what it was not sure of, plus something new.
+    drop(dev);
+    let (mut dev, _) = app.connect_query("d", "dev", "role=device&acks=true").await;
+    dev.send_json(json!({"type":"readings","items":[
+        {"metric":"t","value":2,"seq":2},{"metric":"t","value":3,"seq":3}]}))
+        .await;
+    assert_eq!(dev.recv_type("accepted").await["seq"], 3);
+    let seqs: Vec<u64> = [
+        dash.recv_type("reading").await,
+        dash.recv_type("reading").await,
+        dash.recv_type("reading").await,
+    ]
+    .iter()
+    .map(|r| r["seq"].as_u64().expect("seq"))
+    .collect();
+    assert_eq!(seqs, [1, 2, 3], "each reading exactly once");
+    dash.expect_silence(200).await;
+    assert!(app
+        .get("/metrics")
+        .await
+        .1
+        .contains("telehub_duplicate_readings_total 1"));
+    app.stop().await;
+}

@@ -1,0 +1,108 @@
+//! Transports: how a device's readings reach the hub and its commands reach the device.
+//!
+//! Both transports run one task per device with the same shape: a `select!` loop over
+//! "time to sample", "time to (re)connect", "something arrived" and "shutdown", so that a
+//! device keeps sampling into its outbox while it is disconnected or still connecting.
+//!
+//! - [`ws`]: WebSocket to the hub (`/ws/{room}/{device}?role=device&acks=true`); readings
+//!   are confirmed by the hub's `accepted`.
+//! - [`mqtt`]: MQTT to a broker, on the topics the hub's bridge reads; readings are QoS 1
+//!   publishes confirmed by the broker's PUBACK.
+
+pub(crate) mod mqtt;
+pub(crate) mod ws;
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::{sleep_until, Instant, Sleep};
+
+use crate::backoff::BackoffConfig;
+use crate::clock::Clock;
+
+/// How long one connection attempt may take before it counts as failed.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Devices spread their first connection attempts over this window, so a scenario with
+/// thousands of devices does not open them all in the same millisecond.
+pub const CONNECT_SPREAD: Duration = Duration::from_millis(500);
+/// Most readings in one `readings` message (the hub's default `limits.max_batch` is 256).
+pub const MAX_BATCH: usize = 100;
+
+/// Settings every device task shares.
+#[derive(Debug, Clone)]
+pub(crate) struct DeviceCtx {
+    pub clock: Clock,
+    pub backoff: BackoffConfig,
+    /// Readings per second a device may send (resends included), and twice that as burst.
+    pub send_rate: f64,
+    /// Run seed, for the device's side random stream.
+    pub seed: u64,
+    /// On shutdown, how long a connected device waits for its last readings to be
+    /// confirmed before it closes.
+    pub drain: Duration,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// A token bucket that keeps a device under the hub's per-connection rate limit even when
+/// it resends a large buffer after a reconnect.
+#[derive(Debug)]
+pub(crate) struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    pub(crate) fn new(rate: f64) -> Self {
+        let rate = rate.max(1.0);
+        TokenBucket {
+            rate,
+            burst: rate * 2.0,
+            tokens: rate * 2.0,
+            last: Instant::now(),
+        }
+    }
+
+    fn refill(&mut self) {
+        let now = Instant::now();
+        let dt = now.duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
+        self.last = now;
+    }
+
+    /// Whole tokens available now.
+    pub(crate) fn available(&mut self) -> usize {
+        self.refill();
+        self.tokens.max(0.0) as usize
+    }
+
+    pub(crate) fn take(&mut self, n: usize) {
+        self.tokens -= n as f64;
+    }
+
+    /// When at least `n` tokens will be there.
+    pub(crate) fn ready_at(&mut self, n: usize) -> Instant {
+        self.refill();
+        let missing = (n as f64 - self.tokens).max(0.0);
+        Instant::now() + Duration::from_secs_f64(missing / self.rate).max(Duration::from_millis(5))
+    }
+}
+
+/// A sleep until `at`, or effectively forever when there is no `at` (for `select!`
+/// branches that are disabled by their guard anyway).
+pub(crate) fn sleep_opt(at: Option<Instant>) -> Sleep {
+    sleep_until(at.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365)))
+}
+
+/// The next sampling instant after one at `prev`: a device that fell behind (a long
+/// stall) skips the missed samples instead of bursting them out with wrong timestamps.
+pub(crate) fn next_sample_after(prev: Instant, interval: Duration) -> Instant {
+    let next = prev + interval;
+    let now = Instant::now();
+    if next + interval < now {
+        now + interval
+    } else {
+        next
+    }
+}

@@ -1,0 +1,454 @@
+//! A device on a WebSocket to the hub.
+//!
+//! The device connects with `role=device&acks=true`, sends its outbox (one `reading`, or a
+//! `readings` batch of up to [`MAX_BATCH`]), and forgets readings only when the hub's
+//! `accepted` covers their seq. The hub answers each message in order, and when it refuses
+//! the tail of a batch (`rate_limited`) its `accepted` names the highest seq it took, so
+//! the device matches each `accepted` to the message it answers ([`InFlight`]) and confirms
+//! only that message's granted prefix. When the connection drops it backs off, reconnects, and
+//! resends everything unconfirmed with the original `ts` and `seq`.
+
+use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+use super::{
+    next_sample_after, sleep_opt, DeviceCtx, TokenBucket, CONNECT_SPREAD, CONNECT_TIMEOUT,
+    MAX_BATCH,
+};
+use crate::backoff::Backoff;
+use crate::command::{Ack, Command, Effect};
+use crate::device::{Device, DeviceSummary};
+use crate::outbox::Reading;
+use crate::wsclient::{self, ConnectError, HubUrl, WsStream};
+
+/// Read buffer per device connection: frames to a device are acks and commands, tiny.
+const DEVICE_READ_BUFFER: usize = 4 * 1024;
+/// After a `rate_limited` error, wait this long before resending.
+const RATE_LIMITED_PAUSE: Duration = Duration::from_secs(1);
+/// How long a clean close may take before the socket is simply dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The fields of a hub frame a device looks at.
+#[derive(Deserialize)]
+struct Inbound<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    seq: Option<u64>,
+    #[serde(borrow)]
+    code: Option<Cow<'a, str>>,
+}
+
+#[derive(Serialize)]
+struct WireItem<'a> {
+    metric: &'a str,
+    value: f64,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    unit: &'a str,
+    ts: i64,
+    seq: u64,
+}
+
+impl<'a> From<&'a Reading> for WireItem<'a> {
+    fn from(r: &'a Reading) -> Self {
+        WireItem {
+            metric: r.metric,
+            value: r.value,
+            unit: r.unit,
+            ts: r.ts,
+            seq: r.seq,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct WireOne<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    metric: &'a str,
+    value: f64,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    unit: &'a str,
+    ts: i64,
+    seq: u64,
+}
+
+#[derive(Serialize)]
+struct WireBatch<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    items: Vec<WireItem<'a>>,
+}
+
+#[derive(Serialize)]
+struct WireAck<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(flatten)]
+    ack: &'a Ack,
+}
+
+/// Encode readings as one protocol message.
+pub(crate) fn encode_readings(readings: &[Reading]) -> String {
+    let result = match readings {
+        [r] => serde_json::to_string(&WireOne {
+            kind: "reading",
+            metric: r.metric,
+            value: r.value,
+            unit: r.unit,
+            ts: r.ts,
+            seq: r.seq,
+        }),
+        many => serde_json::to_string(&WireBatch {
+            kind: "readings",
+            items: many.iter().map(WireItem::from).collect(),
+        }),
+    };
+    // Serialising plain structs of strings and finite numbers cannot fail.
+    result.unwrap_or_default()
+}
+
+fn encode_ack(ack: &Ack) -> String {
+    serde_json::to_string(&WireAck { kind: "ack", ack }).unwrap_or_default()
+}
+
+/// Messages sent on the current connection and not yet answered, as (first seq, last seq).
+/// Bounded by the outbox: every entry covers at least one unconfirmed reading.
+#[derive(Debug, Default)]
+struct InFlight(VecDeque<(u64, u64)>);
+
+impl InFlight {
+    /// Match `accepted{seq}` to its message; returns the range it confirms. Messages before
+    /// it that got no `accepted` were refused whole and stay unconfirmed.
+    fn accept(&mut self, seq: u64) -> Option<(u64, u64)> {
+        while let Some(&(first, last)) = self.0.front() {
+            if seq < first {
+                return None;
+            }
+            self.0.pop_front();
+            if seq <= last {
+                return Some((first, seq));
+            }
+        }
+        None
+    }
+}
+
+/// What an incoming frame asks the loop to do.
+enum Inbox {
+    Nothing,
+    /// Send this ack; then maybe reboot.
+    Reply(String, Effect),
+    RateLimited,
+    Closed,
+}
+
+fn handle_frame(
+    dev: &mut Device,
+    inflight: &mut InFlight,
+    msg: Option<Result<Message, tungstenite::Error>>,
+) -> Inbox {
+    let text = match msg {
+        Some(Ok(Message::Text(t))) => t,
+        Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return Inbox::Closed,
+        Some(Ok(_)) => return Inbox::Nothing,
+    };
+    let Ok(frame) = serde_json::from_str::<Inbound>(text.as_str()) else {
+        return Inbox::Nothing;
+    };
+    match frame.kind.as_ref() {
+        "accepted" => {
+            if let Some((first, last)) = frame.seq.and_then(|seq| inflight.accept(seq)) {
+                dev.ack_range(first, last);
+            }
+            Inbox::Nothing
+        }
+        "error" => {
+            let limited = frame.code.as_deref() == Some("rate_limited");
+            dev.stats().hub_error(limited);
+            if limited {
+                Inbox::RateLimited
+            } else {
+                Inbox::Nothing
+            }
+        }
+        "command" => match serde_json::from_str::<Command>(text.as_str()) {
+            Ok(cmd) => {
+                let (ack, effect) = dev.handle_command(&cmd);
+                Inbox::Reply(encode_ack(&ack), effect)
+            }
+            Err(_) => Inbox::Nothing,
+        },
+        _ => Inbox::Nothing,
+    }
+}
+
+/// Send everything unsent that the rate allows. Returns when to try again if the rate
+/// held some back.
+async fn flush(
+    ws: &mut WsStream,
+    dev: &mut Device,
+    bucket: &mut TokenBucket,
+    inflight: &mut InFlight,
+) -> Result<Option<Instant>, tungstenite::Error> {
+    let mut wrote = false;
+    let mut retry = None;
+    while dev.has_unsent() {
+        let allowed = bucket.available().min(MAX_BATCH);
+        if allowed == 0 {
+            retry = Some(bucket.ready_at(1));
+            break;
+        }
+        let batch = dev.take_unsent(allowed);
+        if batch.readings.is_empty() {
+            break;
+        }
+        bucket.take(batch.readings.len());
+        if let (Some(first), Some(last)) = (batch.readings.first(), batch.readings.last()) {
+            inflight.0.push_back((first.seq, last.seq));
+        }
+        ws.feed(Message::text(encode_readings(&batch.readings)))
+            .await?;
+        wrote = true;
+    }
+    if wrote {
+        ws.flush().await?;
+    }
+    Ok(retry)
+}
+
+async fn connect_device(hub: Arc<HubUrl>, path: String) -> Result<WsStream, ConnectError> {
+    let addr = hub.resolve().await?;
+    let attempt = wsclient::connect(
+        &hub,
+        addr,
+        &path,
+        None,
+        wsclient::small_config(DEVICE_READ_BUFFER),
+    );
+    match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(ConnectError::Tcp {
+            addr,
+            source: std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
+        }),
+    }
+}
+
+async fn recv(ws: &mut Option<WsStream>) -> Option<Result<Message, tungstenite::Error>> {
+    match ws {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn finish_connecting(
+    c: &mut Option<BoxFuture<'static, Result<WsStream, ConnectError>>>,
+) -> Result<WsStream, ConnectError> {
+    match c {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Run one device over WebSocket until shutdown (and drain), then report.
+pub(crate) async fn run_device(
+    mut dev: Device,
+    hub: Arc<HubUrl>,
+    mut ctx: DeviceCtx,
+) -> DeviceSummary {
+    let path = format!(
+        "/ws/{}/{}?role=device&acks=true",
+        dev.spec.room, dev.spec.id
+    );
+    let mut side = dev.side_rng(ctx.seed);
+    let start = Instant::now();
+    let mut next_sample = start + dev.interval().mul_f64(side.unit());
+    let mut retry_at = Some(start + CONNECT_SPREAD.mul_f64(side.unit()));
+    let mut backoff = Backoff::new(ctx.backoff, side);
+    let mut connecting: Option<BoxFuture<'static, Result<WsStream, ConnectError>>> = None;
+    let mut ws: Option<WsStream> = None;
+    let mut paused_until: Option<Instant> = None;
+    let mut flush_at: Option<Instant> = None;
+    let mut drain_until: Option<Instant> = None;
+    let mut bucket = TokenBucket::new(ctx.send_rate);
+    let mut inflight = InFlight::default();
+
+    loop {
+        if let Some(deadline) = drain_until {
+            if ws.is_none() || dev.unconfirmed() == 0 || Instant::now() >= deadline {
+                break;
+            }
+        }
+        let mut want_flush = false;
+        let mut lost = false;
+        tokio::select! {
+            changed = ctx.shutdown.changed(), if drain_until.is_none() => {
+                // A dropped sender also means stop.
+                let _ = changed;
+                drain_until = Some(Instant::now() + ctx.drain);
+                connecting = None;
+                retry_at = None;
+                want_flush = true;
+            }
+            _ = sleep_opt(drain_until), if drain_until.is_some() => {}
+            _ = sleep_opt(Some(next_sample)), if paused_until.is_none() && drain_until.is_none() => {
+                dev.sample(ctx.clock.now_ms());
+                next_sample = next_sample_after(next_sample, dev.interval());
+                want_flush = true;
+            }
+            _ = sleep_opt(paused_until), if paused_until.is_some() => {
+                // Booted again: sample at once and connect.
+                paused_until = None;
+                next_sample = Instant::now();
+                retry_at = Some(Instant::now());
+            }
+            _ = sleep_opt(retry_at), if retry_at.is_some() && paused_until.is_none() => {
+                retry_at = None;
+                connecting = Some(connect_device(hub.clone(), path.clone()).boxed());
+            }
+            res = finish_connecting(&mut connecting), if connecting.is_some() => {
+                connecting = None;
+                match res {
+                    Ok(stream) => {
+                        ws = Some(stream);
+                        dev.connected();
+                        backoff.reset();
+                        want_flush = true;
+                    }
+                    Err(_) => {
+                        dev.stats().connect_failure();
+                        retry_at = Some(Instant::now() + backoff.next_delay());
+                    }
+                }
+            }
+            msg = recv(&mut ws), if ws.is_some() => {
+                match handle_frame(&mut dev, &mut inflight, msg) {
+                    Inbox::Nothing => {}
+                    Inbox::Closed => lost = true,
+                    Inbox::RateLimited => {
+                        // Some readings were refused: send everything unconfirmed again
+                        // after a pause (the hub drops the ones it already has).
+                        dev.rewind();
+                        inflight.0.clear();
+                        flush_at = Some(Instant::now() + RATE_LIMITED_PAUSE);
+                    }
+                    Inbox::Reply(text, effect) => {
+                        let sent = match ws.as_mut() {
+                            Some(s) => s.send(Message::text(text)).await.is_ok(),
+                            None => false,
+                        };
+                        match effect {
+                            Effect::Reboot(pause) => {
+                                inflight.0.clear();
+                                if let Some(mut s) = ws.take() {
+                                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, s.close(None)).await;
+                                    dev.disconnected();
+                                }
+                                paused_until = Some(Instant::now() + pause);
+                                retry_at = None;
+                            }
+                            Effect::SetInterval(d) => {
+                                next_sample = Instant::now() + d;
+                            }
+                            Effect::None => {}
+                        }
+                        lost |= !sent && ws.is_some();
+                    }
+                }
+            }
+            _ = sleep_opt(flush_at), if flush_at.is_some() => {
+                flush_at = None;
+                want_flush = true;
+            }
+        }
+        if want_flush && flush_at.is_none() && !lost {
+            if let Some(s) = ws.as_mut() {
+                match flush(s, &mut dev, &mut bucket, &mut inflight).await {
+                    Ok(retry) => flush_at = retry,
+                    Err(_) => lost = true,
+                }
+            }
+        }
+        if lost {
+            ws = None;
+            flush_at = None;
+            inflight.0.clear();
+            dev.disconnected();
+            if drain_until.is_none() {
+                retry_at = Some(Instant::now() + backoff.next_delay());
+            }
+        }
+    }
+    if let Some(mut s) = ws.take() {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, s.close(None)).await;
+        dev.disconnected();
+    }
+    dev.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn r(seq: u64, unit: &'static str) -> Reading {
+        Reading {
+            seq,
+            ts: 1_764_000_000_000,
+            metric: "temperature",
+            value: 21.5,
+            unit,
+        }
+    }
+
+    #[test]
+    fn one_reading_is_a_reading_message() {
+        let v: Value = serde_json::from_str(&encode_readings(&[r(17, "C")])).expect("json");
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"reading","metric":"temperature","value":21.5,
+                               "unit":"C","ts":1_764_000_000_000_i64,"seq":17})
+        );
+    }
+
+    #[test]
+    fn many_readings_are_a_batch_and_empty_units_are_left_out() {
+        let v: Value =
+            serde_json::from_str(&encode_readings(&[r(1, ""), r(2, "C")])).expect("json");
+        assert_eq!(v["type"], "readings");
+        assert_eq!(v["items"][0].get("unit"), None);
+        assert_eq!(v["items"][1]["seq"], 2);
+    }
+
+    #[test]
+    fn accepted_matches_its_message() {
+        let mut f = InFlight::default();
+        f.0.extend([(1, 5), (6, 10), (11, 15)]);
+        // Message 1 fully refused (no accepted), message 2 granted 6..=8.
+        assert_eq!(f.accept(8), Some((6, 8)));
+        assert_eq!(f.accept(15), Some((11, 15)));
+        assert_eq!(f.accept(20), None);
+    }
+
+    #[test]
+    fn ack_has_type() {
+        let ack = Ack {
+            id: "c-1".into(),
+            ok: true,
+            result: Some(serde_json::json!({"interval_ms": 500})),
+        };
+        let v: Value = serde_json::from_str(&encode_ack(&ack)).expect("json");
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"ack","id":"c-1","ok":true,"result":{"interval_ms":500}})
+        );
+    }
+}
