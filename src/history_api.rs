@@ -259,19 +259,34 @@ async fn history_inner(
         Ok(if csv {
             with_type(to_csv(&result), "text/csv; charset=utf-8")
         } else {
+            // Serialised straight from the rows: no intermediate JSON tree.
             let body = match &result {
-                QueryResult::Points(points) => serde_json::to_vec(&serde_json::json!({
-                    "room": room, "points": points,
-                })),
-                QueryResult::Buckets(buckets) => serde_json::to_vec(&serde_json::json!({
-                    "room": room, "step": query.step, "points": buckets,
-                })),
+                QueryResult::Points(points) => serde_json::to_vec(&HistoryBody {
+                    room: &room,
+                    step: None,
+                    points,
+                }),
+                QueryResult::Buckets(buckets) => serde_json::to_vec(&HistoryBody {
+                    room: &room,
+                    step: query.step,
+                    points: buckets,
+                }),
             }
             .map_err(|e| ApiError::internal(e.to_string()))?;
             with_type(body, "application/json")
         })
     })
     .await
+}
+
+/// The JSON answer of a history query.
+#[derive(serde::Serialize)]
+struct HistoryBody<'a, T> {
+    room: &'a str,
+    /// Bucket width in ms, when the query asked for `step`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    step: Option<i64>,
+    points: &'a [T],
 }
 
 /// CSV with a header line. Device and metric ids cannot hold commas or quotes (their
