@@ -212,11 +212,16 @@ fn draw_err<E: std::fmt::Display>(e: E) -> PlotError {
     PlotError::Draw(e.to_string())
 }
 
+/// Epoch milliseconds as local time (the epoch itself if out of range).
+fn local(ms: i64) -> chrono::DateTime<chrono::Local> {
+    chrono::Local
+        .timestamp_millis_opt(ms)
+        .earliest()
+        .unwrap_or_default()
+}
+
 /// Labels for the time axis: local time, with the date when the window spans days.
-fn time_label(ms: i64, span: i64) -> String {
-    let Some(t) = chrono::Local.timestamp_millis_opt(ms).single() else {
-        return String::new();
-    };
+fn time_label(t: &chrono::DateTime<chrono::Local>, span: i64) -> String {
     if span > 86_400_000 {
         t.format("%m-%d %H:%M").to_string()
     } else if span > 600_000 {
@@ -305,7 +310,8 @@ where
         .margin(px(12.0))
         .x_label_area_size(px(40.0))
         .y_label_area_size(px(70.0))
-        .build_cartesian_2d(from..to, lo..hi)
+        // A date-time axis: plotters puts its ticks on round minutes and hours.
+        .build_cartesian_2d(local(from)..local(to), lo..hi)
         .map_err(draw_err)?;
     chart
         .configure_mesh()
@@ -316,7 +322,7 @@ where
         .axis_desc_style(font(15.0))
         .x_labels(((opts.width / 140).max(2)) as usize)
         .y_labels(((opts.height / 60).max(2)) as usize)
-        .x_label_formatter(&|ms| time_label(*ms, span))
+        .x_label_formatter(&|t| time_label(t, span))
         .y_label_formatter(&|v| format_value(*v))
         .x_desc(format!(
             "local time ({})",
@@ -331,7 +337,9 @@ where
     let stroke = ((scale * 2.0).round() as u32).max(2);
     for (i, (device, points)) in data.lines.iter().enumerate() {
         let color = colors.lines[i % colors.lines.len()];
-        let line = decimate(points, from, to, columns);
+        let line = decimate(points, from, to, columns)
+            .into_iter()
+            .map(|(ts, v)| (local(ts), v));
         chart
             .draw_series(LineSeries::new(line, color.stroke_width(stroke)))
             .map_err(draw_err)?
