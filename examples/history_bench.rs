@@ -3,7 +3,9 @@
 //! - the time to answer `GET /api/rooms/{room}/history` for 10,000 points (JSON and CSV),
 //!   and the same window downsampled with `step=1m`;
 //! - the time to render a 1-hour PNG (and SVG) of 10 devices reporting at 1 Hz
-//!   (36,000 points), 1000x500.
+//!   (36,000 points), 1000x500;
+//! - the cost the hot path pays per reading to record it (`RoomHistory::record`, which
+//!   the room calls under its lock), in memory and with the SQLite store's queue.
 //!
 //! Run it with `cargo run --release --example history_bench` (figures go in
 //! BENCHMARKS.md). The hub runs in this process on 127.0.0.1:0 with in-memory history;
@@ -83,6 +85,92 @@ async fn main() -> anyhow::Result<()> {
 
     let _ = stop_tx.send(());
     hub.await??;
+
+    record_cost(false)?;
+    record_cost(true)?;
+    store_throughput()?;
+    Ok(())
+}
+
+/// How many readings per second the SQLite writer commits: 500,000 readings recorded in
+/// chunks of 20,000 (under the queue's capacity), each chunk flushed (committed) before
+/// the next.
+fn store_throughput() -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use telehub::history::{History, HistoryConfig, Record};
+    const N: usize = 500_000;
+    const CHUNK: usize = 20_000;
+    let dir = tempfile::tempdir()?;
+    let history = History::open(HistoryConfig {
+        data_dir: dir.path().to_path_buf(),
+        ..HistoryConfig::default()
+    })?;
+    let room = history.room(&Arc::from("bench"));
+    let devices: Vec<Arc<str>> = (0..10).map(|d| Arc::from(format!("dev-{d}"))).collect();
+    let now = chrono::Utc::now().timestamp_millis();
+    let t = Instant::now();
+    for chunk in 0..N / CHUNK {
+        for j in 0..CHUNK {
+            let i = chunk * CHUNK + j;
+            room.record(&Record {
+                device: &devices[i % 10],
+                metric: "t",
+                unit: Some("C"),
+                ts: now + i as i64,
+                value: i as f64,
+                seq: Some(i as u64),
+            })?;
+        }
+        history.flush();
+    }
+    let rate = N as f64 / t.elapsed().as_secs_f64();
+    history.close();
+    println!(
+        "SQLite store sustained commit rate             {rate:>9.0} readings/s ({} not stored)",
+        history.store_dropped()
+    );
+    Ok(())
+}
+
+/// Times `RoomHistory::record` for 1,000,000 readings of 100 series (10 devices x 10
+/// metrics), as a room's publish would call it.
+fn record_cost(persist: bool) -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use telehub::history::{History, HistoryConfig, Record};
+    const N: usize = 1_000_000;
+    let dir = tempfile::tempdir()?;
+    let config = HistoryConfig {
+        persist,
+        data_dir: dir.path().to_path_buf(),
+        ..HistoryConfig::default()
+    };
+    let history = History::open(config)?;
+    let room = history.room(&Arc::from("bench"));
+    let devices: Vec<Arc<str>> = (0..10).map(|d| Arc::from(format!("dev-{d}"))).collect();
+    let metrics: Vec<String> = (0..10).map(|m| format!("metric-{m}")).collect();
+    let now = chrono::Utc::now().timestamp_millis();
+    let t = Instant::now();
+    for i in 0..N {
+        room.record(&Record {
+            device: &devices[i % 10],
+            metric: &metrics[(i / 10) % 10],
+            unit: Some("C"),
+            ts: now + i as i64,
+            value: i as f64,
+            seq: Some(i as u64),
+        })?;
+    }
+    let elapsed = t.elapsed();
+    let flush = Instant::now();
+    history.close();
+    println!(
+        "record() per reading, {:<28} {:>7.0} ns   ({} readings; {} not stored; final commit {:.0} ms)",
+        if persist { "SQLite store on" } else { "in memory" },
+        elapsed.as_nanos() as f64 / N as f64,
+        N,
+        history.store_dropped(),
+        flush.elapsed().as_secs_f64() * 1000.0
+    );
     Ok(())
 }
 
