@@ -93,36 +93,44 @@ async fn get_json(app: &TestApp, path: &str) -> (u16, Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn since_replay_meets_the_live_stream_with_no_gap_and_no_duplicate() {
-    // Arrange: 300 readings in the room, and a device that keeps sending.
-    let app = spawn_app_with(fast).await;
+    // Arrange: 600 readings in the room, and a device that keeps sending. The replay
+    // (over 1,000 readings) is larger than the dashboard's outbound queue on purpose.
+    let app = spawn_app_with(|s| {
+        fast(s);
+        s.limits.outbound_queue = 256;
+    })
+    .await;
     let (mut dev, _) = app.connect_query("r", "d1", "role=device&acks=true").await;
-    send_acked(&mut dev, "t", 0..300).await;
-    let (_watch, w) = app.connect("r", "watch", "dashboard").await;
+    send_acked(&mut dev, "t", 0..600).await;
+    let (mut watch, w) = app.connect("r", "watch", "dashboard").await;
     let epoch = w["epoch"].as_str().expect("epoch").to_string();
-    assert_eq!(w["offset"], 300);
+    assert_eq!(w["offset"], 600);
     let sender = tokio::spawn(async move {
-        for start in (300..1500).step_by(10) {
+        // Paced (at least 240 ms in all), so the run surely spans the join below.
+        for start in (600..1800).step_by(10) {
             send_acked(&mut dev, "t", start..start + 10).await;
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
         dev
     });
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    // Wait until the device is well into its run.
+    offsets_until(&mut watch, 650).await;
 
     // Act: a dashboard comes back with since=100 while the device is sending.
     let (mut dash, welcome) = app
         .connect_query("r", "late", &format!("since=100&epoch={epoch}"))
         .await;
     let at_join = welcome["offset"].as_u64().expect("offset");
-    let seen = offsets_until(&mut dash, 1500).await;
+    let seen = offsets_until(&mut dash, 1800).await;
     let _dev = sender.await.expect("sender");
 
     // Assert: every offset after 100, once, in order.
     assert_eq!(welcome["recovered"], true, "{welcome}");
     assert!(
-        at_join > 300,
+        at_join >= 650 && at_join < 1800,
         "the device was sending during the join: {at_join}"
     );
-    let expected: Vec<u64> = (101..=1500).collect();
+    let expected: Vec<u64> = (101..=1800).collect();
     assert_eq!(seen.len(), expected.len(), "gap or duplicate");
     assert_eq!(seen, expected);
 }
