@@ -51,6 +51,11 @@ pub struct HistoryConfig {
     /// reconnects further behind than this gets `"recovered":false`.
     #[serde(default = "default_room_log_len")]
     pub room_log_len: usize,
+    /// Readings kept for recovery over all rooms at most (64 bytes each). When the total
+    /// is reached, a room that records a reading drops its own oldest one, so busy rooms
+    /// shorten their recovery window instead of memory growing with the number of rooms.
+    #[serde(default = "default_max_log_entries")]
+    pub max_log_entries: usize,
     /// Keep history in an SQLite database under `data_dir`, so a restarted hub keeps its
     /// rooms' epochs and offsets and the recent window. `false` (or `--no-persist`) runs
     /// in memory only, and a restarted hub gives every room a new epoch.
@@ -78,6 +83,9 @@ const fn default_max_series() -> usize {
 const fn default_room_log_len() -> usize {
     10_000
 }
+const fn default_max_log_entries() -> usize {
+    1_000_000
+}
 const fn default_persist() -> bool {
     true
 }
@@ -95,6 +103,7 @@ impl Default for HistoryConfig {
             retention_ms: default_retention_ms(),
             max_series: default_max_series(),
             room_log_len: default_room_log_len(),
+            max_log_entries: default_max_log_entries(),
             persist: default_persist(),
             data_dir: default_data_dir(),
             flush_interval_ms: default_flush_interval_ms(),
@@ -116,6 +125,9 @@ impl HistoryConfig {
         }
         if self.room_log_len == 0 || self.room_log_len > 10_000_000 {
             return Err(("history.room_log_len", "must be 1 to 10000000".into()));
+        }
+        if self.max_log_entries == 0 {
+            return Err(("history.max_log_entries", "must be at least 1".into()));
         }
         if !(10..=60_000).contains(&self.flush_interval_ms) {
             return Err(("history.flush_interval_ms", "must be 10 to 60000".into()));
@@ -207,6 +219,8 @@ struct Entry {
 struct Common {
     config: HistoryConfig,
     series: AtomicUsize,
+    /// Log entries over all rooms (bounded by `max_log_entries`).
+    log_entries: AtomicUsize,
     store: Option<Store>,
 }
 
@@ -303,9 +317,7 @@ impl RoomHistory {
         series.last_offset = offset;
         let key = series.key.clone();
         let unit = series.unit.clone();
-        if inner.log.len() >= cfg.room_log_len {
-            inner.log.pop_front();
-        }
+        self.make_log_room(&mut inner.log);
         if let Some(store) = &self.common.store {
             store.push_reading(StoredReading {
                 room: self.name.clone(),
@@ -326,6 +338,26 @@ impl RoomHistory {
             unit,
         });
         Ok(offset)
+    }
+
+    /// Makes room in `log` for one more entry and counts it: drops the room's oldest
+    /// entry when the room is at `room_log_len` or all rooms are at `max_log_entries`.
+    fn make_log_room(&self, log: &mut VecDeque<Entry>) {
+        let cfg = &self.common.config;
+        let total = self.common.log_entries.load(Ordering::Relaxed);
+        if log.len() >= cfg.room_log_len || (total >= cfg.max_log_entries && !log.is_empty()) {
+            log.pop_front();
+        } else {
+            self.common.log_entries.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Empties `log` and gives its entries back to the global budget.
+    fn forget_log(&self, log: &mut VecDeque<Entry>) {
+        self.common
+            .log_entries
+            .fetch_sub(log.len(), Ordering::Relaxed);
+        log.clear();
     }
 
     /// Takes one series from the global budget, or says the budget is spent.
@@ -539,7 +571,7 @@ impl RoomHistory {
         inner.series.retain(|_, m| !m.is_empty());
         if inner.series.is_empty() {
             // Nothing of the room is within the retention window any more.
-            inner.log.clear();
+            self.forget_log(&mut inner.log);
             inner.log.shrink_to_fit();
         }
         self.common.series.fetch_sub(dropped, Ordering::AcqRel);
@@ -577,14 +609,12 @@ impl RoomHistory {
         series.last = point;
         series.last_offset = r.offset;
         let key = series.key.clone();
-        if inner.log.len() >= cfg.room_log_len {
-            inner.log.pop_front();
-        }
         // Rows come in offset order; a gap (rows lost to a crash) restarts the log so
         // its offsets stay consecutive.
         if inner.log.back().is_some_and(|e| e.offset + 1 != r.offset) {
-            inner.log.clear();
+            self.forget_log(&mut inner.log);
         }
+        self.make_log_room(&mut inner.log);
         inner.log.push_back(Entry {
             offset: r.offset,
             ts: r.ts,
@@ -595,6 +625,17 @@ impl RoomHistory {
         });
         inner.offset = inner.offset.max(r.offset);
         Ok(())
+    }
+}
+
+impl Drop for RoomHistory {
+    fn drop(&mut self) {
+        let inner = self.inner.get_mut().unwrap_or_else(|p| p.into_inner());
+        let series: usize = inner.series.values().map(HashMap::len).sum();
+        self.common.series.fetch_sub(series, Ordering::AcqRel);
+        self.common
+            .log_entries
+            .fetch_sub(inner.log.len(), Ordering::Relaxed);
     }
 }
 
@@ -790,6 +831,7 @@ impl History {
             common: Arc::new(Common {
                 config,
                 series: AtomicUsize::new(0),
+                log_entries: AtomicUsize::new(0),
                 store,
             }),
             rooms: Arc::new(Mutex::new(HashMap::new())),
@@ -870,6 +912,11 @@ impl History {
     /// The history of `room` if the hub has one.
     pub fn get(&self, room: &str) -> Option<Arc<RoomHistory>> {
         self.rooms().get(room).cloned()
+    }
+
+    /// Log entries (kept for recovery) over all rooms.
+    pub fn log_entries(&self) -> usize {
+        self.common.log_entries.load(Ordering::Relaxed)
     }
 
     /// Series over all rooms.
@@ -1129,6 +1176,33 @@ mod tests {
         // Another epoch, or an offset the room never reached.
         assert_eq!(offsets(&room, 5, Some("other")), (false, vec![3, 4, 5, 6]));
         assert_eq!(offsets(&room, 99, None), (false, vec![3, 4, 5, 6]));
+    }
+
+    #[test]
+    fn the_log_budget_over_all_rooms_is_kept() {
+        let h = History::in_memory(HistoryConfig {
+            room_log_len: 100,
+            max_log_entries: 10,
+            ..cfg()
+        });
+        let d: Arc<str> = Arc::from("d");
+        let a = h.room(&Arc::from("a"));
+        let b = h.room(&Arc::from("b"));
+        for i in 0..8 {
+            a.record(&rec(&d, "t", i, 0.0)).unwrap();
+        }
+        for i in 0..8 {
+            b.record(&rec(&d, "t", i, 0.0)).unwrap();
+        }
+        // b could take only 2 of the budget, then it drops its own oldest.
+        assert_eq!(h.log_entries(), 10);
+        assert_eq!(offsets(&a, 0, None).1.len(), 8);
+        assert_eq!(offsets(&b, 0, None).1.len(), 2);
+        assert_eq!(b.oldest_offset(), 7);
+        drop((a, b));
+        h.prune(1_000_000);
+        assert_eq!(h.log_entries(), 0);
+        assert_eq!(h.series_count(), 0);
     }
 
     #[test]
