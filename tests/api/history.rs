@@ -127,7 +127,7 @@ async fn since_replay_meets_the_live_stream_with_no_gap_and_no_duplicate() {
     // Assert: every offset after 100, once, in order.
     assert_eq!(welcome["recovered"], true, "{welcome}");
     assert!(
-        at_join >= 650 && at_join < 1800,
+        (650..1800).contains(&at_join),
         "the device was sending during the join: {at_join}"
     );
     let expected: Vec<u64> = (101..=1800).collect();
