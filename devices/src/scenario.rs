@@ -31,21 +31,21 @@ const DEMO_TOML: &str = include_str!("../home.toml");
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
     /// The file could not be read.
-    #[error("cannot read scenario {path}: {source}")]
+    #[error("cannot read scenario {path}: {error}")]
     Read {
         /// The file.
         path: String,
         /// What the OS said.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file is not valid TOML, has an unknown key, or a value of the wrong type.
     /// toml's message names the key and shows the line.
-    #[error("{origin}: {source}")]
+    #[error("{origin}: {error}")]
     Parse {
         /// The file name (or "<demo>", "<string>").
         origin: String,
         /// The parser's error, with line, column and the offending key.
-        source: toml::de::Error,
+        error: toml::de::Error,
     },
     /// The file parses but a value breaks a rule.
     #[error("{origin}:{line}: `{key}`: {message}")]
@@ -123,18 +123,18 @@ impl Scenario {
     /// Read and validate a scenario file.
     pub fn load(path: impl AsRef<Path>) -> Result<Scenario, ScenarioError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ScenarioError::Read {
             path: path.display().to_string(),
-            source,
+            error,
         })?;
         Scenario::from_toml(&text, &path.display().to_string())
     }
 
     /// Parse and validate scenario TOML; `origin` names it in errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<Scenario, ScenarioError> {
-        let file: ScenarioFile = toml::from_str(text).map_err(|source| ScenarioError::Parse {
+        let file: ScenarioFile = toml::from_str(text).map_err(|error| ScenarioError::Parse {
             origin: origin.to_string(),
-            source,
+            error,
         })?;
         Validator { text, origin }.scenario(file)
     }

@@ -26,28 +26,28 @@ pub enum ConnectError {
         reason: &'static str,
     },
     /// The host name did not resolve.
-    #[error("cannot resolve {host}: {source}")]
+    #[error("cannot resolve {host}: {error}")]
     Resolve {
         /// Host name.
         host: String,
         /// Resolver error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// TCP connect failed.
-    #[error("connect to {addr}: {source}")]
+    #[error("connect to {addr}: {error}")]
     Tcp {
         /// Address dialled.
         addr: SocketAddr,
         /// OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The WebSocket handshake failed (includes the hub refusing with 400/503).
-    #[error("websocket handshake with {addr}: {source}")]
+    #[error("websocket handshake with {addr}: {error}")]
     Handshake {
         /// Address dialled.
         addr: SocketAddr,
         /// tungstenite's error; for an HTTP refusal it carries the status.
-        source: Box<tokio_tungstenite::tungstenite::Error>,
+        error: Box<tokio_tungstenite::tungstenite::Error>,
     },
 }
 
@@ -104,9 +104,9 @@ impl HubUrl {
     pub async fn resolve(&self) -> Result<SocketAddr, ConnectError> {
         let addrs = tokio::net::lookup_host((self.host.as_str(), self.port))
             .await
-            .map_err(|source| ConnectError::Resolve {
+            .map_err(|error| ConnectError::Resolve {
                 host: self.host.clone(),
-                source,
+                error,
             })?;
         let addrs: Vec<SocketAddr> = addrs.collect();
         addrs
@@ -116,7 +116,7 @@ impl HubUrl {
             .copied()
             .ok_or_else(|| ConnectError::Resolve {
                 host: self.host.clone(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no addresses"),
+                error: std::io::Error::new(std::io::ErrorKind::NotFound, "no addresses"),
             })
     }
 }
@@ -139,7 +139,7 @@ pub async fn connect(
     bind: Option<IpAddr>,
     config: WebSocketConfig,
 ) -> Result<WsStream, ConnectError> {
-    let tcp_err = |source| ConnectError::Tcp { addr, source };
+    let tcp_err = |error| ConnectError::Tcp { addr, error };
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()
     } else {
@@ -156,7 +156,7 @@ pub async fn connect(
         .await
         .map_err(|e| ConnectError::Handshake {
             addr,
-            source: Box::new(e),
+            error: Box::new(e),
         })?;
     Ok(ws)
 }

@@ -102,7 +102,7 @@ pub async fn run_idle(opts: IdleOptions) -> Result<IdleReport, BenchError> {
         .div_ceil(CONNECTIONS_PER_SOURCE_ADDR)
         .clamp(1, 250);
     let rss = |pid: Option<u32>| -> Result<Option<u64>, BenchError> {
-        pid.map(|p| procfs::rss_kib(p).map_err(|source| BenchError::Proc { pid: p, source }))
+        pid.map(|p| procfs::rss_kib(p).map_err(|error| BenchError::Proc { pid: p, error }))
             .transpose()
     };
     let rss_before = rss(opts.pid)?;

@@ -18,7 +18,6 @@
 pub mod idle;
 pub mod procfs;
 
-use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -86,12 +85,12 @@ pub enum BenchError {
     #[error("{0}")]
     Options(String),
     /// Reading /proc for `--pid` failed.
-    #[error("reading /proc for pid {pid}: {source}")]
+    #[error("reading /proc for pid {pid}: {error}")]
     Proc {
         /// The pid.
         pid: u32,
         /// The error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -232,12 +231,13 @@ impl Shared {
 }
 
 /// The fields of a frame a dashboard reads; everything else is skipped unparsed.
+/// Borrowed `&str`, so parsing allocates nothing: `type` values and the bench's device ids
+/// never contain JSON escapes (a frame where they did would fail to parse and be skipped).
 #[derive(Deserialize)]
 struct Delivery<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: Cow<'a, str>,
-    #[serde(borrow)]
-    device: Option<Cow<'a, str>>,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    device: Option<&'a str>,
     seq: Option<u64>,
 }
 
@@ -335,7 +335,7 @@ async fn dashboard(
         if d.kind != "reading" {
             continue;
         }
-        let (Some(dev), Some(seq)) = (d.device.as_deref().and_then(device_index), d.seq) else {
+        let (Some(dev), Some(seq)) = (d.device.and_then(device_index), d.seq) else {
             continue;
         };
         match shared.times.lookup(dev, seq) {
@@ -485,7 +485,7 @@ pub async fn run_bench(opts: BenchOptions) -> Result<BenchReport, BenchError> {
     }
 
     tokio::time::sleep(opts.warmup).await;
-    let proc_err = |pid| move |source| BenchError::Proc { pid, source };
+    let proc_err = |pid| move |error| BenchError::Proc { pid, error };
     let start_usage = match opts.pid {
         Some(pid) => Some((
             procfs::rss_kib(pid).map_err(proc_err(pid))?,
@@ -623,8 +623,7 @@ mod tests {
         let frame = r#"{"type":"reading","room":"bench-0","device":"dev-17","metric":"bench","value":3,"ts":1764000000000,"seq":123,"offset":9}"#;
         let d: Delivery = serde_json::from_str(frame).expect("parses");
         assert_eq!(d.kind, "reading");
-        assert_eq!(d.device.as_deref().and_then(device_index), Some(17));
+        assert_eq!(d.device.and_then(device_index), Some(17));
         assert_eq!(d.seq, Some(123));
-        assert!(matches!(d.device, Some(Cow::Borrowed(_))), "no allocation");
     }
 }

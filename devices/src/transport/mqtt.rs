@@ -242,8 +242,8 @@ pub(crate) async fn run_device(
 
     loop {
         if let Some(deadline) = drain_until {
-            let up = conn.as_ref().is_some_and(|c| c.ready);
-            if !up || dev.unconfirmed() == 0 || Instant::now() >= deadline {
+            // A connection still being opened may finish and drain within the deadline.
+            if conn.is_none() || dev.unconfirmed() == 0 || Instant::now() >= deadline {
                 break;
             }
         }

@@ -237,7 +237,7 @@ async fn connect_device(hub: Arc<HubUrl>, path: String) -> Result<WsStream, Conn
         Ok(r) => r,
         Err(_) => Err(ConnectError::Tcp {
             addr,
-            source: std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
+            error: std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
         }),
     }
 }
@@ -283,7 +283,9 @@ pub(crate) async fn run_device(
 
     loop {
         if let Some(deadline) = drain_until {
-            if ws.is_none() || dev.unconfirmed() == 0 || Instant::now() >= deadline {
+            // A connection still being opened may finish and drain within the deadline.
+            let offline = ws.is_none() && connecting.is_none();
+            if offline || dev.unconfirmed() == 0 || Instant::now() >= deadline {
                 break;
             }
         }
@@ -294,7 +296,6 @@ pub(crate) async fn run_device(
                 // A dropped sender also means stop.
                 let _ = changed;
                 drain_until = Some(Instant::now() + ctx.drain);
-                connecting = None;
                 retry_at = None;
                 want_flush = true;
             }
