@@ -39,6 +39,9 @@ pub struct ServerConfig {
     /// How often the hub pings idle WebSocket clients, so half-open connections are
     /// found and closed (a client that answers nothing for two intervals is dropped).
     pub ping_interval_ms: u64,
+    /// Serve the browser dashboard from this folder, read live from disk (for editing
+    /// the page); `None` serves the copy compiled into the binary.
+    pub dashboard_dir: Option<PathBuf>,
 }
 
 /// `[limits]`: nothing a client sends can grow memory without bound.
@@ -78,6 +81,7 @@ impl Default for ServerConfig {
             log: "info".to_string(),
             shutdown_grace_ms: 5_000,
             ping_interval_ms: 30_000,
+            dashboard_dir: None,
         }
     }
 }

@@ -1,9 +1,10 @@
 //! The HTTP side of the hub, as warp filters: health, the room list, metrics (and, as
-//! the other stages land, history, plots and the dashboard). One function per endpoint,
-//! composed in [`routes`]; unknown paths and bad requests become JSON errors in
-//! [`recover`].
+//! the other stages land, history and plots) and the browser dashboard at `/`
+//! ([`crate::dashboard`]). One function per endpoint, composed in [`routes`]; unknown
+//! paths and bad requests become JSON errors in [`recover`].
 
 use std::convert::Infallible;
+use std::path::PathBuf;
 
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
@@ -13,14 +14,19 @@ use crate::hub::Hub;
 use crate::plot::Format;
 use crate::upgrade::error_response;
 
-/// All HTTP routes of the hub.
-pub fn routes(hub: Hub) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
+/// All HTTP routes of the hub; `dashboard_dir` serves the page from disk instead of the
+/// embedded copy.
+pub fn routes(
+    hub: Hub,
+    dashboard_dir: Option<PathBuf>,
+) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
     healthz()
         .or(rooms(hub.clone()))
         .or(room_history(hub.clone()))
         .or(room_series(hub.clone()))
         .or(room_plot(hub.clone()))
         .or(metrics(hub))
+        .or(crate::dashboard::routes(dashboard_dir))
         .recover(recover)
 }
 

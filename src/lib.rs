@@ -22,6 +22,7 @@
 
 pub mod client;
 pub mod config;
+pub mod dashboard;
 pub mod history;
 pub mod history_api;
 pub mod http;
@@ -38,6 +39,7 @@ pub mod shutdown;
 pub mod store;
 pub mod telemetry;
 pub mod upgrade;
+pub mod websocket;
 
 pub use config::Settings;
 pub use hub::Hub;

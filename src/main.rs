@@ -77,6 +77,14 @@ struct ServeArgs {
     /// gives every room a new epoch).
     #[arg(long)]
     no_persist: bool,
+    /// Serve the browser dashboard live from this folder (for editing the page) instead
+    /// of the copy built into the binary; overrides `server.dashboard_dir`.
+    #[arg(long)]
+    dashboard_dir: Option<PathBuf>,
+    /// Also run the built-in demo: simulated devices (devices/home.toml) connected to this
+    /// hub over its own WebSocket endpoint, so the dashboard shows live data at once.
+    #[arg(long)]
+    demo: bool,
 }
 
 fn main() -> ExitCode {
@@ -86,6 +94,8 @@ fn main() -> ExitCode {
             config: args.config.or(cli.serve.config),
             listen: args.listen.or(cli.serve.listen),
             no_persist: args.no_persist || cli.serve.no_persist,
+            dashboard_dir: args.dashboard_dir.or(cli.serve.dashboard_dir),
+            demo: args.demo || cli.serve.demo,
         },
         Some(Command::Plot(args)) => return plot(args),
         None => cli.serve,
@@ -103,8 +113,11 @@ fn main() -> ExitCode {
     if args.no_persist {
         settings.history.persist = false;
     }
+    if let Some(dir) = args.dashboard_dir {
+        settings.server.dashboard_dir = Some(dir);
+    }
     telehub::telemetry::init(&settings.server.log);
-    match serve(settings) {
+    match serve(settings, args.demo) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("telehub: {e:#}");
@@ -157,15 +170,55 @@ fn plot(args: PlotArgs) -> ExitCode {
     }
 }
 
-fn serve(settings: Settings) -> anyhow::Result<()> {
+fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
     runtime.block_on(async move {
         let listener = TcpListener::bind(settings.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.server.listen))?;
-        telehub::run(listener, settings, stop_signal()).await?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            stop_signal().await;
+            stop_tx.send_replace(true);
+        });
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let demo = if demo {
+            let addr = demo_address(listener.local_addr()?);
+            Some(tokio::spawn(run_demo(addr, stopped(stop_rx.clone()))))
+        } else {
+            None
+        };
+        telehub::run(listener, settings, stopped(stop_rx)).await?;
+        if let Some(demo) = demo {
+            let _ = demo.await;
+        }
         Ok(())
     })
+}
+
+/// Where the demo devices connect: the hub's own address, on loopback when it listens
+/// on every interface.
+fn demo_address(mut addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    addr
+}
+
+/// Runs the built-in demo scenario in-process until the hub stops.
+async fn run_demo(addr: SocketAddr, stop: impl std::future::Future<Output = ()>) {
+    let scenario = telehub_sim::demo_scenario();
+    let rooms: Vec<String> = scenario.rooms.iter().map(|r| r.name.clone()).collect();
+    tracing::info!(
+        rooms = %rooms.join(", "),
+        "demo: simulated devices connecting; open http://{addr}/ to watch them"
+    );
+    let opts = telehub_sim::RunOptions::websocket(format!("ws://{addr}"));
+    if let Err(e) = telehub_sim::run(scenario, opts, stop).await {
+        tracing::warn!(error = %e, "demo devices stopped");
+    }
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

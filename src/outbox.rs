@@ -47,18 +47,35 @@ impl Close {
         reason: "server shutting down",
         flush_first: true,
     };
-    /// A frame or message over `limits.max_frame_bytes`.
-    pub const TOO_BIG: Close = Close {
-        code: 1009,
-        reason: "frame too large",
-        flush_first: true,
-    };
     /// The client answered nothing for two ping intervals.
     pub const TIMED_OUT: Close = Close {
         code: 1001,
         reason: "ping timeout",
         flush_first: false,
     };
+
+    /// The answer to a client's close frame: its own code echoed (RFC 6455 5.5.1).
+    pub fn answer(code: Option<u16>) -> Close {
+        Close {
+            code: code.unwrap_or(1000),
+            reason: "",
+            flush_first: false,
+        }
+    }
+
+    /// The close for a frame the hub cannot accept (1002, 1007, 1009).
+    pub fn refuse(code: u16) -> Close {
+        let reason = match code {
+            1009 => "frame too large",
+            1007 => "invalid utf-8",
+            _ => "protocol error",
+        };
+        Close {
+            code,
+            reason,
+            flush_first: true,
+        }
+    }
 }
 
 /// What became of a pushed frame.
@@ -160,16 +177,13 @@ impl Outbox {
         self.lock().close
     }
 
-    /// Moves every queued frame into `batch` and returns the close decision, if any.
-    pub fn drain_into(&self, batch: &mut Vec<Frame>) -> Option<Close> {
+    /// Takes every queued frame (the whole queue, leaving none of its memory behind, so
+    /// an idle connection holds no queue) and the close decision, if any.
+    pub fn take(&self) -> (VecDeque<Frame>, Option<Close>) {
         let mut s = self.lock();
-        batch.extend(s.queue.drain(..));
+        // The writer drains the join's replay here: from now on the capacity is plain.
         s.extra = 0;
-        if s.queue.capacity() > 64 && s.queue.is_empty() {
-            // Give back the memory of a burst so that idle connections stay small.
-            s.queue.shrink_to(16);
-        }
-        s.close
+        (std::mem::take(&mut s.queue), s.close)
     }
 
     /// Waits until something was pushed or a close was decided.
@@ -197,7 +211,7 @@ mod tests {
     use super::*;
 
     fn f(s: &str) -> Frame {
-        Frame::from(s.to_string())
+        crate::websocket::text(s)
     }
 
     #[test]
@@ -206,9 +220,8 @@ mod tests {
         assert_eq!(o.push(f("a")), Push::Queued);
         assert_eq!(o.push(f("b")), Push::Queued);
         assert_eq!(o.push(f("c")), Push::Full);
-        let mut batch = Vec::new();
-        assert_eq!(o.drain_into(&mut batch), None);
-        assert_eq!(batch.len(), 2);
+        let (batch, close) = o.take();
+        assert_eq!((batch.len(), close), (2, None));
         o.close(Close::SLOW_CONSUMER);
         assert_eq!(o.push(f("d")), Push::Closed);
         o.close(Close::GOING_AWAY);
@@ -220,16 +233,13 @@ mod tests {
         let o = Outbox::new(4);
         o.push(f("a"));
         o.close(Close::GOING_AWAY);
-        let mut batch = Vec::new();
-        assert_eq!(o.drain_into(&mut batch), Some(Close::GOING_AWAY));
-        assert_eq!(batch.len(), 1);
+        let (batch, close) = o.take();
+        assert_eq!((batch.len(), close), (1, Some(Close::GOING_AWAY)));
 
         let o = Outbox::new(4);
         o.push(f("a"));
         o.close(Close::SLOW_CONSUMER);
-        let mut batch = Vec::new();
-        o.drain_into(&mut batch);
-        assert!(batch.is_empty());
+        assert!(o.take().0.is_empty());
     }
 
     #[tokio::test]

@@ -6,13 +6,14 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use crate::websocket;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-/// An already-serialised text frame. Cloning it shares the bytes, so one reading is
-/// serialised once and the same buffer is queued for every dashboard.
-pub type Frame = Utf8Bytes;
+/// A complete WebSocket text frame (header and JSON), ready for the socket. Server frames
+/// are unmasked, so the same bytes serve every recipient: a reading is serialised once and
+/// cloning its frame only bumps a reference count.
+pub type Frame = bytes::Bytes;
 
 /// Longest room or client id.
 pub const MAX_ID_LEN: usize = 64;
@@ -539,14 +540,28 @@ enum Out<'a> {
 }
 
 fn frame(msg: &Out) -> Frame {
+    // The JSON is written after room for the frame header, which is then filled in
+    // front of it: one allocation, no copy.
+    let mut buf = Vec::with_capacity(160);
+    buf.resize(websocket::HEADER_ROOM, 0);
     // Serialising these plain structs cannot fail: every map key is a string and every
     // float is finite (validated on the way in).
-    match serde_json::to_string(msg) {
-        Ok(s) => Frame::from(s),
-        Err(e) => Frame::from(format!(
+    match serde_json::to_writer(&mut buf, msg) {
+        Ok(()) => websocket::frame_in_place(buf),
+        Err(e) => websocket::text(&format!(
             r#"{{"type":"error","code":"internal","message":"{e}"}}"#
         )),
     }
+}
+
+/// The JSON text inside a frame built here (for tests and logs).
+pub fn frame_text(frame: &Frame) -> &str {
+    let skip = match frame.get(1).map(|b| b & 0x7F) {
+        Some(126) => 4,
+        Some(127) => 10,
+        _ => 2,
+    };
+    std::str::from_utf8(frame.get(skip..).unwrap_or_default()).unwrap_or_default()
 }
 
 /// The first frame of every connection.
@@ -800,14 +815,14 @@ mod tests {
             seq: Some(1),
             offset: 9,
         });
-        let v: serde_json::Value = serde_json::from_str(f.as_str()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(frame_text(&f)).unwrap();
         assert_eq!(
             v,
             serde_json::json!({"type":"reading","room":"r","device":"d","metric":"t","value":20.0,"ts":5,"seq":1,"offset":9})
         );
         let c = command_frame("1", "dash", "reboot", None);
         assert_eq!(
-            c.as_str(),
+            frame_text(&c),
             r#"{"type":"command","id":"1","from":"dash","name":"reboot","args":{}}"#
         );
     }

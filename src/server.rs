@@ -104,13 +104,16 @@ pub async fn run(
     let (trigger, shutdown) = shutdown::channel();
     let (completion, mut all_done) = mpsc::channel::<()>(1);
 
-    let ws = Arc::new(WsContext::new(
+    let ws = Arc::new(WsContext {
+        hub: hub.clone(),
+        shutdown: shutdown.clone(),
+        completion: completion.clone(),
+        ping_interval: Duration::from_millis(settings.server.ping_interval_ms),
+    });
+    let routes = warp::service(crate::http::routes(
         hub.clone(),
-        shutdown.clone(),
-        completion.clone(),
-        Duration::from_millis(settings.server.ping_interval_ms),
+        settings.server.dashboard_dir.clone(),
     ));
-    let routes = warp::service(crate::http::routes(hub.clone()));
 
     tokio::spawn(sweep(hub.clone(), shutdown.clone(), completion.clone()));
     {

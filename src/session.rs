@@ -1,39 +1,40 @@
 //! One WebSocket connection, from the first frame to the close.
 //!
-//! The socket is split in two: a writer task drains the connection's [`Outbox`] (all
-//! queued frames, then one flush) and owns the close handshake; the reader loop parses
-//! what the client sends and hands it to the [`Hub`]. Either side ending tears down the
-//! other, and dropping the [`Membership`] at the end leaves the room.
+//! The TCP stream is split in two owned halves: a writer task drains the connection's
+//! [`Outbox`] (every queued frame in one `writev`) and owns the close handshake; the
+//! reader loop decodes what the client sends ([`websocket::Decoder`]) and hands it to the
+//! [`Hub`]. Either side ending tears down the other, and dropping the [`Membership`] at
+//! the end leaves the room.
 //!
 //! Nothing a client sends is trusted: every message is validated by [`protocol::parse`],
 //! errors are answered with an `error` frame and the connection stays open, except for
-//! frames over the size limit (close 1009) and protocol violations (close 1002, by
-//! tungstenite).
+//! frames over the size limit (close 1009), invalid UTF-8 (1007) and WebSocket protocol
+//! violations (1002).
 
+use std::io::IoSlice;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::stream::SplitSink;
-use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::WebSocketStream;
-use tracing::{debug, instrument};
+use tracing::debug;
 
 use crate::hub::{Hub, Membership};
 use crate::outbox::{Close, Outbox, Push};
-use crate::protocol::{self, ClientMessage, ErrorCode, ProtoError, Role};
+use crate::protocol::{self, ClientMessage, ErrorCode, Frame, ProtoError, Role};
 use crate::ratelimit::TokenBucket;
 use crate::shutdown::Shutdown;
+use crate::websocket::{self, Decoder, Message};
 
 /// How long the writer may take to put the close frame on a socket whose peer does not
 /// read, before the connection is simply dropped.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the reader waits for the peer's answer to our close frame.
 const CLOSE_ECHO_TIMEOUT: Duration = Duration::from_secs(2);
+/// Frames handed to one `writev` call at most.
+const MAX_IOVECS: usize = 64;
 
 /// Per-connection options decided at the upgrade.
 #[derive(Debug, Clone, Copy)]
@@ -44,22 +45,38 @@ pub struct SessionOptions {
     pub ping_interval: Duration,
 }
 
+/// The two halves of an upgraded connection, and any bytes read past the handshake.
+pub struct Socket {
+    pub read: OwnedReadHalf,
+    pub write: OwnedWriteHalf,
+    pub already_read: Bytes,
+}
+
 /// Runs the connection until either side closes it or the hub shuts down.
-#[instrument(name = "session", skip_all, fields(room = %membership.room().name, client = %membership.client(), role = %membership.role()))]
-pub async fn run<S>(
-    ws: WebSocketStream<S>,
+pub async fn run(
+    socket: Socket,
     membership: Membership,
     hub: Hub,
     mut shutdown: Shutdown,
     opts: SessionOptions,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    debug!("connected");
-    let (sink, mut stream) = ws.split();
+) {
+    // No tracing span per connection: a live span holds its formatted fields for the
+    // connection's lifetime, which is memory an idle dashboard should not cost.
+    let (room, client, role) = (
+        membership.room().name.clone(),
+        membership.client().clone(),
+        membership.role(),
+    );
+    debug!(%room, %client, %role, "connected");
+    let Socket {
+        mut read,
+        write,
+        already_read,
+    } = socket;
     let outbox = membership.outbox().clone();
-    let mut writer = tokio::spawn(write_loop(sink, outbox.clone(), opts.ping_interval));
+    let mut writer = tokio::spawn(write_loop(write, outbox.clone(), opts.ping_interval));
     let limits = hub.limits();
+    let mut decoder = Decoder::new(limits.max_frame_bytes, already_read);
     let mut reader = Reader {
         bucket: TokenBucket::new(limits.rate_per_sec, limits.rate_burst),
         hub: &hub,
@@ -75,32 +92,38 @@ pub async fn run<S>(
     let mut writer_done = false;
     loop {
         tokio::select! {
-            msg = stream.next() => {
+            msg = decoder.next(&mut read) => {
                 if !writer_done {
                     idle.as_mut().reset(Instant::now() + idle_limit);
                 }
                 match msg {
-                    Some(Ok(Message::Text(text))) => {
+                    Ok(Message::Text(text)) => {
                         if outbox.closing().is_none() {
-                            reader.handle_text(text.as_str());
+                            reader.handle_text(&text);
                         }
                     }
-                    Some(Ok(Message::Binary(_))) => reader.reply_error(ProtoError::new(
+                    Ok(Message::Binary(_)) => reader.reply_error(ProtoError::new(
                         ErrorCode::BinaryNotSupported,
                         "binary frames are not supported; send JSON text frames",
                     )),
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                    Some(Ok(Message::Close(_))) | None => break,
-                    Some(Err(WsError::Capacity(e))) => {
-                        debug!(error = %e, "frame too large");
-                        outbox.close(Close::TOO_BIG);
-                        // The stream cannot be read past an oversized frame: wait only for
-                        // the writer to deliver the close.
-                        let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, &mut writer).await;
-                        return;
+                    Ok(Message::Ping(payload)) => reader.send(websocket::pong(&payload)),
+                    Ok(Message::Pong) => {}
+                    Ok(Message::Close(code)) => {
+                        // Answer the close (unless ours is already on its way), then end.
+                        outbox.close(Close::answer(code));
+                        if !writer_done {
+                            let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, &mut writer).await;
+                        }
+                        break;
                     }
-                    Some(Err(e)) => {
-                        debug!(error = %e, "read error");
+                    Err(e) => {
+                        debug!(error = %e, "read ended");
+                        if let Some(code) = e.close_code() {
+                            outbox.close(Close::refuse(code));
+                            if !writer_done {
+                                let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, &mut writer).await;
+                            }
+                        }
                         break;
                     }
                 }
@@ -125,11 +148,11 @@ pub async fn run<S>(
             }
         }
     }
-    if !writer_done {
+    if !writer.is_finished() {
         // The peer went away first: stop the writer (its frames have nowhere to go).
         writer.abort();
     }
-    debug!("disconnected");
+    debug!(%room, %client, %role, "disconnected");
 }
 
 /// The reader side's state and its handling of one text frame.
@@ -246,7 +269,7 @@ impl Reader<'_> {
 
     /// Queues a frame for this client; a client that does not read its own replies is
     /// as slow a consumer as any other.
-    fn send(&self, frame: protocol::Frame) {
+    fn send(&self, frame: Frame) {
         if self.outbox.push(frame) == Push::Full {
             self.outbox.close(Close::SLOW_CONSUMER);
             self.hub
@@ -257,61 +280,99 @@ impl Reader<'_> {
     }
 }
 
-/// Drains the outbox into the socket: every queued frame, then one flush. Pings the
+/// Drains the outbox into the socket: every queued frame in `writev` calls, pings the
 /// client when nothing else is sent, and finishes with the close frame the outbox asks
 /// for.
-async fn write_loop<S>(
-    mut sink: SplitSink<WebSocketStream<S>, Message>,
-    outbox: Arc<Outbox>,
-    ping_interval: Duration,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let mut batch = Vec::new();
+async fn write_loop(mut io: OwnedWriteHalf, outbox: Arc<Outbox>, ping_interval: Duration) {
     let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
+    // Where a possibly interrupted write stands: a frame on the wire must always be
+    // finished before anything else (the close frame) can follow it.
+    let mut partial: Option<Frame> = None;
     loop {
-        let close = outbox.drain_into(&mut batch);
+        let (mut batch, close) = outbox.take();
         if !batch.is_empty() {
-            let write = async {
-                for frame in batch.drain(..) {
-                    sink.feed(Message::Text(frame)).await?;
-                }
-                sink.flush().await
-            };
+            let batch = batch.make_contiguous();
+            let mut progress = Progress::default();
             tokio::select! {
                 biased;
                 // A client that stopped reading must not keep this task stuck on a full
                 // socket once the room has given up on it.
-                _ = outbox.urgent() => {}
-                res = write => {
+                _ = outbox.urgent() => {
+                    if progress.offset > 0 {
+                        partial = Some(batch[progress.first].slice(progress.offset..));
+                    }
+                }
+                res = write_frames(&mut io, batch, &mut progress) => {
                     if res.is_err() {
                         return;
                     }
                 }
             }
-            batch.clear();
             ping.reset();
         }
         if let Some(close) = close.or_else(|| outbox.closing()) {
             if close.flush_first && !outbox.is_empty() {
                 continue;
             }
-            let frame = CloseFrame {
-                code: CloseCode::from(close.code),
-                reason: close.reason.into(),
-            };
-            let _ =
-                tokio::time::timeout(CLOSE_WRITE_TIMEOUT, sink.send(Message::Close(Some(frame))))
-                    .await;
+            let frame = websocket::close(close.code, close.reason);
+            let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, async {
+                if let Some(rest) = partial.take() {
+                    io.write_all(&rest).await?;
+                }
+                io.write_all(&frame).await?;
+                io.shutdown().await
+            })
+            .await;
             return;
         }
         tokio::select! {
             _ = outbox.ready() => {}
             _ = ping.tick() => {
-                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                if io.write_all(&websocket::ping()).await.is_err() {
                     return;
                 }
             }
         }
     }
+}
+
+/// How far a batch has been written: whole frames before `first`, and `offset` bytes of
+/// frame `first`. Kept outside the write future so an interrupted write can be finished.
+#[derive(Default)]
+struct Progress {
+    first: usize,
+    offset: usize,
+}
+
+/// Writes whole frames with as few `writev` calls as the socket allows.
+async fn write_frames(
+    io: &mut OwnedWriteHalf,
+    frames: &[Frame],
+    progress: &mut Progress,
+) -> std::io::Result<()> {
+    let Progress { first, offset } = progress;
+    while *first < frames.len() {
+        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+        let mut n = 0;
+        for (i, f) in frames[*first..].iter().take(MAX_IOVECS).enumerate() {
+            slices[i] = IoSlice::new(if i == 0 { &f[*offset..] } else { &f[..] });
+            n += 1;
+        }
+        let mut written = io.write_vectored(&slices[..n]).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while written > 0 {
+            let left = frames[*first].len() - *offset;
+            if written >= left {
+                written -= left;
+                *first += 1;
+                *offset = 0;
+            } else {
+                *offset += written;
+                written = 0;
+            }
+        }
+    }
+    Ok(())
 }

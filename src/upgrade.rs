@@ -2,21 +2,20 @@
 //!
 //! warp's `ws()` filter always builds tungstenite's default configuration, whose 128 KiB
 //! read buffer costs about 134 KiB of memory per idle connection (see `docs/DESIGN.md`).
-//! So the hub validates the request and answers `101 Switching Protocols` itself, then
-//! runs the upgraded hyper connection through tokio-tungstenite configured with small
-//! buffers. Everything is checked before the upgrade so that a bad request gets a plain
-//! HTTP status with a JSON body, and a full hub a 503.
+//! So the hub validates the request and answers `101 Switching Protocols` itself, takes
+//! the TCP stream back from hyper, and runs it with the hub's own framing
+//! ([`crate::websocket`]). Everything is checked before the upgrade so that a bad request
+//! gets a plain HTTP status with a JSON body, and a full hub a 503.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role as WsRole, WebSocketConfig};
-use tokio_tungstenite::WebSocketStream;
+use tokio::net::TcpStream;
 use tracing::debug;
 use warp::Reply;
 
@@ -24,47 +23,24 @@ use crate::hub::Hub;
 use crate::metrics::Rejection;
 use crate::protocol::{valid_id, Role, Via};
 use crate::room::Since;
-use crate::session::{self, SessionOptions};
+use crate::session::{self, SessionOptions, Socket};
 use crate::shutdown::{Completion, Shutdown};
-
-/// Bytes tungstenite reads from the socket at a time. Device frames are a few hundred
-/// bytes; the buffer grows for a bigger message and an idle connection keeps only this.
-pub const READ_BUFFER_BYTES: usize = 1024;
-/// Bytes of frames collected before tungstenite writes them to the socket; the writer
-/// task flushes after each batch anyway, so this only splits very large batches.
-pub const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 
 /// What the handshake needs from the server.
 pub struct WsContext {
     pub hub: Hub,
     pub shutdown: Shutdown,
     pub completion: Completion,
-    pub config: WebSocketConfig,
     pub ping_interval: Duration,
 }
 
-impl WsContext {
-    pub fn new(
-        hub: Hub,
-        shutdown: Shutdown,
-        completion: Completion,
-        ping_interval: Duration,
-    ) -> Self {
-        let max = hub.limits().max_frame_bytes;
-        let config = WebSocketConfig::default()
-            .read_buffer_size(READ_BUFFER_BYTES)
-            .write_buffer_size(WRITE_BUFFER_BYTES)
-            .max_write_buffer_size(WRITE_BUFFER_BYTES + 4 * max)
-            .max_message_size(Some(max))
-            .max_frame_size(Some(max));
-        WsContext {
-            hub,
-            shutdown,
-            completion,
-            config,
-            ping_interval,
-        }
-    }
+/// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key` (RFC 6455 section 4.2.2).
+pub fn accept_key(key: &[u8]) -> String {
+    const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    let mut sha = sha1_smol::Sha1::new();
+    sha.update(key);
+    sha.update(GUID);
+    base64::engine::general_purpose::STANDARD.encode(sha.digest().bytes())
 }
 
 /// A JSON error response: `{"error": CODE, "message": TEXT}`.
@@ -230,29 +206,37 @@ pub fn handle<G: Send + Sync + 'static>(
     let hub = hub.clone();
     let shutdown = ctx.shutdown.clone();
     let completion = ctx.completion.clone();
-    let config = ctx.config;
     let opts = SessionOptions {
         acks: query.acks,
         ping_interval: ctx.ping_interval,
     };
     tokio::spawn(async move {
-        let _completion = completion;
-        let _conn_guard = conn_guard;
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    WsRole::Server,
-                    Some(config),
-                )
-                .await;
-                session::run(ws, membership, hub, shutdown, opts).await;
-            }
-            Err(e) => debug!(error = %e, "upgrade failed"),
-        }
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => return debug!(error = %e, "upgrade failed"),
+        };
+        // Take the TCP stream back from hyper so the session owns plain halves with no
+        // boxing or buffering in between.
+        let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(p) => p,
+            Err(_) => return debug!("upgraded connection is not a TCP stream"),
+        };
+        let (read, write) = parts.io.into_inner().into_split();
+        let socket = Socket {
+            read,
+            write,
+            already_read: parts.read_buf,
+        };
+        // The session runs as a task of its own so that this task's state (the pending
+        // upgrade) is freed: an idle connection then costs only the session's future.
+        tokio::spawn(async move {
+            let _completion = completion;
+            let _conn_guard = conn_guard;
+            session::run(socket, membership, hub, shutdown, opts).await;
+        });
     });
 
-    let accept = derive_accept_key(key.as_bytes());
+    let accept = accept_key(key.as_bytes());
     let mut resp = warp::reply::Response::default();
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = resp.headers_mut();
@@ -262,4 +246,15 @@ pub fn handle<G: Send + Sync + 'static>(
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn accept_key_matches_rfc_6455_example() {
+        assert_eq!(
+            super::accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
 }

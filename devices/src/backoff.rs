@@ -3,7 +3,7 @@
 //! After each failed attempt the ceiling doubles, from `initial` up to `max`; the delay is
 //! drawn uniformly from the upper half of the ceiling ("equal jitter"), so a hub that comes
 //! back is not hit by every device in the same millisecond, yet no device waits much less
-//! than the schedule says. A successful connection resets it.
+//! than the schedule says. The transports reset it once a connection has proved stable.
 
 use std::time::Duration;
 

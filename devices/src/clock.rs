@@ -66,3 +66,42 @@ pub fn wall_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fixed_start_and_speed_run_simulated_time() {
+        let clock = Clock::start(ClockConfig {
+            start_ms: Some(1_000_000),
+            speed: 3_600.0,
+        });
+        assert!(clock.now_ms() >= 1_000_000);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        // 20 ms of real time at 3600x is at least 72 simulated seconds.
+        assert!(clock.now_ms() >= 1_000_000 + 72_000, "{}", clock.now_ms());
+    }
+
+    #[test]
+    fn a_bad_speed_means_real_time() {
+        assert_eq!(
+            Clock::start(ClockConfig {
+                start_ms: None,
+                speed: -1.0
+            })
+            .speed(),
+            1.0
+        );
+        assert_eq!(
+            Clock::start(ClockConfig {
+                start_ms: None,
+                speed: f64::NAN
+            })
+            .speed(),
+            1.0
+        );
+        let now = Clock::start(ClockConfig::default()).now_ms();
+        assert!((now - wall_ms()).abs() < 1_000);
+    }
+}

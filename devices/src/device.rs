@@ -22,7 +22,8 @@ pub enum SeqStart {
     /// Wall-clock epoch milliseconds × 1000 at the start of the run: a restarted
     /// simulator starts above everything an earlier run sent (unless it sent over a
     /// thousand readings per millisecond), so the hub never takes fresh readings for
-    /// duplicates of old ones.
+    /// duplicates of old ones. The values stay below 2^53 (exact in a browser's JSON
+    /// numbers) until the year 2255.
     Clock,
     /// A fixed first value, for tests and reproducible captures.
     Fixed(u64),
@@ -197,6 +198,8 @@ impl Device {
     /// Apply a command; returns the ack to send and what the transport must do.
     pub(crate) fn handle_command(&mut self, cmd: &Command) -> (Ack, Effect) {
         let (ack, effect) = command::apply(cmd, self.sensor.as_mut());
+        tracing::debug!(room = %self.spec.room, device = %self.spec.id, id = %cmd.id,
+            name = %cmd.name, ok = ack.ok, "command");
         if let Effect::SetInterval(d) = effect {
             self.interval = d;
         }

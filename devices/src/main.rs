@@ -160,6 +160,15 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Debug events from the devices go to stderr when RUST_LOG asks for them
+    // (RUST_LOG=telehub_sim=debug); by default only warnings, and there are none.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
     let result = match cli.command {
         Command::Run(args) => cmd_run(args).await,
         Command::Check { files } => cmd_check(files),
@@ -256,6 +265,7 @@ async fn cmd_run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(n) = args.seq_start {
         opts.seq_start = SeqStart::Fixed(n);
     }
+    opts.check()?;
     let stats = SimStats::new();
     opts.stats = stats.clone();
     let target = args.mqtt.clone().unwrap_or_else(|| args.url.clone());
@@ -268,7 +278,8 @@ async fn cmd_run(args: RunArgs) -> anyhow::Result<()> {
             scenario.readings_per_sec()
         );
     }
-    let status = (!args.quiet && std::io::stdout().is_terminal())
+    // The status line shares stdout with the summary, so not with --json.
+    let status = (!args.quiet && !args.json && std::io::stdout().is_terminal())
         .then(|| tokio::spawn(status_line(stats.clone())));
     let summary = telehub_sim::run(scenario, opts, shutdown_signal(args.duration))
         .await

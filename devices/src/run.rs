@@ -76,6 +76,16 @@ impl RunOptions {
         }
     }
 
+    /// Check the transport URL without connecting (`run` does this too).
+    pub fn check(&self) -> Result<(), RunError> {
+        match &self.transport {
+            Transport::WebSocket(url) => HubUrl::parse(url).map(drop).map_err(RunError::from),
+            Transport::Mqtt(url) => BrokerUrl::parse(url)
+                .map(drop)
+                .ok_or_else(|| RunError::BrokerUrl(url.clone())),
+        }
+    }
+
     /// Defaults for devices publishing to the MQTT broker at `url`.
     pub fn mqtt(url: impl Into<String>) -> Self {
         RunOptions {

@@ -42,7 +42,7 @@ pub enum ScenarioError {
     /// toml's message names the key and shows the line.
     #[error("{origin}: {error}")]
     Parse {
-        /// The file name (or "<demo>", "<string>").
+        /// The file name, or another name the caller gave the text.
         origin: String,
         /// The parser's error, with line, column and the offending key.
         error: toml::de::Error,

@@ -129,3 +129,49 @@ async fn the_binary_logs_its_real_address_and_exits_0_on_sigterm_closing_clients
         .expect("wait");
     assert_eq!(status.code(), Some(0));
 }
+
+#[tokio::test]
+async fn serve_demo_shows_live_data_from_simulated_devices() {
+    let mut child = telehub()
+        .args(["serve", "--demo", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn telehub");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let _ = tx.send(rest.trim().to_string());
+            }
+        }
+    });
+    let addr: std::net::SocketAddr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the hub logs its address")
+        .parse()
+        .expect("address");
+    // A dashboard in the demo's living room sees readings arrive.
+    let mut dash = Client::connect(&format!("ws://{addr}/ws/living-room/viewer"))
+        .await
+        .expect("connect");
+    let _ = dash.recv_type("welcome").await;
+    let r = dash.recv_type("reading").await;
+    assert!(r["device"].as_str().is_some_and(|d| !d.is_empty()));
+    assert!(r["value"].as_f64().is_some_and(f64::is_finite));
+    let (_, rooms) = crate::helpers::http_get(addr, "/api/rooms", "").await;
+    let rooms: serde_json::Value = serde_json::from_str(&rooms).expect("json");
+    assert!(
+        rooms["rooms"].as_array().is_some_and(|r| r.len() >= 2),
+        "{rooms}"
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert_eq!(status.code(), Some(0));
+}

@@ -2,11 +2,14 @@
 //! through its public interface (WebSocket and HTTP), as a device or a browser would.
 //! One binary with a module per capability keeps linking cheap.
 
+mod cdp;
 mod helpers;
 
 mod backpressure;
+mod browser;
 mod errors;
 mod history;
 mod http;
 mod lifecycle;
 mod rooms;
+mod simulator;

@@ -7,7 +7,7 @@
 //! - deliveries per second and loss: a reading sent within the window should reach every
 //!   dashboard of its room, so expected = readings sent in the window × S;
 //! - latency from send to dashboard receipt. Each device records the monotonic time of
-//!   every send in a ring indexed by seq ([`SendTimes`]), and a dashboard looks the send
+//!   every send in a ring indexed by seq (`SendTimes`), and a dashboard looks the send
 //!   time up by (device, seq) on receipt, for sub-millisecond precision that the ms `ts`
 //!   cannot give. Window membership is decided by that same send time on both sides.
 //!
@@ -43,8 +43,13 @@ const DASHBOARD_READ_BUFFER: usize = 64 * 1024;
 /// Largest latency the histogram records (longer ones saturate): 60 s, in ns.
 const MAX_LATENCY_NS: u64 = 60_000_000_000;
 /// Seconds of sends each device's ring remembers; a reading delivered later than this
-/// cannot be timed (and is counted as `untimed`).
+/// cannot be timed (it is counted as `untimed`).
 const RING_SECONDS: f64 = 30.0;
+/// Bits of a ring slot holding the send time: 2^44 ns is 4.8 hours, the longest bench.
+const NANOS_BITS: u32 = 44;
+const NANOS_MASK: u64 = (1 << NANOS_BITS) - 1;
+/// Longest warm-up + window a bench may run, so send times fit in a ring slot.
+pub const MAX_BENCH_TIME: Duration = Duration::from_secs(4 * 3600);
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -169,8 +174,10 @@ pub struct BenchReport {
 
 /// The monotonic send time of every recent reading, per device, indexed by seq.
 ///
-/// Lock-free: a device stores, dashboards load. Values are nanoseconds since the bench
-/// started, plus one, so 0 means "not sent".
+/// Lock-free: a device stores, dashboards load. A slot is one `u64`: the low
+/// [`NANOS_BITS`] bits hold nanoseconds since the bench started plus one (0 = never sent),
+/// the high bits which lap of the ring the seq is on, so a reading delivered after its
+/// slot was reused is counted as untimed instead of being given a wrong latency.
 struct SendTimes {
     slots: Box<[AtomicU64]>,
     ring: u64,
@@ -192,22 +199,27 @@ impl SendTimes {
         }
     }
 
-    fn slot(&self, device: usize, seq: u64) -> Option<&AtomicU64> {
-        let i = device as u64 * self.ring + (seq.wrapping_sub(self.seq_base) % self.ring);
-        self.slots.get(i as usize)
+    /// The slot of (device, seq) and the lap tag its value must carry.
+    fn slot(&self, device: usize, seq: u64) -> Option<(&AtomicU64, u64)> {
+        let n = seq.wrapping_sub(self.seq_base);
+        let i = device as u64 * self.ring + n % self.ring;
+        let lap = (n / self.ring) & (u64::MAX >> NANOS_BITS);
+        self.slots.get(i as usize).map(|s| (s, lap << NANOS_BITS))
     }
 
     fn record(&self, device: usize, seq: u64, nanos: u64) {
-        if let Some(s) = self.slot(device, seq) {
-            s.store(nanos + 1, Relaxed);
+        if let Some((s, tag)) = self.slot(device, seq) {
+            s.store(tag | ((nanos + 1) & NANOS_MASK), Relaxed);
         }
     }
 
     fn lookup(&self, device: usize, seq: u64) -> Option<u64> {
-        match self.slot(device, seq)?.load(Relaxed) {
-            0 => None,
-            v => Some(v - 1),
+        let (s, tag) = self.slot(device, seq)?;
+        let v = s.load(Relaxed);
+        if v & !NANOS_MASK != tag || v & NANOS_MASK == 0 {
+            return None;
         }
+        Some((v & NANOS_MASK) - 1)
     }
 }
 
@@ -419,6 +431,11 @@ fn check(opts: &BenchOptions) -> Result<(), BenchError> {
     if opts.duration.is_zero() {
         return Err(BenchError::Options("--duration must be positive".into()));
     }
+    if opts.duration + opts.warmup > MAX_BENCH_TIME {
+        return Err(BenchError::Options(
+            "--warmup plus --duration must stay under 4 hours".into(),
+        ));
+    }
     Ok(())
 }
 
@@ -616,6 +633,10 @@ mod tests {
         // Recorded zero is distinguishable from "never sent".
         t.record(0, 1_001, 0);
         assert_eq!(t.lookup(0, 1_001), Some(0));
+        // A slot reused one lap later no longer answers for the old seq.
+        t.record(2, 1_005 + 512, 99);
+        assert_eq!(t.lookup(2, 1_005), None);
+        assert_eq!(t.lookup(2, 1_005 + 512), Some(99));
     }
 
     #[test]

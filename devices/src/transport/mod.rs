@@ -25,6 +25,10 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Devices spread their first connection attempts over this window, so a scenario with
 /// thousands of devices does not open them all in the same millisecond.
 pub const CONNECT_SPREAD: Duration = Duration::from_millis(500);
+/// A connection that lasted this long resets the reconnect backoff when it drops; one
+/// that dropped sooner (a hub that accepts and then closes, or two simulators fighting
+/// over one device id) keeps backing off further.
+pub const STABLE_AFTER: Duration = Duration::from_secs(2);
 /// Most readings in one `readings` message (the hub's default `limits.max_batch` is 256).
 pub const MAX_BATCH: usize = 100;
 
@@ -104,5 +108,33 @@ pub(crate) fn next_sample_after(prev: Instant, interval: Duration) -> Instant {
         now + interval
     } else {
         next
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_allows_a_burst_then_the_rate() {
+        let mut b = TokenBucket::new(100.0);
+        assert_eq!(b.available(), 200, "burst is twice the rate");
+        b.take(200);
+        assert_eq!(b.available(), 0);
+        let wait = b.ready_at(10) - Instant::now();
+        assert!(
+            wait >= Duration::from_millis(90) && wait <= Duration::from_millis(101),
+            "{wait:?}"
+        );
+    }
+
+    #[test]
+    fn a_late_sampler_skips_instead_of_bursting() {
+        let interval = Duration::from_millis(100);
+        let long_ago = Instant::now() - Duration::from_secs(5);
+        let next = next_sample_after(long_ago, interval);
+        assert!(next > Instant::now(), "no burst of missed samples");
+        let now = Instant::now();
+        assert_eq!(next_sample_after(now, interval), now + interval);
     }
 }

@@ -22,7 +22,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::{next_sample_after, sleep_opt, DeviceCtx, TokenBucket, CONNECT_SPREAD, MAX_BATCH};
+use super::{
+    next_sample_after, sleep_opt, DeviceCtx, TokenBucket, CONNECT_SPREAD, MAX_BATCH, STABLE_AFTER,
+};
 use crate::backoff::Backoff;
 use crate::command::{Command, Effect};
 use crate::device::{Device, DeviceSummary};
@@ -168,7 +170,8 @@ async fn pump(mut eventloop: EventLoop, tx: mpsc::Sender<MqttEvent>) {
             },
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => MqttEvent::Written(pkid),
             Ok(_) => continue,
-            Err(_) => {
+            Err(error) => {
+                tracing::debug!(%error, "mqtt connection failed");
                 let _ = tx.send(MqttEvent::Failed).await;
                 return;
             }
@@ -239,6 +242,7 @@ pub(crate) async fn run_device(
     let mut flush_at: Option<Instant> = None;
     let mut drain_until: Option<Instant> = None;
     let mut bucket = TokenBucket::new(ctx.send_rate);
+    let mut connected_at = Instant::now();
 
     loop {
         if let Some(deadline) = drain_until {
@@ -277,7 +281,7 @@ pub(crate) async fn run_device(
                     Some(MqttEvent::ConnAck) => {
                         c.ready = true;
                         dev.connected();
-                        backoff.reset();
+                        connected_at = Instant::now();
                         lost = c.client.try_subscribe(cmd_topic.clone(), QoS::AtLeastOnce).is_err();
                         want_flush = true;
                     }
@@ -338,10 +342,14 @@ pub(crate) async fn run_device(
             }
         }
         if lost {
+            tracing::debug!(room = %dev.spec.room, device = %dev.spec.id, "mqtt connection lost");
             let was_up = conn.take().is_some_and(|c| c.ready);
             flush_at = None;
             if was_up {
                 dev.disconnected();
+                if connected_at.elapsed() >= STABLE_AFTER {
+                    backoff.reset();
+                }
             } else {
                 dev.stats().connect_failure();
             }

@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 
 use super::{
     next_sample_after, sleep_opt, DeviceCtx, TokenBucket, CONNECT_SPREAD, CONNECT_TIMEOUT,
-    MAX_BATCH,
+    MAX_BATCH, STABLE_AFTER,
 };
 use crate::backoff::Backoff;
 use crate::command::{Ack, Command, Effect};
@@ -280,6 +280,7 @@ pub(crate) async fn run_device(
     let mut drain_until: Option<Instant> = None;
     let mut bucket = TokenBucket::new(ctx.send_rate);
     let mut inflight = InFlight::default();
+    let mut connected_at = Instant::now();
 
     loop {
         if let Some(deadline) = drain_until {
@@ -319,14 +320,18 @@ pub(crate) async fn run_device(
                 connecting = None;
                 match res {
                     Ok(stream) => {
+                        tracing::debug!(room = %dev.spec.room, device = %dev.spec.id, "connected");
                         ws = Some(stream);
                         dev.connected();
-                        backoff.reset();
+                        connected_at = Instant::now();
                         want_flush = true;
                     }
-                    Err(_) => {
+                    Err(error) => {
                         dev.stats().connect_failure();
-                        retry_at = Some(Instant::now() + backoff.next_delay());
+                        let delay = backoff.next_delay();
+                        tracing::debug!(room = %dev.spec.room, device = %dev.spec.id, %error,
+                            retry_ms = delay.as_millis() as u64, "connect failed");
+                        retry_at = Some(Instant::now() + delay);
                     }
                 }
             }
@@ -336,9 +341,10 @@ pub(crate) async fn run_device(
                     Inbox::Closed => lost = true,
                     Inbox::RateLimited => {
                         // Some readings were refused: send everything unconfirmed again
-                        // after a pause (the hub drops the ones it already has).
+                        // after a pause (the hub drops the ones it already has). The
+                        // messages in flight stay listed: their answers still come, in
+                        // order, ahead of the resent ones'.
                         dev.rewind();
-                        inflight.0.clear();
                         flush_at = Some(Instant::now() + RATE_LIMITED_PAUSE);
                     }
                     Inbox::Reply(text, effect) => {
@@ -379,10 +385,14 @@ pub(crate) async fn run_device(
             }
         }
         if lost {
+            tracing::debug!(room = %dev.spec.room, device = %dev.spec.id, "connection lost");
             ws = None;
             flush_at = None;
             inflight.0.clear();
             dev.disconnected();
+            if connected_at.elapsed() >= STABLE_AFTER {
+                backoff.reset();
+            }
             if drain_until.is_none() {
                 retry_at = Some(Instant::now() + backoff.next_delay());
             }
@@ -437,6 +447,18 @@ mod tests {
         assert_eq!(f.accept(8), Some((6, 8)));
         assert_eq!(f.accept(15), Some((11, 15)));
         assert_eq!(f.accept(20), None);
+    }
+
+    #[test]
+    fn answers_match_in_order_across_a_resend() {
+        // M1 = 1..=5 had its tail refused (accepted 3); M2 = 6..=10 was already in
+        // flight; after the rewind M3 resends 4..=10.
+        let mut f = InFlight::default();
+        f.0.extend([(1, 5), (6, 10), (4, 10)]);
+        assert_eq!(f.accept(3), Some((1, 3)));
+        assert_eq!(f.accept(10), Some((6, 10)));
+        assert_eq!(f.accept(10), Some((4, 10)));
+        assert!(f.0.is_empty());
     }
 
     #[test]

@@ -1,0 +1,418 @@
+// Our own small canvas line chart: one line per device, a scrolling time axis.
+//
+// Readings go into compact per-series arrays (Float64Array time and value). Nothing is
+// drawn when a reading arrives: the chart is marked dirty and one shared
+// requestAnimationFrame loop redraws the dirty, visible charts, at most once per frame
+// each, within a per-frame time budget (charts that do not fit wait for the next frame,
+// stalest first). Dense series are reduced to min/max per pixel column, so drawing costs
+// O(points in view) arithmetic but only O(width) path segments per line.
+
+import { perf } from "./perf.js";
+
+/** Points kept per series: 15 minutes at 10 Hz with room to spare. */
+const SERIES_CAP = 10000;
+/** A pause longer than this between two points breaks the line. */
+const GAP_MS = 15000;
+/** Milliseconds of drawing per animation frame, all charts together. */
+const FRAME_BUDGET_MS = 8;
+/** Without new data, the time axis still scrolls at this period. */
+const IDLE_REDRAW_MS = 500;
+/** New data redraws a chart at most this often (20 fps): at 10 Hz per device and a
+ *  5-minute axis (about 2 px/s) more frames would show nothing new. */
+const MIN_REDRAW_MS = 50;
+
+/** Time series of one device: sorted by time, oldest points dropped past the cap. */
+export class Series {
+  constructor(cap = SERIES_CAP) {
+    this.cap = cap;
+    this.ts = new Float64Array(cap * 2);
+    this.v = new Float64Array(cap * 2);
+    this.start = 0;
+    this.end = 0;
+  }
+
+  get length() { return this.end - this.start; }
+
+  lastTs() { return this.end > this.start ? this.ts[this.end - 1] : -Infinity; }
+
+  push(ts, value) {
+    if (ts < this.lastTs()) { this.merge([{ ts, value }]); return; }
+    if (ts === this.lastTs()) { this.v[this.end - 1] = value; return; }
+    if (this.end === this.ts.length) this.compact();
+    this.ts[this.end] = ts;
+    this.v[this.end] = value;
+    this.end += 1;
+    if (this.end - this.start > this.cap) this.start += 1;
+  }
+
+  compact() {
+    const n = this.end - this.start;
+    this.ts.copyWithin(0, this.start, this.end);
+    this.v.copyWithin(0, this.start, this.end);
+    this.start = 0;
+    this.end = n;
+  }
+
+  /** Merges points (any order, e.g. history) with what we have; equal times keep ours. */
+  merge(points) {
+    const have = new Map();
+    for (let i = this.start; i < this.end; i++) have.set(this.ts[i], this.v[i]);
+    for (const p of points) if (!have.has(p.ts)) have.set(p.ts, p.value);
+    const keys = Array.from(have.keys()).sort((a, b) => a - b).slice(-this.cap);
+    this.start = 0;
+    this.end = keys.length;
+    for (let i = 0; i < keys.length; i++) {
+      this.ts[i] = keys[i];
+      this.v[i] = have.get(keys[i]);
+    }
+  }
+
+  clear() { this.start = this.end = 0; }
+
+  /** First index with ts >= t. */
+  lowerBound(t) {
+    let lo = this.start, hi = this.end;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (this.ts[mid] < t) lo = mid + 1; else hi = mid;
+    }
+    return lo;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// The shared frame loop.
+
+const charts = new Set();
+let rafPending = false;
+
+function schedule() {
+  if (rafPending) return;
+  rafPending = true;
+  requestAnimationFrame(frame);
+}
+
+function frame(now) {
+  rafPending = false;
+  const due = [];
+  for (const c of charts) if (c.visible && c.needsDraw(now)) due.push(c);
+  due.sort((a, b) => a.drawnAt - b.drawnAt);
+  const t0 = performance.now();
+  let drawn = 0;
+  for (const c of due) {
+    if (drawn > 0 && performance.now() - t0 > FRAME_BUDGET_MS) break;
+    c.draw(now);
+    drawn += 1;
+  }
+  const spent = performance.now() - t0;
+  if (drawn) perf.noteDraw(spent, drawn);
+  if (due.length > drawn) perf.noteDeferred(due.length - drawn);
+  // Keep going while anything is live (time scrolls) or still dirty.
+  for (const c of charts) if (c.visible && (c.dirty || c.hasData())) { schedule(); break; }
+}
+
+// A slow heartbeat restarts the loop for idle charts (rAF stops in background tabs).
+setInterval(() => { if (charts.size) schedule(); }, IDLE_REDRAW_MS);
+
+// ---------------------------------------------------------------------------------------
+
+export class LineChart {
+  /**
+   * @param {HTMLCanvasElement} canvas
+   * @param {{windowMs:number, unit?:string, colorFor:(device:string)=>string, label:string}} opts
+   */
+  constructor(canvas, opts) {
+    this.canvas = canvas;
+    this.ctx = canvas.getContext("2d", { alpha: false });
+    this.windowMs = opts.windowMs;
+    this.unit = opts.unit || "";
+    this.label = opts.label;
+    this.colorFor = opts.colorFor;
+    this.series = new Map(); // device -> Series
+    this.hidden = new Set(); // devices toggled off in the legend
+    this.dirty = true;
+    this.drawnAt = 0;
+    this.visible = true;
+    this.width = 0;
+    this.height = 0;
+    this.dpr = 1;
+    this.theme = null;
+    this.resize();
+    this.ro = new ResizeObserver(() => { this.resize(); this.invalidate(); });
+    this.ro.observe(canvas);
+    this.io = new IntersectionObserver((entries) => {
+      for (const e of entries) this.visible = e.isIntersecting;
+      if (this.visible) this.invalidate();
+    });
+    this.io.observe(canvas);
+    charts.add(this);
+    schedule();
+  }
+
+  destroy() {
+    charts.delete(this);
+    this.ro.disconnect();
+    this.io.disconnect();
+  }
+
+  hasData() {
+    for (const s of this.series.values()) if (s.length) return true;
+    return false;
+  }
+
+  needsDraw(now) {
+    const since = now - this.drawnAt;
+    return (this.dirty && since >= MIN_REDRAW_MS) || since >= IDLE_REDRAW_MS;
+  }
+
+  invalidate() {
+    this.dirty = true;
+    schedule();
+  }
+
+  themeChanged() {
+    this.theme = null;
+    this.invalidate();
+  }
+
+  setWindow(ms) {
+    this.windowMs = ms;
+    this.invalidate();
+  }
+
+  setUnit(unit) {
+    if (unit && unit !== this.unit) { this.unit = unit; this.invalidate(); }
+  }
+
+  seriesFor(device) {
+    let s = this.series.get(device);
+    if (!s) { s = new Series(); this.series.set(device, s); }
+    return s;
+  }
+
+  push(device, ts, value) {
+    this.seriesFor(device).push(ts, value);
+    this.dirty = true;
+    schedule();
+  }
+
+  merge(device, points) {
+    this.seriesFor(device).merge(points);
+    this.invalidate();
+  }
+
+  clear() {
+    for (const s of this.series.values()) s.clear();
+    this.invalidate();
+  }
+
+  toggle(device, shown) {
+    if (shown) this.hidden.delete(device); else this.hidden.add(device);
+    this.invalidate();
+  }
+
+  resize() {
+    const r = this.canvas.getBoundingClientRect();
+    this.dpr = Math.min(window.devicePixelRatio || 1, 2);
+    this.width = Math.max(1, Math.round(r.width));
+    this.height = Math.max(1, Math.round(r.height));
+    this.canvas.width = Math.round(this.width * this.dpr);
+    this.canvas.height = Math.round(this.height * this.dpr);
+  }
+
+  readTheme() {
+    const cs = getComputedStyle(this.canvas);
+    const v = (name, dflt) => cs.getPropertyValue(name).trim() || dflt;
+    this.theme = {
+      bg: v("--chart-bg", "#fff"),
+      grid: v("--chart-grid", "#e5e7eb"),
+      axis: v("--chart-axis", "#6b7280"),
+      text: v("--chart-text", "#374151"),
+      font: `12px ${cs.fontFamily || "system-ui, sans-serif"}`,
+    };
+  }
+
+  draw(now) {
+    this.dirty = false;
+    this.drawnAt = now;
+    if (!this.theme) this.readTheme();
+    const { ctx, width: W, height: H, theme } = this;
+    ctx.setTransform(this.dpr, 0, 0, this.dpr, 0, 0);
+    ctx.fillStyle = theme.bg;
+    ctx.fillRect(0, 0, W, H);
+    ctx.font = theme.font;
+
+    const tEnd = Date.now();
+    const tStart = tEnd - this.windowMs;
+
+    // Value range over what is in view.
+    let lo = Infinity, hi = -Infinity, any = false;
+    const ranges = [];
+    for (const [device, s] of this.series) {
+      if (this.hidden.has(device) || !s.length) continue;
+      const a = Math.max(s.start, s.lowerBound(tStart) - 1);
+      const b = s.end;
+      if (a >= b) continue;
+      for (let i = a; i < b; i++) {
+        const y = s.v[i];
+        if (y < lo) lo = y;
+        if (y > hi) hi = y;
+      }
+      any = true;
+      ranges.push([device, s, a, b]);
+    }
+
+    const padL = 52, padR = 12, padT = 10, padB = 24;
+    const pw = Math.max(10, W - padL - padR);
+    const ph = Math.max(10, H - padT - padB);
+
+    if (!any) { lo = 0; hi = 1; }
+    if (hi - lo < 1e-9) { const m = Math.abs(hi) * 0.05 || 1; lo -= m; hi += m; }
+    const yTicks = niceTicks(lo, hi, Math.max(2, Math.floor(ph / 40)));
+    lo = Math.min(lo, yTicks[0]);
+    hi = Math.max(hi, yTicks[yTicks.length - 1]);
+    const yOf = (v) => padT + ph - ((v - lo) / (hi - lo)) * ph;
+    const pxPerMs = pw / this.windowMs;
+    const xOf = (t) => padL + (t - tStart) * pxPerMs;
+
+    // Grid and labels.
+    ctx.strokeStyle = theme.grid;
+    ctx.lineWidth = 1;
+    ctx.fillStyle = theme.text;
+    ctx.textAlign = "right";
+    ctx.textBaseline = "middle";
+    ctx.beginPath();
+    const decimals = tickDecimals(yTicks);
+    for (const t of yTicks) {
+      const y = Math.round(yOf(t)) + 0.5;
+      ctx.moveTo(padL, y);
+      ctx.lineTo(padL + pw, y);
+      ctx.fillText(t.toFixed(decimals), padL - 6, y);
+    }
+    const step = timeStep(this.windowMs, pw);
+    ctx.textAlign = "center";
+    ctx.textBaseline = "top";
+    const tz = new Date().getTimezoneOffset() * 60000;
+    for (let t = Math.ceil((tStart - tz) / step) * step + tz; t <= tEnd; t += step) {
+      const x = Math.round(xOf(t)) + 0.5;
+      ctx.moveTo(x, padT);
+      ctx.lineTo(x, padT + ph);
+      if (x > padL + 16 && x < padL + pw - 16) ctx.fillText(timeLabel(t, step), x, padT + ph + 6);
+    }
+    ctx.stroke();
+    ctx.strokeStyle = theme.axis;
+    ctx.beginPath();
+    ctx.moveTo(padL + 0.5, padT);
+    ctx.lineTo(padL + 0.5, padT + ph + 0.5);
+    ctx.lineTo(padL + pw, padT + ph + 0.5);
+    ctx.stroke();
+
+    if (!any) {
+      ctx.textAlign = "center";
+      ctx.textBaseline = "middle";
+      ctx.fillText("waiting for readings…", padL + pw / 2, padT + ph / 2);
+      return;
+    }
+
+    // Lines, clipped to the plot area.
+    ctx.save();
+    ctx.beginPath();
+    ctx.rect(padL, padT - 2, pw + 1, ph + 4);
+    ctx.clip();
+    // Many lines: thinner and bevelled, which rasterises much faster than round joins.
+    ctx.lineWidth = ranges.length > 12 ? 1.2 : 1.6;
+    ctx.lineJoin = ranges.length > 12 ? "bevel" : "round";
+    let segments = 0;
+    for (const [device, s, a, b] of ranges) {
+      ctx.strokeStyle = this.colorFor(device);
+      ctx.beginPath();
+      segments += b - a > pw * 1.5 ? traceDecimated(ctx, s, a, b, xOf, yOf) : traceAll(ctx, s, a, b, xOf, yOf);
+      ctx.stroke();
+      // The newest point of each line gets a dot, so a live value is easy to spot.
+      const lx = xOf(s.ts[b - 1]), ly = yOf(s.v[b - 1]);
+      if (lx >= padL) {
+        ctx.fillStyle = ctx.strokeStyle;
+        ctx.beginPath();
+        ctx.arc(lx, ly, 2.6, 0, Math.PI * 2);
+        ctx.fill();
+      }
+    }
+    ctx.restore();
+    perf.noteSegments(segments);
+  }
+}
+
+function traceAll(ctx, s, a, b, xOf, yOf) {
+  let prevT = -Infinity;
+  for (let i = a; i < b; i++) {
+    const t = s.ts[i];
+    const x = xOf(t), y = yOf(s.v[i]);
+    if (t - prevT > GAP_MS) ctx.moveTo(x, y); else ctx.lineTo(x, y);
+    prevT = t;
+  }
+  return b - a;
+}
+
+/** Min/max per pixel column: the shape stays exact, the path stays short. */
+function traceDecimated(ctx, s, a, b, xOf, yOf) {
+  let col = NaN, first = 0, mn = 0, mx = 0, prevT = -Infinity, n = 0, gap = true;
+  // Per column, a vertical stroke over the column's min..max, entered from the end
+  // nearer its first value: 2 vertices per column, the envelope exact to the pixel.
+  const flush = () => {
+    const enter = first - mn <= mx - first ? mn : mx;
+    const exit = enter === mn ? mx : mn;
+    if (gap) ctx.moveTo(col, enter); else ctx.lineTo(col, enter);
+    if (exit !== enter) ctx.lineTo(col, exit);
+    n += 2;
+  };
+  for (let i = a; i < b; i++) {
+    const t = s.ts[i];
+    const x = Math.round(xOf(t));
+    const y = yOf(s.v[i]);
+    const breaks = t - prevT > GAP_MS;
+    prevT = t;
+    if (x !== col || breaks) {
+      if (col === col) { flush(); gap = false; }
+      if (breaks) gap = true;
+      col = x; first = mn = mx = y;
+    } else {
+      if (y < mn) mn = y;
+      if (y > mx) mx = y;
+    }
+  }
+  if (col === col) flush();
+  return n;
+}
+
+/** About `count` round tick values covering [lo, hi]. */
+export function niceTicks(lo, hi, count) {
+  const span = hi - lo;
+  const raw = span / Math.max(1, count);
+  const mag = 10 ** Math.floor(Math.log10(raw));
+  const norm = raw / mag;
+  const step = (norm < 1.5 ? 1 : norm < 3 ? 2 : norm < 7 ? 5 : 10) * mag;
+  const ticks = [];
+  for (let t = Math.floor(lo / step) * step; t <= hi + step * 0.5; t += step) ticks.push(+t.toPrecision(12));
+  if (ticks.length < 2) ticks.push(ticks[0] + step);
+  return ticks;
+}
+
+function tickDecimals(ticks) {
+  const step = Math.abs(ticks[1] - ticks[0]);
+  return step >= 1 ? 0 : Math.min(6, Math.ceil(-Math.log10(step)));
+}
+
+const TIME_STEPS = [1e3, 2e3, 5e3, 10e3, 15e3, 30e3, 60e3, 120e3, 300e3, 600e3, 900e3, 1800e3, 3600e3, 7200e3, 3 * 3600e3, 6 * 3600e3];
+
+function timeStep(windowMs, px) {
+  const target = windowMs / Math.max(1, px / 90);
+  return TIME_STEPS.find((s) => s >= target) || TIME_STEPS[TIME_STEPS.length - 1];
+}
+
+function timeLabel(t, step) {
+  const d = new Date(t);
+  const hh = String(d.getHours()).padStart(2, "0");
+  const mm = String(d.getMinutes()).padStart(2, "0");
+  if (step >= 60e3) return `${hh}:${mm}`;
+  return `${hh}:${mm}:${String(d.getSeconds()).padStart(2, "0")}`;
+}

@@ -1,0 +1,177 @@
+// One dashboard connection to a room: `/ws/{room}/{client}?role=dashboard`.
+//
+// It reconnects with exponential backoff (and jitter) after any loss, and asks the hub
+// to replay what it missed with `since=<last offset>&epoch=<epoch>`, so the page sees
+// every reading exactly once: readings at or below the last offset of the same epoch
+// are dropped here. Close 1013 (slow consumer) and 1001 (hub stopping) reconnect the same
+// way; close 4000 (replaced by a newer connection with our id) stops for good, so two
+// tabs never fight over one id.
+
+const BACKOFF_START_MS = 250;
+const BACKOFF_MAX_MS = 8000;
+/// A connection that stayed up this long resets the backoff.
+const STABLE_MS = 5000;
+
+export const CLOSE_GOING_AWAY = 1001;
+export const CLOSE_SLOW_CONSUMER = 1013;
+export const CLOSE_REPLACED = 4000;
+
+/** A random client id valid per the protocol's id rule (`A-Za-z0-9_.-`, 1..64). */
+export function newClientId() {
+  const bytes = new Uint8Array(6);
+  crypto.getRandomValues(bytes);
+  return "dash-" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+export class RoomConnection {
+  /**
+   * @param {string} room
+   * @param {string} client
+   * @param {object} handlers  onStatus(status), onWelcome(msg, info), onMessage(msg)
+   */
+  constructor(room, client, handlers) {
+    this.room = room;
+    this.client = client;
+    this.h = handlers;
+    this.ws = null;
+    this.offset = null; // last offset seen (null: nothing seen yet)
+    this.epoch = null;
+    this.attempt = 0;
+    this.timer = null;
+    this.stopped = false;
+    this.openedAt = 0;
+    this.status = { state: "idle" };
+  }
+
+  start() {
+    this.stopped = false;
+    this.connect();
+  }
+
+  /** Closes for good (leaving the room page). */
+  stop() {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    if (this.ws) {
+      const ws = this.ws;
+      this.ws = null;
+      ws.onclose = ws.onmessage = ws.onerror = ws.onopen = null;
+      try { ws.close(1000, "bye"); } catch (_) { /* already closed */ }
+    }
+  }
+
+  setStatus(s) {
+    this.status = s;
+    this.h.onStatus?.(s);
+  }
+
+  url() {
+    const proto = location.protocol === "https:" ? "wss:" : "ws:";
+    const q = new URLSearchParams({ role: "dashboard" });
+    if (this.offset !== null && this.epoch) {
+      q.set("since", String(this.offset));
+      q.set("epoch", this.epoch);
+    }
+    return `${proto}//${location.host}/ws/${encodeURIComponent(this.room)}/${encodeURIComponent(this.client)}?${q}`;
+  }
+
+  connect() {
+    if (this.stopped) return;
+    clearTimeout(this.timer);
+    this.setStatus({ state: this.attempt === 0 ? "connecting" : "reconnecting", attempt: this.attempt });
+    let ws;
+    try {
+      ws = new WebSocket(this.url());
+    } catch (e) {
+      this.scheduleReconnect(`cannot connect: ${e.message}`);
+      return;
+    }
+    this.ws = ws;
+    let welcomed = false;
+    ws.onopen = () => { this.openedAt = performance.now(); };
+    ws.onmessage = (ev) => {
+      let msg;
+      try { msg = JSON.parse(ev.data); } catch (_) { return; }
+      if (msg.type === "welcome") {
+        welcomed = true;
+        this.onWelcome(msg);
+        return;
+      }
+      if (msg.type === "reading" && typeof msg.offset === "number") {
+        // Exactly once: a replayed reading we already have is dropped.
+        if (this.offset !== null && msg.offset <= this.offset) return;
+        this.offset = msg.offset;
+      }
+      this.h.onMessage?.(msg);
+    };
+    ws.onerror = () => { /* onclose follows with the details */ };
+    ws.onclose = (ev) => {
+      if (this.ws !== ws) return;
+      this.ws = null;
+      if (this.stopped) return;
+      if (performance.now() - this.openedAt > STABLE_MS && welcomed) this.attempt = 0;
+      if (ev.code === CLOSE_REPLACED) {
+        this.stopped = true;
+        this.setStatus({ state: "replaced" });
+        return;
+      }
+      let why = "connection lost";
+      if (ev.code === CLOSE_SLOW_CONSUMER) why = "the hub dropped this page as a slow consumer";
+      else if (ev.code === CLOSE_GOING_AWAY) why = "the hub is restarting";
+      else if (!welcomed) why = "hub unreachable";
+      this.scheduleReconnect(why, ev.code);
+    };
+  }
+
+  onWelcome(msg) {
+    const since = this.offset;
+    const reconnect = since !== null;
+    const sameEpoch = reconnect && msg.epoch === this.epoch;
+    let recovered = true;
+    if (reconnect) {
+      if (!sameEpoch) {
+        // The hub lost this room's history: offsets start over. Accept whatever it
+        // replays of the new epoch (recovered:false) or go live from its offset.
+        recovered = false;
+        this.offset = msg.recovered === false ? 0 : msg.offset;
+      } else if (msg.recovered === false) {
+        // Replay starts at the oldest offset the hub keeps; we keep our offset so
+        // nothing is taken twice, and the page refetches history for the gap.
+        recovered = false;
+      } else if (msg.recovered === undefined) {
+        // A hub without history replays nothing: complete only if nothing happened.
+        recovered = msg.offset === since;
+        this.offset = msg.offset;
+      }
+    } else {
+      this.offset = msg.offset;
+    }
+    this.epoch = msg.epoch;
+    this.setStatus({ state: "live" });
+    this.h.onWelcome?.(msg, { reconnect, recovered, since });
+  }
+
+  scheduleReconnect(why, code) {
+    const base = Math.min(BACKOFF_MAX_MS, BACKOFF_START_MS * 2 ** this.attempt);
+    // 1013: the hub asked us to back off a little, but catching up soon matters more.
+    const delay = Math.round(base * (0.7 + Math.random() * 0.6));
+    this.attempt += 1;
+    const until = performance.now() + delay;
+    this.setStatus({ state: "waiting", why, code, attempt: this.attempt, until });
+    this.timer = setTimeout(() => this.connect(), delay);
+  }
+
+  /** Retries at once (the "Reconnect now" button). */
+  retryNow() {
+    if (this.stopped && this.status.state !== "replaced") return;
+    this.stopped = false;
+    if (!this.ws) this.connect();
+  }
+
+  /** Sends a JSON message; false when not connected. */
+  send(obj) {
+    if (!this.ws || this.ws.readyState !== WebSocket.OPEN) return false;
+    this.ws.send(JSON.stringify(obj));
+    return true;
+  }
+}

@@ -1,0 +1,591 @@
+//! The device simulator (`telehub-sim`, the devices/ crate) and the hub together, both
+//! real, on loopback: dashboards receive exactly what the simulator reports sending,
+//! commands reach simulated devices and their acks come back, a hub killed mid-run and
+//! restarted loses none of the readings generated while it was down, and the bench's
+//! load and idle modes measure a live hub.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use telehub_sim::{BackoffConfig, RunOptions, Scenario, SeqStart, SimStats, Summary};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::helpers::{spawn_app, spawn_app_with, Client, WAIT};
+
+const SCENARIO: &str = r#"
+name = "e2e"
+seed = 5
+
+[[rooms]]
+name = "sim-a"
+
+[[rooms.devices]]
+kind = "climate"
+count = 2
+rate = 5.0
+
+[[rooms.devices]]
+kind = "power"
+rate = 5.0
+
+[[rooms]]
+name = "sim-b"
+
+[[rooms.devices]]
+kind = "vibration"
+count = 2
+rate = 10.0
+
+[[rooms.devices]]
+kind = "door"
+rate = 2.0
+"#;
+
+fn options(url: String, backoff: BackoffConfig) -> RunOptions {
+    let mut o = RunOptions::websocket(url);
+    o.seq_start = SeqStart::Fixed(1);
+    o.backoff = backoff;
+    o
+}
+
+/// A simulator run in the background, stopped by `stop`.
+struct SimRun {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<Summary, telehub_sim::RunError>>,
+}
+
+impl SimRun {
+    fn start(scenario: Scenario, opts: RunOptions) -> SimRun {
+        let (stop, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(telehub_sim::run(scenario, opts, async {
+            let _ = rx.await;
+        }));
+        SimRun { stop, task }
+    }
+
+    async fn finish(self) -> Summary {
+        let _ = self.stop.send(());
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("simulator stops in time")
+            .expect("simulator task")
+            .expect("simulator run")
+    }
+}
+
+/// What a dashboard saw: readings by (device, seq) with how often each came, and every
+/// other frame.
+#[derive(Default)]
+struct Seen {
+    readings: HashMap<(String, u64), u32>,
+    other: Vec<Value>,
+}
+
+impl Seen {
+    fn take(&mut self, v: Value) {
+        if v["type"] == "reading" {
+            let device = v["device"].as_str().unwrap_or_default().to_string();
+            let seq = v["seq"].as_u64().expect("simulated readings carry seq");
+            assert!(v["value"].is_number() && v["ts"].is_number(), "{v}");
+            *self.readings.entry((device, seq)).or_default() += 1;
+        } else {
+            self.other.push(v);
+        }
+    }
+
+    fn seqs(&self, device: &str) -> BTreeSet<u64> {
+        self.readings
+            .keys()
+            .filter(|(d, _)| d == device)
+            .map(|(_, s)| *s)
+            .collect()
+    }
+
+    fn duplicates(&self) -> Vec<&(String, u64)> {
+        self.readings
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|(k, _)| k)
+            .collect()
+    }
+}
+
+/// Read frames until `done` says enough, nothing arrives for `quiet`, or `max` has passed;
+/// returns whether the connection is still open.
+async fn read_into(
+    c: &mut Client,
+    seen: &mut Seen,
+    quiet: Duration,
+    max: Duration,
+    done: impl Fn(&Seen) -> bool,
+) -> bool {
+    let deadline = Instant::now() + max;
+    while !done(seen) && Instant::now() < deadline {
+        match tokio::time::timeout(quiet, c.ws.next()).await {
+            Err(_) => return true,
+            Ok(Some(Ok(Message::Text(t)))) => {
+                seen.take(serde_json::from_str(t.as_str()).expect("JSON from the hub"))
+            }
+            Ok(Some(Ok(Message::Close(_)))) | Ok(Some(Err(_))) | Ok(None) => return false,
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+    true
+}
+
+fn total_readings(s: &Summary, room: &str) -> usize {
+    s.devices
+        .iter()
+        .filter(|d| d.room == room)
+        .map(|d| d.acked as usize)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboards_receive_exactly_what_the_simulator_reports_sending() {
+    // Arrange
+    let app = spawn_app().await;
+    let (mut dash_a, _) = app.connect("sim-a", "dash-a", "dashboard").await;
+    let (mut dash_b, _) = app.connect("sim-b", "dash-b", "dashboard").await;
+    let scenario = Scenario::from_toml(SCENARIO, "e2e").expect("scenario");
+    let url = format!("ws://{}", app.addr);
+    let sim = SimRun::start(scenario, options(url, BackoffConfig::default()));
+    let (mut seen_a, mut seen_b) = (Seen::default(), Seen::default());
+
+    // Act: let it run, then stop it and read everything that was delivered.
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        read_into(
+            &mut dash_a,
+            &mut seen_a,
+            Duration::from_millis(50),
+            Duration::from_millis(50),
+            |_| false,
+        )
+        .await;
+        read_into(
+            &mut dash_b,
+            &mut seen_b,
+            Duration::from_millis(50),
+            Duration::from_millis(50),
+            |_| false,
+        )
+        .await;
+    }
+    let summary = sim.finish().await;
+    let want_a = total_readings(&summary, "sim-a");
+    let want_b = total_readings(&summary, "sim-b");
+    read_into(
+        &mut dash_a,
+        &mut seen_a,
+        Duration::from_millis(500),
+        WAIT,
+        |s| s.readings.len() >= want_a,
+    )
+    .await;
+    read_into(
+        &mut dash_b,
+        &mut seen_b,
+        Duration::from_millis(500),
+        WAIT,
+        |s| s.readings.len() >= want_b,
+    )
+    .await;
+
+    // Assert
+    assert_eq!(summary.devices.len(), 6);
+    assert_eq!(summary.lost(), 0, "{summary:?}");
+    assert_eq!(summary.totals.generated, summary.totals.acked);
+    assert!(
+        summary.totals.acked > 50,
+        "too few readings: {:?}",
+        summary.totals
+    );
+    for d in &summary.devices {
+        let seen = if d.room == "sim-a" { &seen_a } else { &seen_b };
+        let got = seen.seqs(&d.id);
+        let sent: BTreeSet<u64> = (d.first_seq..=d.last_seq).collect();
+        assert_eq!(
+            got, sent,
+            "{}/{}: dashboard saw other seqs than were sent",
+            d.room, d.id
+        );
+    }
+    assert!(seen_a.duplicates().is_empty() && seen_b.duplicates().is_empty());
+    // Room isolation: sim-b's dashboard saw none of sim-a's devices.
+    assert!(seen_b
+        .readings
+        .keys()
+        .all(|(dev, _)| dev.starts_with("vibration") || dev.starts_with("door")));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_reach_simulated_devices_and_acks_come_back() {
+    // Arrange
+    let app = spawn_app().await;
+    let (mut dash, _) = app.connect("sim-a", "dash", "dashboard").await;
+    let scenario = Scenario::from_toml(SCENARIO, "e2e").expect("scenario");
+    let stats = SimStats::new();
+    let mut opts = options(format!("ws://{}", app.addr), BackoffConfig::default());
+    opts.stats = stats.clone();
+    let sim = SimRun::start(scenario, opts);
+    let mut seen = Seen::default();
+    let joined = |s: &Seen, who: &str| {
+        s.other
+            .iter()
+            .any(|v| v["type"] == "presence" && v["event"] == "join" && v["client"] == who)
+    };
+    read_into(&mut dash, &mut seen, Duration::from_secs(2), WAIT, |s| {
+        ["climate-1", "climate-2", "power-1"]
+            .iter()
+            .all(|d| joined(s, d))
+    })
+    .await;
+
+    // Act
+    dash.send_json(json!({"type":"command","id":"c-1","to":"climate-1","name":"set_setpoint","args":{"value":25.5}})).await;
+    dash.send_json(json!({"type":"command","id":"c-2","to":"power-1","name":"set_setpoint","args":{"value":25.5}})).await;
+    dash.send_json(json!({"type":"command","id":"c-3","to":"climate-2","name":"fly","args":{}}))
+        .await;
+    dash.send_json(
+        json!({"type":"command","id":"c-4","to":"power-1","name":"reboot","args":{"ms":500}}),
+    )
+    .await;
+    read_into(&mut dash, &mut seen, Duration::from_secs(3), WAIT, |s| {
+        let acks = s.other.iter().filter(|v| v["type"] == "ack").count();
+        let power_joins = s
+            .other
+            .iter()
+            .filter(|v| v["type"] == "presence" && v["event"] == "join" && v["client"] == "power-1")
+            .count();
+        acks == 4 && power_joins == 2
+    })
+    .await;
+    let deadline = Instant::now() + WAIT;
+    while stats.snapshot().reconnects < 1 {
+        assert!(Instant::now() < deadline, "power-1 did not come back");
+        read_into(
+            &mut dash,
+            &mut seen,
+            Duration::from_millis(50),
+            Duration::from_millis(50),
+            |_| false,
+        )
+        .await;
+    }
+    let summary = sim.finish().await;
+
+    // Assert
+    let ack = |id: &str| {
+        seen.other
+            .iter()
+            .find(|v| v["type"] == "ack" && v["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("no ack for {id}: {:?}", seen.other))
+    };
+    assert_eq!(ack("c-1")["ok"], true);
+    assert_eq!(ack("c-1")["result"], json!({"setpoint": 25.5}));
+    assert_eq!(ack("c-2")["ok"], false, "power meters have no setpoint");
+    assert_eq!(ack("c-3")["ok"], false);
+    assert_eq!(ack("c-3")["result"]["error"], "unknown_command");
+    assert_eq!(ack("c-4")["ok"], true);
+    let events: Vec<_> = seen
+        .other
+        .iter()
+        .filter(|v| v["type"] == "presence" && v["client"] == "power-1")
+        .map(|v| v["event"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        events.ends_with(&["leave".to_string(), "join".to_string()]),
+        "reboot drops and restores: {events:?}"
+    );
+    assert_eq!(summary.totals.reboots, 1);
+    assert_eq!(summary.totals.commands, 4);
+    assert!(summary.totals.reconnects >= 1, "{summary:?}");
+    assert_eq!(summary.lost(), 0);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readings_the_hub_refuses_for_rate_are_resent_not_lost() {
+    // Arrange: a hub that takes 30 readings/s per connection, and climate devices (three
+    // metrics) sampling at 20 Hz that are allowed to send 1000/s, so the hub refuses the
+    // tails of their messages with `rate_limited`.
+    let app = spawn_app_with(|s| {
+        s.limits.rate_per_sec = 30.0;
+        s.limits.rate_burst = 30.0;
+    })
+    .await;
+    let (mut dash, _) = app.connect("sim-r", "dash", "dashboard").await;
+    let mut scenario =
+        Scenario::quick(1, 2, Some(20.0), Some(telehub_sim::Kind::Climate)).expect("scenario");
+    scenario.rooms[0].name = "sim-r".into();
+    let stats = SimStats::new();
+    let mut opts = options(format!("ws://{}", app.addr), BackoffConfig::default());
+    opts.send_rate = 1_000.0;
+    opts.drain = Duration::from_secs(8);
+    opts.stats = stats.clone();
+    let sim = SimRun::start(scenario, opts);
+    let mut seen = Seen::default();
+
+    // Act: 60 readings/s per device against a limit of 30/s, for a second and a half;
+    // then stop sampling and let the devices drain what the hub refused.
+    read_into(
+        &mut dash,
+        &mut seen,
+        Duration::from_millis(1500),
+        Duration::from_millis(1500),
+        |_| false,
+    )
+    .await;
+    let summary = sim.finish().await;
+    let want: usize = summary.devices.iter().map(|d| d.acked as usize).sum();
+    read_into(
+        &mut dash,
+        &mut seen,
+        Duration::from_millis(500),
+        WAIT,
+        |s| s.readings.len() >= want,
+    )
+    .await;
+
+    // Assert
+    assert!(
+        summary.totals.rate_limited > 0,
+        "the hub refused some: {:?}",
+        summary.totals
+    );
+    assert_eq!(summary.lost(), 0, "{summary:?}");
+    for d in &summary.devices {
+        let sent: BTreeSet<u64> = (d.first_seq..=d.last_seq).collect();
+        assert_eq!(
+            seen.seqs(&d.id),
+            sent,
+            "{}: refused readings were resent",
+            d.id
+        );
+    }
+    assert!(
+        seen.duplicates().is_empty(),
+        "the hub deduplicated the resends"
+    );
+    app.stop().await;
+}
+
+/// The hub as a separate process, so that it can be killed like a crash.
+struct HubProcess {
+    child: Child,
+    port: u16,
+}
+
+impl HubProcess {
+    async fn start(port: u16) -> HubProcess {
+        let child = Command::new(env!("CARGO_BIN_EXE_telehub"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .env_remove("RUST_LOG")
+            .env_remove("TELEHUB_CONFIG")
+            .env("TELEHUB_SERVER_LOG", "warn")
+            // In memory, as a hub without durable history: no database in the temp dir.
+            .env("TELEHUB_HISTORY_PERSIST", "false")
+            .current_dir(std::env::temp_dir())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the hub binary");
+        let mut hub = HubProcess { child, port };
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return hub;
+            }
+            assert!(Instant::now() < deadline, "hub did not listen on {port}");
+            if let Ok(Some(status)) = hub.child.try_wait() {
+                panic!("hub exited at start: {status}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn kill(&mut self) {
+        // SIGKILL: no close frames, no flushing, like a crash or a pulled cable.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for HubProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_killed_mid_run_loses_nothing_generated_while_it_was_down() {
+    // Arrange: a hub process, a dashboard, and devices whose first retry comes 1.5 to 3 s
+    // after the connection drops, so the dashboard is back (about 0.3 s after the kill)
+    // before they resend.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let mut hub = HubProcess::start(port).await;
+    let url = format!("ws://127.0.0.1:{port}");
+    let dash_url = format!("{url}/ws/sim-k/dash?role=dashboard");
+    let mut dash = Client::connect(&dash_url).await.expect("dashboard");
+    let scenario = Scenario::quick(1, 4, Some(10.0), None).expect("scenario");
+    let mut scenario = scenario;
+    scenario.rooms[0].name = "sim-k".into();
+    let stats = SimStats::new();
+    let mut opts = options(
+        url,
+        BackoffConfig {
+            initial: Duration::from_millis(3_000),
+            max: Duration::from_millis(3_000),
+        },
+    );
+    opts.stats = stats.clone();
+    let sim = SimRun::start(scenario, opts);
+    let mut before = Seen::default();
+    read_into(
+        &mut dash,
+        &mut before,
+        Duration::from_millis(1500),
+        WAIT,
+        |s| s.readings.len() >= 40 && stats.snapshot().connected == 4,
+    )
+    .await;
+    assert_eq!(
+        stats.snapshot().connected,
+        4,
+        "all devices up before the kill"
+    );
+
+    // Act: kill the hub, leave it down for a while, start it again on the same port.
+    hub.kill();
+    read_into(
+        &mut dash,
+        &mut before,
+        Duration::from_millis(200),
+        Duration::from_millis(200),
+        |_| false,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let buffered_while_down = stats.snapshot().buffered;
+    let _hub = HubProcess::start(hub.port).await;
+    let mut dash = Client::connect(&dash_url).await.expect("dashboard again");
+    let mut after = Seen::default();
+    let deadline = Instant::now() + WAIT;
+    while stats.snapshot().reconnects < 4 || stats.snapshot().buffered > 8 {
+        assert!(
+            Instant::now() < deadline,
+            "devices did not recover: {:?}",
+            stats.snapshot()
+        );
+        read_into(
+            &mut dash,
+            &mut after,
+            Duration::from_millis(100),
+            Duration::from_millis(100),
+            |_| false,
+        )
+        .await;
+    }
+    let summary = sim.finish().await;
+    read_into(
+        &mut dash,
+        &mut after,
+        Duration::from_millis(500),
+        WAIT,
+        |_| false,
+    )
+    .await;
+
+    // Assert
+    assert!(
+        buffered_while_down > 0,
+        "readings were buffered while the hub was down"
+    );
+    assert_eq!(summary.lost(), 0, "{summary:?}");
+    assert_eq!(summary.totals.dropped, 0);
+    assert!(summary.totals.reconnects >= 4);
+    assert!(
+        before.duplicates().is_empty() && after.duplicates().is_empty(),
+        "no duplicates from one hub"
+    );
+    // Every reading generated from the kill on reached the dashboard of the new hub,
+    // with its original seq; readings before it reached the first hub's dashboard or are
+    // among the few in flight at the kill.
+    for d in &summary.devices {
+        let first_after = after.seqs(&d.id);
+        let seen_before = before.seqs(&d.id);
+        let missing: Vec<u64> = (d.first_seq..=d.last_seq)
+            .filter(|s| !first_after.contains(s) && !seen_before.contains(s))
+            .collect();
+        // A reading the first hub accepted and acknowledged, but had not yet written to
+        // the dashboard when it was killed, can be missing here: recovering those is the
+        // history's job (reconnect with ?since=). There can only be a handful.
+        assert!(missing.len() <= 6, "{}: missing {missing:?}", d.id);
+        let last_before = seen_before.iter().max().copied().unwrap_or(0);
+        assert!(
+            missing.iter().all(|s| *s <= last_before + 6),
+            "{}: readings generated while the hub was down are missing: {missing:?}",
+            d.id
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_measures_a_live_hub_without_loss() {
+    // Arrange
+    let app = spawn_app().await;
+    let url = format!("ws://{}", app.addr);
+
+    // Act: a tiny load run, then a tiny idle run, with our own pid standing in for the
+    // hub's (the hub runs in this process).
+    let report = telehub_sim::bench::run_bench(telehub_sim::bench::BenchOptions {
+        url: url.clone(),
+        rooms: 2,
+        devices: 2,
+        dashboards: 3,
+        rate_hz: 20.0,
+        duration: Duration::from_millis(1500),
+        warmup: Duration::from_millis(300),
+        pid: Some(std::process::id()),
+    })
+    .await
+    .expect("bench runs");
+    let idle = telehub_sim::bench::idle::run_idle(telehub_sim::bench::idle::IdleOptions {
+        url,
+        connections: 40,
+        per_room: 10,
+        hold: Duration::from_millis(200),
+        pid: Some(std::process::id()),
+    })
+    .await
+    .expect("idle runs");
+
+    // Assert
+    assert!(report.readings_sent >= 100, "{report:?}");
+    assert_eq!(report.deliveries_expected, report.readings_sent * 3);
+    assert_eq!(report.lost, 0, "{report:?}");
+    assert_eq!(report.dashboards_closed, 0);
+    assert!(report.latency.p50_us > 0.0 && report.latency.max_us >= report.latency.p99_us);
+    assert!(report.hub.is_some_and(|h| h.rss_end_kib > 0));
+    assert_eq!(idle.opened, 40, "{idle:?}");
+    assert_eq!(idle.dropped_while_held, 0);
+    assert_eq!(idle.rooms, 4);
+    assert!(idle.bytes_per_connection.is_some());
+    app.stop().await;
+}
