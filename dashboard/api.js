@@ -1,6 +1,6 @@
-// REST calls to the hub. Every call resolves (never throws): `{ok, status, data, error}`,
-// so a page can show "not available yet" for an endpoint the hub does not have (404)
-// just as it shows a network error.
+// REST calls to the hub. Every call resolves, never throws: `{ok, status, data, code,
+// error}`, where `code` is the hub's JSON error code. So a page can say "not available
+// yet" for an endpoint this hub does not have (404) as calmly as a network error.
 
 async function request(path, as = "json") {
   let resp;
@@ -11,11 +11,13 @@ async function request(path, as = "json") {
   }
   if (!resp.ok) {
     let error = `HTTP ${resp.status}`;
+    let code = null;
     try {
       const body = await resp.json();
+      code = body?.error ?? null;
       if (body && body.message) error = `${body.error || resp.status}: ${body.message}`;
     } catch (_) { /* not JSON */ }
-    return { ok: false, status: resp.status, error };
+    return { ok: false, status: resp.status, code, error };
   }
   try {
     const data = as === "json" ? await resp.json() : as === "blob" ? await resp.blob() : await resp.text();

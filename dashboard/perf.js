@@ -12,6 +12,8 @@ export const perf = {
   segments: 0,
   longTasks: 0,
   longTaskMs: 0,
+  /** The charts' current redraw period (the governor in chart.js). */
+  redrawMs: 0,
 
   noteMessage(ms) { this.msgs += 1; this.msgMs += ms; },
   noteDraw(ms, charts) { this.drawFrames += 1; this.draws += charts; this.drawMs += ms; },
@@ -67,6 +69,7 @@ export const perf = {
           scriptMsPerFrame: (d.msgMs + d.drawMs) / Math.max(1, sorted.length),
           longTasks: d.longTasks,
           longTaskMs: d.longTaskMs,
+          chartRedrawMs: this.redrawMs,
         });
       };
       requestAnimationFrame(tick);

@@ -19,7 +19,10 @@ const WINDOWS = [
 ];
 /** History the live charts load when the room opens: the longest live window. */
 const BACKFILL = "-15m";
-const BACKFILL_LIMIT = 100000;
+/** Points asked for per metric; a room with more in the window is asked again in
+ *  buckets (`step`), whose means chart the same at this width. */
+const BACKFILL_LIMIT = 10000;
+const BACKFILL_STEP = "5s";
 const COMMAND_TIMEOUT_MS = 15000;
 const PLOT_REFRESH_MS = 15000;
 const CARD_REFRESH_MS = 200;
@@ -39,6 +42,7 @@ export function renderRoom(root, room, { ui, clientId }) {
     offset: null,
     readings: 0,
     reconnects: 0,
+    closes: [], // the close codes of lost connections, newest last (at most 20)
     lastRecovered: null,
     devices: new Map(), // device -> {online, via, metrics: Map(metric -> {value, unit, ts})}
     metrics: new Map(), // metric -> {unit}
@@ -126,7 +130,7 @@ export function renderRoom(root, room, { ui, clientId }) {
     el("div", { class: "field" }, el("label", { for: `${id}-cmd` }, "Command"), select),
     argWrap, send);
     const details = el("details", { class: "controls" },
-      el("summary", {}, "Controls"), form);
+      el("summary", {}, "Controls", el("span", { class: "sr-only" }, ` for ${name}`)), form);
     const card = el("article", { class: "card", role: "listitem", "aria-labelledby": `${id}-h`, dataset: { device: name } },
       el("header", { class: "card-head" },
         el("span", { class: "swatch", style: `background:${colorFor(name)}`, "aria-hidden": "true" }),
@@ -342,15 +346,22 @@ export function renderRoom(root, room, { ui, clientId }) {
     for (const m of todo) backfilled.add(m);
     let failed = null;
     await Promise.all(todo.map(async (metric) => {
-      const res = await api.history(room, { metric, from: BACKFILL, limit: BACKFILL_LIMIT });
+      let res = await api.history(room, { metric, from: BACKFILL, limit: BACKFILL_LIMIT });
+      if (res.ok && (res.data.points || []).length >= BACKFILL_LIMIT) {
+        const coarse = await api.history(room, { metric, from: BACKFILL, step: BACKFILL_STEP, limit: BACKFILL_LIMIT });
+        if (coarse.ok) res = coarse;
+      }
       if (destroyed) return;
+      // A room or series the history does not know yet simply has no past.
+      if (!res.ok && (res.code === "unknown_room" || res.code === "unknown_series")) return;
       if (!res.ok) { failed = res; return; }
       const byDevice = new Map();
       for (const p of res.data.points || []) {
-        if (typeof p.ts !== "number" || typeof p.value !== "number") continue;
+        const value = typeof p.value === "number" ? p.value : p.mean;
+        if (typeof p.ts !== "number" || typeof value !== "number") continue;
         let arr = byDevice.get(p.device);
         if (!arr) { arr = []; byDevice.set(p.device, arr); }
-        arr.push({ ts: p.ts, value: p.value });
+        arr.push({ ts: p.ts, value });
       }
       const c = chartEls.get(metric);
       if (!c) return;
@@ -476,6 +487,8 @@ export function renderRoom(root, room, { ui, clientId }) {
     else if (s.state === "connecting") ui.setConn("connecting", "Connecting…");
     else if (s.state === "reconnecting") ui.setConn("connecting", "Reconnecting…", `attempt ${s.attempt}`);
     else if (s.state === "waiting") {
+      state.closes.push(s.code ?? 0);
+      if (state.closes.length > 20) state.closes.shift();
       const tick = () => {
         const left = Math.max(0, Math.ceil((s.until - performance.now()) / 1000));
         ui.setConn("waiting", `Disconnected: ${s.why}`, `retry in ${left} s`);

@@ -605,12 +605,13 @@ async fn fifty_devices_at_10_hz_keep_the_page_responsive() {
 
     // Act: sample animation frames for 10 s while the data streams in.
     let sent_before: u64 = devices.iter().map(|d| d.sent.load(Ordering::Relaxed)).sum();
+    let reconnects_before = page.eval("window.telehub.view.reconnects").await;
     let stats = page.eval("window.telehub.perf.sampleFrames(10000)").await;
     let sent_after: u64 = devices.iter().map(|d| d.sent.load(Ordering::Relaxed)).sum();
     let metrics_after = page.call("Performance.getMetrics", json!({})).await;
     let renderer = renderer_seconds(&metrics_before, &metrics_after);
     let view = page
-        .eval("({conn: window.telehub.view.conn, reconnects: window.telehub.view.reconnects, readings: window.telehub.view.readings})")
+        .eval("({conn: window.telehub.view.conn, reconnects: window.telehub.view.reconnects, closes: window.telehub.view.closes, readings: window.telehub.view.readings})")
         .await;
     print_screenshot(
         "room with 50 devices",
@@ -626,7 +627,12 @@ async fn fifty_devices_at_10_hz_keep_the_page_responsive() {
     println!("PERF view after sampling: {view}");
     println!("PERF renderer main thread, seconds over the sample (CDP Performance.getMetrics): {renderer}");
     assert_eq!(view["conn"], "live");
-    assert_eq!(view["reconnects"], 0, "no slow-consumer disconnects");
+    // A 1013 (slow consumer) while we measure means the page fell behind. (Before the
+    // sample, a starved machine may cause one; it is printed above with its close code.)
+    assert_eq!(
+        view["reconnects"], reconnects_before,
+        "no disconnect while measuring: {view}"
+    );
     let fps = stats["fps"].as_f64().unwrap();
     let per_sec = stats["messagesPerSec"].as_f64().unwrap();
     assert!(per_sec > 1000.0, "the page handled {per_sec} readings/s");
