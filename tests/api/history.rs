@@ -353,7 +353,7 @@ async fn kill_9_loses_at_most_one_flush_interval() {
 
     // 500 readings accepted, then more than one flush interval passes: they are durable.
     send_acked(&mut dev, "t", 0..500).await;
-    tokio::time::sleep(Duration::from_millis(FLUSH_MS * 3)).await;
+    tokio::time::sleep(Duration::from_millis(FLUSH_MS * 5)).await;
     // 100 more accepted right before the kill: these may be lost (one interval).
     send_acked(&mut dev, "t", 500..600).await;
     child.kill().expect("SIGKILL");
