@@ -511,6 +511,52 @@ mod tests {
     }
 
     #[test]
+    fn rows_past_retention_are_deleted_and_not_reloaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = HistoryConfig {
+            retention_ms: 5_000,
+            ..cfg(dir.path())
+        };
+        let h = History::open(config.clone()).unwrap();
+        let room = h.room(&Arc::from("a"));
+        let d: Arc<str> = Arc::from("dev");
+        let now = crate::history::now_ms();
+        for (ts, v) in [(now - 60_000, 1.0), (now - 30_000, 2.0), (now, 3.0)] {
+            room.record(&Record {
+                device: &d,
+                metric: "t",
+                unit: None,
+                ts,
+                value: v,
+                seq: None,
+            })
+            .unwrap();
+        }
+        h.flush();
+        // The writer's first deadline enforces retention right after its commit.
+        let conn = rusqlite::Connection::open(dir.path().join(super::DB_FILE)).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut n: i64 = -1;
+        while n != 1 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            n = conn
+                .query_row("SELECT count(*) FROM readings", [], |r| r.get(0))
+                .unwrap();
+        }
+        assert_eq!(n, 1, "only the recent row is left");
+        h.close();
+        drop(h);
+        let h = History::open(config).unwrap();
+        let a = h.get("a").unwrap();
+        assert_eq!(a.offset(), 3, "offsets continue past deleted rows");
+        let QueryResult::Points(p) = a.query(&Query::default()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(p.iter().map(|p| p.value).collect::<Vec<_>>(), [3.0]);
+        h.close();
+    }
+
+    #[test]
     fn an_unclean_stop_keeps_readings_but_changes_epochs() {
         let dir = tempfile::tempdir().unwrap();
         let h = History::open(cfg(dir.path())).unwrap();
