@@ -281,18 +281,7 @@ where
     root.fill(&colors.background).map_err(draw_err)?;
 
     let (from, to) = (data.from, data.to.max(data.from + 1));
-    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
-    for (_, pts) in &data.lines {
-        for p in pts {
-            lo = lo.min(p.value);
-            hi = hi.max(p.value);
-        }
-    }
-    if !lo.is_finite() {
-        (lo, hi) = (0.0, 1.0);
-    }
-    let pad = if hi > lo { (hi - lo) * 0.05 } else { 1.0 };
-    let (lo, hi) = (lo - pad, hi + pad);
+    let (lo, hi) = value_range(data);
 
     // Text scales gently with the image so small and large plots both read well.
     let scale = (opts.width.min(opts.height * 2) as f64 / 1000.0).clamp(0.5, 3.0);
@@ -339,7 +328,7 @@ where
         let color = colors.lines[i % colors.lines.len()];
         let line = decimate(points, from, to, columns)
             .into_iter()
-            .map(|(ts, v)| (local(ts), v));
+            .map(|(ts, v)| (local(ts), bounded(v)));
         chart
             .draw_series(LineSeries::new(line, color.stroke_width(stroke)))
             .map_err(draw_err)?
@@ -356,6 +345,37 @@ where
         .draw()
         .map_err(draw_err)?;
     Ok(())
+}
+
+/// Values beyond this are drawn at this bound: plotters' tick search never ends on an
+/// axis that spans most of the f64 range (a device may send 1.7e308).
+const VALUE_BOUND: f64 = 1e300;
+
+fn bounded(v: f64) -> f64 {
+    v.clamp(-VALUE_BOUND, VALUE_BOUND)
+}
+
+/// The value axis: every point with 5% headroom, and never a span so small (or so large)
+/// that plotters cannot place ticks on it.
+fn value_range(data: &PlotData) -> (f64, f64) {
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for (_, pts) in &data.lines {
+        for p in pts {
+            lo = lo.min(bounded(p.value));
+            hi = hi.max(bounded(p.value));
+        }
+    }
+    if !(lo.is_finite() && hi.is_finite()) {
+        return (0.0, 1.0);
+    }
+    // At least a billionth of the magnitude (and of 1), so a flat line has an axis.
+    let min_span = (lo.abs().max(hi.abs()) * 1e-9).max(1e-9);
+    if hi - lo < min_span {
+        let mid = lo / 2.0 + hi / 2.0;
+        return (mid - min_span, mid + min_span);
+    }
+    let pad = (hi - lo) * 0.05;
+    (lo - pad, hi + pad)
 }
 
 /// A value axis label: short, without float noise.
@@ -457,6 +477,45 @@ mod tests {
         let out = decimate(&pts, 0, 10_000, 100);
         assert!(out.len() <= 200);
         assert!(out.iter().any(|p| p.1 == 99.0));
+    }
+
+    #[test]
+    fn extreme_and_flat_values_render() {
+        let line = |values: &[f64]| PlotData {
+            lines: vec![(
+                "d".into(),
+                values
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &value)| Point {
+                        ts: 1_000 * (i as i64 + 1),
+                        value,
+                    })
+                    .collect(),
+            )],
+            ..data(0, 10)
+        };
+        let cases = [
+            vec![f64::MAX, -f64::MAX, 1e-300],
+            vec![5e-324, 0.0],
+            vec![1e20, 1e20 + 1.0],
+            vec![42.0, 42.0],
+        ];
+        for values in cases {
+            for format in [Format::Png, Format::Svg] {
+                let opts = PlotOptions::new(format, 300, 200, Theme::Light).unwrap();
+                // A hang here is the bug: run it on a thread with a deadline.
+                let d = line(&values);
+                let (tx, rx) = std::sync::mpsc::channel();
+                std::thread::spawn(move || {
+                    let _ = tx.send(render(&d, &opts).is_ok());
+                });
+                let ok = rx
+                    .recv_timeout(std::time::Duration::from_secs(20))
+                    .unwrap_or_else(|_| panic!("rendering {values:?} did not finish"));
+                assert!(ok, "{values:?}");
+            }
+        }
     }
 
     #[test]
