@@ -519,6 +519,23 @@ mod tests {
     }
 
     #[test]
+    fn tiny_and_huge_windows_render() {
+        for span in [1, 7, 999, 1_000, 59_999, 86_400_000 * 3, 315_576_000_000] {
+            let mut d = data(2, 50);
+            d.to = d.from + span;
+            let opts = PlotOptions::new(Format::Png, 400, 200, Theme::Dark).unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let _ = tx.send(render(&d, &opts).is_ok());
+            });
+            let ok = rx
+                .recv_timeout(std::time::Duration::from_secs(20))
+                .unwrap_or_else(|_| panic!("a {span} ms window did not finish"));
+            assert!(ok, "{span} ms");
+        }
+    }
+
+    #[test]
     fn an_empty_window_still_renders() {
         let mut d = data(1, 0);
         d.to = d.from + 60_000;
