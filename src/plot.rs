@@ -25,6 +25,9 @@ static FONT: &[u8] = include_bytes!("../assets/fonts/DejaVuSans.ttf");
 /// Smallest and largest width or height of a plot, in pixels.
 pub const MIN_SIZE: u32 = 100;
 pub const MAX_SIZE: u32 = 4_000;
+/// Plots drawn at the same time at most. A 4000x4000 PNG needs a 48 MB pixel buffer, so
+/// without this a burst of plot requests could take gigabytes (and every core).
+pub const MAX_CONCURRENT_RENDERS: usize = 2;
 /// Size of a plot when the request gives none.
 pub const DEFAULT_WIDTH: u32 = 1_000;
 pub const DEFAULT_HEIGHT: u32 = 500;
@@ -163,7 +166,16 @@ fn font_ready() -> Result<(), PlotError> {
 
 /// Draws `data` on a blocking-pool thread (rendering a large PNG takes milliseconds of
 /// CPU, which must not stall an async worker).
+///
+/// At most [`MAX_CONCURRENT_RENDERS`] plots are drawn at once; later requests wait their
+/// turn (each waiter is an HTTP request, so the connection cap bounds them).
 pub async fn render_blocking(data: PlotData, opts: PlotOptions) -> Result<Vec<u8>, PlotError> {
+    static RENDERS: tokio::sync::Semaphore =
+        tokio::sync::Semaphore::const_new(MAX_CONCURRENT_RENDERS);
+    let _permit = RENDERS
+        .acquire()
+        .await
+        .map_err(|e| PlotError::Task(e.to_string()))?;
     tokio::task::spawn_blocking(move || render(&data, &opts))
         .await
         .map_err(|e| PlotError::Task(e.to_string()))?
