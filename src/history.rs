@@ -708,7 +708,7 @@ pub struct Query {
 
 /// Points a query returns when it gives no `limit`, and the most it may ask for.
 pub const DEFAULT_QUERY_LIMIT: usize = 10_000;
-pub const MAX_QUERY_LIMIT: usize = 1_000_000;
+pub const MAX_QUERY_LIMIT: usize = 100_000;
 
 impl Default for Query {
     fn default() -> Self {

@@ -193,9 +193,20 @@ fn room_history(hub: &Hub, room: &str) -> Result<Arc<RoomHistory>, ApiError> {
         .ok_or_else(|| ApiError::unknown_room(room))
 }
 
+/// History queries answered at the same time at most: each may build a body of up to
+/// `MAX_QUERY_LIMIT` points (about 7.5 MB of JSON) on the blocking pool. Later requests
+/// wait their turn; the connection cap bounds the waiters.
+const MAX_CONCURRENT_QUERIES: usize = 4;
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
+    static QUERIES: tokio::sync::Semaphore =
+        tokio::sync::Semaphore::const_new(MAX_CONCURRENT_QUERIES);
+    let _permit = QUERIES
+        .acquire()
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ApiError::internal(format!("the query task failed: {e}")))?
