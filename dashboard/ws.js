@@ -117,7 +117,11 @@ export class RoomConnection {
       }
       let why = "connection lost";
       if (ev.code === CLOSE_SLOW_CONSUMER) why = "the hub dropped this page as a slow consumer";
-      else if (ev.code === CLOSE_GOING_AWAY) why = "the hub is restarting";
+      else if (ev.code === CLOSE_GOING_AWAY) {
+        why = ev.reason && ev.reason !== "server shutting down"
+          ? `the hub closed the connection (${ev.reason})`
+          : "the hub is restarting";
+      }
       else if (!welcomed) why = "hub unreachable";
       this.scheduleReconnect(why, ev.code);
     };

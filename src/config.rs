@@ -24,6 +24,8 @@ pub struct Settings {
     pub limits: LimitsConfig,
     /// What the hub remembers of past readings, and where (see `history.rs`).
     pub history: HistoryConfig,
+    /// Bridges to MQTT brokers (`[[mqtt.bridges]]`); none by default.
+    pub mqtt: crate::mqtt::MqttConfig,
 }
 
 /// `[server]`: the listening socket, logging and shutdown.
@@ -225,6 +227,20 @@ impl Settings {
                 },
             }
         })?;
+        // Bridges are checked whole here (URLs, templates, fixed values), so a bad one
+        // stops start-up naming its key, e.g. `mqtt.bridges[0].topics[1].template`.
+        settings.mqtt.validate().map_err(|e| match e {
+            crate::mqtt::BridgeError::Config { key, message } => ConfigError::Key {
+                source_name: source_name.to_string(),
+                key,
+                message,
+            },
+            other => ConfigError::Key {
+                source_name: source_name.to_string(),
+                key: "mqtt".into(),
+                message: other.to_string(),
+            },
+        })?;
         Ok(settings)
     }
 
@@ -362,6 +378,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("points"), "{err}");
+    }
+
+    #[test]
+    fn mqtt_bridges_are_validated_with_their_key() {
+        let s = load(
+            "[[mqtt.bridges]]\nname = \"b\"\nurl = \"mqtt://127.0.0.1:1883\"\n",
+            &[],
+        )
+        .expect("valid");
+        assert_eq!(s.mqtt.bridges.len(), 1);
+        let err = load(
+            "[[mqtt.bridges]]\nname = \"b\"\nurl = \"mqtt://h\"\n[[mqtt.bridges.topics]]\ntemplate = \"x/{device}\"\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("test.toml"), "{err}");
+        assert!(err.contains("mqtt.bridges[0].topics[0].template"), "{err}");
+        let err = load(
+            "[[mqtt.bridges]]\nname = \"b\"\nurl = \"mqtt://h\"\nqos = 2\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("qos"), "{err}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use warp::{Filter, Rejection, Reply};
 
 use crate::history_api;
 use crate::hub::Hub;
+use crate::mqtt::Bridges;
 use crate::plot::Format;
 use crate::upgrade::error_response;
 
@@ -18,6 +19,7 @@ use crate::upgrade::error_response;
 /// embedded copy.
 pub fn routes(
     hub: Hub,
+    bridges: Bridges,
     dashboard_dir: Option<PathBuf>,
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
     healthz()
@@ -25,7 +27,8 @@ pub fn routes(
         .or(room_history(hub.clone()))
         .or(room_series(hub.clone()))
         .or(room_plot(hub.clone()))
-        .or(metrics(hub))
+        .or(api_bridges(bridges.clone()))
+        .or(metrics(hub, bridges))
         .or(crate::dashboard::routes(dashboard_dir))
         .recover(recover)
 }
@@ -85,15 +88,28 @@ fn room_plot(hub: Hub) -> impl Filter<Extract = (impl Reply,), Error = Rejection
         .and_then(|room, format, hub, q| history_api::plot(hub, room, format, q))
 }
 
+/// GET /api/bridges: each MQTT bridge with its connection state and counters.
+fn api_bridges(
+    bridges: Bridges,
+) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    warp::path!("api" / "bridges")
+        .and(warp::get())
+        .map(move || warp::reply::json(&serde_json::json!({ "bridges": bridges.statuses() })))
+}
+
 /// GET /metrics
-fn metrics(hub: Hub) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+fn metrics(
+    hub: Hub,
+    bridges: Bridges,
+) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
     warp::path!("metrics")
         .and(warp::get())
         .and(with_hub(hub))
-        .map(|hub: Hub| {
+        .map(move |hub: Hub| {
             let mut text = String::with_capacity(4096);
             hub.metrics().render(hub.room_count(), &mut text);
             render_history_metrics(&hub, &mut text);
+            bridges.render_metrics(&mut text);
             warp::reply::with_header(text, "content-type", "text/plain; version=0.0.4")
         })
 }

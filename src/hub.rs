@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use crate::config::LimitsConfig;
@@ -30,6 +30,16 @@ struct Inner {
     next_conn: AtomicU64,
     /// Every room's history; a new room takes its epoch and offset from here.
     history: History,
+    /// Set once at start-up: who else sees WebSocket devices' readings.
+    taps: OnceLock<Box<[Arc<dyn ReadingTap>]>>,
+}
+
+/// Sees every message of readings a WebSocket device publishes, after its room took
+/// them: the MQTT bridge's `mirror`. Called outside any lock, on the device's session
+/// task, so it must not block (the bridge queues without waiting, or drops and counts).
+pub trait ReadingTap: Send + Sync + 'static {
+    /// `items` as the device sent them; a missing `ts` means `now_ms`.
+    fn readings(&self, room: &str, device: &str, items: &[ReadingIn], now_ms: i64);
 }
 
 /// Why a join was refused (before the WebSocket upgrade, as an HTTP 503).
@@ -57,6 +67,7 @@ pub struct Membership {
     room: Arc<Room>,
     client: Arc<str>,
     role: Role,
+    via: Via,
     conn: u64,
     outbox: Arc<Outbox>,
 }
@@ -70,6 +81,9 @@ impl Membership {
     }
     pub fn role(&self) -> Role {
         self.role
+    }
+    pub fn via(&self) -> Via {
+        self.via
     }
     pub fn outbox(&self) -> &Arc<Outbox> {
         &self.outbox
@@ -97,6 +111,7 @@ impl Hub {
                 metrics: Metrics::default(),
                 next_conn: AtomicU64::new(1),
                 history,
+                taps: OnceLock::new(),
             }),
         }
     }
@@ -172,6 +187,7 @@ impl Hub {
             room,
             client,
             role,
+            via,
             conn,
             outbox,
         })
@@ -179,10 +195,15 @@ impl Hub {
 
     /// Publishes a device's readings into its room: the seam every reading goes through.
     pub fn publish(&self, from: &Membership, items: Vec<ReadingIn>) -> Published {
+        let now = now_ms();
+        let taps = match self.inner.taps.get() {
+            Some(taps) if from.via == Via::Ws && !taps.is_empty() => Some((taps, items.clone())),
+            _ => None,
+        };
         let published = from.room.publish(
             &from.client,
             items,
-            now_ms(),
+            now,
             self.inner.limits.max_members_per_room * 2,
             &self.inner.metrics,
         );
@@ -191,7 +212,19 @@ impl Hub {
             .fetch_add(published.accepted as u64, Ordering::Relaxed);
         m.duplicates
             .fetch_add(published.duplicates as u64, Ordering::Relaxed);
+        if let Some((taps, items)) = taps {
+            if published.accepted > 0 {
+                for tap in taps.iter() {
+                    tap.readings(&from.room.name, &from.client, &items, now);
+                }
+            }
+        }
         published
+    }
+
+    /// Installs the reading taps (once, at start-up; later calls are ignored).
+    pub fn set_taps(&self, taps: Vec<Arc<dyn ReadingTap>>) {
+        let _ = self.inner.taps.set(taps.into_boxed_slice());
     }
 
     /// Forwards a dashboard's command to a device in the same room.

@@ -18,6 +18,8 @@
 //! - [`hub`] is the registry of rooms and the one seam through which readings, commands
 //!   and acks enter a [`room`]; the room stamps each reading with its offset, serialises it
 //!   once and queues the same bytes for every dashboard.
+//! - [`mqtt`] bridges MQTT brokers: their sensors publish through the same hub seam as
+//!   WebSocket devices (`via: mqtt`), and commands go back to their command topics.
 //! - [`server`] wires it together and owns the graceful [`shutdown`].
 
 pub mod client;
@@ -28,6 +30,7 @@ pub mod history_api;
 pub mod http;
 pub mod hub;
 pub mod metrics;
+pub mod mqtt;
 pub mod outbox;
 pub mod plot;
 pub mod protocol;

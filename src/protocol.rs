@@ -433,7 +433,7 @@ fn non_finite() -> ProtoError {
 }
 
 /// Earliest and latest accepted timestamps: 1970 to 9999, in epoch milliseconds.
-const TS_RANGE: std::ops::RangeInclusive<i64> = 0..=253_402_300_799_999;
+pub const TS_RANGE: std::ops::RangeInclusive<i64> = 0..=253_402_300_799_999;
 
 fn timestamp(raw: &RawValue) -> Result<i64, ProtoError> {
     let bad = || {

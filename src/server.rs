@@ -25,8 +25,9 @@ use tracing::{info, warn};
 
 use crate::config::Settings;
 use crate::history::History;
-use crate::hub::Hub;
+use crate::hub::{Hub, ReadingTap};
 use crate::metrics::Rejection;
+use crate::mqtt::{Bridge, Bridges, HubSink};
 use crate::outbox::Close;
 use crate::shutdown::{self, Completion, Shutdown};
 use crate::upgrade::{self, error_response, WsContext};
@@ -44,6 +45,9 @@ pub enum ServerError {
     Listener(#[from] std::io::Error),
     #[error("cannot open history: {0}")]
     History(#[from] crate::history::HistoryError),
+    /// An MQTT bridge cannot be set up (bad config, unreadable CA file).
+    #[error(transparent)]
+    Bridge(#[from] crate::mqtt::BridgeError),
 }
 
 /// Counts open TCP connections against the cap; the count drops when the last clone of
@@ -110,8 +114,37 @@ pub async fn run(
         completion: completion.clone(),
         ping_interval: Duration::from_millis(settings.server.ping_interval_ms),
     });
+    // MQTT bridges: built (and their TLS set up) before anything is served, so a bad
+    // one stops start-up; mirroring bridges tap WebSocket devices' readings.
+    let mut bridges = Vec::new();
+    let mut taps: Vec<Arc<dyn ReadingTap>> = Vec::new();
+    for spec in settings.mqtt.validate()? {
+        // History is in memory: a restarted hub has no last values, so the broker's
+        // retained messages seed them (`seed_on_start`, the default). A hub whose history
+        // persists would call `bridge.set_seed_on_start(false)` here.
+        let bridge = Bridge::new(spec)?;
+        if bridge.spec().mirror {
+            taps.push(Arc::new(bridge.link()));
+        }
+        bridges.push(bridge);
+    }
+    hub.set_taps(taps);
+    let bridge_states = Bridges::new(bridges.iter().map(|b| b.state()).collect());
+    for bridge in bridges {
+        let sink = HubSink::new(hub.clone(), bridge.link());
+        let mut stop_bridge = shutdown.clone();
+        let done = completion.clone();
+        tokio::spawn(async move {
+            bridge
+                .run(sink, async move { stop_bridge.recv().await })
+                .await;
+            drop(done);
+        });
+    }
+
     let routes = warp::service(crate::http::routes(
         hub.clone(),
+        bridge_states,
         settings.server.dashboard_dir.clone(),
     ));
 
@@ -206,6 +239,9 @@ async fn serve_connection<R>(
     R::Future: Send + 'static,
 {
     let _ = stream.set_nodelay(true);
+    if upgrade::is_websocket_request(&stream).await {
+        return upgrade::serve_raw(stream, ws.clone(), guard, over_cap).await;
+    }
     let service = service_fn(move |req: Request<Incoming>| {
         if over_cap {
             hub.metrics().rejected(Rejection::ServerFull);

@@ -281,7 +281,8 @@ impl Reader<'_> {
 }
 
 /// Drains the outbox into the socket: every queued frame in `writev` calls, pings the
-/// client when nothing else is sent, and finishes with the close frame the outbox asks
+/// client every `ping_interval` whatever the traffic (a dashboard only ever answers
+/// pings, and the reader drops a client that sends nothing for two intervals), and finishes with the close frame the outbox asks
 /// for.
 async fn write_loop(mut io: OwnedWriteHalf, outbox: Arc<Outbox>, ping_interval: Duration) {
     let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
@@ -308,7 +309,6 @@ async fn write_loop(mut io: OwnedWriteHalf, outbox: Arc<Outbox>, ping_interval: 
                     }
                 }
             }
-            ping.reset();
         }
         if let Some(close) = close.or_else(|| outbox.closing()) {
             if close.flush_first && !outbox.is_empty() {

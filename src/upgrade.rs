@@ -11,10 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
+use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::debug;
 use warp::Reply;
@@ -47,11 +49,6 @@ pub fn accept_key(key: &[u8]) -> String {
 pub fn error_response(status: StatusCode, code: &str, message: &str) -> warp::reply::Response {
     let body = warp::reply::json(&serde_json::json!({ "error": code, "message": message }));
     warp::reply::with_status(body, status).into_response()
-}
-
-fn reject(hub: &Hub, why: Rejection, status: StatusCode, message: &str) -> warp::reply::Response {
-    hub.metrics().rejected(why);
-    error_response(status, why.as_str(), message)
 }
 
 /// The query of a WebSocket request, validated.
@@ -114,102 +111,173 @@ fn parse_query(raw: Option<&str>) -> Result<Query, (Rejection, String)> {
     Ok(q)
 }
 
-fn header_has(req: &Request<Incoming>, name: header::HeaderName, token: &str) -> bool {
-    req.headers().get_all(name).iter().any(|v| {
-        v.to_str()
-            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-            .unwrap_or(false)
+/// What the handshake looks at in a request, however it was parsed.
+pub struct Head<'a> {
+    pub get: bool,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    /// `Connection` lists `upgrade`.
+    pub connection_upgrade: bool,
+    /// `Upgrade` lists `websocket`.
+    pub upgrade_websocket: bool,
+    /// `Sec-WebSocket-Version: 13`.
+    pub version_13: bool,
+    pub key: Option<&'a [u8]>,
+}
+
+/// An upgrade the hub accepts: the member is already in its room.
+pub struct Accepted {
+    pub membership: crate::hub::Membership,
+    pub accept_key: String,
+    pub opts: SessionOptions,
+}
+
+/// An upgrade the hub refuses, with the status and JSON error to answer.
+pub struct Refused {
+    pub why: Rejection,
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl Refused {
+    fn new(why: Rejection, status: StatusCode, message: impl Into<String>) -> Refused {
+        Refused {
+            why,
+            status,
+            message: message.into(),
+        }
+    }
+
+    /// The JSON body `{"error": CODE, "message": TEXT}`.
+    pub fn body(&self) -> String {
+        serde_json::json!({ "error": self.why.as_str(), "message": self.message }).to_string()
+    }
+}
+
+/// True if a comma-separated header value lists `token` (case-insensitive).
+pub fn lists(value: &[u8], token: &str) -> bool {
+    std::str::from_utf8(value)
+        .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        .unwrap_or(false)
+}
+
+/// Validates an upgrade request and, if it is good, joins the room. Every refusal is
+/// decided here, before any byte of WebSocket is spoken.
+pub fn decide(ctx: &WsContext, head: &Head) -> Result<Accepted, Refused> {
+    let hub = &ctx.hub;
+    let refused = |r: Refused| {
+        hub.metrics().rejected(r.why);
+        r
+    };
+    let mut parts = head.path.trim_start_matches("/ws/").split('/');
+    let (room, client) = match (parts.next(), parts.next(), parts.next()) {
+        (Some(r), Some(c), None) => (r, c),
+        _ => {
+            return Err(refused(Refused::new(
+                Rejection::NotFound,
+                StatusCode::NOT_FOUND,
+                "WebSocket path is /ws/{room}/{client}",
+            )))
+        }
+    };
+    if !valid_id(room) {
+        return Err(refused(Refused::new(
+            Rejection::InvalidRoom,
+            StatusCode::BAD_REQUEST,
+            "room must be 1 to 64 characters of A-Za-z0-9_.-",
+        )));
+    }
+    if !valid_id(client) {
+        return Err(refused(Refused::new(
+            Rejection::InvalidClient,
+            StatusCode::BAD_REQUEST,
+            "client must be 1 to 64 characters of A-Za-z0-9_.-",
+        )));
+    }
+    let query = parse_query(head.query)
+        .map_err(|(why, message)| refused(Refused::new(why, StatusCode::BAD_REQUEST, message)))?;
+    let key = head
+        .key
+        .filter(|_| head.get && head.connection_upgrade && head.upgrade_websocket && head.version_13)
+        .ok_or_else(|| {
+            refused(Refused::new(
+                Rejection::UpgradeRequired,
+                StatusCode::UPGRADE_REQUIRED,
+                "this is a WebSocket endpoint: send a GET with Upgrade: websocket and Sec-WebSocket-Version: 13",
+            ))
+        })?;
+    let since = query.since.map(|offset| Since {
+        offset,
+        epoch: query.epoch.as_deref(),
+    });
+    let membership = hub
+        .join(room, client, query.role, Via::Ws, since)
+        .map_err(|e| {
+            refused(Refused::new(
+                e.rejection(),
+                StatusCode::SERVICE_UNAVAILABLE,
+                e.to_string(),
+            ))
+        })?;
+    Ok(Accepted {
+        membership,
+        accept_key: accept_key(key),
+        opts: SessionOptions {
+            acks: query.acks,
+            ping_interval: ctx.ping_interval,
+        },
     })
 }
 
-/// Handles a request whose path starts with `/ws/`. `conn_guard` is the accept loop's
-/// connection count token, moved into the session so it is released when the WebSocket
-/// closes rather than when the HTTP exchange ends.
+/// The `Sec-WebSocket-Version` header sent with a 426, as RFC 6455 4.4 asks.
+fn refusal_response(r: &Refused) -> warp::reply::Response {
+    let mut resp = error_response(r.status, r.why.as_str(), &r.message);
+    if r.status == StatusCode::UPGRADE_REQUIRED {
+        resp.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+    }
+    resp
+}
+
+/// Handles a `/ws/` request that arrived through hyper (after another request on a
+/// keep-alive connection; fresh connections take [`serve_raw`]). `conn_guard` is the
+/// accept loop's connection count token, moved into the session so it is released when
+/// the WebSocket closes rather than when the HTTP exchange ends.
 pub fn handle<G: Send + Sync + 'static>(
     mut req: Request<Incoming>,
     ctx: &Arc<WsContext>,
     conn_guard: G,
 ) -> warp::reply::Response {
-    let hub = &ctx.hub;
-    let path = req.uri().path().to_string();
-    let mut parts = path.trim_start_matches("/ws/").split('/');
-    let (room, client) = match (parts.next(), parts.next(), parts.next()) {
-        (Some(r), Some(c), None) => (r, c),
-        _ => {
-            return reject(
-                hub,
-                Rejection::NotFound,
-                StatusCode::NOT_FOUND,
-                "WebSocket path is /ws/{room}/{client}",
-            )
-        }
+    let has = |name: header::HeaderName, token: &str| {
+        req.headers()
+            .get_all(name)
+            .iter()
+            .any(|v| lists(v.as_bytes(), token))
     };
-    if !valid_id(room) {
-        return reject(
-            hub,
-            Rejection::InvalidRoom,
-            StatusCode::BAD_REQUEST,
-            "room must be 1 to 64 characters of A-Za-z0-9_.-",
-        );
-    }
-    if !valid_id(client) {
-        return reject(
-            hub,
-            Rejection::InvalidClient,
-            StatusCode::BAD_REQUEST,
-            "client must be 1 to 64 characters of A-Za-z0-9_.-",
-        );
-    }
-    let query = match parse_query(req.uri().query()) {
-        Ok(q) => q,
-        Err((why, message)) => return reject(hub, why, StatusCode::BAD_REQUEST, &message),
+    let head = Head {
+        get: req.method() == hyper::Method::GET,
+        path: req.uri().path(),
+        query: req.uri().query(),
+        connection_upgrade: has(header::CONNECTION, "upgrade"),
+        upgrade_websocket: has(header::UPGRADE, "websocket"),
+        version_13: req
+            .headers()
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .is_some_and(|v| v == "13"),
+        key: req
+            .headers()
+            .get(header::SEC_WEBSOCKET_KEY)
+            .map(|v| v.as_bytes()),
     };
-    let key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
-    let version_ok = req
-        .headers()
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .is_some_and(|v| v == "13");
-    let upgrade_ok = header_has(&req, header::CONNECTION, "upgrade")
-        && header_has(&req, header::UPGRADE, "websocket");
-    let Some(key) = key.filter(|_| upgrade_ok && version_ok && req.method() == hyper::Method::GET)
-    else {
-        let mut resp = reject(
-            hub,
-            Rejection::UpgradeRequired,
-            StatusCode::UPGRADE_REQUIRED,
-            "this is a WebSocket endpoint: send a GET with Upgrade: websocket and Sec-WebSocket-Version: 13",
-        );
-        resp.headers_mut().insert(
-            header::SEC_WEBSOCKET_VERSION,
-            HeaderValue::from_static("13"),
-        );
-        return resp;
+    let accepted = match decide(ctx, &head) {
+        Ok(a) => a,
+        Err(r) => return refusal_response(&r),
     };
-
-    let since = query.since.map(|offset| Since {
-        offset,
-        epoch: query.epoch.as_deref(),
-    });
-    let membership = match hub.join(room, client, query.role, Via::Ws, since) {
-        Ok(m) => m,
-        Err(e) => {
-            return reject(
-                hub,
-                e.rejection(),
-                StatusCode::SERVICE_UNAVAILABLE,
-                &e.to_string(),
-            )
-        }
-    };
-
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let hub = hub.clone();
-    let shutdown = ctx.shutdown.clone();
-    let completion = ctx.completion.clone();
-    let opts = SessionOptions {
-        acks: query.acks,
-        ping_interval: ctx.ping_interval,
-    };
+    let ctx = ctx.clone();
+    let accept = accepted.accept_key.clone();
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
@@ -221,22 +289,16 @@ pub fn handle<G: Send + Sync + 'static>(
             Ok(p) => p,
             Err(_) => return debug!("upgraded connection is not a TCP stream"),
         };
-        let (read, write) = parts.io.into_inner().into_split();
-        let socket = Socket {
-            read,
-            write,
-            already_read: parts.read_buf,
-        };
         // The session runs as a task of its own so that this task's state (the pending
         // upgrade) is freed: an idle connection then costs only the session's future.
-        tokio::spawn(async move {
-            let _completion = completion;
-            let _conn_guard = conn_guard;
-            session::run(socket, membership, hub, shutdown, opts).await;
-        });
+        tokio::spawn(run_session(
+            parts.io.into_inner(),
+            parts.read_buf,
+            accepted,
+            ctx,
+            conn_guard,
+        ));
     });
-
-    let accept = accept_key(key.as_bytes());
     let mut resp = warp::reply::Response::default();
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = resp.headers_mut();
@@ -246,6 +308,175 @@ pub fn handle<G: Send + Sync + 'static>(
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
     resp
+}
+
+async fn run_session<G: Send + Sync + 'static>(
+    stream: TcpStream,
+    already_read: Bytes,
+    accepted: Accepted,
+    ctx: Arc<WsContext>,
+    conn_guard: G,
+) {
+    let _completion = ctx.completion.clone();
+    let _conn_guard = conn_guard;
+    let (read, write) = stream.into_split();
+    let socket = Socket {
+        read,
+        write,
+        already_read,
+    };
+    session::run(
+        socket,
+        accepted.membership,
+        ctx.hub.clone(),
+        ctx.shutdown.clone(),
+        accepted.opts,
+    )
+    .await;
+}
+
+/// Largest handshake request accepted on the direct path (431 past it).
+const MAX_HANDSHAKE_BYTES: usize = 8 * 1024;
+/// Headers read from a handshake request at most.
+const MAX_HANDSHAKE_HEADERS: usize = 32;
+/// How long a client may take to send its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// True if a connection's first bytes are `GET /ws/`: such a connection is upgraded on
+/// the direct path, without hyper. Waits (briefly) until enough bytes are there to tell.
+pub async fn is_websocket_request(stream: &TcpStream) -> bool {
+    const PREFIX: &[u8] = b"GET /ws/";
+    let mut buf = [0u8; 8];
+    let check = async {
+        loop {
+            let n = match stream.peek(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => n,
+            };
+            if buf[..n] != PREFIX[..n] {
+                return false;
+            }
+            if n == PREFIX.len() {
+                return true;
+            }
+            // Part of the prefix is in: wait for more without spinning.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, check)
+        .await
+        .unwrap_or(false)
+}
+
+/// The direct path: reads and answers the handshake of a fresh connection itself
+/// (httparse on a buffer freed before the session starts), then runs the session. Keeps
+/// hyper's per-connection buffers and task out of every WebSocket's life.
+pub async fn serve_raw<G: Send + Sync + 'static>(
+    mut stream: TcpStream,
+    ctx: Arc<WsContext>,
+    conn_guard: G,
+    over_cap: bool,
+) {
+    let mut buf = Vec::with_capacity(1024);
+    let parsed = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        loop {
+            if stream.read_buf(&mut buf).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HANDSHAKE_HEADERS];
+            let mut req = httparse::Request::new(&mut headers);
+            match req.parse(&buf) {
+                Ok(httparse::Status::Complete(n)) => return Ok(Some(n)),
+                Ok(httparse::Status::Partial) if buf.len() < MAX_HANDSHAKE_BYTES => {}
+                Ok(httparse::Status::Partial) => return Ok(None),
+                Err(e) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+            }
+        }
+    })
+    .await;
+    let end = match parsed {
+        Ok(Ok(Some(n))) => n,
+        Ok(Ok(None)) => {
+            let r = Refused::new(
+                Rejection::InvalidQuery,
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "handshake request too large",
+            );
+            let _ = stream.write_all(raw_refusal(&r).as_bytes()).await;
+            return;
+        }
+        Ok(Err(e)) => return debug!(error = %e, "bad handshake"),
+        Err(_) => return debug!("handshake timed out"),
+    };
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HANDSHAKE_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    if req.parse(&buf[..end]).is_err() {
+        return;
+    }
+    let target = req.path.unwrap_or("/");
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    let find = |name: &'static str| {
+        req.headers
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+    };
+    let head = Head {
+        get: req.method == Some("GET"),
+        path,
+        query,
+        connection_upgrade: find("connection").any(|h| lists(h.value, "upgrade")),
+        upgrade_websocket: find("upgrade").any(|h| lists(h.value, "websocket")),
+        version_13: find("sec-websocket-version").any(|h| h.value == b"13"),
+        key: find("sec-websocket-key").next().map(|h| h.value),
+    };
+    let decision = if over_cap {
+        ctx.hub.metrics().rejected(Rejection::ServerFull);
+        Err(Refused::new(
+            Rejection::ServerFull,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the hub is at its connection limit; try again later",
+        ))
+    } else {
+        decide(&ctx, &head)
+    };
+    let accepted = match decision {
+        Ok(a) => a,
+        Err(r) => {
+            let _ = stream.write_all(raw_refusal(&r).as_bytes()).await;
+            let _ = stream.shutdown().await;
+            return;
+        }
+    };
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        accepted.accept_key
+    );
+    if stream.write_all(response.as_bytes()).await.is_err() {
+        return;
+    }
+    let already_read = Bytes::copy_from_slice(&buf[end..]);
+    // A task of its own: the accept task (hyper's connection future included) ends here,
+    // so an idle connection costs only the session's own, smaller future.
+    tokio::spawn(run_session(stream, already_read, accepted, ctx, conn_guard));
+}
+
+/// A refusal as raw HTTP/1.1, closing the connection.
+fn raw_refusal(r: &Refused) -> String {
+    let body = r.body();
+    let extra = if r.status == StatusCode::UPGRADE_REQUIRED {
+        "Sec-WebSocket-Version: 13\r\n"
+    } else {
+        ""
+    };
+    format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n{body}",
+        r.status.as_u16(),
+        r.status.canonical_reason().unwrap_or(""),
+        body.len()
+    )
 }
 
 #[cfg(test)]

@@ -175,3 +175,45 @@ async fn serve_demo_shows_live_data_from_simulated_devices() {
         .expect("wait");
     assert_eq!(status.code(), Some(0));
 }
+
+#[tokio::test]
+async fn a_busy_dashboard_that_answers_pings_is_never_timed_out() {
+    let app = crate::helpers::spawn_app_with(|s| s.server.ping_interval_ms = 200).await;
+    let (mut dash, _) = app.connect("busy", "dash", "dashboard").await;
+    let (mut dev, _) = app.connect("busy", "dev", "device").await;
+    // Two seconds of steady traffic: ten ping intervals. The dashboard only reads (our
+    // client answers pings as it reads), the device only sends.
+    for seq in 1..=100u64 {
+        dev.reading("t", seq as f64, seq).await;
+        assert_eq!(dash.recv_type("reading").await["seq"].as_u64(), Some(seq));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let metrics = app.get("/metrics").await.1;
+    assert!(
+        metrics.contains("telehub_connections{role=\"dashboard\"} 1"),
+        "{metrics}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_upgrade_after_another_request_on_the_same_connection_works_too() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = crate::helpers::spawn_app().await;
+    let mut s = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("connect");
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = vec![0u8; 1024];
+    let n = s.read(&mut buf).await.expect("read");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let url = app.ws_url("keepalive", "c", "role=dashboard");
+    let (ws, _) = tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(s))
+        .await
+        .expect("upgrade on the same connection");
+    let mut client = crate::helpers::Client { ws };
+    assert_eq!(client.recv_type("welcome").await["room"], "keepalive");
+    app.stop().await;
+}

@@ -11,5 +11,6 @@ mod errors;
 mod history;
 mod http;
 mod lifecycle;
+mod mqtt;
 mod rooms;
 mod simulator;

@@ -1,0 +1,79 @@
+//! A test-side MQTT client (rumqttc) that plays sensors and devices: it keeps polling
+//! through broker restarts, with a persistent session so nothing it published is lost.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
+use tokio::sync::mpsc;
+
+pub struct TestClient {
+    pub client: AsyncClient,
+    /// Messages received on the client's subscriptions.
+    pub inbox: mpsc::Receiver<Publish>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestClient {
+    /// Connects to `127.0.0.1:port` as `id` (clean session off).
+    pub fn connect(port: u16, id: &str) -> TestClient {
+        let mut o = MqttOptions::new(id, "127.0.0.1", port);
+        o.set_keep_alive(Duration::from_secs(5))
+            .set_clean_session(false)
+            .set_max_packet_size(256 * 1024, 256 * 1024);
+        let (client, mut eventloop) = AsyncClient::new(o, 100_000);
+        let (tx, inbox) = mpsc::channel(100_000);
+        let task = tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let _ = tx.try_send(p);
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        });
+        TestClient {
+            client,
+            inbox,
+            task,
+        }
+    }
+
+    pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload.into())
+            .await
+            .expect("queue publish");
+    }
+
+    pub async fn publish_retained(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, true, payload.into())
+            .await
+            .expect("queue publish");
+    }
+
+    pub async fn subscribe(&self, filter: &str) {
+        self.client
+            .subscribe(filter, QoS::AtLeastOnce)
+            .await
+            .expect("queue subscribe");
+    }
+
+    /// The next message received, within `within`.
+    pub async fn next(&mut self, within: Duration) -> Option<Publish> {
+        tokio::time::timeout(within, self.inbox.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
+impl Drop for TestClient {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
