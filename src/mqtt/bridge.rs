@@ -79,16 +79,10 @@ const LOG_WINDOW: Duration = Duration::from_secs(10);
 /// DISCONNECT to the broker.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
-/// One reading from the broker, after topic mapping and payload decoding.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BridgedReading {
-    pub metric: String,
-    pub value: f64,
-    pub unit: Option<String>,
-    /// Epoch milliseconds from the payload; `None`: the hub stamps its receive time.
-    pub ts: Option<i64>,
-    pub seq: Option<u64>,
-}
+/// One reading from the broker, after topic mapping and payload decoding: the same type a
+/// WebSocket device's reading becomes, since both take the same path into a room (`ts`
+/// `None` means the hub stamps its receive time).
+pub type BridgedReading = crate::protocol::ReadingIn;
 
 /// The readings of one MQTT message for one device.
 #[derive(Debug, Clone, PartialEq)]

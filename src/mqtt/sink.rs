@@ -181,13 +181,7 @@ impl BridgeSink for HubSink {
                     r.metric
                 ));
             }
-            items.push(ReadingIn {
-                metric: r.metric.clone(),
-                value: r.value,
-                unit: r.unit.clone(),
-                ts: r.ts,
-                seq: r.seq,
-            });
+            items.push(r.clone());
         }
         self.filter_retained(&msg, &mut items);
         if items.is_empty() {

@@ -52,6 +52,29 @@ fn telehub() -> Command {
     c
 }
 
+/// Starts the real binary with `args` and returns it with the address it logs.
+fn spawn_listening(args: &[&str]) -> (std::process::Child, String) {
+    let mut child = telehub()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn telehub");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let _ = tx.send(rest.trim().to_string());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the hub logs its address");
+    (child, addr)
+}
+
 #[test]
 fn a_bad_config_stops_start_up_with_exit_code_2_naming_key_and_file() {
     let dir = std::env::temp_dir().join(format!("telehub-badcfg-{}", std::process::id()));
@@ -88,24 +111,7 @@ fn a_bad_config_stops_start_up_with_exit_code_2_naming_key_and_file() {
 
 #[tokio::test]
 async fn the_binary_logs_its_real_address_and_exits_0_on_sigterm_closing_clients_with_1001() {
-    let mut child = telehub()
-        .args(["--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn telehub");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                let _ = tx.send(rest.trim().to_string());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("the hub logs its address");
+    let (mut child, addr) = spawn_listening(&["--listen", "127.0.0.1:0"]);
     assert!(!addr.ends_with(":0"), "{addr}");
     let mut dash = Client::connect(&format!("ws://{addr}/ws/sig/dash"))
         .await
@@ -132,26 +138,8 @@ async fn the_binary_logs_its_real_address_and_exits_0_on_sigterm_closing_clients
 
 #[tokio::test]
 async fn serve_demo_shows_live_data_from_simulated_devices() {
-    let mut child = telehub()
-        .args(["serve", "--demo", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn telehub");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                let _ = tx.send(rest.trim().to_string());
-            }
-        }
-    });
-    let addr: std::net::SocketAddr = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("the hub logs its address")
-        .parse()
-        .expect("address");
+    let (mut child, addr) = spawn_listening(&["serve", "--demo", "--listen", "127.0.0.1:0"]);
+    let addr: std::net::SocketAddr = addr.parse().expect("address");
     // A dashboard in the demo's living room sees readings arrive.
     let mut dash = Client::connect(&format!("ws://{addr}/ws/living-room/viewer"))
         .await
