@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::history::HistoryConfig;
+
 /// Every setting of the hub. Each section has its own struct with defaults.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -20,6 +22,8 @@ pub struct Settings {
     pub server: ServerConfig,
     /// Bounds on everything a client can make the hub hold.
     pub limits: LimitsConfig,
+    /// What the hub remembers of past readings, and where (see `history.rs`).
+    pub history: HistoryConfig,
     /// Bridges to MQTT brokers (`[[mqtt.bridges]]`); none by default.
     pub mqtt: crate::mqtt::MqttConfig,
 }
@@ -268,7 +272,7 @@ impl Settings {
         if self.server.ping_interval_ms < 100 {
             return Err(("server.ping_interval_ms", "must be at least 100".into()));
         }
-        Ok(())
+        self.history.validate()
     }
 }
 
@@ -350,6 +354,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("TELEHUB_LIMITS_OUTBOUND_QUEUE"), "{err}");
+    }
+
+    #[test]
+    fn history_keys_load_from_file_and_environment() {
+        let s = load(
+            "[history]\npersist = false\nretention_ms = 60000\n",
+            &[
+                ("TELEHUB_HISTORY_DATA_DIR", "/tmp/th"),
+                ("TELEHUB_HISTORY_MAX_SERIES", "5"),
+            ],
+        )
+        .expect("valid");
+        assert!(!s.history.persist);
+        assert_eq!(s.history.retention_ms, 60_000);
+        assert_eq!(s.history.max_series, 5);
+        assert_eq!(s.history.data_dir, PathBuf::from("/tmp/th"));
+        let err = load("[history]\nflush_interval_ms = 0\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("history.flush_interval_ms"), "{err}");
+        let err = load("[history]\npoints = 1\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("points"), "{err}");
     }
 
     #[test]

@@ -11,10 +11,11 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use crate::config::LimitsConfig;
+use crate::history::History;
 use crate::metrics::{Metrics, Rejection};
 use crate::outbox::{Close, Outbox};
 use crate::protocol::{AckIn, CommandIn, ProtoError, ReadingIn, Role, Via};
-use crate::room::{Member, Published, Room, RoomSummary};
+use crate::room::{Member, Published, Room, RoomSummary, Since};
 
 /// A cheap, cloneable handle to the hub's shared state.
 #[derive(Clone)]
@@ -27,6 +28,8 @@ struct Inner {
     limits: LimitsConfig,
     metrics: Metrics,
     next_conn: AtomicU64,
+    /// Every room's history; a new room takes its epoch and offset from here.
+    history: History,
     /// Set once at start-up: who else sees WebSocket devices' readings.
     taps: OnceLock<Box<[Arc<dyn ReadingTap>]>>,
 }
@@ -100,16 +103,21 @@ fn now_ms() -> i64 {
 }
 
 impl Hub {
-    pub fn new(limits: LimitsConfig) -> Hub {
+    pub fn new(limits: LimitsConfig, history: History) -> Hub {
         Hub {
             inner: Arc::new(Inner {
                 rooms: Mutex::new(HashMap::new()),
                 limits,
                 metrics: Metrics::default(),
                 next_conn: AtomicU64::new(1),
+                history,
                 taps: OnceLock::new(),
             }),
         }
+    }
+
+    pub fn history(&self) -> &History {
+        &self.inner.history
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -126,13 +134,15 @@ impl Hub {
     }
 
     /// Joins `client` to `room` (creating the room if needed) with a fresh outbox. The
-    /// welcome is already queued in the returned membership's outbox.
+    /// welcome (and for a dashboard the snapshot and, with `since`, the replay) is
+    /// already queued in the returned membership's outbox.
     pub fn join(
         &self,
         room: &str,
         client: &str,
         role: Role,
         via: Via,
+        since: Option<Since<'_>>,
     ) -> Result<Membership, JoinError> {
         let outbox = Arc::new(Outbox::new(self.inner.limits.outbound_queue));
         let conn = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
@@ -148,7 +158,8 @@ impl Hub {
                         return Err(JoinError::TooManyRooms);
                     }
                     let name: Arc<str> = room.into();
-                    let r = Arc::new(Room::new(name.clone()));
+                    let history = self.inner.history.room(&name);
+                    let r = Arc::new(Room::new(name.clone(), history));
                     rooms.insert(name, r.clone());
                     r
                 }
@@ -163,6 +174,7 @@ impl Hub {
                 &client,
                 member,
                 self.inner.limits.max_members_per_room,
+                since,
                 &self.inner.metrics,
             ) {
                 return Err(JoinError::RoomFull);

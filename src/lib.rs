@@ -22,19 +22,24 @@
 //!   WebSocket devices (`via: mqtt`), and commands go back to their command topics.
 //! - [`server`] wires it together and owns the graceful [`shutdown`].
 
+pub mod client;
 pub mod config;
 pub mod dashboard;
+pub mod history;
+pub mod history_api;
 pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod mqtt;
 pub mod outbox;
+pub mod plot;
 pub mod protocol;
 pub mod ratelimit;
 pub mod room;
 pub mod server;
 pub mod session;
 pub mod shutdown;
+pub mod store;
 pub mod telemetry;
 pub mod upgrade;
 pub mod websocket;

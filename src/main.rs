@@ -30,6 +30,39 @@ struct Cli {
 enum Command {
     /// Run the hub (the default when no command is given).
     Serve(ServeArgs),
+    /// Render a chart of a room's history from a running hub into a PNG (or SVG) file.
+    Plot(PlotArgs),
+}
+
+#[derive(clap::Args)]
+struct PlotArgs {
+    /// Base URL of the running hub.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Room to plot.
+    #[arg(long)]
+    room: String,
+    /// Metric to plot (one line per device).
+    #[arg(long)]
+    metric: String,
+    /// Only this device.
+    #[arg(long)]
+    device: Option<String>,
+    /// How far back from now, e.g. 15m, 1h, 1d.
+    #[arg(long, default_value = "15m")]
+    window: String,
+    /// Image width in pixels (100 to 4000).
+    #[arg(long)]
+    width: Option<u32>,
+    /// Image height in pixels (100 to 4000).
+    #[arg(long)]
+    height: Option<u32>,
+    /// light or dark.
+    #[arg(long)]
+    theme: Option<String>,
+    /// Output file; a name ending in .svg gets an SVG, anything else a PNG.
+    #[arg(short = 'o', long = "output")]
+    output: std::path::PathBuf,
 }
 
 #[derive(clap::Args, Clone, Default)]
@@ -40,6 +73,10 @@ struct ServeArgs {
     /// Address to listen on, overriding `server.listen` (port 0 picks a free port).
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Keep history in memory only, overriding `history.persist` (a restarted hub then
+    /// gives every room a new epoch).
+    #[arg(long)]
+    no_persist: bool,
     /// Serve the browser dashboard live from this folder (for editing the page) instead
     /// of the copy built into the binary; overrides `server.dashboard_dir`.
     #[arg(long)]
@@ -56,9 +93,11 @@ fn main() -> ExitCode {
         Some(Command::Serve(args)) => ServeArgs {
             config: args.config.or(cli.serve.config),
             listen: args.listen.or(cli.serve.listen),
+            no_persist: args.no_persist || cli.serve.no_persist,
             dashboard_dir: args.dashboard_dir.or(cli.serve.dashboard_dir),
             demo: args.demo || cli.serve.demo,
         },
+        Some(Command::Plot(args)) => return plot(args),
         None => cli.serve,
     };
     let mut settings = match Settings::load(args.config.as_deref()) {
@@ -71,6 +110,9 @@ fn main() -> ExitCode {
     if let Some(listen) = args.listen {
         settings.server.listen = listen;
     }
+    if args.no_persist {
+        settings.history.persist = false;
+    }
     if let Some(dir) = args.dashboard_dir {
         settings.server.dashboard_dir = Some(dir);
     }
@@ -79,6 +121,50 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("telehub: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `telehub plot`: fetch a chart from a running hub and write it to a file.
+fn plot(args: PlotArgs) -> ExitCode {
+    let format = if args
+        .output
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("svg"))
+    {
+        telehub::plot::Format::Svg
+    } else {
+        telehub::plot::Format::Png
+    };
+    let req = telehub::client::PlotRequest {
+        base: args.url,
+        room: args.room,
+        metric: args.metric,
+        device: args.device,
+        window: args.window,
+        width: args.width,
+        height: args.height,
+        theme: args.theme,
+        format,
+    };
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")
+        .and_then(|rt| Ok(rt.block_on(telehub::client::fetch_plot(&req))?))
+        .and_then(|bytes| {
+            std::fs::write(&args.output, &bytes)
+                .with_context(|| format!("cannot write {}", args.output.display()))?;
+            Ok(bytes.len())
+        });
+    match result {
+        Ok(n) => {
+            eprintln!("wrote {} ({n} bytes)", args.output.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("telehub plot: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -92,6 +92,9 @@ pub enum Push {
 struct State {
     queue: VecDeque<Frame>,
     close: Option<Close>,
+    /// Room above `capacity` granted by `push_all` (a join's replay) until the writer
+    /// next drains the queue, so live readings that arrive meanwhile still fit.
+    extra: usize,
 }
 
 /// A bounded queue of frames for one connection, plus its close latch.
@@ -126,7 +129,7 @@ impl Outbox {
         if s.close.is_some() {
             return Push::Closed;
         }
-        if s.queue.len() >= self.capacity {
+        if s.queue.len() >= self.capacity + s.extra {
             return Push::Full;
         }
         let was_empty = s.queue.is_empty();
@@ -145,7 +148,9 @@ impl Outbox {
         if s.close.is_some() {
             return;
         }
+        let before = s.queue.len();
         s.queue.extend(frames);
+        s.extra += s.queue.len() - before;
         drop(s);
         self.ready.notify_one();
     }
@@ -176,6 +181,8 @@ impl Outbox {
     /// an idle connection holds no queue) and the close decision, if any.
     pub fn take(&self) -> (VecDeque<Frame>, Option<Close>) {
         let mut s = self.lock();
+        // The writer drains the join's replay here: from now on the capacity is plain.
+        s.extra = 0;
         (std::mem::take(&mut s.queue), s.close)
     }
 

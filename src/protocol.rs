@@ -493,6 +493,9 @@ enum Out<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         recovered: Option<bool>,
     },
+    Snapshot {
+        series: &'a [SnapshotEntry<'a>],
+    },
     Presence {
         event: &'a str,
         client: &'a str,
@@ -581,6 +584,35 @@ pub fn welcome(
         members,
         recovered,
     })
+}
+
+/// One series' last value in a `snapshot`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotEntry<'a> {
+    pub device: &'a str,
+    pub metric: &'a str,
+    pub value: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit: Option<&'a str>,
+    pub ts: i64,
+    pub offset: u64,
+}
+
+/// A snapshot entry borrowed from a history record.
+pub fn snapshot_entry<'a>(e: &crate::history::Replayed<'a>) -> SnapshotEntry<'a> {
+    SnapshotEntry {
+        device: e.device,
+        metric: e.metric,
+        value: e.value,
+        unit: e.unit,
+        ts: e.ts,
+        offset: e.offset,
+    }
+}
+
+/// `snapshot`: the last value of every series of the room (dashboards, after `welcome`).
+pub fn snapshot_frame(series: &[SnapshotEntry]) -> Frame {
+    frame(&Out::Snapshot { series })
 }
 
 /// `presence` with `event` = `join` or `leave`.

@@ -8,10 +8,10 @@
 //! offsets and per-device order are the same for every dashboard.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::history::{Record, RoomHistory};
 use crate::metrics::Metrics;
 use crate::outbox::{Close, Outbox, Push};
 use crate::protocol::{
@@ -43,9 +43,19 @@ struct Pending {
 /// A room and its lock.
 pub struct Room {
     pub name: Arc<str>,
-    /// Names this room's offset sequence (see `docs/PROTOCOL.md`).
+    /// Names this room's offset sequence (see `docs/PROTOCOL.md`); taken from the
+    /// room's history, so it survives a restart of a hub with durable history.
     pub epoch: Arc<str>,
+    /// Where every accepted reading is recorded, under this room's lock, in offset order.
+    history: Arc<RoomHistory>,
     state: Mutex<RoomState>,
+}
+
+/// A dashboard's `?since=OFFSET[&epoch=EPOCH]`: what it saw before it reconnected.
+#[derive(Debug, Clone, Copy)]
+pub struct Since<'a> {
+    pub offset: u64,
+    pub epoch: Option<&'a str>,
 }
 
 #[derive(Default)]
@@ -68,6 +78,8 @@ pub struct Published {
     pub duplicates: usize,
     /// Highest `seq` among the message's readings (accepted or duplicate).
     pub max_seq: Option<u64>,
+    /// Readings refused because they would create a series past `history.max_series`.
+    pub series_limited: usize,
 }
 
 /// A room as `GET /api/rooms` lists it.
@@ -97,12 +109,24 @@ fn deliver(outbox: &Outbox, frame: Frame, metrics: &Metrics) {
 }
 
 impl Room {
-    pub fn new(name: Arc<str>) -> Room {
+    /// A room whose epoch and offset continue from its history (a fresh epoch and
+    /// offset 0 when the hub has none for it).
+    pub fn new(name: Arc<str>, history: Arc<RoomHistory>) -> Room {
+        let state = RoomState {
+            offset: history.offset(),
+            ..RoomState::default()
+        };
         Room {
             name,
-            epoch: new_epoch(),
-            state: Mutex::new(RoomState::default()),
+            epoch: history.epoch().clone(),
+            history,
+            state: Mutex::new(state),
         }
+    }
+
+    /// The room's history (what `?since=`, `snapshot` and the REST API read).
+    pub fn history(&self) -> &Arc<RoomHistory> {
+        &self.history
     }
 
     fn lock(&self) -> MutexGuard<'_, RoomState> {
@@ -114,11 +138,17 @@ impl Room {
     /// Adds a member, replacing (close 4000) an older connection with the same client id.
     /// The welcome is queued first, under the lock, so no reading can precede it.
     /// Returns false if the room is full.
+    ///
+    /// A dashboard then gets the `snapshot` of the room's last values and, with `since`,
+    /// the replay of the readings it missed; both are queued in the same critical section
+    /// that adds it to the subscribers, which is the one `publish` takes, so the replay
+    /// and the live stream meet with no gap and no duplicate.
     pub(crate) fn join(
         &self,
         client: &Arc<str>,
         member: Member,
         max_members: usize,
+        since: Option<Since<'_>>,
         metrics: &Metrics,
     ) -> bool {
         let mut st = self.lock();
@@ -140,6 +170,31 @@ impl Room {
                 via: m.via,
             })
             .collect();
+        let mut frames = Vec::new();
+        let mut recovered = None;
+        if member.role == Role::Dashboard {
+            // A room with no series yet has nothing to show: no snapshot then.
+            let snapshot = self.history.snapshot(|all| {
+                let series: Vec<_> = all.iter().map(protocol::snapshot_entry).collect();
+                (!series.is_empty()).then(|| protocol::snapshot_frame(&series))
+            });
+            frames.extend(snapshot);
+            if let Some(since) = since {
+                let recovery = self.history.replay(since.offset, since.epoch, |e| {
+                    frames.push(protocol::reading_frame(&ReadingOut {
+                        room: &self.name,
+                        device: e.device,
+                        metric: e.metric,
+                        value: e.value,
+                        unit: e.unit,
+                        ts: e.ts,
+                        seq: e.seq,
+                        offset: e.offset,
+                    }))
+                });
+                recovered = Some(recovery.recovered);
+            }
+        }
         let welcome = protocol::welcome(
             &self.name,
             client,
@@ -147,9 +202,11 @@ impl Room {
             st.offset,
             &self.epoch,
             &others,
-            None,
+            recovered,
         );
-        member.outbox.push_all([welcome]);
+        member
+            .outbox
+            .push_all(std::iter::once(welcome).chain(frames));
         let join = protocol::presence("join", client, member.role, member.via);
         for (c, m) in st.members.iter() {
             if c != client {
@@ -202,7 +259,6 @@ impl Room {
         let st = &mut *st;
         for item in items {
             if let Some(seq) = item.seq {
-                out.max_seq = Some(out.max_seq.map_or(seq, |m: u64| m.max(seq)));
                 if !st.dedup.contains_key(device) && st.dedup.len() >= max_dedup {
                     // Forget the windows of devices that are gone before refusing to
                     // remember a new one; the map stays bounded either way.
@@ -213,20 +269,42 @@ impl Room {
                     let window = st.dedup.entry(device.clone()).or_default();
                     if !window.insert(seq) {
                         out.duplicates += 1;
+                        out.max_seq = Some(out.max_seq.map_or(seq, |m: u64| m.max(seq)));
                         continue;
                     }
                 }
             }
-            st.offset += 1;
+            let ts = item.ts.unwrap_or(now_ms);
+            let recorded = self.history.record(&Record {
+                device,
+                metric: &item.metric,
+                unit: item.unit.as_deref(),
+                ts,
+                value: item.value,
+                seq: item.seq,
+            });
+            let Ok(offset) = recorded else {
+                // Past `history.max_series`: refused, so forget its seq (a resend after
+                // the cap is raised or series expire must not count as a duplicate).
+                if let (Some(seq), Some(window)) = (item.seq, st.dedup.get_mut(device)) {
+                    window.remove(seq);
+                }
+                out.series_limited += 1;
+                continue;
+            };
+            if let Some(seq) = item.seq {
+                out.max_seq = Some(out.max_seq.map_or(seq, |m: u64| m.max(seq)));
+            }
+            st.offset = offset;
             let frame = protocol::reading_frame(&ReadingOut {
                 room: &self.name,
                 device,
                 metric: &item.metric,
                 value: item.value,
                 unit: item.unit.as_deref(),
-                ts: item.ts.unwrap_or(now_ms),
+                ts,
                 seq: item.seq,
-                offset: st.offset,
+                offset,
             });
             for (_, outbox) in &st.subscribers {
                 deliver(outbox, frame.clone(), metrics);
@@ -372,26 +450,6 @@ impl Room {
     }
 }
 
-/// A fresh epoch: 8 base-36 characters from the process's random hasher keys and the
-/// clock, unique enough to tell one life of a room from the next.
-fn new_epoch() -> Arc<str> {
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    let mut n = h.finish();
-    let mut s = String::with_capacity(8);
-    for _ in 0..8 {
-        let d = (n % 36) as u32;
-        s.push(char::from_digit(d, 36).unwrap_or('0'));
-        n /= 36;
-    }
-    s.into()
-}
-
 /// The sequence numbers a device sent recently: the highest, and a bitmap of the
 /// `SEQ_WINDOW` below it.
 pub struct SeqWindow {
@@ -421,6 +479,14 @@ impl SeqWindow {
 
     fn clear_all(&mut self) {
         self.bits.iter_mut().for_each(|w| *w = 0);
+    }
+
+    /// Forgets `seq` (a reading refused after its seq was recorded).
+    pub fn remove(&mut self, seq: u64) {
+        if self.high.is_some_and(|h| seq <= h && h - seq < SEQ_WINDOW) {
+            let (w, b) = Self::bit(seq);
+            self.bits[w] &= !b;
+        }
     }
 
     /// Records `seq`; false if it was already seen within the window.
@@ -478,11 +544,5 @@ mod tests {
         assert!(w.insert(1), "far below the window: a restarted counter");
         assert!(w.insert(2));
         assert!(!w.insert(2));
-    }
-
-    #[test]
-    fn epochs_differ() {
-        assert_ne!(new_epoch(), new_epoch());
-        assert_eq!(new_epoch().len(), 8);
     }
 }

@@ -24,6 +24,7 @@ use tower_service::Service;
 use tracing::{info, warn};
 
 use crate::config::Settings;
+use crate::history::History;
 use crate::hub::{Hub, ReadingTap};
 use crate::metrics::Rejection;
 use crate::mqtt::{Bridge, Bridges, HubSink};
@@ -42,6 +43,8 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 pub enum ServerError {
     #[error("cannot read the listener's address: {0}")]
     Listener(#[from] std::io::Error),
+    #[error("cannot open history: {0}")]
+    History(#[from] crate::history::HistoryError),
     /// An MQTT bridge cannot be set up (bad config, unreadable CA file).
     #[error(transparent)]
     Bridge(#[from] crate::mqtt::BridgeError),
@@ -94,7 +97,14 @@ pub async fn run(
     let addr = listener.local_addr()?;
     info!("listening on http://{addr}");
     let max_connections = connection_cap(settings.limits.max_connections);
-    let hub = Hub::new(settings.limits.clone());
+    // Blocking (SQLite open and reload), but before anything is served.
+    let history = History::open(settings.history.clone())?;
+    if history.persistent() {
+        info!(data_dir = %settings.history.data_dir.display(), "durable history");
+    } else {
+        info!("history in memory only (persist = false)");
+    }
+    let hub = Hub::new(settings.limits.clone(), history.clone());
     let (trigger, shutdown) = shutdown::channel();
     let (completion, mut all_done) = mpsc::channel::<()>(1);
 
@@ -139,6 +149,14 @@ pub async fn run(
     ));
 
     tokio::spawn(sweep(hub.clone(), shutdown.clone(), completion.clone()));
+    {
+        let mut shutdown = shutdown.clone();
+        let completion = completion.clone();
+        tokio::spawn(history.clone().run_retention(async move {
+            shutdown.recv().await;
+            drop(completion);
+        }));
+    }
 
     let open = Arc::new(AtomicUsize::new(0));
     tokio::pin!(stop);
@@ -187,6 +205,11 @@ pub async fn run(
             still_open = open.load(Ordering::Relaxed),
             "connections did not close within the grace period"
         );
+    }
+    // Every connection is gone, so nothing records any more: commit the rest.
+    let closing = history.clone();
+    if let Err(e) = tokio::task::spawn_blocking(move || closing.close()).await {
+        warn!(error = %e, "history flush failed");
     }
     info!("stopped");
     Ok(())

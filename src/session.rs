@@ -242,6 +242,16 @@ impl Reader<'_> {
                 }
                 let count = valid.len();
                 let published = self.hub.publish(self.membership, valid);
+                if published.series_limited > 0 {
+                    self.reply_error(ProtoError::new(
+                        ErrorCode::SeriesLimit,
+                        format!(
+                            "{} reading(s) refused: the hub keeps at most {} series (history.max_series) and they would create more",
+                            published.series_limited,
+                            self.hub.history().config().max_series
+                        ),
+                    ));
+                }
                 if self.acks {
                     if let Some(seq) = published.max_seq {
                         self.send(protocol::accepted_frame(seq, count));

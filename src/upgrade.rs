@@ -24,6 +24,7 @@ use warp::Reply;
 use crate::hub::Hub;
 use crate::metrics::Rejection;
 use crate::protocol::{valid_id, Role, Via};
+use crate::room::Since;
 use crate::session::{self, SessionOptions, Socket};
 use crate::shutdown::{Completion, Shutdown};
 
@@ -205,14 +206,19 @@ pub fn decide(ctx: &WsContext, head: &Head) -> Result<Accepted, Refused> {
                 "this is a WebSocket endpoint: send a GET with Upgrade: websocket and Sec-WebSocket-Version: 13",
             ))
         })?;
-    let membership = hub.join(room, client, query.role, Via::Ws).map_err(|e| {
-        refused(Refused::new(
-            e.rejection(),
-            StatusCode::SERVICE_UNAVAILABLE,
-            e.to_string(),
-        ))
-    })?;
-    let _ = (&query.since, &query.epoch);
+    let since = query.since.map(|offset| Since {
+        offset,
+        epoch: query.epoch.as_deref(),
+    });
+    let membership = hub
+        .join(room, client, query.role, Via::Ws, since)
+        .map_err(|e| {
+            refused(Refused::new(
+                e.rejection(),
+                StatusCode::SERVICE_UNAVAILABLE,
+                e.to_string(),
+            ))
+        })?;
     Ok(Accepted {
         membership,
         accept_key: accept_key(key),

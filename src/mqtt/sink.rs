@@ -115,7 +115,7 @@ impl HubSink {
         }
         let membership = self
             .hub
-            .join(room, device, Role::Device, Via::Mqtt)
+            .join(room, device, Role::Device, Via::Mqtt, None)
             .map_err(|e| e.to_string())?;
         let drain = tokio::spawn(drain_commands(
             membership.outbox().clone(),
@@ -315,7 +315,10 @@ mod tests {
                 .expect("config");
         let spec = cfg.validate().expect("valid").remove(0);
         let bridge = Bridge::new(spec).expect("bridge");
-        let hub = Hub::new(LimitsConfig::default());
+        let hub = Hub::new(
+            LimitsConfig::default(),
+            crate::history::History::in_memory(Default::default()),
+        );
         let sink = HubSink::new(hub.clone(), bridge.link());
         (hub, sink)
     }

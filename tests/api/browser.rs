@@ -151,7 +151,11 @@ impl Hub {
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            telehub::run(listener, telehub::Settings::default(), async {
+            // An in-memory hub (what this test means by a restart that loses history),
+            // and no database in the working directory.
+            let mut settings = telehub::Settings::default();
+            settings.history.persist = false;
+            telehub::run(listener, settings, async {
                 let _ = rx.await;
             })
             .await

@@ -35,6 +35,9 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     telehub::telemetry::init("warn");
     let mut settings = Settings::default();
+    // Tests keep history in memory unless they ask for a data directory of their own
+    // (the default `./data` would be shared by every test).
+    settings.history.persist = false;
     configure(&mut settings);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");

@@ -46,6 +46,8 @@ fn telehub() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_telehub"));
     c.env_remove("RUST_LOG")
         .env_remove("TELEHUB_CONFIG")
+        // No database in the shared temp dir: these tests are about the process.
+        .env("TELEHUB_HISTORY_PERSIST", "false")
         .current_dir(std::env::temp_dir());
     c
 }

@@ -8,6 +8,7 @@ mod helpers;
 mod backpressure;
 mod browser;
 mod errors;
+mod history;
 mod http;
 mod lifecycle;
 mod mqtt;

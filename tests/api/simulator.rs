@@ -393,6 +393,8 @@ impl HubProcess {
             .env_remove("RUST_LOG")
             .env_remove("TELEHUB_CONFIG")
             .env("TELEHUB_SERVER_LOG", "warn")
+            // In memory, as a hub without durable history: no database in the temp dir.
+            .env("TELEHUB_HISTORY_PERSIST", "false")
             .current_dir(std::env::temp_dir())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
