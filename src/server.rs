@@ -119,10 +119,11 @@ pub async fn run(
     let mut bridges = Vec::new();
     let mut taps: Vec<Arc<dyn ReadingTap>> = Vec::new();
     for spec in settings.mqtt.validate()? {
-        // History is in memory: a restarted hub has no last values, so the broker's
-        // retained messages seed them (`seed_on_start`, the default). A hub whose history
-        // persists would call `bridge.set_seed_on_start(false)` here.
-        let bridge = Bridge::new(spec)?;
+        // With history in memory a restarted hub has no last values, so the broker's
+        // retained messages seed them; durable history already has them, and a re-sent
+        // retained reading could be stored twice.
+        let mut bridge = Bridge::new(spec)?;
+        bridge.set_seed_on_start(!settings.history.persist);
         if bridge.spec().mirror {
             taps.push(Arc::new(bridge.link()));
         }
