@@ -112,8 +112,27 @@ impl Room {
     /// A room whose epoch and offset continue from its history (a fresh epoch and
     /// offset 0 when the hub has none for it).
     pub fn new(name: Arc<str>, history: Arc<RoomHistory>) -> Room {
+        // The seqs the history already holds count as seen, so a device that resends
+        // readings across a hub restart (their `accepted` was lost with the old process)
+        // does not get them stored twice.
+        let mut dedup: HashMap<Arc<str>, SeqWindow> = HashMap::new();
+        history.replay(0, None, |e| {
+            if let Some(seq) = e.seq {
+                match dedup.get_mut(e.device) {
+                    Some(window) => {
+                        window.insert(seq);
+                    }
+                    None => {
+                        let mut window = SeqWindow::default();
+                        window.insert(seq);
+                        dedup.insert(e.device.into(), window);
+                    }
+                }
+            }
+        });
         let state = RoomState {
             offset: history.offset(),
+            dedup,
             ..RoomState::default()
         };
         Room {

@@ -304,6 +304,40 @@ async fn a_restart_with_durable_history_keeps_the_epoch_continues_offsets_and_lo
     app.stop().await;
 }
 
+#[tokio::test]
+async fn readings_resent_after_a_restart_are_stored_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = spawn_app_with(persistent(dir.path())).await;
+    let (mut dev, _) = app
+        .connect_query("once", "d1", "role=device&acks=true")
+        .await;
+    send_acked(&mut dev, "t", 1..101).await;
+    app.stop().await;
+
+    // The device did not hear the last `accepted` before the hub went away: it resends
+    // seqs 51 to 100 to the new process, then carries on.
+    let app = spawn_app_with(persistent(dir.path())).await;
+    let (mut dev, _) = app
+        .connect_query("once", "d1", "role=device&acks=true")
+        .await;
+    send_acked(&mut dev, "t", 51..151).await;
+    let (status, hist) = get_json(&app, "/api/rooms/once/history?limit=100000").await;
+    assert_eq!(status, 200);
+    let mut values: Vec<u64> = hist["points"]
+        .as_array()
+        .expect("points")
+        .iter()
+        .map(|p| p["value"].as_f64().expect("value") as u64)
+        .collect();
+    values.sort_unstable();
+    assert_eq!(
+        values,
+        (1..151).collect::<Vec<_>>(),
+        "every reading exactly once"
+    );
+    app.stop().await;
+}
+
 /// The real binary with its data in `dir`; returns the child and its address.
 fn start_binary(dir: &Path, flush_ms: u64) -> (Child, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_telehub"))
