@@ -417,6 +417,40 @@ impl HubProcess {
         }
     }
 
+    /// The same process with durable history in `data`.
+    async fn start_durable(port: u16, data: &std::path::Path) -> HubProcess {
+        let child = Command::new(env!("CARGO_BIN_EXE_telehub"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .env_remove("RUST_LOG")
+            .env_remove("TELEHUB_CONFIG")
+            .env("TELEHUB_SERVER_LOG", "warn")
+            .env("TELEHUB_HISTORY_PERSIST", "true")
+            .env("TELEHUB_HISTORY_DATA_DIR", data)
+            .current_dir(std::env::temp_dir())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the hub binary");
+        let hub = HubProcess { child, port };
+        let deadline = Instant::now() + WAIT;
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "hub did not listen on {port}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        hub
+    }
+
+    /// SIGTERM: the hub flushes, closes everyone with 1001 and exits.
+    fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+
     fn kill(&mut self) {
         // SIGKILL: no close frames, no flushing, like a crash or a pulled cable.
         let _ = self.child.kill();
@@ -541,6 +575,87 @@ async fn hub_killed_mid_run_loses_nothing_generated_while_it_was_down() {
         assert!(
             missing.iter().all(|s| *s <= last_before + 6),
             "{}: readings generated while the hub was down are missing: {missing:?}",
+            d.id
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_stopped_and_restarted_mid_run_history_holds_every_reading_exactly_once() {
+    // Arrange: a hub process with durable history, and devices that retry quickly.
+    let data = tempfile::tempdir().expect("data dir");
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let mut hub = HubProcess::start_durable(port, data.path()).await;
+    let url = format!("ws://127.0.0.1:{port}");
+    let mut scenario = Scenario::quick(1, 4, Some(10.0), None).expect("scenario");
+    scenario.rooms[0].name = "sim-h".into();
+    let stats = SimStats::new();
+    let mut opts = options(
+        url,
+        BackoffConfig {
+            initial: Duration::from_millis(200),
+            max: Duration::from_millis(500),
+        },
+    );
+    opts.stats = stats.clone();
+    let sim = SimRun::start(scenario, opts);
+    let deadline = Instant::now() + WAIT;
+    while stats.snapshot().connected < 4 {
+        assert!(Instant::now() < deadline, "devices did not connect");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // Act: stop the hub mid-run, keep it down while the devices buffer, start it again
+    // on the same data, let the devices catch up, end the run.
+    hub.terminate();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let _hub = HubProcess::start_durable(port, data.path()).await;
+    let deadline = Instant::now() + WAIT;
+    while stats.snapshot().reconnects < 4 {
+        assert!(Instant::now() < deadline, "devices did not reconnect");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let summary = sim.finish().await;
+
+    // Assert: every reading any device generated is in the history once.
+    assert_eq!(summary.lost(), 0, "{summary:?}");
+    let (status, body) = crate::helpers::http_get(
+        format!("127.0.0.1:{port}").parse().expect("addr"),
+        "/api/rooms/sim-h/history?limit=100000",
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let hist: Value = serde_json::from_str(&body).expect("json");
+    let points = hist["points"].as_array().expect("points");
+    for d in &summary.devices {
+        assert_eq!(d.unacked, 0, "{d:?}");
+        let mine: Vec<(String, i64)> = points
+            .iter()
+            .filter(|p| p["device"] == d.id.as_str())
+            .map(|p| {
+                (
+                    p["metric"].as_str().unwrap_or_default().to_string(),
+                    p["ts"].as_i64().unwrap_or_default(),
+                )
+            })
+            .collect();
+        let distinct: BTreeSet<&(String, i64)> = mine.iter().collect();
+        assert_eq!(
+            distinct.len(),
+            mine.len(),
+            "{}: a reading stored twice",
+            d.id
+        );
+        assert_eq!(
+            mine.len() as u64,
+            d.generated,
+            "{}: history holds every generated reading",
             d.id
         );
     }
