@@ -35,6 +35,8 @@ use crate::websocket::{self, Decoder, Message};
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the session waits for the peer's answer to our close frame.
 const CLOSE_ECHO_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a client flooding invalid messages is told so, at most.
+const FLOOD_NOTICE_INTERVAL: Duration = Duration::from_secs(1);
 /// Frames handed to one `writev` call at most.
 const MAX_IOVECS: usize = 64;
 
@@ -80,6 +82,7 @@ pub async fn run(
     let mut decoder = Decoder::new(limits.max_frame_bytes, already_read);
     let mut reader = Reader {
         bucket: TokenBucket::new(limits.rate_per_sec, limits.rate_burst),
+        last_flood_notice: None,
         hub: &hub,
         membership: &membership,
         outbox: &outbox,
@@ -192,6 +195,8 @@ async fn send_close(io: &mut OwnedWriteHalf, out: &mut Unsent, close: Close) {
 /// The reader side's state and its handling of one text frame.
 struct Reader<'a> {
     bucket: TokenBucket,
+    /// When this client was last told it floods with invalid messages.
+    last_flood_notice: Option<Instant>,
     hub: &'a Hub,
     membership: &'a Membership,
     outbox: &'a Arc<Outbox>,
@@ -204,8 +209,12 @@ impl Reader<'_> {
         let msg = match protocol::parse(text, limits.max_batch) {
             Ok(msg) => msg,
             Err(e) => {
-                // Even garbage costs a token, so a flood of it is throttled too.
-                self.bucket.take(1);
+                // Even garbage costs a token. Past the limit a flood of it gets no detailed
+                // errors (answering each would do the flooder's work for it), only a
+                // `rate_limited` now and then.
+                if self.bucket.take(1) == 0 {
+                    return self.throttled();
+                }
                 return self.reply_error(e);
             }
         };
@@ -294,6 +303,23 @@ impl Reader<'_> {
                 }
             }
         }
+    }
+
+    /// One `rate_limited` error a second at most for a client flooding invalid messages.
+    fn throttled(&mut self) {
+        let now = Instant::now();
+        if self
+            .last_flood_notice
+            .is_some_and(|t| now.duration_since(t) < FLOOD_NOTICE_INTERVAL)
+        {
+            self.hub.metrics().error(ErrorCode::RateLimited);
+            return;
+        }
+        self.last_flood_notice = Some(now);
+        self.reply_error(ProtoError::new(
+            ErrorCode::RateLimited,
+            "invalid messages over the rate limit are dropped without further errors",
+        ));
     }
 
     fn reply_error(&self, e: ProtoError) {

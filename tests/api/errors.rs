@@ -203,3 +203,22 @@ async fn past_the_connection_cap_new_connections_get_503_and_others_carry_on() {
     assert_eq!(dash.recv_type("reading").await["value"], 1.0);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_flood_of_garbage_gets_detailed_errors_up_to_the_limit_then_one_notice() {
+    let app = spawn_app_with(|s| {
+        s.limits.rate_per_sec = 1.0;
+        s.limits.rate_burst = 5.0;
+    })
+    .await;
+    let (mut dev, _) = app.connect("g", "dev", "device").await;
+    for _ in 0..50 {
+        dev.send_text("{garbage").await;
+    }
+    for _ in 0..5 {
+        assert_eq!(next_error(&mut dev).await.0, "invalid_json");
+    }
+    assert_eq!(next_error(&mut dev).await.0, "rate_limited");
+    dev.expect_silence(300).await;
+    app.stop().await;
+}
