@@ -249,3 +249,26 @@ pub async fn next_error(c: &mut Client) -> (String, String) {
         e["message"].as_str().unwrap_or_default().to_string(),
     )
 }
+
+/// Spawns a prepared command of the real `telehub` binary and returns the child with the
+/// address it logs (`listening on http://ADDR`).
+pub fn spawn_binary(mut cmd: std::process::Command) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn telehub");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let _ = tx.send(rest.trim().to_string());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the hub logs its address");
+    (child, addr)
+}

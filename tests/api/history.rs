@@ -2,7 +2,6 @@
 //! `kill -9`, the REST history API and the plots. Every test runs a real hub on
 //! 127.0.0.1 port 0 (in-process, or the real binary where a process must die).
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -340,8 +339,8 @@ async fn readings_resent_after_a_restart_are_stored_once() {
 
 /// The real binary with its data in `dir`; returns the child and its address.
 fn start_binary(dir: &Path, flush_ms: u64) -> (Child, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_telehub"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_telehub"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0"])
         .env_remove("RUST_LOG")
         .env_remove("TELEHUB_CONFIG")
         .env("TELEHUB_HISTORY_DATA_DIR", dir)
@@ -349,25 +348,9 @@ fn start_binary(dir: &Path, flush_ms: u64) -> (Child, SocketAddr) {
         .env("TELEHUB_LIMITS_RATE_PER_SEC", "1000000")
         .env("TELEHUB_LIMITS_RATE_BURST", "1000000")
         .current_dir(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn telehub");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                let _ = tx.send(rest.trim().to_string());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the hub logs its address")
-        .parse()
-        .expect("address");
-    (child, addr)
+        .stderr(Stdio::null());
+    let (child, addr) = crate::helpers::spawn_binary(cmd);
+    (child, addr.parse().expect("address"))
 }
 
 #[tokio::test]

@@ -1,7 +1,6 @@
 //! The process around the hub: graceful shutdown with 1001, the CLI's address log, and
 //! start-up refusing a bad configuration with exit code 2.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -54,25 +53,9 @@ fn telehub() -> Command {
 
 /// Starts the real binary with `args` and returns it with the address it logs.
 fn spawn_listening(args: &[&str]) -> (std::process::Child, String) {
-    let mut child = telehub()
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn telehub");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                let _ = tx.send(rest.trim().to_string());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("the hub logs its address");
-    (child, addr)
+    let mut cmd = telehub();
+    cmd.args(args).stderr(Stdio::piped());
+    crate::helpers::spawn_binary(cmd)
 }
 
 #[test]
