@@ -154,8 +154,19 @@ pub async fn run(
                 }
             }
             // A client that stopped reading must not keep this session stuck on a full
-            // socket once the room has given up on it: keep only a frame already begun.
-            _ = outbox.urgent(), if !out.is_empty() => out.abandon(),
+            // socket once the room has given up on it: only a frame already begun is
+            // finished, then the close, both within CLOSE_WRITE_TIMEOUT.
+            _ = outbox.urgent(), if !out.is_empty() && !close_sent => {
+                out.abandon();
+                if let Some(close) = outbox.closing() {
+                    send_close(&mut write, &mut out, close).await;
+                    close_sent = true;
+                    if peer_closed || !reading {
+                        break;
+                    }
+                    timer.as_mut().reset(Instant::now() + CLOSE_ECHO_TIMEOUT);
+                }
+            }
             _ = outbox.ready(), if out.is_empty() && !close_sent => {}
             _ = shutdown.recv(), if !shutting_down => {
                 shutting_down = true;
@@ -165,7 +176,15 @@ pub async fn run(
                 if close_sent {
                     break;
                 }
-                if last_heard.elapsed() >= opts.ping_interval * 2 {
+                if let Some(close) = outbox.closing() {
+                    // A close that has waited a whole interval behind frames the client
+                    // does not read: give up on them and close now.
+                    out.abandon();
+                    send_close(&mut write, &mut out, close).await;
+                    close_sent = true;
+                    timer.as_mut().reset(Instant::now() + CLOSE_ECHO_TIMEOUT);
+                    continue;
+                } else if last_heard.elapsed() >= opts.ping_interval * 2 {
                     debug!(%room, %client, "no frame for two ping intervals");
                     outbox.close(Close::TIMED_OUT);
                 } else {

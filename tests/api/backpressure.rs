@@ -70,3 +70,52 @@ async fn a_stuck_dashboard_gets_1013_and_the_others_keep_receiving() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_dashboard_that_never_reads_again_is_dropped_not_kept() {
+    let app = spawn_app_with(|s| {
+        s.limits.outbound_queue = 64;
+        s.limits.rate_per_sec = 1e9;
+        s.limits.rate_burst = 1e9;
+    })
+    .await;
+    let url = app.ws_url("gone", "stuck", "role=dashboard");
+    let mut stuck = Client::connect_small_buffer(&url, app.addr).await;
+    let _ = stuck.recv_type("welcome").await;
+    let (mut dev, _) = app.connect("gone", "dev", "device").await;
+    let pad = "x".repeat(1500);
+    let mut seq = 0u64;
+    while !app
+        .get("/metrics")
+        .await
+        .1
+        .contains("telehub_slow_consumer_disconnects_total 1")
+    {
+        assert!(seq < 200_000, "the stuck dashboard was never closed");
+        // Batches smaller than the queue: it fills only once the socket is full.
+        let items: Vec<_> = (0..16)
+            .map(|_| {
+                seq += 1;
+                json!({"metric":"v","value":1.0,"seq":seq,"pad":pad})
+            })
+            .collect();
+        dev.send_json(json!({"type":"readings","items":items}))
+            .await;
+    }
+    // The client never reads again: the hub gives the close frame a bounded time, then
+    // drops the connection and its place in the room.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let metrics = app.get("/metrics").await.1;
+        if metrics.contains("telehub_connections{role=\"dashboard\"} 0") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stuck connection is still held:\n{metrics}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    drop(stuck);
+    app.stop().await;
+}
