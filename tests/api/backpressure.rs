@@ -3,19 +3,26 @@
 
 use serde_json::json;
 
-use crate::helpers::{spawn_app_with, Client};
+use crate::helpers::{spawn_app_with, Client, TestApp};
 
-#[tokio::test]
-async fn a_stuck_dashboard_gets_1013_and_the_others_keep_receiving() {
+/// A hub with a per-client queue of `queue` frames and no rate limit, and a dashboard
+/// in `room` whose tiny receive buffer fills as soon as it stops reading.
+async fn hub_with_a_stuck_dashboard(queue: usize, room: &str) -> (TestApp, Client) {
     let app = spawn_app_with(|s| {
-        s.limits.outbound_queue = 256;
+        s.limits.outbound_queue = queue;
         s.limits.rate_per_sec = 1e9;
         s.limits.rate_burst = 1e9;
     })
     .await;
-    let url = app.ws_url("bp", "stuck", "role=dashboard");
+    let url = app.ws_url(room, "stuck", "role=dashboard");
     let mut stuck = Client::connect_small_buffer(&url, app.addr).await;
     let _ = stuck.recv_type("welcome").await;
+    (app, stuck)
+}
+
+#[tokio::test]
+async fn a_stuck_dashboard_gets_1013_and_the_others_keep_receiving() {
+    let (app, mut stuck) = hub_with_a_stuck_dashboard(256, "bp").await;
     let (mut healthy, _) = app.connect("bp", "healthy", "dashboard").await;
     let (mut dev, _) = app.connect("bp", "dev", "device").await;
 
@@ -73,15 +80,7 @@ async fn a_stuck_dashboard_gets_1013_and_the_others_keep_receiving() {
 
 #[tokio::test]
 async fn a_dashboard_that_never_reads_again_is_dropped_not_kept() {
-    let app = spawn_app_with(|s| {
-        s.limits.outbound_queue = 64;
-        s.limits.rate_per_sec = 1e9;
-        s.limits.rate_burst = 1e9;
-    })
-    .await;
-    let url = app.ws_url("gone", "stuck", "role=dashboard");
-    let mut stuck = Client::connect_small_buffer(&url, app.addr).await;
-    let _ = stuck.recv_type("welcome").await;
+    let (app, stuck) = hub_with_a_stuck_dashboard(64, "gone").await;
     let (mut dev, _) = app.connect("gone", "dev", "device").await;
     let pad = "x".repeat(1500);
     let mut seq = 0u64;
