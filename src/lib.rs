@@ -1,49 +1,66 @@
 //! telehub: a live-dashboard and IoT telemetry hub.
 //!
-//! The data flow reads straight from the module list:
+//! A reading flows through the folders in this order:
 //!
 //! ```text
-//!  sources                fan-out               sinks
-//!  session (devices) ──┐                    ┌── session writers (dashboards)
-//!                      ├─> hub / room ──────┤
-//!  (mqtt bridge)     ──┘   stamp, offset,   └── (history, store) ──> http API, plots
-//!                          serialise once
+//!  net/            sources/              hub/                    sinks/
+//!  listener ──┬──> ws_client ────┐                           ┌──> ws_writer (dashboards)
+//!  handshake  │    (devices)     ├──> Hub ──> Room ──────────┼──> history ──> store (SQLite)
+//!  ws/codec   │    mqtt/ bridge ─┘    stamp offset,          └──> mqtt/ members (commands out)
+//!             │    (broker)           serialise once               │
+//!             └──> api/ (warp: rooms, history, plots, metrics, dashboard assets) <──┘
+//!                  render/ (plots)
 //! ```
 //!
-//! - [`upgrade`] takes the WebSocket handshake of `/ws/{room}/{client}` on the hub's own
-//!   accept path (small buffers, see `docs/DESIGN.md`), [`http`] serves everything else
-//!   through warp.
-//! - [`session`] runs one WebSocket connection: a reader loop that parses [`protocol`]
-//!   messages and a writer task that drains the connection's bounded [`outbox`].
-//! - [`hub`] is the registry of rooms and the one seam through which readings, commands
-//!   and acks enter a [`room`]; the room stamps each reading with its offset, serialises it
-//!   once and queues the same bytes for every dashboard.
-//! - [`mqtt`] bridges MQTT brokers: their sensors publish through the same hub seam as
-//!   WebSocket devices (`via: mqtt`), and commands go back to their command topics.
-//! - [`server`] wires it together and owns the graceful [`shutdown`].
+//! - [`net`] accepts connections and takes the WebSocket handshake of
+//!   `/ws/{room}/{client}` on the hub's own path; everything else is served by [`api`].
+//! - [`sources`] turn what clients send into validated messages for the hub: one
+//!   WebSocket connection ([`sources::ws_client`]) or an MQTT broker ([`sources::mqtt`]).
+//! - [`hub`] is the registry of rooms and the one seam into a room: it stamps each
+//!   reading with the room's offset, serialises it once and queues the same bytes in
+//!   every dashboard's mailbox.
+//! - [`sinks`] deliver and remember: socket writers, history rings and the SQLite store.
+//! - [`api`] and [`render`] read what was remembered; [`app`] wires it all and owns the
+//!   graceful [`shutdown`].
+//!
+//! `docs/DESIGN.md` walks through the same flow; `docs/PROTOCOL.md` is the wire reference.
 
-pub mod client;
-pub mod config;
-pub mod dashboard;
-pub mod history;
-pub mod history_api;
-pub mod http;
-pub mod hub;
-pub mod metrics;
-pub mod mqtt;
-pub mod outbox;
-pub mod plot;
-pub mod protocol;
-pub mod ratelimit;
-pub mod room;
-pub mod server;
-pub mod session;
-pub mod shutdown;
-pub mod store;
+#![warn(unreachable_pub)]
+
+pub(crate) mod api;
+pub(crate) mod app;
+pub(crate) mod config;
+pub(crate) mod hub;
+pub(crate) mod metrics;
+pub(crate) mod net;
+pub(crate) mod protocol;
+pub(crate) mod ratelimit;
+pub(crate) mod render;
+pub(crate) mod shutdown;
+pub(crate) mod sinks;
+pub(crate) mod sources;
 pub mod telemetry;
-pub mod upgrade;
-pub mod websocket;
 
-pub use config::Settings;
-pub use hub::Hub;
-pub use server::run;
+// The wire-protocol module still names the codec by its old path; removed when it moves
+// onto the protocol crate.
+pub(crate) use net::ws::codec as websocket;
+
+pub use app::{run, ServerError};
+pub use config::{ConfigError, Settings};
+pub use render::plot::Format as PlotFormat;
+
+/// The MQTT bridge as a component, for tests and tools that drive it without a hub.
+pub mod mqtt {
+    pub use crate::sources::mqtt::bridge::{
+        Bridge, BridgeLink, BridgeSink, BridgedAck, BridgedMessage, BridgedReading,
+    };
+    pub use crate::sources::mqtt::config::MqttConfig;
+    pub use crate::sources::mqtt::state::BridgeState;
+    pub use crate::sources::mqtt::BridgeError;
+}
+
+/// History as a component, for benchmarks that time it without a hub.
+pub mod history {
+    pub(crate) use crate::sinks::history::Replayed;
+    pub use crate::sinks::history::{History, HistoryConfig, HistoryError, Record, RoomHistory};
+}

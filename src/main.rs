@@ -1,5 +1,5 @@
 //! `telehub`: parse the command line, load the configuration, set up logging, bind, and
-//! hand over to [`telehub::server::run`].
+//! hand over to [`telehub::run`].
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,6 +9,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use telehub::Settings;
 use tokio::net::TcpListener;
+
+mod cli;
 
 /// Exit code for a configuration that cannot be used.
 const EXIT_CONFIG: u8 = 2;
@@ -133,11 +135,11 @@ fn plot(args: PlotArgs) -> ExitCode {
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("svg"))
     {
-        telehub::plot::Format::Svg
+        telehub::PlotFormat::Svg
     } else {
-        telehub::plot::Format::Png
+        telehub::PlotFormat::Png
     };
-    let req = telehub::client::PlotRequest {
+    let req = cli::plot::PlotRequest {
         base: args.url,
         room: args.room,
         metric: args.metric,
@@ -152,7 +154,7 @@ fn plot(args: PlotArgs) -> ExitCode {
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")
-        .and_then(|rt| Ok(rt.block_on(telehub::client::fetch_plot(&req))?))
+        .and_then(|rt| Ok(rt.block_on(cli::plot::fetch_plot(&req))?))
         .and_then(|bytes| {
             std::fs::write(&args.output, &bytes)
                 .with_context(|| format!("cannot write {}", args.output.display()))?;

@@ -10,7 +10,7 @@ use crate::protocol::{ErrorCode, Role};
 
 /// Why a connection was refused before the upgrade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rejection {
+pub(crate) enum Rejection {
     InvalidRoom,
     InvalidClient,
     InvalidRole,
@@ -23,7 +23,7 @@ pub enum Rejection {
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 9] = [
+    pub(crate) const ALL: [Rejection; 9] = [
         Rejection::InvalidRoom,
         Rejection::InvalidClient,
         Rejection::InvalidRole,
@@ -36,7 +36,7 @@ impl Rejection {
     ];
 
     /// The `error` code of the JSON body, also the metric label.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Rejection::InvalidRoom => "invalid_room",
             Rejection::InvalidClient => "invalid_client",
@@ -53,7 +53,7 @@ impl Rejection {
 
 /// All counters of one hub.
 #[derive(Debug, Default)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     devices: AtomicI64,
     dashboards: AtomicI64,
     pub readings_in: AtomicU64,
@@ -66,30 +66,23 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn connected(&self, role: Role, delta: i64) {
+    pub(crate) fn connected(&self, role: Role, delta: i64) {
         match role {
             Role::Device => self.devices.fetch_add(delta, Relaxed),
             Role::Dashboard => self.dashboards.fetch_add(delta, Relaxed),
         };
     }
 
-    pub fn error(&self, code: ErrorCode) {
+    pub(crate) fn error(&self, code: ErrorCode) {
         self.errors[code.index()].fetch_add(1, Relaxed);
     }
 
-    pub fn rejected(&self, why: Rejection) {
+    pub(crate) fn rejected(&self, why: Rejection) {
         self.rejected[why as usize].fetch_add(1, Relaxed);
     }
 
-    pub fn connections(&self, role: Role) -> i64 {
-        match role {
-            Role::Device => self.devices.load(Relaxed),
-            Role::Dashboard => self.dashboards.load(Relaxed),
-        }
-    }
-
     /// Renders the Prometheus text exposition format.
-    pub fn render(&self, rooms: usize, out: &mut String) {
+    pub(crate) fn render(&self, rooms: usize, out: &mut String) {
         let mut family = |name: &str, kind: &str, help: &str| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         };

@@ -9,39 +9,34 @@ use tokio::sync::{mpsc, watch};
 
 /// Listens for the shutdown signal.
 #[derive(Debug, Clone)]
-pub struct Shutdown {
+pub(crate) struct Shutdown {
     rx: watch::Receiver<bool>,
 }
 
 /// Fires the shutdown signal.
 #[derive(Debug)]
-pub struct ShutdownTrigger {
+pub(crate) struct ShutdownTrigger {
     tx: watch::Sender<bool>,
 }
 
 /// Held by each task; `run` waits until all are dropped.
-pub type Completion = mpsc::Sender<()>;
+pub(crate) type Completion = mpsc::Sender<()>;
 
-pub fn channel() -> (ShutdownTrigger, Shutdown) {
+pub(crate) fn channel() -> (ShutdownTrigger, Shutdown) {
     let (tx, rx) = watch::channel(false);
     (ShutdownTrigger { tx }, Shutdown { rx })
 }
 
 impl ShutdownTrigger {
-    pub fn fire(&self) {
+    pub(crate) fn fire(&self) {
         self.tx.send_replace(true);
     }
 }
 
 impl Shutdown {
-    /// True once the signal has fired.
-    pub fn is_shutdown(&self) -> bool {
-        *self.rx.borrow()
-    }
-
     /// Waits for the signal (returns at once if it already fired, or if the trigger is
     /// gone, which also means the server is stopping).
-    pub async fn recv(&mut self) {
+    pub(crate) async fn recv(&mut self) {
         let _ = self.rx.wait_for(|fired| *fired).await;
     }
 }

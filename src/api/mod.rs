@@ -1,0 +1,153 @@
+//! The HTTP API, as warp filters: health, the room list, history, plots, bridges,
+//! metrics and the browser dashboard at `/`. Readers at the end of the data flow: they
+//! read the hub's rooms and what the sinks remembered, and change nothing.
+//!
+//! One function per endpoint, composed in [`routes`]; handlers live in [`history`],
+//! [`plot`] and beside their route; unknown paths and bad requests become JSON errors in
+//! [`error`].
+
+pub(crate) mod assets;
+pub(crate) mod error;
+pub(crate) mod history;
+pub(crate) mod metrics;
+pub(crate) mod params;
+pub(crate) mod plot;
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+
+use warp::{Filter, Rejection, Reply};
+
+use std::sync::Arc;
+
+use warp::http::{header, HeaderValue};
+use warp::reply::Response;
+
+use self::error::ApiError;
+use crate::hub::Hub;
+use crate::protocol::valid_id;
+use crate::render::plot::Format;
+use crate::sinks::history::RoomHistory;
+use crate::sources::mqtt::Bridges;
+
+/// All HTTP routes of the hub; `dashboard_dir` serves the page from disk instead of the
+/// embedded copy.
+pub(crate) fn routes(
+    hub: Hub,
+    bridges: Bridges,
+    dashboard_dir: Option<PathBuf>,
+) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
+    healthz()
+        .or(rooms(hub.clone()))
+        .or(room_history(hub.clone()))
+        .or(room_series(hub.clone()))
+        .or(room_plot(hub.clone()))
+        .or(api_bridges(bridges.clone()))
+        .or(metrics::route(hub, bridges))
+        .or(crate::api::assets::routes(dashboard_dir))
+        .recover(error::recover)
+}
+
+fn with_hub(hub: Hub) -> impl Filter<Extract = (Hub,), Error = Infallible> + Clone {
+    warp::any().map(move || hub.clone())
+}
+
+/// GET /healthz
+fn healthz() -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    warp::path!("healthz").and(warp::get()).map(|| "ok")
+}
+
+/// GET /api/rooms
+fn rooms(hub: Hub) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    warp::path!("api" / "rooms")
+        .and(warp::get())
+        .and(with_hub(hub))
+        .map(|hub: Hub| warp::reply::json(&serde_json::json!({ "rooms": hub.summaries() })))
+}
+
+/// The query string as pairs (empty when there is none); the handlers check them.
+fn query_pairs() -> impl Filter<Extract = (Vec<(String, String)>,), Error = Rejection> + Clone {
+    warp::query::<Vec<(String, String)>>()
+}
+
+/// GET /api/rooms/{room}/history?device=&metric=&from=&to=&limit=&format=&step=
+fn room_history(hub: Hub) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    warp::path!("api" / "rooms" / String / "history")
+        .and(warp::get())
+        .and(with_hub(hub))
+        .and(query_pairs())
+        .and_then(|room, hub, q| history::history(hub, room, q))
+}
+
+/// GET /api/rooms/{room}/series
+fn room_series(hub: Hub) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    warp::path!("api" / "rooms" / String / "series")
+        .and(warp::get())
+        .and(with_hub(hub))
+        .and(query_pairs())
+        .and_then(|room, hub, q| history::series(hub, room, q))
+}
+
+/// GET /api/rooms/{room}/plot.svg and /api/rooms/{room}/plot.png
+fn room_plot(hub: Hub) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    let format = warp::path("plot.svg")
+        .map(|| Format::Svg)
+        .or(warp::path("plot.png").map(|| Format::Png))
+        .unify();
+    warp::path!("api" / "rooms" / String / ..)
+        .and(format)
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(with_hub(hub))
+        .and(query_pairs())
+        .and_then(|room, format, hub, q| plot::plot(hub, room, format, q))
+}
+
+/// GET /api/bridges: each MQTT bridge with its connection state and counters.
+fn api_bridges(
+    bridges: Bridges,
+) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    warp::path!("api" / "bridges")
+        .and(warp::get())
+        .map(move || warp::reply::json(&serde_json::json!({ "bridges": bridges.statuses() })))
+}
+
+pub(crate) fn find_room_history(hub: &Hub, room: &str) -> Result<Arc<RoomHistory>, ApiError> {
+    if !valid_id(room) {
+        return Err(ApiError::unknown_room(room));
+    }
+    hub.history()
+        .get(room)
+        .ok_or_else(|| ApiError::unknown_room(room))
+}
+
+/// History queries answered at the same time at most: each may build a body of up to
+/// `MAX_QUERY_LIMIT` points (about 7.5 MB of JSON) on the blocking pool. Later requests
+/// wait their turn; the connection cap bounds the waiters.
+const MAX_CONCURRENT_QUERIES: usize = 4;
+
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    static QUERIES: tokio::sync::Semaphore =
+        tokio::sync::Semaphore::const_new(MAX_CONCURRENT_QUERIES);
+    let _permit = QUERIES
+        .acquire()
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("the query task failed: {e}")))?
+}
+
+pub(crate) fn with_type(
+    body: impl Into<warp::hyper::body::Bytes>,
+    content_type: &'static str,
+) -> Response {
+    let mut resp = Response::new(body.into().into());
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}

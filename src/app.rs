@@ -1,0 +1,158 @@
+//! Wires the stages together and runs them: history and its store, the hub, the MQTT
+//! bridges, the HTTP routes, the accept loop, the background sweeper, and the graceful
+//! shutdown.
+//!
+//! [`run`] takes a listener that is already bound (tests bind `127.0.0.1:0`) and a
+//! future that resolves when the hub should stop. Connections are accepted by
+//! [`crate::net::listener`]: `/ws/...` requests are upgraded by
+//! [`crate::net::handshake`], everything else goes to the warp routes of [`crate::api`].
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::config::Settings;
+use crate::hub::mailbox::Close;
+use crate::hub::{Hub, ReadingTap};
+use crate::net::handshake::WsContext;
+use crate::net::listener;
+use crate::shutdown::{self, Completion, Shutdown};
+use crate::sinks::history::History;
+use crate::sources::mqtt::{Bridge, Bridges, HubSink};
+
+/// How often empty rooms and stale commands are swept.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Errors that stop the server from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot read the listener's address: {0}")]
+    Listener(#[from] std::io::Error),
+    #[error("cannot open history: {0}")]
+    History(#[from] crate::sinks::history::HistoryError),
+    /// An MQTT bridge cannot be set up (bad config, unreadable CA file).
+    #[error(transparent)]
+    Bridge(#[from] crate::sources::mqtt::BridgeError),
+}
+
+/// Runs the hub on `listener` until `stop` resolves, then shuts down gracefully: every
+/// client gets its queued frames and close code 1001, within `server.shutdown_grace_ms`.
+pub async fn run(
+    listener: TcpListener,
+    settings: Settings,
+    stop: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let addr = listener.local_addr()?;
+    info!("listening on http://{addr}");
+    let max_connections = listener::connection_cap(settings.limits.max_connections);
+    // Blocking (SQLite open and reload), but before anything is served.
+    let history = History::open(settings.history.clone())?;
+    if history.persistent() {
+        info!(data_dir = %settings.history.data_dir.display(), "durable history");
+    } else {
+        info!("history in memory only (persist = false)");
+    }
+    let hub = Hub::new(settings.limits.clone(), history.clone());
+    let (trigger, shutdown) = shutdown::channel();
+    let (completion, mut all_done) = mpsc::channel::<()>(1);
+
+    let ws = Arc::new(WsContext {
+        hub: hub.clone(),
+        shutdown: shutdown.clone(),
+        completion: completion.clone(),
+        ping_interval: Duration::from_millis(settings.server.ping_interval_ms),
+    });
+    // MQTT bridges: built (and their TLS set up) before anything is served, so a bad
+    // one stops start-up; mirroring bridges tap WebSocket devices' readings.
+    let mut bridges = Vec::new();
+    let mut taps: Vec<Arc<dyn ReadingTap>> = Vec::new();
+    for spec in settings.mqtt.validate()? {
+        // With history in memory a restarted hub has no last values, so the broker's
+        // retained messages seed them; durable history already has them, and a re-sent
+        // retained reading could be stored twice.
+        let mut bridge = Bridge::new(spec)?;
+        bridge.set_seed_on_start(!settings.history.persist);
+        if bridge.spec().mirror {
+            taps.push(Arc::new(bridge.link()));
+        }
+        bridges.push(bridge);
+    }
+    hub.set_taps(taps);
+    let bridge_states = Bridges::new(bridges.iter().map(|b| b.state()).collect());
+    for bridge in bridges {
+        let sink = HubSink::new(hub.clone(), bridge.link());
+        let mut stop_bridge = shutdown.clone();
+        let done = completion.clone();
+        tokio::spawn(async move {
+            bridge
+                .run(sink, async move { stop_bridge.recv().await })
+                .await;
+            drop(done);
+        });
+    }
+
+    let routes = warp::service(crate::api::routes(
+        hub.clone(),
+        bridge_states,
+        settings.server.dashboard_dir.clone(),
+    ));
+
+    tokio::spawn(sweep(hub.clone(), shutdown.clone(), completion.clone()));
+    {
+        let mut shutdown = shutdown.clone();
+        let completion = completion.clone();
+        tokio::spawn(history.clone().run_retention(async move {
+            shutdown.recv().await;
+            drop(completion);
+        }));
+    }
+
+    let open = listener::accept_until(
+        listener,
+        max_connections,
+        stop,
+        listener::Handlers {
+            ws: ws.clone(),
+            routes,
+            hub: hub.clone(),
+            shutdown: shutdown.clone(),
+            completion: completion.clone(),
+        },
+    )
+    .await;
+    info!("shutting down");
+    trigger.fire();
+    hub.close_all(Close::GOING_AWAY);
+    drop(completion);
+    drop(ws);
+    let grace = Duration::from_millis(settings.server.shutdown_grace_ms);
+    if tokio::time::timeout(grace, all_done.recv()).await.is_err() {
+        warn!(
+            still_open = open.load(Ordering::Relaxed),
+            "connections did not close within the grace period"
+        );
+    }
+    // Every connection is gone, so nothing records any more: commit the rest.
+    let closing = history.clone();
+    if let Err(e) = tokio::task::spawn_blocking(move || closing.close()).await {
+        warn!(error = %e, "history flush failed");
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// Periodically frees rooms that stayed empty and commands that were never answered.
+async fn sweep(hub: Hub, mut shutdown: Shutdown, _completion: Completion) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => hub.sweep(),
+            _ = shutdown.recv() => return,
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! The binary's own tools, outside the hub's data flow: small clients an operator runs
+//! against a hub that is already up (`telehub plot`).
+
+pub(crate) mod plot;

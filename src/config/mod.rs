@@ -1,0 +1,413 @@
+//! Configuration: the `Settings` tree, its built-in defaults, `config.toml`, environment
+//! overrides and validation.
+//!
+//! Precedence, lowest first: built-in defaults (which match the documented `config.toml`
+//! at the repository root), the file given by `--config` (or `./config.toml` when it
+//! exists), then `TELEHUB_{SECTION}_{KEY}` environment variables (for example
+//! `TELEHUB_SERVER_LISTEN=0.0.0.0:8080`, `TELEHUB_LIMITS_OUTBOUND_QUEUE=1024`).
+//! Command-line flags are applied by `main` on top of all that.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub(crate) use crate::sinks::history::HistoryConfig;
+
+/// Every setting of the hub. Each section has its own struct with defaults.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Where the hub listens and how it stops.
+    pub server: ServerConfig,
+    /// Bounds on everything a client can make the hub hold.
+    pub limits: LimitsConfig,
+    /// What the hub remembers of past readings, and where (see `history.rs`).
+    pub history: HistoryConfig,
+    /// Bridges to MQTT brokers (`[[mqtt.bridges]]`); none by default.
+    pub mqtt: crate::sources::mqtt::MqttConfig,
+}
+
+/// `[server]`: the listening socket, logging and shutdown.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on. Port 0 picks a free port; the hub logs the real address.
+    pub listen: SocketAddr,
+    /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` wins when set.
+    pub log: String,
+    /// How long a graceful shutdown waits for connections to flush and close.
+    pub shutdown_grace_ms: u64,
+    /// How often the hub pings idle WebSocket clients, so half-open connections are
+    /// found and closed (a client that answers nothing for two intervals is dropped).
+    pub ping_interval_ms: u64,
+    /// Serve the browser dashboard from this folder, read live from disk (for editing
+    /// the page); `None` serves the copy compiled into the binary.
+    pub dashboard_dir: Option<PathBuf>,
+}
+
+/// `[limits]`: nothing a client sends can grow memory without bound.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Open TCP connections at most (also capped by the open-file limit); past it a new
+    /// connection gets HTTP 503 `server_full`.
+    pub max_connections: usize,
+    /// Rooms at most; a connection that would create one more gets 503 `too_many_rooms`.
+    pub max_rooms: usize,
+    /// Members (devices and dashboards) per room; past it 503 `room_full`.
+    pub max_members_per_room: usize,
+    /// Largest WebSocket frame or message accepted, in bytes; bigger closes with 1009.
+    pub max_frame_bytes: usize,
+    /// Frames queued for one client at most; a dashboard whose queue fills is closed
+    /// with 1013 `slow consumer` and recovers from history on reconnect.
+    pub outbound_queue: usize,
+    /// Items in one `readings` batch at most (`batch_too_large` past it).
+    pub max_batch: usize,
+    /// Sustained readings (and other messages) per second per connection.
+    pub rate_per_sec: f64,
+    /// Burst allowance above `rate_per_sec`, in messages.
+    pub rate_burst: f64,
+    /// Commands waiting for an ack in one room at most (`too_many_pending` past it).
+    pub max_pending_commands: usize,
+    /// How long a command waits for its ack before it is forgotten.
+    pub command_timeout_ms: u64,
+    /// How long an empty room keeps its offset and deduplication state before it is freed.
+    pub empty_room_ttl_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+            log: "info".to_string(),
+            shutdown_grace_ms: 5_000,
+            ping_interval_ms: 30_000,
+            dashboard_dir: None,
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: 16_384,
+            max_rooms: 1_024,
+            max_members_per_room: 1_024,
+            max_frame_bytes: 64 * 1024,
+            outbound_queue: 1_024,
+            max_batch: 256,
+            rate_per_sec: 200.0,
+            rate_burst: 400.0,
+            max_pending_commands: 256,
+            command_timeout_ms: 60_000,
+            empty_room_ttl_ms: 300_000,
+        }
+    }
+}
+
+/// A configuration problem: which source, which key, what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: String, message: String },
+    #[error("config error in {source_name}: key `{key}`: {message}")]
+    Key {
+        source_name: String,
+        key: String,
+        message: String,
+    },
+    #[error("config error: environment variable {var}: {message}")]
+    Env { var: String, message: String },
+}
+
+/// The prefix of environment overrides.
+const ENV_PREFIX: &str = "TELEHUB_";
+/// Environment variables with the prefix that are not overrides (read by the CLI).
+const ENV_NOT_OVERRIDES: &[&str] = &["TELEHUB_CONFIG"];
+
+impl Settings {
+    /// Loads settings: defaults, then `path` (or `./config.toml` if present and no path was
+    /// given), then environment overrides, then validation.
+    pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
+        let implicit = Path::new("config.toml");
+        let (text, name) = match path {
+            Some(p) => (
+                std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?,
+                p.display().to_string(),
+            ),
+            None if implicit.exists() => (
+                std::fs::read_to_string(implicit).map_err(|source| ConfigError::Read {
+                    path: implicit.to_path_buf(),
+                    source,
+                })?,
+                implicit.display().to_string(),
+            ),
+            None => (String::new(), "built-in defaults".to_string()),
+        };
+        Self::from_sources(&text, &name, std::env::vars())
+    }
+
+    /// Builds settings from TOML text and a set of environment variables. Split out so
+    /// tests can drive it without touching the process environment.
+    pub fn from_sources(
+        text: &str,
+        source_name: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: source_name.to_string(),
+            message: e.to_string(),
+        })?;
+        let mut from_env: Vec<(String, String)> = Vec::new();
+        for (var, value) in env {
+            let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            if ENV_NOT_OVERRIDES.contains(&var.as_str()) {
+                continue;
+            }
+            let Some((section, key)) = rest.split_once('_') else {
+                return Err(ConfigError::Env {
+                    var,
+                    message: "expected TELEHUB_{SECTION}_{KEY}".into(),
+                });
+            };
+            let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
+            let entry = table
+                .entry(section.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let Some(section_table) = entry.as_table_mut() else {
+                return Err(ConfigError::Env {
+                    var,
+                    message: format!("`{section}` is not a section"),
+                });
+            };
+            section_table.insert(key.clone(), env_value(&value));
+            from_env.push((format!("{section}.{key}"), var));
+        }
+        let settings: Settings = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| {
+                let key = e.path().to_string();
+                let message = e.inner().message().to_string();
+                match from_env.iter().find(|(k, _)| key.starts_with(k.as_str())) {
+                    Some((_, var)) => ConfigError::Env {
+                        var: var.clone(),
+                        message: format!("key `{key}`: {message}"),
+                    },
+                    None => ConfigError::Key {
+                        source_name: source_name.to_string(),
+                        key,
+                        message,
+                    },
+                }
+            })?;
+        settings.validate().map_err(|(key, message)| {
+            match from_env.iter().find(|(k, _)| k == key) {
+                Some((_, var)) => ConfigError::Env {
+                    var: var.clone(),
+                    message: format!("key `{key}`: {message}"),
+                },
+                None => ConfigError::Key {
+                    source_name: source_name.to_string(),
+                    key: key.to_string(),
+                    message,
+                },
+            }
+        })?;
+        // Bridges are checked whole here (URLs, templates, fixed values), so a bad one
+        // stops start-up naming its key, e.g. `mqtt.bridges[0].topics[1].template`.
+        settings.mqtt.validate().map_err(|e| match e {
+            crate::sources::mqtt::BridgeError::Config { key, message } => ConfigError::Key {
+                source_name: source_name.to_string(),
+                key,
+                message,
+            },
+            other => ConfigError::Key {
+                source_name: source_name.to_string(),
+                key: "mqtt".into(),
+                message: other.to_string(),
+            },
+        })?;
+        Ok(settings)
+    }
+
+    /// Checks the values that types alone cannot: zero sizes, tiny frames, bad rates.
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        let l = &self.limits;
+        let positive: [(&'static str, usize); 6] = [
+            ("limits.max_connections", l.max_connections),
+            ("limits.max_rooms", l.max_rooms),
+            ("limits.max_members_per_room", l.max_members_per_room),
+            ("limits.outbound_queue", l.outbound_queue),
+            ("limits.max_batch", l.max_batch),
+            ("limits.max_pending_commands", l.max_pending_commands),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err((key, "must be at least 1".into()));
+            }
+        }
+        if l.max_frame_bytes < 256 {
+            return Err(("limits.max_frame_bytes", "must be at least 256".into()));
+        }
+        if !(l.rate_per_sec.is_finite() && l.rate_per_sec > 0.0) {
+            return Err(("limits.rate_per_sec", "must be a positive number".into()));
+        }
+        if !(l.rate_burst.is_finite() && l.rate_burst >= 1.0) {
+            return Err(("limits.rate_burst", "must be at least 1".into()));
+        }
+        if self.server.ping_interval_ms < 100 {
+            return Err(("server.ping_interval_ms", "must be at least 100".into()));
+        }
+        self.history.validate()
+    }
+}
+
+/// An environment value as TOML: numbers and booleans keep their type, anything else is a
+/// string (so `TELEHUB_SERVER_LISTEN=127.0.0.1:0` needs no quotes).
+fn env_value(raw: &str) -> toml::Value {
+    let doc = format!("v = {raw}");
+    match toml::from_str::<toml::Table>(&doc) {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.to_string())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        Settings::from_sources(
+            text,
+            "test.toml",
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn defaults_need_no_file() {
+        let s = load("", &[]).expect("defaults are valid");
+        assert_eq!(s.server.listen, default_listen());
+        assert_eq!(s.limits.outbound_queue, 1024);
+    }
+
+    #[test]
+    fn the_documented_config_file_matches_the_defaults() {
+        let text = include_str!("../../config.toml");
+        let s = load(text, &[]).expect("config.toml is valid");
+        let d = Settings::default();
+        assert_eq!(
+            toml::to_string(&s).expect("serialise"),
+            toml::to_string(&d).expect("serialise"),
+            "config.toml and the built-in defaults disagree"
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = load("[server]\nlisen = \"x\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("test.toml"), "{err}");
+        assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_and_bad_address_name_the_key() {
+        let err = load("[limits]\noutbound_queue = \"many\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("limits.outbound_queue"), "{err}");
+        let err = load("[server]\nlisten = \"nowhere\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.listen"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file_and_is_named_when_bad() {
+        let s = load(
+            "[server]\nlisten = \"127.0.0.1:9000\"\n",
+            &[("TELEHUB_SERVER_LISTEN", "127.0.0.1:0")],
+        )
+        .expect("valid");
+        assert_eq!(s.server.listen.port(), 0);
+        let s = load("", &[("TELEHUB_LIMITS_OUTBOUND_QUEUE", "7")]).expect("valid");
+        assert_eq!(s.limits.outbound_queue, 7);
+        let err = load("", &[("TELEHUB_LIMITS_OUTBOUND_QUEUE", "0")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("TELEHUB_LIMITS_OUTBOUND_QUEUE"), "{err}");
+    }
+
+    #[test]
+    fn history_keys_load_from_file_and_environment() {
+        let s = load(
+            "[history]\npersist = false\nretention_ms = 60000\n",
+            &[
+                ("TELEHUB_HISTORY_DATA_DIR", "/tmp/th"),
+                ("TELEHUB_HISTORY_MAX_SERIES", "5"),
+            ],
+        )
+        .expect("valid");
+        assert!(!s.history.persist);
+        assert_eq!(s.history.retention_ms, 60_000);
+        assert_eq!(s.history.max_series, 5);
+        assert_eq!(s.history.data_dir, PathBuf::from("/tmp/th"));
+        let err = load("[history]\nflush_interval_ms = 0\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("history.flush_interval_ms"), "{err}");
+        let err = load("[history]\npoints = 1\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("points"), "{err}");
+    }
+
+    #[test]
+    fn mqtt_bridges_are_validated_with_their_key() {
+        let s = load(
+            "[[mqtt.bridges]]\nname = \"b\"\nurl = \"mqtt://127.0.0.1:1883\"\n",
+            &[],
+        )
+        .expect("valid");
+        assert_eq!(s.mqtt.bridges.len(), 1);
+        let err = load(
+            "[[mqtt.bridges]]\nname = \"b\"\nurl = \"mqtt://h\"\n[[mqtt.bridges.topics]]\ntemplate = \"x/{device}\"\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("test.toml"), "{err}");
+        assert!(err.contains("mqtt.bridges[0].topics[0].template"), "{err}");
+        let err = load(
+            "[[mqtt.bridges]]\nname = \"b\"\nurl = \"mqtt://h\"\nqos = 2\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("qos"), "{err}");
+    }
+
+    #[test]
+    fn syntax_errors_name_the_file() {
+        let err = load("[server\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("test.toml"), "{err}");
+    }
+}

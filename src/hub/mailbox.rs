@@ -1,0 +1,244 @@
+//! The bounded outbound queue of one connection.
+//!
+//! The room pushes already-serialised frames here without waiting (a full queue is an
+//! answer, not a wait), and the connection's writer task drains everything queued in one
+//! go and flushes once. The queue is a `VecDeque` behind a std mutex rather than a tokio
+//! channel because an idle connection then holds no buffer at all: a tokio mpsc channel
+//! allocates its first block of slots up front, which matters at 10,000 idle dashboards.
+//!
+//! The mailbox also carries the close decision: a room that finds the queue full, a newer
+//! connection that replaces this one, or a shutdown sets a [`Close`] and wakes the writer.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use tokio::sync::Notify;
+
+use crate::protocol::Frame;
+
+/// Why and how a connection is being closed by the hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Close {
+    /// RFC 6455 close code.
+    pub code: u16,
+    /// Close reason sent to the peer.
+    pub reason: &'static str,
+    /// Whether frames already queued are sent before the close frame. A slow or replaced
+    /// client gets the close at once; a shutdown flushes first.
+    pub flush_first: bool,
+}
+
+impl Close {
+    /// The queue filled up: the client reads slower than the room produces.
+    pub(crate) const SLOW_CONSUMER: Close = Close {
+        code: 1013,
+        reason: "slow consumer",
+        flush_first: false,
+    };
+    /// A newer connection with the same (room, client) took over.
+    pub(crate) const REPLACED: Close = Close {
+        code: 4000,
+        reason: "replaced",
+        flush_first: false,
+    };
+    /// The hub is stopping.
+    pub(crate) const GOING_AWAY: Close = Close {
+        code: 1001,
+        reason: "server shutting down",
+        flush_first: true,
+    };
+    /// The client answered nothing for two ping intervals.
+    pub(crate) const TIMED_OUT: Close = Close {
+        code: 1001,
+        reason: "ping timeout",
+        flush_first: false,
+    };
+
+    /// The answer to a client's close frame: its own code echoed (RFC 6455 5.5.1).
+    pub(crate) fn answer(code: Option<u16>) -> Close {
+        Close {
+            code: code.unwrap_or(1000),
+            reason: "",
+            flush_first: false,
+        }
+    }
+
+    /// The close for a frame the hub cannot accept (1002, 1007, 1009).
+    pub(crate) fn refuse(code: u16) -> Close {
+        let reason = match code {
+            1009 => "frame too large",
+            1007 => "invalid utf-8",
+            _ => "protocol error",
+        };
+        Close {
+            code,
+            reason,
+            flush_first: true,
+        }
+    }
+}
+
+/// What became of a pushed frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Push {
+    Queued,
+    /// The queue is at capacity; the frame was not queued.
+    Full,
+    /// The connection is closing; the frame was dropped.
+    Closed,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Frame>,
+    close: Option<Close>,
+    /// Room above `capacity` granted by `push_all` (a join's replay) until the writer
+    /// next drains the queue, so live readings that arrive meanwhile still fit.
+    extra: usize,
+}
+
+/// A bounded queue of frames for one connection, plus its close latch.
+pub(crate) struct Mailbox {
+    state: Mutex<State>,
+    /// Wakes the writer for new frames or a close.
+    ready: Notify,
+    /// Wakes a writer blocked on a full socket when it must give up and close at once.
+    urgent: Notify,
+    capacity: usize,
+}
+
+impl Mailbox {
+    pub(crate) fn new(capacity: usize) -> Mailbox {
+        Mailbox {
+            state: Mutex::new(State::default()),
+            ready: Notify::new(),
+            urgent: Notify::new(),
+            capacity,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the queue inconsistent (every
+        // operation is a single VecDeque call), so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a frame unless the queue is full or closing. Never waits.
+    pub(crate) fn push(&self, frame: Frame) -> Push {
+        let mut s = self.lock();
+        if s.close.is_some() {
+            return Push::Closed;
+        }
+        if s.queue.len() >= self.capacity + s.extra {
+            return Push::Full;
+        }
+        let was_empty = s.queue.is_empty();
+        s.queue.push_back(frame);
+        drop(s);
+        if was_empty {
+            self.ready.notify_one();
+        }
+        Push::Queued
+    }
+
+    /// Queues frames regardless of capacity: used once, at join, for the welcome and the
+    /// replay of missed readings, whose size the history bounds.
+    pub(crate) fn push_all(&self, frames: impl IntoIterator<Item = Frame>) {
+        let mut s = self.lock();
+        if s.close.is_some() {
+            return;
+        }
+        let before = s.queue.len();
+        s.queue.extend(frames);
+        s.extra += s.queue.len() - before;
+        drop(s);
+        self.ready.notify_one();
+    }
+
+    /// Asks the writer to close the connection. The first close wins.
+    pub(crate) fn close(&self, close: Close) {
+        let mut s = self.lock();
+        if s.close.is_some() {
+            return;
+        }
+        s.close = Some(close);
+        if !close.flush_first {
+            s.queue = VecDeque::new();
+        }
+        drop(s);
+        self.ready.notify_one();
+        if !close.flush_first {
+            self.urgent.notify_one();
+        }
+    }
+
+    /// The close decided so far, if any.
+    pub(crate) fn closing(&self) -> Option<Close> {
+        self.lock().close
+    }
+
+    /// Takes every queued frame (the whole queue, leaving none of its memory behind, so
+    /// an idle connection holds no queue) and the close decision, if any.
+    pub(crate) fn take(&self) -> (VecDeque<Frame>, Option<Close>) {
+        let mut s = self.lock();
+        // The writer drains the join's replay here: from now on the capacity is plain.
+        s.extra = 0;
+        (std::mem::take(&mut s.queue), s.close)
+    }
+
+    /// Waits until something was pushed or a close was decided.
+    pub(crate) async fn ready(&self) {
+        self.ready.notified().await
+    }
+
+    /// Waits until a close that must not wait for the queue (slow consumer, replaced).
+    pub(crate) async fn urgent(&self) {
+        self.urgent.notified().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(s: &str) -> Frame {
+        crate::net::ws::codec::text(s)
+    }
+
+    #[test]
+    fn bounded_and_closing() {
+        let o = Mailbox::new(2);
+        assert_eq!(o.push(f("a")), Push::Queued);
+        assert_eq!(o.push(f("b")), Push::Queued);
+        assert_eq!(o.push(f("c")), Push::Full);
+        let (batch, close) = o.take();
+        assert_eq!((batch.len(), close), (2, None));
+        o.close(Close::SLOW_CONSUMER);
+        assert_eq!(o.push(f("d")), Push::Closed);
+        o.close(Close::GOING_AWAY);
+        assert_eq!(o.closing(), Some(Close::SLOW_CONSUMER), "first close wins");
+    }
+
+    #[test]
+    fn shutdown_keeps_the_queue_and_slow_consumer_drops_it() {
+        let o = Mailbox::new(4);
+        o.push(f("a"));
+        o.close(Close::GOING_AWAY);
+        let (batch, close) = o.take();
+        assert_eq!((batch.len(), close), (1, Some(Close::GOING_AWAY)));
+
+        let o = Mailbox::new(4);
+        o.push(f("a"));
+        o.close(Close::SLOW_CONSUMER);
+        assert!(o.take().0.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_push_wakes_the_writer_even_before_it_waits() {
+        let o = Mailbox::new(4);
+        o.push(f("a"));
+        tokio::time::timeout(std::time::Duration::from_secs(1), o.ready())
+            .await
+            .expect("the permit was stored");
+    }
+}

@@ -1,0 +1,287 @@
+//! The hub: the registry of rooms, and the one seam through which anything enters a room.
+//!
+//! The middle of the data flow. Sources (a WebSocket client, a bridged MQTT device) never
+//! touch a [`Room`] directly: they `join` and get a [`Membership`], then `publish`,
+//! `command` and `ack` through the hub. That seam is where a multi-hub deployment would
+//! forward readings to other hubs (for example through Redis) without any change to the
+//! sources.
+//!
+//! - [`room`]: one room's members, offset and fan-out of one encoded frame.
+//! - [`dedup`]: per-device windows of recent `seq`s (resends are dropped).
+//! - [`commands`]: commands waiting for their ack.
+//! - [`mailbox`]: the bounded queue of frames for one member, drained by a sink.
+
+pub(crate) mod commands;
+pub(crate) mod dedup;
+pub(crate) mod mailbox;
+pub(crate) mod room;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use crate::config::LimitsConfig;
+use crate::hub::mailbox::{Close, Mailbox};
+use crate::hub::room::{Member, Published, Room, RoomSummary, Since};
+use crate::metrics::{Metrics, Rejection};
+use crate::protocol::{AckIn, CommandIn, ProtoError, ReadingIn, Role, Via};
+use crate::sinks::history::History;
+
+/// A cheap, cloneable handle to the hub's shared state.
+#[derive(Clone)]
+pub(crate) struct Hub {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    rooms: Mutex<HashMap<Arc<str>, Arc<Room>>>,
+    limits: LimitsConfig,
+    metrics: Metrics,
+    next_conn: AtomicU64,
+    /// Every room's history; a new room takes its epoch and offset from here.
+    history: History,
+    /// Set once at start-up: who else sees WebSocket devices' readings.
+    taps: OnceLock<Box<[Arc<dyn ReadingTap>]>>,
+}
+
+/// Sees every message of readings a WebSocket device publishes, after its room took
+/// them: the MQTT bridge's `mirror`. Called outside any lock, on the device's session
+/// task, so it must not block (the bridge queues without waiting, or drops and counts).
+pub(crate) trait ReadingTap: Send + Sync + 'static {
+    /// `items` as the device sent them; a missing `ts` means `now_ms`.
+    fn readings(&self, room: &str, device: &str, items: &[ReadingIn], now_ms: i64);
+}
+
+/// Why a join was refused (before the WebSocket upgrade, as an HTTP 503).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum JoinError {
+    #[error("the hub holds its maximum number of rooms")]
+    TooManyRooms,
+    #[error("the room holds its maximum number of members")]
+    RoomFull,
+}
+
+impl JoinError {
+    pub(crate) fn rejection(self) -> Rejection {
+        match self {
+            JoinError::TooManyRooms => Rejection::TooManyRooms,
+            JoinError::RoomFull => Rejection::RoomFull,
+        }
+    }
+}
+
+/// A member's place in a room. Dropping it leaves the room (with a `presence` leave for
+/// the others), so a connection task that ends for any reason cleans up after itself.
+pub(crate) struct Membership {
+    hub: Hub,
+    room: Arc<Room>,
+    client: Arc<str>,
+    role: Role,
+    via: Via,
+    conn: u64,
+    mailbox: Arc<Mailbox>,
+}
+
+impl Membership {
+    pub(crate) fn room(&self) -> &Arc<Room> {
+        &self.room
+    }
+    pub(crate) fn client(&self) -> &Arc<str> {
+        &self.client
+    }
+    pub(crate) fn role(&self) -> Role {
+        self.role
+    }
+    pub(crate) fn mailbox(&self) -> &Arc<Mailbox> {
+        &self.mailbox
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.room
+            .leave(&self.client, self.conn, &self.hub.inner.metrics);
+        self.hub.inner.metrics.connected(self.role, -1);
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl Hub {
+    pub(crate) fn new(limits: LimitsConfig, history: History) -> Hub {
+        Hub {
+            inner: Arc::new(Inner {
+                rooms: Mutex::new(HashMap::new()),
+                limits,
+                metrics: Metrics::default(),
+                next_conn: AtomicU64::new(1),
+                history,
+                taps: OnceLock::new(),
+            }),
+        }
+    }
+
+    pub(crate) fn history(&self) -> &History {
+        &self.inner.history
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    pub(crate) fn limits(&self) -> &LimitsConfig {
+        &self.inner.limits
+    }
+
+    fn rooms(&self) -> MutexGuard<'_, HashMap<Arc<str>, Arc<Room>>> {
+        // Map operations cannot leave the map half-changed, so poison is harmless.
+        self.inner.rooms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Joins `client` to `room` (creating the room if needed) with a fresh mailbox. The
+    /// welcome (and for a dashboard the snapshot and, with `since`, the replay) is
+    /// already queued in the returned membership's mailbox.
+    pub(crate) fn join(
+        &self,
+        room: &str,
+        client: &str,
+        role: Role,
+        via: Via,
+        since: Option<Since<'_>>,
+    ) -> Result<Membership, JoinError> {
+        let mailbox = Arc::new(Mailbox::new(self.inner.limits.outbound_queue));
+        let conn = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
+        let client: Arc<str> = client.into();
+        let room = {
+            // The map stays locked across the room's join so that the sweeper cannot
+            // free a room between our lookup and our arrival.
+            let mut rooms = self.rooms();
+            let room = match rooms.get(room) {
+                Some(r) => r.clone(),
+                None => {
+                    if rooms.len() >= self.inner.limits.max_rooms {
+                        return Err(JoinError::TooManyRooms);
+                    }
+                    let name: Arc<str> = room.into();
+                    let history = self.inner.history.room(&name);
+                    let r = Arc::new(Room::new(name.clone(), history));
+                    rooms.insert(name, r.clone());
+                    r
+                }
+            };
+            let member = Member {
+                role,
+                via,
+                conn,
+                mailbox: mailbox.clone(),
+            };
+            if !room.join(
+                &client,
+                member,
+                self.inner.limits.max_members_per_room,
+                since,
+                &self.inner.metrics,
+            ) {
+                return Err(JoinError::RoomFull);
+            }
+            room
+        };
+        self.inner.metrics.connected(role, 1);
+        Ok(Membership {
+            hub: self.clone(),
+            room,
+            client,
+            role,
+            via,
+            conn,
+            mailbox,
+        })
+    }
+
+    /// Publishes a device's readings into its room: the seam every reading goes through.
+    pub(crate) fn publish(&self, from: &Membership, items: Vec<ReadingIn>) -> Published {
+        let now = now_ms();
+        let taps = match self.inner.taps.get() {
+            Some(taps) if from.via == Via::Ws && !taps.is_empty() => Some((taps, items.clone())),
+            _ => None,
+        };
+        let published = from.room.publish(
+            &from.client,
+            items,
+            now,
+            self.inner.limits.max_members_per_room * 2,
+            &self.inner.metrics,
+        );
+        let m = &self.inner.metrics;
+        m.readings_in
+            .fetch_add(published.accepted as u64, Ordering::Relaxed);
+        m.duplicates
+            .fetch_add(published.duplicates as u64, Ordering::Relaxed);
+        if let Some((taps, items)) = taps {
+            if published.accepted > 0 {
+                for tap in taps.iter() {
+                    tap.readings(&from.room.name, &from.client, &items, now);
+                }
+            }
+        }
+        published
+    }
+
+    /// Installs the reading taps (once, at start-up; later calls are ignored).
+    pub(crate) fn set_taps(&self, taps: Vec<Arc<dyn ReadingTap>>) {
+        let _ = self.inner.taps.set(taps.into_boxed_slice());
+    }
+
+    /// Forwards a dashboard's command to a device in the same room.
+    pub(crate) fn command(&self, from: &Membership, cmd: &CommandIn) -> Result<(), ProtoError> {
+        from.room.command(
+            &from.client,
+            from.conn,
+            cmd,
+            self.inner.limits.max_pending_commands,
+            Duration::from_millis(self.inner.limits.command_timeout_ms),
+        )?;
+        self.inner.metrics.commands.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Routes a device's ack back to the dashboard that sent the command.
+    pub(crate) fn ack(&self, from: &Membership, ack: &AckIn) -> Result<(), ProtoError> {
+        from.room.ack(&from.client, ack, &self.inner.metrics)
+    }
+
+    /// Every room, sorted by name.
+    pub(crate) fn summaries(&self) -> Vec<RoomSummary> {
+        let rooms: Vec<Arc<Room>> = self.rooms().values().cloned().collect();
+        let mut out: Vec<RoomSummary> = rooms.iter().map(|r| r.summary()).collect();
+        out.sort_by(|a, b| a.room.cmp(&b.room));
+        out
+    }
+
+    pub(crate) fn room_count(&self) -> usize {
+        self.rooms().len()
+    }
+
+    /// Frees rooms that have been empty for `limits.empty_room_ttl_ms` and forgets
+    /// commands that waited too long for an ack. Called periodically by the server.
+    pub(crate) fn sweep(&self) {
+        let ttl = Duration::from_millis(self.inner.limits.empty_room_ttl_ms);
+        let timeout = Duration::from_millis(self.inner.limits.command_timeout_ms);
+        let mut rooms = self.rooms();
+        rooms.retain(|_, room| !room.empty_for(ttl));
+        for room in rooms.values() {
+            room.expire_commands(timeout);
+        }
+    }
+
+    /// Asks every connection to close with `close` (shutdown: 1001 after a flush).
+    pub(crate) fn close_all(&self, close: Close) {
+        let rooms: Vec<Arc<Room>> = self.rooms().values().cloned().collect();
+        for room in rooms {
+            room.close_all(close);
+        }
+    }
+}

@@ -1,0 +1,428 @@
+//! One room: its members, its reading offset, pending commands and duplicate detection,
+//! and the fan-out of readings to its dashboards.
+//!
+//! All state sits behind one std mutex per room. Every operation is short and
+//! synchronous (no `.await` while locked): pushing to a member is a non-blocking
+//! [`Mailbox::push`], so a slow dashboard costs the room one failed push and a close, never
+//! a wait. Readings are stamped with their offset and serialised once under the lock, so
+//! offsets and per-device order are the same for every dashboard.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::hub::commands::{Pending, PendingCommands};
+use crate::hub::dedup::SeqWindow;
+use crate::hub::mailbox::{Close, Mailbox, Push};
+use crate::metrics::Metrics;
+use crate::protocol::{
+    self, AckIn, CommandIn, ErrorCode, Frame, MemberInfo, ProtoError, ReadingIn, ReadingOut, Role,
+    Via,
+};
+use crate::sinks::history::{Record, RoomHistory};
+
+/// A connected member of a room.
+#[derive(Clone)]
+pub(crate) struct Member {
+    pub role: Role,
+    pub via: Via,
+    /// Distinguishes this connection from an older or newer one with the same client id.
+    pub conn: u64,
+    pub mailbox: Arc<Mailbox>,
+}
+
+/// A room and its lock.
+pub(crate) struct Room {
+    pub name: Arc<str>,
+    /// Names this room's offset sequence (see `docs/PROTOCOL.md`); taken from the
+    /// room's history, so it survives a restart of a hub with durable history.
+    pub epoch: Arc<str>,
+    /// Where every accepted reading is recorded, under this room's lock, in offset order.
+    history: Arc<RoomHistory>,
+    state: Mutex<RoomState>,
+}
+
+/// A dashboard's `?since=OFFSET[&epoch=EPOCH]`: what it saw before it reconnected.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Since<'a> {
+    pub offset: u64,
+    pub epoch: Option<&'a str>,
+}
+
+#[derive(Default)]
+struct RoomState {
+    members: HashMap<Arc<str>, Member>,
+    /// The mailboxes of the dashboards, kept beside `members` so that fan-out walks a
+    /// dense vector instead of a map.
+    subscribers: Vec<(u64, Arc<Mailbox>)>,
+    offset: u64,
+    pending: PendingCommands,
+    dedup: HashMap<Arc<str>, SeqWindow>,
+    /// When the last member left; `None` while the room has members.
+    empty_since: Option<Instant>,
+}
+
+/// What became of a device message's readings.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Published {
+    pub accepted: usize,
+    pub duplicates: usize,
+    /// Highest `seq` among the message's readings (accepted or duplicate).
+    pub max_seq: Option<u64>,
+    /// Readings refused because they would create a series past `history.max_series`.
+    pub series_limited: usize,
+}
+
+/// A room as `GET /api/rooms` lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct RoomSummary {
+    pub room: Arc<str>,
+    pub offset: u64,
+    pub epoch: Arc<str>,
+    pub devices: Vec<MemberSummary>,
+    pub dashboards: Vec<MemberSummary>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct MemberSummary {
+    pub client: Arc<str>,
+    pub via: Via,
+}
+
+/// Queues `frame` for one member; a full queue closes it as a slow consumer.
+fn deliver(mailbox: &Mailbox, frame: Frame, metrics: &Metrics) {
+    if mailbox.push(frame) == Push::Full {
+        mailbox.close(Close::SLOW_CONSUMER);
+        metrics
+            .slow_consumers
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Room {
+    /// A room whose epoch and offset continue from its history (a fresh epoch and
+    /// offset 0 when the hub has none for it).
+    pub(crate) fn new(name: Arc<str>, history: Arc<RoomHistory>) -> Room {
+        // The seqs the history already holds count as seen, so a device that resends
+        // readings across a hub restart (their `accepted` was lost with the old process)
+        // does not get them stored twice.
+        let mut dedup: HashMap<Arc<str>, SeqWindow> = HashMap::new();
+        history.replay(0, None, |e| {
+            if let Some(seq) = e.seq {
+                match dedup.get_mut(e.device) {
+                    Some(window) => {
+                        window.insert(seq);
+                    }
+                    None => {
+                        let mut window = SeqWindow::default();
+                        window.insert(seq);
+                        dedup.insert(e.device.into(), window);
+                    }
+                }
+            }
+        });
+        let state = RoomState {
+            offset: history.offset(),
+            dedup,
+            ..RoomState::default()
+        };
+        Room {
+            name,
+            epoch: history.epoch().clone(),
+            history,
+            state: Mutex::new(state),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, RoomState> {
+        // Room operations keep the state consistent at every step that can panic, so a
+        // poisoned lock (a panic elsewhere while holding it) is still safe to use.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a member, replacing (close 4000) an older connection with the same client id.
+    /// The welcome is queued first, under the lock, so no reading can precede it.
+    /// Returns false if the room is full.
+    ///
+    /// A dashboard then gets the `snapshot` of the room's last values and, with `since`,
+    /// the replay of the readings it missed; both are queued in the same critical section
+    /// that adds it to the subscribers, which is the one `publish` takes, so the replay
+    /// and the live stream meet with no gap and no duplicate.
+    pub(crate) fn join(
+        &self,
+        client: &Arc<str>,
+        member: Member,
+        max_members: usize,
+        since: Option<Since<'_>>,
+        metrics: &Metrics,
+    ) -> bool {
+        let mut st = self.lock();
+        let replacing = st.members.get(client).cloned();
+        if replacing.is_none() && st.members.len() >= max_members {
+            return false;
+        }
+        if let Some(old) = &replacing {
+            old.mailbox.close(Close::REPLACED);
+            st.subscribers.retain(|(conn, _)| *conn != old.conn);
+        }
+        let others: Vec<MemberInfo> = st
+            .members
+            .iter()
+            .filter(|(c, _)| *c != client)
+            .map(|(c, m)| MemberInfo {
+                client: c,
+                role: m.role,
+                via: m.via,
+            })
+            .collect();
+        let mut frames = Vec::new();
+        let mut recovered = None;
+        if member.role == Role::Dashboard {
+            // A room with no series yet has nothing to show: no snapshot then.
+            let snapshot = self.history.snapshot(|all| {
+                let series: Vec<_> = all.iter().map(protocol::snapshot_entry).collect();
+                (!series.is_empty()).then(|| protocol::snapshot_frame(&series))
+            });
+            frames.extend(snapshot);
+            if let Some(since) = since {
+                let recovery = self.history.replay(since.offset, since.epoch, |e| {
+                    frames.push(protocol::reading_frame(&ReadingOut {
+                        room: &self.name,
+                        device: e.device,
+                        metric: e.metric,
+                        value: e.value,
+                        unit: e.unit,
+                        ts: e.ts,
+                        seq: e.seq,
+                        offset: e.offset,
+                    }))
+                });
+                recovered = Some(recovery.recovered);
+            }
+        }
+        let welcome = protocol::welcome(
+            &self.name,
+            client,
+            member.role,
+            st.offset,
+            &self.epoch,
+            &others,
+            recovered,
+        );
+        member
+            .mailbox
+            .push_all(std::iter::once(welcome).chain(frames));
+        let join = protocol::presence("join", client, member.role, member.via);
+        for (c, m) in st.members.iter() {
+            if c != client {
+                deliver(&m.mailbox, join.clone(), metrics);
+            }
+        }
+        if member.role == Role::Dashboard {
+            st.subscribers.push((member.conn, member.mailbox.clone()));
+        }
+        st.members.insert(client.clone(), member);
+        st.empty_since = None;
+        true
+    }
+
+    /// Removes the member if `conn` is still its connection (a replaced connection leaves
+    /// silently: its successor is already in).
+    pub(crate) fn leave(&self, client: &str, conn: u64, metrics: &Metrics) {
+        let mut st = self.lock();
+        let Some(member) = st.members.get(client) else {
+            return;
+        };
+        if member.conn != conn {
+            return;
+        }
+        let role = member.role;
+        let via = member.via;
+        st.members.remove(client);
+        st.subscribers.retain(|(c, _)| *c != conn);
+        st.pending.forget_connection(conn);
+        let leave = protocol::presence("leave", client, role, via);
+        for m in st.members.values() {
+            deliver(&m.mailbox, leave.clone(), metrics);
+        }
+        if st.members.is_empty() {
+            st.empty_since = Some(Instant::now());
+        }
+    }
+
+    /// Stamps, serialises once and fans out a device's readings, in order.
+    pub(crate) fn publish(
+        &self,
+        device: &Arc<str>,
+        items: Vec<ReadingIn>,
+        now_ms: i64,
+        max_dedup: usize,
+        metrics: &Metrics,
+    ) -> Published {
+        let mut out = Published::default();
+        let mut st = self.lock();
+        let st = &mut *st;
+        for item in items {
+            if let Some(seq) = item.seq {
+                if !st.dedup.contains_key(device) && st.dedup.len() >= max_dedup {
+                    // Forget the windows of devices that are gone before refusing to
+                    // remember a new one; the map stays bounded either way.
+                    let members = &st.members;
+                    st.dedup.retain(|d, _| members.contains_key(d));
+                }
+                if st.dedup.len() < max_dedup || st.dedup.contains_key(device) {
+                    let window = st.dedup.entry(device.clone()).or_default();
+                    if !window.insert(seq) {
+                        out.duplicates += 1;
+                        out.max_seq = Some(out.max_seq.map_or(seq, |m: u64| m.max(seq)));
+                        continue;
+                    }
+                }
+            }
+            let ts = item.ts.unwrap_or(now_ms);
+            let recorded = self.history.record(&Record {
+                device,
+                metric: &item.metric,
+                unit: item.unit.as_deref(),
+                ts,
+                value: item.value,
+                seq: item.seq,
+            });
+            let Ok(offset) = recorded else {
+                // Past `history.max_series`: refused, so forget its seq (a resend after
+                // the cap is raised or series expire must not count as a duplicate).
+                if let (Some(seq), Some(window)) = (item.seq, st.dedup.get_mut(device)) {
+                    window.remove(seq);
+                }
+                out.series_limited += 1;
+                continue;
+            };
+            if let Some(seq) = item.seq {
+                out.max_seq = Some(out.max_seq.map_or(seq, |m: u64| m.max(seq)));
+            }
+            st.offset = offset;
+            let frame = protocol::reading_frame(&ReadingOut {
+                room: &self.name,
+                device,
+                metric: &item.metric,
+                value: item.value,
+                unit: item.unit.as_deref(),
+                ts,
+                seq: item.seq,
+                offset,
+            });
+            for (_, mailbox) in &st.subscribers {
+                deliver(mailbox, frame.clone(), metrics);
+            }
+            metrics.frames_out.fetch_add(
+                st.subscribers.len() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            out.accepted += 1;
+        }
+        out
+    }
+
+    /// Forwards a dashboard's command to a device of this room and remembers who asked.
+    pub(crate) fn command(
+        &self,
+        from: &Arc<str>,
+        from_conn: u64,
+        cmd: &CommandIn,
+        max_pending: usize,
+        timeout: Duration,
+    ) -> Result<(), ProtoError> {
+        let mut st = self.lock();
+        let device = match st.members.get_key_value(cmd.to.as_str()) {
+            Some((name, m)) if m.role == Role::Device => (name.clone(), m.mailbox.clone()),
+            _ => {
+                return Err(ProtoError::new(
+                    ErrorCode::UnknownDevice,
+                    format!("no device `{}` in room `{}`", cmd.to, self.name),
+                )
+                .with_id(&cmd.id))
+            }
+        };
+        st.pending.admit(&cmd.id, max_pending, timeout)?;
+        let frame = protocol::command_frame(&cmd.id, from, &cmd.name, cmd.args.as_deref());
+        if device.1.push(frame) != Push::Queued {
+            // The device is not reading (full queue) or is closing; say so rather than
+            // leave the dashboard waiting for an ack that cannot come.
+            return Err(ProtoError::new(
+                ErrorCode::UnknownDevice,
+                format!("device `{}` is not accepting commands now", cmd.to),
+            )
+            .with_id(&cmd.id));
+        }
+        st.pending.insert(
+            cmd.id.clone(),
+            Pending {
+                dashboard: from.clone(),
+                dashboard_conn: from_conn,
+                device: device.0,
+                since: Instant::now(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Routes a device's ack to the dashboard that sent the command.
+    pub(crate) fn ack(
+        &self,
+        device: &str,
+        ack: &AckIn,
+        metrics: &Metrics,
+    ) -> Result<(), ProtoError> {
+        let mut st = self.lock();
+        let p = st.pending.take(&ack.id, device)?;
+        if let Some(m) = st.members.get(&p.dashboard) {
+            if m.conn == p.dashboard_conn {
+                let frame = protocol::ack_frame(&ack.id, device, ack.ok, ack.result.as_deref());
+                deliver(&m.mailbox, frame, metrics);
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets commands older than `timeout`.
+    pub(crate) fn expire_commands(&self, timeout: Duration) {
+        self.lock().pending.expire(timeout);
+    }
+
+    /// True if the room has been empty for at least `ttl`.
+    pub(crate) fn empty_for(&self, ttl: Duration) -> bool {
+        self.lock().empty_since.is_some_and(|t| t.elapsed() >= ttl)
+    }
+
+    pub(crate) fn summary(&self) -> RoomSummary {
+        let st = self.lock();
+        let mut devices = Vec::new();
+        let mut dashboards = Vec::new();
+        for (client, m) in &st.members {
+            let entry = MemberSummary {
+                client: client.clone(),
+                via: m.via,
+            };
+            match m.role {
+                Role::Device => devices.push(entry),
+                Role::Dashboard => dashboards.push(entry),
+            }
+        }
+        devices.sort_by(|a, b| a.client.cmp(&b.client));
+        dashboards.sort_by(|a, b| a.client.cmp(&b.client));
+        RoomSummary {
+            room: self.name.clone(),
+            offset: st.offset,
+            epoch: self.epoch.clone(),
+            devices,
+            dashboards,
+        }
+    }
+
+    /// Asks every member to close (used by shutdown).
+    pub(crate) fn close_all(&self, close: Close) {
+        for m in self.lock().members.values() {
+            m.mailbox.close(close);
+        }
+    }
+}

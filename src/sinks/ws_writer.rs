@@ -1,0 +1,103 @@
+//! The socket side of a WebSocket member's mailbox: frames the hub queued (readings,
+//! presence, commands, acks, errors) go onto the wire here, up to [`MAX_IOVECS`] of them
+//! per `writev`, straight from the shared, already-encoded bytes.
+//!
+//! A sink at the end of the fan-out: the room pushes each reading's frame into every
+//! dashboard's [`Mailbox`](crate::hub::mailbox::Mailbox) once, and the connection's loop
+//! ([`crate::sources::ws_client`]) hands what it takes from the mailbox to an [`Unsent`]
+//! whose progress survives being dropped mid-write by `select!`.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+
+use crate::hub::mailbox::Close;
+use crate::net::ws::codec;
+use crate::protocol::Frame;
+
+/// How long the writer may take to put the close frame on a socket whose peer does not
+/// read, before the connection is simply dropped.
+const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Frames handed to one `writev` call at most.
+const MAX_IOVECS: usize = 64;
+
+/// Writes the rest of a frame already begun, then the close frame, then ends our side of
+/// the TCP stream; gives up after [`CLOSE_WRITE_TIMEOUT`] on a peer that does not read.
+pub(crate) async fn send_close(io: &mut OwnedWriteHalf, out: &mut Unsent, close: Close) {
+    let frame = codec::close(close.code, close.reason);
+    let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, async {
+        out.write(io).await?;
+        io.write_all(&frame).await?;
+        io.shutdown().await
+    })
+    .await;
+}
+
+/// Frames taken from the mailbox and not yet on the wire, and how much of the first one is
+/// already written. Progress is recorded only after a write returns, so dropping a write
+/// future (when `select!` picks another branch) loses nothing.
+#[derive(Default)]
+pub(crate) struct Unsent {
+    pub(crate) frames: VecDeque<Frame>,
+    offset: usize,
+}
+
+impl Unsent {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// Writes every frame, [`MAX_IOVECS`] to a `writev`.
+    pub(crate) async fn write(&mut self, io: &mut OwnedWriteHalf) -> std::io::Result<()> {
+        while !self.is_empty() {
+            self.write_some(io).await?;
+        }
+        Ok(())
+    }
+
+    /// One `writev` of up to [`MAX_IOVECS`] frames.
+    async fn write_some(&mut self, io: &mut OwnedWriteHalf) -> std::io::Result<()> {
+        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+        let mut n = 0;
+        for (i, f) in self.frames.iter().take(MAX_IOVECS).enumerate() {
+            slices[i] = IoSlice::new(if i == 0 { &f[self.offset..] } else { &f[..] });
+            n += 1;
+        }
+        let mut written = io.write_vectored(&slices[..n]).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while written > 0 {
+            let Some(front) = self.frames.front() else {
+                break;
+            };
+            let left = front.len() - self.offset;
+            if written >= left {
+                written -= left;
+                self.frames.pop_front();
+                self.offset = 0;
+            } else {
+                self.offset += written;
+                written = 0;
+            }
+        }
+        if self.frames.is_empty() {
+            // Give the queue's memory back: an idle connection holds none.
+            self.frames = VecDeque::new();
+        }
+        Ok(())
+    }
+
+    /// Drops every frame not yet begun; a frame partly on the wire must be finished
+    /// before anything else (the close frame) can follow it.
+    pub(crate) fn abandon(&mut self) {
+        if self.offset > 0 {
+            self.frames.truncate(1);
+        } else {
+            self.frames = VecDeque::new();
+        }
+    }
+}
