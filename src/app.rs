@@ -34,7 +34,7 @@ pub enum ServerError {
     #[error("cannot read the listener's address: {0}")]
     Listener(#[from] std::io::Error),
     #[error("cannot open history: {0}")]
-    History(#[from] crate::sinks::history::HistoryError),
+    History(#[from] crate::sinks::store::StoreError),
     /// An MQTT bridge cannot be set up (bad config, unreadable CA file).
     #[error(transparent)]
     Bridge(#[from] crate::sources::mqtt::BridgeError),

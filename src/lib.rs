@@ -29,6 +29,7 @@
 
 pub(crate) mod api;
 pub(crate) mod app;
+pub(crate) mod clock;
 pub(crate) mod config;
 pub(crate) mod hub;
 pub(crate) mod metrics;
@@ -61,6 +62,7 @@ pub mod mqtt {
 
 /// History as a component, for benchmarks that time it without a hub.
 pub mod history {
+    pub use crate::sinks::history::room::RoomHistory;
     pub(crate) use crate::sinks::history::Replayed;
-    pub use crate::sinks::history::{History, HistoryConfig, HistoryError, Record, RoomHistory};
+    pub use crate::sinks::history::{History, HistoryConfig, HistoryError, Record};
 }

@@ -15,8 +15,9 @@ use warp::reply::Response;
 use super::error::{respond, ApiError};
 use super::params::Params;
 use super::{blocking, find_room_history, with_type};
+use crate::clock::now_ms;
 use crate::hub::Hub;
-use crate::sinks::history::{now_ms, Query, QueryResult, MAX_QUERY_LIMIT};
+use crate::sinks::history::{Query, QueryResult, MAX_QUERY_LIMIT};
 
 /// `GET /api/rooms/{room}/history`
 pub(crate) async fn history(

@@ -2,8 +2,8 @@
 //! known ones, and each checked with an error that names it.
 
 use super::error::ApiError;
+use crate::clock::{parse_duration, parse_time};
 use crate::protocol::{valid_id, valid_metric};
-use crate::sinks::history::{parse_duration, parse_time};
 
 /// The query parameters of a request: each at most once, and only the known ones.
 pub(crate) struct Params(Vec<(String, String)>);

@@ -6,9 +6,9 @@ use warp::reply::Response;
 use super::error::{respond, ApiError};
 use super::params::Params;
 use super::{find_room_history, with_type};
+use crate::clock::{now_ms, parse_duration};
 use crate::hub::Hub;
 use crate::render::plot::{self, Format, PlotOptions, Theme};
-use crate::sinks::history::{now_ms, parse_duration};
 
 /// Default window of a plot.
 const DEFAULT_WINDOW: &str = "15m";

@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub(crate) use crate::sinks::history::HistoryConfig;
+mod history;
+
+pub use history::HistoryConfig;
 
 /// Every setting of the hub. Each section has its own struct with defaults.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -7,3 +7,21 @@
 pub(crate) mod history;
 pub(crate) mod store;
 pub(crate) mod ws_writer;
+
+use history::{History, HistoryConfig};
+use store::{Store, StoreError};
+
+impl History {
+    /// Opens history as `config` says: with `persist`, opens (or creates) the database
+    /// in `data_dir`, reloads each room's epoch, last offset and its readings within the
+    /// retention window, and starts the store's writer. Defined here, where both sinks
+    /// are known, so that history needs only its [`Durable`](history::durable::Durable)
+    /// seam and the store imports history, never the other way round.
+    pub fn open(config: HistoryConfig) -> Result<History, StoreError> {
+        if !config.persist {
+            return Ok(History::in_memory(config));
+        }
+        let (store, loaded) = Store::open(&config)?;
+        Ok(History::durable(config, Box::new(store), loaded))
+    }
+}

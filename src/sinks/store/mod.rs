@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::sinks::history::{HistoryConfig, SeriesKey};
+use crate::config::HistoryConfig;
+use crate::sinks::history::durable::{Durable, Loaded, StoredReading};
+use crate::sinks::history::SeriesKey;
 
 /// Messages queued for the writer at most. When the queue is full (the disk cannot keep
 /// up with a burst of more than this many readings within a flush), a reading is still
@@ -55,27 +57,6 @@ pub enum StoreError {
     },
     #[error("cannot start the store writer thread: {0}")]
     Thread(std::io::Error),
-}
-
-/// One reading as the store keeps it (and gives back on start).
-#[derive(Debug, Clone)]
-pub(crate) struct StoredReading {
-    pub room: Arc<str>,
-    pub key: Arc<SeriesKey>,
-    pub unit: Option<Arc<str>>,
-    pub ts: i64,
-    pub value: f64,
-    pub seq: Option<u64>,
-    pub offset: u64,
-}
-
-/// What the database held at start.
-#[derive(Debug, Default)]
-pub(crate) struct Loaded {
-    /// (room, epoch, last offset).
-    pub rooms: Vec<(Arc<str>, Arc<str>, u64)>,
-    /// Readings within the retention window, by room then offset.
-    pub readings: Vec<StoredReading>,
 }
 
 enum Msg {
@@ -142,7 +123,7 @@ impl Store {
         )
         .map_err(sql)?;
         let retention = config.retention_ms as i64;
-        let cutoff = crate::sinks::history::now_ms().saturating_sub(retention);
+        let cutoff = crate::clock::now_ms().saturating_sub(retention);
         let mut loaded = load(&conn, cutoff).map_err(sql)?;
         // After a crash or `kill -9` the last flush interval's readings are lost, and
         // with them offsets that dashboards may already have seen. Those offsets will be
@@ -161,7 +142,7 @@ impl Store {
                 "history was not closed cleanly (crash or kill -9): rooms get new epochs"
             );
             for (room, epoch, _) in &mut loaded.rooms {
-                *epoch = crate::sinks::history::new_epoch();
+                *epoch = crate::clock::new_epoch();
                 conn.execute(
                     "UPDATE rooms SET epoch = ?2 WHERE room = ?1",
                     params![&**room, &**epoch],
@@ -201,16 +182,6 @@ impl Store {
         ))
     }
 
-    /// Queues a reading for the next commit; never waits (see [`STORE_QUEUE`]).
-    pub(crate) fn push_reading(&self, r: StoredReading) {
-        self.push(Msg::Reading(r));
-    }
-
-    /// Queues a room's new epoch.
-    pub(crate) fn push_room(&self, room: Arc<str>, epoch: Arc<str>) {
-        self.push(Msg::Room { room, epoch });
-    }
-
     fn push(&self, msg: Msg) {
         match self.tx.try_send(msg) {
             Ok(()) => {
@@ -233,14 +204,26 @@ impl Store {
             Err(TrySendError::Disconnected(_)) => {}
         }
     }
+}
+
+impl Durable for Store {
+    /// Queues a reading for the next commit; never waits (see [`STORE_QUEUE`]).
+    fn push_reading(&self, r: StoredReading) {
+        self.push(Msg::Reading(r));
+    }
+
+    /// Queues a room's new epoch.
+    fn push_room(&self, room: Arc<str>, epoch: Arc<str>) {
+        self.push(Msg::Room { room, epoch });
+    }
 
     /// Readings not written because the queue was full.
-    pub(crate) fn dropped(&self) -> u64 {
+    fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
 
     /// Blocks until everything queued so far is committed.
-    pub(crate) fn flush(&self) {
+    fn flush(&self) {
         let (ack_tx, ack_rx) = mpsc::sync_channel(1);
         // Woken before the send too: a full queue drains only when the writer runs.
         self.waker.unpark();
@@ -252,7 +235,7 @@ impl Store {
 
     /// Commits everything queued and stops the writer (clean shutdown); readings
     /// recorded after this are not written. Blocks until the writer has finished.
-    pub(crate) fn close(&self) {
+    fn close(&self) {
         let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(thread) = thread {
             self.waker.unpark();
@@ -410,7 +393,7 @@ impl Writer {
     }
 
     fn enforce_retention(&mut self) {
-        let cutoff = crate::sinks::history::now_ms().saturating_sub(self.retention);
+        let cutoff = crate::clock::now_ms().saturating_sub(self.retention);
         match self
             .conn
             .execute("DELETE FROM readings WHERE ts < ?1", params![cutoff])
@@ -487,7 +470,7 @@ mod tests {
     fn record(h: &History, room: &str, n: usize) {
         let room = h.room(&Arc::from(room));
         let d: Arc<str> = Arc::from("dev");
-        let now = crate::sinks::history::now_ms();
+        let now = crate::clock::now_ms();
         for i in 0..n {
             room.record(&Record {
                 device: &d,
@@ -540,7 +523,7 @@ mod tests {
         let h = History::open(config.clone()).unwrap();
         let room = h.room(&Arc::from("a"));
         let d: Arc<str> = Arc::from("dev");
-        let now = crate::sinks::history::now_ms();
+        let now = crate::clock::now_ms();
         for (ts, v) in [(now - 60_000, 1.0), (now - 30_000, 2.0), (now, 3.0)] {
             room.record(&Record {
                 device: &d,
@@ -620,7 +603,7 @@ mod tests {
                 device: &d,
                 metric: "t",
                 unit: None,
-                ts: crate::sinks::history::now_ms(),
+                ts: crate::clock::now_ms(),
                 value: 0.0,
                 seq: None,
             })

@@ -1,0 +1,149 @@
+//! `[history]`: how much the hub remembers in memory and where it keeps it on disk. Read
+//! by the history rings and the SQLite store alike, so it lives with the configuration
+//! rather than with either of them.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// `[history]`: how much the hub remembers, and where it keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Points kept in memory per (room, device, metric) series; the oldest go first.
+    /// 16 bytes each, so 3,600 points are 56 KiB per series at most.
+    #[serde(default = "default_points_per_series")]
+    pub points_per_series: usize,
+    /// How far back history reaches, in milliseconds: points older than this (by their
+    /// `ts`) leave memory and the database, and a series with no point left is forgotten.
+    #[serde(default = "default_retention_ms")]
+    pub retention_ms: u64,
+    /// Series (room, device, metric) over all rooms at most. A reading that would create
+    /// one more is refused with the error `series_limit`, so a client inventing endless
+    /// metrics or device ids cannot grow memory without bound.
+    #[serde(default = "default_max_series")]
+    pub max_series: usize,
+    /// Readings per room kept in offset order for `?since=` recovery. A dashboard that
+    /// reconnects further behind than this gets `"recovered":false`.
+    #[serde(default = "default_room_log_len")]
+    pub room_log_len: usize,
+    /// Readings kept for recovery over all rooms at most (64 bytes each). When the total
+    /// is reached, a room that records a reading drops its own oldest one, so busy rooms
+    /// shorten their recovery window instead of memory growing with the number of rooms.
+    #[serde(default = "default_max_log_entries")]
+    pub max_log_entries: usize,
+    /// Keep history in an SQLite database under `data_dir`, so a restarted hub keeps its
+    /// rooms' epochs and offsets and the recent window. `false` (or `--no-persist`) runs
+    /// in memory only, and a restarted hub gives every room a new epoch.
+    #[serde(default = "default_persist")]
+    pub persist: bool,
+    /// Directory of the database file `telehub.db` (created if missing).
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// How often buffered readings are committed to the database, in milliseconds. A
+    /// `kill -9` loses at most the readings of the last interval; a clean shutdown loses
+    /// none.
+    #[serde(default = "default_flush_interval_ms")]
+    pub flush_interval_ms: u64,
+}
+
+const fn default_points_per_series() -> usize {
+    3_600
+}
+const fn default_retention_ms() -> u64 {
+    3_600_000
+}
+const fn default_max_series() -> usize {
+    10_000
+}
+const fn default_room_log_len() -> usize {
+    10_000
+}
+const fn default_max_log_entries() -> usize {
+    1_000_000
+}
+const fn default_persist() -> bool {
+    true
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./data")
+}
+const fn default_flush_interval_ms() -> u64 {
+    500
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            points_per_series: default_points_per_series(),
+            retention_ms: default_retention_ms(),
+            max_series: default_max_series(),
+            room_log_len: default_room_log_len(),
+            max_log_entries: default_max_log_entries(),
+            persist: default_persist(),
+            data_dir: default_data_dir(),
+            flush_interval_ms: default_flush_interval_ms(),
+        }
+    }
+}
+
+impl HistoryConfig {
+    /// Checks the values serde cannot; names the key (`history.…`) that is wrong.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.points_per_series == 0 || self.points_per_series > 10_000_000 {
+            return Err(("history.points_per_series", "must be 1 to 10000000".into()));
+        }
+        if self.retention_ms < 1_000 {
+            return Err(("history.retention_ms", "must be at least 1000".into()));
+        }
+        if self.max_series == 0 {
+            return Err(("history.max_series", "must be at least 1".into()));
+        }
+        if self.room_log_len == 0 || self.room_log_len > 10_000_000 {
+            return Err(("history.room_log_len", "must be 1 to 10000000".into()));
+        }
+        if self.max_log_entries == 0 {
+            return Err(("history.max_log_entries", "must be at least 1".into()));
+        }
+        if !(10..=60_000).contains(&self.flush_interval_ms) {
+            return Err(("history.flush_interval_ms", "must be 10 to 60000".into()));
+        }
+        if self.persist && self.data_dir.as_os_str().is_empty() {
+            return Err((
+                "history.data_dir",
+                "must not be empty when persist = true".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_docs_and_validate() {
+        let c = HistoryConfig::default();
+        assert_eq!(c.points_per_series, 3600);
+        assert_eq!(c.retention_ms, 3_600_000);
+        assert!(c.persist);
+        assert!(c.flush_interval_ms <= 1000);
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        c.validate().unwrap();
+        let bad = HistoryConfig {
+            flush_interval_ms: 0,
+            ..c
+        };
+        assert_eq!(bad.validate().unwrap_err().0, "history.flush_interval_ms");
+    }
+
+    #[test]
+    fn config_refuses_unknown_keys() {
+        let err = toml::from_str::<HistoryConfig>("points = 3").unwrap_err();
+        assert!(err.to_string().contains("points"), "{err}");
+        let ok: HistoryConfig = toml::from_str("persist = false").unwrap();
+        assert!(!ok.persist);
+        assert_eq!(ok.points_per_series, 3600);
+    }
+}
