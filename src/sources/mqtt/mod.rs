@@ -21,6 +21,8 @@
 
 pub(crate) mod bridge;
 pub(crate) mod config;
+pub(crate) mod ingest;
+pub(crate) mod link;
 pub(crate) mod members;
 pub(crate) mod payload;
 pub(crate) mod state;

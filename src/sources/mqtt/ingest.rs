@@ -1,0 +1,351 @@
+//! The ingest task: MQTT messages to readings and acks for the hub, then the manual
+//! ack to the broker once the hub has taken them.
+//!
+//! A source stage: the poll loop ([`super::bridge`]) hands every `Publish` through a
+//! bounded channel; here the topic template and the payload decoder turn it into the
+//! same readings a WebSocket device sends, grouped by device, for the [`BridgeSink`]
+//! (the hub, in the server; a collector, in tests).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Publish};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+
+use super::config::{BridgeSpec, TopicSpec};
+use super::link::BridgeLink;
+use super::payload::{self, PayloadFormat};
+use super::state::{BridgeState, LogLimiter};
+use crate::protocol::{valid_id, valid_metric};
+
+/// MQTT messages received by the poll loop and not yet taken by the ingest task. When it
+/// is full the poll loop waits for the ingest task, which then holds back keep-alive
+/// pings too; at 1,024 messages (a few milliseconds of ingest work) that wait is far
+/// shorter than any keep-alive interval, and meanwhile the broker keeps the backlog.
+pub(crate) const INGEST_QUEUE: usize = 1024;
+
+/// How often the ingest task calls [`BridgeSink::tick`].
+const SINK_TICK: Duration = Duration::from_secs(1);
+
+/// One reading from the broker, after topic mapping and payload decoding: the same type a
+/// WebSocket device's reading becomes, since both take the same path into a room (`ts`
+/// `None` means the hub stamps its receive time).
+pub type BridgedReading = crate::protocol::ReadingIn;
+
+/// The readings of one MQTT message for one device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BridgedMessage {
+    pub room: String,
+    pub device: String,
+    pub readings: Vec<BridgedReading>,
+    /// A retained message: the broker's stored last value, re-sent on subscribe. Seeds
+    /// the series; never counted twice.
+    pub retained: bool,
+}
+
+/// A device's answer to a command, from the ack topic.
+#[derive(Debug, Clone)]
+pub struct BridgedAck {
+    pub room: String,
+    pub device: String,
+    pub id: String,
+    pub ok: bool,
+    pub result: Option<Box<RawValue>>,
+}
+
+/// Where a bridge hands what it reads: the hub, in the server; a collector, in tests.
+/// Called from the bridge's ingest task only, one message at a time.
+pub trait BridgeSink: Send + 'static {
+    /// Readings of one device. `Ok(n)`: the hub accepted `n` (duplicates excluded);
+    /// `Err`: why it refused them all (logged and counted as rejected).
+    fn readings(&mut self, msg: BridgedMessage) -> Result<usize, String>;
+    /// A device's ack to a command.
+    fn ack(&mut self, ack: BridgedAck) -> Result<(), String>;
+    /// Called about once a second between messages (idle devices leave here).
+    fn tick(&mut self) {}
+}
+
+/// The ingest task: topic and payload to readings, to the sink, then the ack to the
+/// broker.
+pub(super) struct Ingest {
+    pub(super) spec: Arc<BridgeSpec>,
+    pub(super) state: Arc<BridgeState>,
+    pub(super) link: BridgeLink,
+    pub(super) client: AsyncClient,
+    pub(super) log: LogLimiter,
+}
+
+/// An ack as devices publish it.
+#[derive(Deserialize)]
+struct AckPayload {
+    id: String,
+    ok: bool,
+    #[serde(default)]
+    result: Option<Box<RawValue>>,
+}
+
+impl Ingest {
+    pub(super) async fn run<S: BridgeSink>(mut self, mut rx: mpsc::Receiver<Publish>, mut sink: S) {
+        let mut tick = tokio::time::interval(SINK_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let p = tokio::select! {
+                p = rx.recv() => match p {
+                    Some(p) => p,
+                    None => return,
+                },
+                _ = tick.tick() => {
+                    sink.tick();
+                    continue;
+                }
+            };
+            self.handle(&p, &mut sink);
+            // After the hub has it: only now may the broker forget it.
+            if let Err(e) = self.client.ack(&p).await {
+                tracing::debug!(error = %e, "cannot queue puback");
+            }
+        }
+    }
+
+    fn problem(&mut self, counter: &std::sync::atomic::AtomicU64, topic: &str, message: String) {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(suppressed) = self.log.allow() {
+            tracing::warn!(topic, suppressed, "{message}");
+        }
+        self.state.set_error(format!("{topic}: {message}"));
+    }
+
+    fn handle<S: BridgeSink>(&mut self, p: &Publish, sink: &mut S) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let state = self.state.clone();
+        let topic = p.topic.as_str();
+        if let Some(c) = self.spec.ack_topic.matches(topic) {
+            let (Some(room), Some(device)) = (c.room, c.device) else {
+                return;
+            };
+            match serde_json::from_slice::<AckPayload>(&p.payload) {
+                Ok(a) if !a.id.is_empty() && a.id.len() <= 128 => {
+                    state.acks_in.fetch_add(1, Relaxed);
+                    let ack = BridgedAck {
+                        room: room.to_string(),
+                        device: device.to_string(),
+                        id: a.id,
+                        ok: a.ok,
+                        result: a.result,
+                    };
+                    if let Err(e) = sink.ack(ack) {
+                        self.problem(&state.rejected, topic, format!("ack refused: {e}"));
+                    }
+                }
+                Ok(_) => self.problem(
+                    &state.parse_errors,
+                    topic,
+                    "ack `id` must be 1 to 128 characters".into(),
+                ),
+                Err(e) => self.problem(
+                    &state.parse_errors,
+                    topic,
+                    format!("ack is not {{\"id\",\"ok\",\"result\"?}}: {e}"),
+                ),
+            }
+            return;
+        }
+        if self.spec.command_topic.matches(topic).is_some() {
+            // Our own commands (or another hub's) coming back through the subscription.
+            state.ignored.fetch_add(1, Relaxed);
+            return;
+        }
+        let Some((mapping, caps)) = self
+            .spec
+            .topics
+            .iter()
+            .find_map(|t| t.template.matches(topic).map(|c| (t, c)))
+        else {
+            state.ignored.fetch_add(1, Relaxed);
+            return;
+        };
+        let room = mapping.room.as_deref().or(caps.room);
+        let topic_device = mapping.device.as_deref().or(caps.device);
+        if let (Some(r), Some(d)) = (room, topic_device) {
+            if self.link.is_mirror_echo(r, d, &p.payload) {
+                state.ignored.fetch_add(1, Relaxed);
+                return;
+            }
+        }
+        let now = chrono::Utc::now().timestamp_millis();
+        let items = match payload::decode(&p.payload, mapping.format, now) {
+            Ok(items) => items,
+            Err(e) => {
+                self.problem(&state.parse_errors, topic, format!("bad payload: {e}"));
+                return;
+            }
+        };
+        match map_items(mapping, room, topic_device, caps.metric, items) {
+            Ok(messages) => {
+                for (room, device, readings) in messages {
+                    let n = readings.len();
+                    let msg = BridgedMessage {
+                        room,
+                        device,
+                        readings,
+                        retained: p.retain,
+                    };
+                    match sink.readings(msg) {
+                        Ok(accepted) => {
+                            state.readings_in.fetch_add(accepted as u64, Relaxed);
+                        }
+                        Err(e) => {
+                            state.rejected.fetch_add(n as u64 - 1, Relaxed);
+                            self.problem(&state.rejected, topic, format!("readings refused: {e}"));
+                        }
+                    }
+                }
+            }
+            Err(e) => self.problem(&state.parse_errors, topic, e),
+        }
+    }
+}
+
+type Grouped = Vec<(String, String, Vec<BridgedReading>)>;
+
+/// Applies a topic mapping to decoded payload items: fills in room, device and metric,
+/// checks them, and groups the readings by device.
+fn map_items(
+    mapping: &TopicSpec,
+    room: Option<&str>,
+    topic_device: Option<&str>,
+    topic_metric: Option<&str>,
+    items: Vec<payload::Item>,
+) -> Result<Grouped, String> {
+    let room = room.ok_or("no room: the mapping gives none")?;
+    if !valid_id(room) {
+        return Err(format!(
+            "room `{room}` from the topic is not a valid id (1 to 64 of A-Za-z0-9_.-)"
+        ));
+    }
+    let base_metric = mapping.metric.as_deref().or(topic_metric);
+    let mut out: Grouped = Vec::new();
+    for item in items {
+        let device = match (topic_device, item.device.as_deref()) {
+            (Some(d), _) | (None, Some(d)) => d,
+            (None, None) => {
+                return Err(
+                    "no device: the topic names none and the payload has no SenML base name".into(),
+                )
+            }
+        };
+        if !valid_id(device) {
+            return Err(format!(
+                "device `{device}` is not a valid id (1 to 64 of A-Za-z0-9_.-)"
+            ));
+        }
+        let metric = match (base_metric, item.metric.as_deref()) {
+            (Some(b), Some(m)) => format!("{b}/{m}"),
+            (Some(m), None) | (None, Some(m)) => m.to_string(),
+            (None, None) => {
+                return Err(format!(
+                    "no metric: the topic has no {{metric}}, none is fixed, and the {} payload names none",
+                    match mapping.format {
+                        PayloadFormat::Auto => "auto-detected",
+                        PayloadFormat::Number => "number",
+                        PayloadFormat::Reading => "reading",
+                        PayloadFormat::Object => "object",
+                        PayloadFormat::Senml => "SenML",
+                    }
+                ))
+            }
+        };
+        if !valid_metric(&metric) {
+            return Err(format!(
+                "metric `{metric}` is not valid (1 to 64 of A-Za-z0-9_.-/)"
+            ));
+        }
+        let reading = BridgedReading {
+            metric,
+            value: item.value,
+            unit: item.unit,
+            ts: item.ts,
+            seq: item.seq,
+        };
+        match out.iter_mut().find(|(r, d, _)| r == room && d == device) {
+            Some((_, _, v)) => v.push(reading),
+            None => out.push((room.to_string(), device.to_string(), vec![reading])),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::mqtt::template::TopicTemplate;
+
+    fn mapping(template: &str, room: Option<&str>, metric: Option<&str>) -> TopicSpec {
+        TopicSpec {
+            template: TopicTemplate::parse(template).expect("valid"),
+            room: room.map(str::to_string),
+            device: None,
+            metric: metric.map(str::to_string),
+            format: PayloadFormat::Auto,
+        }
+    }
+
+    fn decode(p: &str) -> Vec<payload::Item> {
+        payload::decode(p.as_bytes(), PayloadFormat::Auto, 0).expect("decodes")
+    }
+
+    #[test]
+    fn topic_metric_and_flat_object_fields_combine() {
+        let m = mapping("home/{device}/{metric}", Some("garden"), None);
+        let g = map_items(
+            &m,
+            Some("garden"),
+            Some("plug"),
+            Some("power"),
+            decode("12"),
+        )
+        .expect("maps");
+        assert_eq!(g[0].0, "garden");
+        assert_eq!(g[0].1, "plug");
+        assert_eq!(g[0].2[0].metric, "power");
+        let g = map_items(
+            &m,
+            Some("garden"),
+            Some("plug"),
+            Some("env"),
+            decode(r#"{"t":1}"#),
+        )
+        .expect("maps");
+        assert_eq!(g[0].2[0].metric, "env/t");
+    }
+
+    #[test]
+    fn senml_base_names_become_devices() {
+        let m = mapping("senml/{room}", None, None);
+        let g = map_items(
+            &m,
+            Some("lab"),
+            None,
+            None,
+            decode(r#"[{"bn":"urn:dev:a1:","n":"t","v":1},{"bn":"urn:dev:b2:","n":"t","v":2}]"#),
+        )
+        .expect("maps");
+        assert_eq!(g.len(), 2);
+        assert_eq!((g[0].1.as_str(), g[1].1.as_str()), ("a1", "b2"));
+    }
+
+    #[test]
+    fn missing_or_bad_names_are_errors() {
+        let m = mapping("home/{room}/{device}/{_}", None, None);
+        let e = map_items(&m, Some("r"), Some("d"), None, decode("1")).unwrap_err();
+        assert!(e.contains("no metric"), "{e}");
+        let e = map_items(&m, Some("bad room"), Some("d"), Some("x"), decode("1")).unwrap_err();
+        assert!(e.contains("room `bad room`"), "{e}");
+        let e = map_items(&m, Some("r"), Some("d"), None, decode(r#"{"a b":1}"#)).unwrap_err();
+        assert!(e.contains("metric `a b`"), "{e}");
+        let e = map_items(&m, Some("r"), None, Some("m"), decode("1")).unwrap_err();
+        assert!(e.contains("no device"), "{e}");
+    }
+}
