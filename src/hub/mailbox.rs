@@ -1,8 +1,12 @@
-//! The bounded outbound queue of one connection.
+//! The bounded outbound queue of one member, and the typed [`Letter`]s it holds.
 //!
-//! The room pushes already-serialised frames here without waiting (a full queue is an
-//! answer, not a wait), and the connection's writer task drains everything queued in one
-//! go and flushes once. The queue is a `VecDeque` behind a std mutex rather than a tokio
+//! The room pushes letters here without waiting (a full queue is an answer, not a wait),
+//! and the member's sink drains everything queued in one go: a WebSocket writer
+//! ([`crate::sinks::ws_writer`]) puts them on the wire in one `writev`, a bridged MQTT
+//! device's drain ([`crate::sources::mqtt::members`]) publishes its commands. Broadcasts
+//! (readings, presence, welcome) are encoded once by the room as one WebSocket frame
+//! shared by every recipient; a command, which has exactly one recipient, travels typed
+//! and each sink encodes it for its own transport. The queue is a `VecDeque` behind a std mutex rather than a tokio
 //! channel because an idle connection then holds no buffer at all: a tokio mpsc channel
 //! allocates its first block of slots up front, which matters at 10,000 idle dashboards.
 //!
@@ -14,7 +18,37 @@ use std::sync::Mutex;
 
 use tokio::sync::Notify;
 
+use serde_json::value::RawValue;
+
 use crate::protocol::Frame;
+
+/// What the hub hands a member.
+#[derive(Debug, Clone)]
+pub(crate) enum Letter {
+    /// A message already encoded as one WebSocket text frame, the same bytes for every
+    /// recipient (readings, presence, welcome, snapshot, acks, errors). Sinks of other
+    /// transports ignore it: a bridged device has no use for them.
+    Frame(Frame),
+    /// A dashboard's command for this device.
+    Command(Box<CommandLetter>),
+}
+
+/// A command as its device receives it: `{"type":"command","id","from","name","args"}` on
+/// a WebSocket, `{"id","from","name","args"}` on the device's MQTT command topic.
+#[derive(Debug, Clone)]
+pub(crate) struct CommandLetter {
+    pub(crate) id: String,
+    /// The commanding dashboard's client id.
+    pub(crate) from: std::sync::Arc<str>,
+    pub(crate) name: String,
+    pub(crate) args: Option<Box<RawValue>>,
+}
+
+impl From<Frame> for Letter {
+    fn from(frame: Frame) -> Letter {
+        Letter::Frame(frame)
+    }
+}
 
 /// Why and how a connection is being closed by the hub.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,7 +124,7 @@ pub(crate) enum Push {
 
 #[derive(Default)]
 struct State {
-    queue: VecDeque<Frame>,
+    queue: VecDeque<Letter>,
     close: Option<Close>,
     /// Room above `capacity` granted by `push_all` (a join's replay) until the writer
     /// next drains the queue, so live readings that arrive meanwhile still fit.
@@ -123,8 +157,8 @@ impl Mailbox {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues a frame unless the queue is full or closing. Never waits.
-    pub(crate) fn push(&self, frame: Frame) -> Push {
+    /// Queues a letter unless the queue is full or closing. Never waits.
+    pub(crate) fn push(&self, letter: impl Into<Letter>) -> Push {
         let mut s = self.lock();
         if s.close.is_some() {
             return Push::Closed;
@@ -133,7 +167,7 @@ impl Mailbox {
             return Push::Full;
         }
         let was_empty = s.queue.is_empty();
-        s.queue.push_back(frame);
+        s.queue.push_back(letter.into());
         drop(s);
         if was_empty {
             self.ready.notify_one();
@@ -149,7 +183,7 @@ impl Mailbox {
             return;
         }
         let before = s.queue.len();
-        s.queue.extend(frames);
+        s.queue.extend(frames.into_iter().map(Letter::Frame));
         s.extra += s.queue.len() - before;
         drop(s);
         self.ready.notify_one();
@@ -177,9 +211,9 @@ impl Mailbox {
         self.lock().close
     }
 
-    /// Takes every queued frame (the whole queue, leaving none of its memory behind, so
+    /// Takes every queued letter (the whole queue, leaving none of its memory behind, so
     /// an idle connection holds no queue) and the close decision, if any.
-    pub(crate) fn take(&self) -> (VecDeque<Frame>, Option<Close>) {
+    pub(crate) fn take(&self) -> (VecDeque<Letter>, Option<Close>) {
         let mut s = self.lock();
         // The writer drains the join's replay here: from now on the capacity is plain.
         s.extra = 0;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::hub::commands::{Pending, PendingCommands};
 use crate::hub::dedup::SeqWindow;
-use crate::hub::mailbox::{Close, Mailbox, Push};
+use crate::hub::mailbox::{Close, CommandLetter, Letter, Mailbox, Push};
 use crate::metrics::Metrics;
 use crate::protocol::{
     self, AckIn, CommandIn, ErrorCode, Frame, MemberInfo, ProtoError, ReadingIn, ReadingOut, Role,
@@ -344,8 +344,13 @@ impl Room {
             }
         };
         st.pending.admit(&cmd.id, max_pending, timeout)?;
-        let frame = protocol::command_frame(&cmd.id, from, &cmd.name, cmd.args.as_deref());
-        if device.1.push(frame) != Push::Queued {
+        let letter = Letter::Command(Box::new(CommandLetter {
+            id: cmd.id.clone(),
+            from: from.clone(),
+            name: cmd.name.clone(),
+            args: cmd.args.clone(),
+        }));
+        if device.1.push(letter) != Push::Queued {
             // The device is not reading (full queue) or is closing; say so rather than
             // leave the dashboard waiting for an ack that cannot come.
             return Err(ProtoError::new(

@@ -14,9 +14,9 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 
-use crate::hub::mailbox::Close;
+use crate::hub::mailbox::{Close, Letter};
 use crate::net::ws::codec;
-use crate::protocol::Frame;
+use crate::protocol::{self, Frame};
 
 /// How long the writer may take to put the close frame on a socket whose peer does not
 /// read, before the connection is simply dropped.
@@ -41,11 +41,32 @@ pub(crate) async fn send_close(io: &mut OwnedWriteHalf, out: &mut Unsent, close:
 /// future (when `select!` picks another branch) loses nothing.
 #[derive(Default)]
 pub(crate) struct Unsent {
-    pub(crate) frames: VecDeque<Frame>,
+    frames: VecDeque<Letter>,
     offset: usize,
 }
 
 impl Unsent {
+    /// Takes over what the mailbox held (only when nothing is left unsent), encoding each
+    /// command as its WebSocket frame in place: broadcasts are frames already.
+    pub(crate) fn fill(&mut self, mut letters: VecDeque<Letter>) {
+        for l in letters.iter_mut() {
+            if let Letter::Command(c) = l {
+                *l = Letter::Frame(protocol::command_frame(
+                    &c.id,
+                    &c.from,
+                    &c.name,
+                    c.args.as_deref(),
+                ));
+            }
+        }
+        self.frames = letters;
+    }
+
+    /// Queues one frame of the connection's own (a ping) behind what is unsent.
+    pub(crate) fn push(&mut self, frame: Frame) {
+        self.frames.push_back(Letter::Frame(frame));
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.frames.is_empty()
     }
@@ -62,8 +83,9 @@ impl Unsent {
     async fn write_some(&mut self, io: &mut OwnedWriteHalf) -> std::io::Result<()> {
         let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
         let mut n = 0;
-        for (i, f) in self.frames.iter().take(MAX_IOVECS).enumerate() {
-            slices[i] = IoSlice::new(if i == 0 { &f[self.offset..] } else { &f[..] });
+        for (i, l) in self.frames.iter().take(MAX_IOVECS).enumerate() {
+            let f = bytes(l);
+            slices[i] = IoSlice::new(if i == 0 { &f[self.offset..] } else { f });
             n += 1;
         }
         let mut written = io.write_vectored(&slices[..n]).await?;
@@ -74,7 +96,7 @@ impl Unsent {
             let Some(front) = self.frames.front() else {
                 break;
             };
-            let left = front.len() - self.offset;
+            let left = bytes(front).len() - self.offset;
             if written >= left {
                 written -= left;
                 self.frames.pop_front();
@@ -99,5 +121,13 @@ impl Unsent {
         } else {
             self.frames = VecDeque::new();
         }
+    }
+}
+
+/// The bytes of a letter on the wire; every letter is a frame once [`Unsent::fill`] took it.
+fn bytes(l: &Letter) -> &[u8] {
+    match l {
+        Letter::Frame(f) => f,
+        Letter::Command(_) => &[],
     }
 }

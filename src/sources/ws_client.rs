@@ -92,8 +92,8 @@ pub(crate) async fn run(
     let mut close_sent = false;
     loop {
         if out.is_empty() && !close_sent {
-            let (frames, close) = mailbox.take();
-            out.frames = frames;
+            let (letters, close) = mailbox.take();
+            out.fill(letters);
             if out.is_empty() {
                 if let Some(close) = close {
                     send_close(&mut write, &mut out, close).await;
@@ -183,7 +183,7 @@ pub(crate) async fn run(
                 } else {
                     // Every interval whatever the traffic: a dashboard only ever answers
                     // pings, so they are how the hub knows it is still there.
-                    out.frames.push_back(codec::ping());
+                    out.push(codec::ping());
                 }
                 timer.as_mut().reset(Instant::now() + opts.ping_interval);
             }

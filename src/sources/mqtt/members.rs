@@ -12,14 +12,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::task::JoinHandle;
 
 use super::bridge::{BridgeLink, BridgeSink, BridgedAck, BridgedMessage};
-use crate::hub::mailbox::{Close, Mailbox};
+use crate::hub::mailbox::{Close, CommandLetter, Letter, Mailbox};
 use crate::hub::{Hub, Membership, ReadingTap};
-use crate::protocol::{self, AckIn, ReadingIn, Role, Via, MAX_UNIT_LEN, TS_RANGE};
+use crate::protocol::{AckIn, ReadingIn, Role, Via, MAX_UNIT_LEN, TS_RANGE};
 
 /// Devices one bridge keeps joined at most; readings of further devices are refused
 /// (counted as rejected) so a broker full of topics cannot grow the hub without bound.
@@ -230,18 +230,6 @@ impl BridgeSink for HubSink {
     }
 }
 
-/// A command frame as the hub queues it for a device.
-#[derive(Deserialize)]
-struct CommandFrame<'a> {
-    #[serde(rename = "type")]
-    kind: &'a str,
-    id: &'a str,
-    from: &'a str,
-    name: &'a str,
-    #[serde(borrow)]
-    args: Option<&'a RawValue>,
-}
-
 /// The command as it goes on the command topic: `{"id","from","name","args"}`.
 #[derive(Serialize)]
 struct CommandPayload<'a> {
@@ -252,17 +240,13 @@ struct CommandPayload<'a> {
     args: Option<&'a RawValue>,
 }
 
-/// The MQTT payload for a frame, if the frame is a command.
-fn command_payload(frame: &str) -> Option<Vec<u8>> {
-    let f: CommandFrame = serde_json::from_str(frame).ok()?;
-    if f.kind != "command" {
-        return None;
-    }
+/// The MQTT payload of a command.
+fn command_payload(c: &CommandLetter) -> Option<Vec<u8>> {
     serde_json::to_vec(&CommandPayload {
-        id: f.id,
-        from: f.from,
-        name: f.name,
-        args: f.args,
+        id: &c.id,
+        from: &c.from,
+        name: &c.name,
+        args: c.args.as_deref(),
     })
     .ok()
 }
@@ -273,8 +257,12 @@ fn command_payload(frame: &str) -> Option<Vec<u8>> {
 async fn drain_commands(mailbox: Arc<Mailbox>, link: BridgeLink, room: Arc<str>, device: Arc<str>) {
     loop {
         let (batch, close) = mailbox.take();
-        for frame in batch {
-            if let Some(payload) = command_payload(protocol::frame_text(&frame)) {
+        for letter in batch {
+            // Broadcast frames (welcome, presence) have no MQTT counterpart.
+            let Letter::Command(cmd) = letter else {
+                continue;
+            };
+            if let Some(payload) = command_payload(&cmd) {
                 if let Err(e) = link.command(&room, &device, payload).await {
                     tracing::warn!(error = %e, "command not sent");
                 }
@@ -366,16 +354,24 @@ mod tests {
     }
 
     #[test]
-    fn command_frames_become_payloads() {
-        let p = command_payload(
-            r#"{"type":"command","id":"c-1","from":"dash","name":"open","args":{"pct":5}}"#,
-        )
-        .expect("a command");
+    fn commands_become_payloads() {
+        let args = RawValue::from_string(r#"{"pct":5}"#.to_string()).expect("json");
+        let mut cmd = CommandLetter {
+            id: "c-1".into(),
+            from: "dash".into(),
+            name: "open".into(),
+            args: Some(args),
+        };
+        let p = command_payload(&cmd).expect("a command");
         assert_eq!(
             String::from_utf8(p).expect("utf8"),
             r#"{"id":"c-1","from":"dash","name":"open","args":{"pct":5}}"#
         );
-        assert!(command_payload(r#"{"type":"presence","event":"join"}"#).is_none());
-        assert!(command_payload("not json").is_none());
+        cmd.args = None;
+        let p = command_payload(&cmd).expect("a command");
+        assert_eq!(
+            String::from_utf8(p).expect("utf8"),
+            r#"{"id":"c-1","from":"dash","name":"open"}"#
+        );
     }
 }
