@@ -19,13 +19,13 @@ use std::io;
 use tokio::net::tcp::OwnedReadHalf;
 
 /// Close codes of RFC 6455 section 7.4.1 that the hub sends.
+///
+/// The codes (and their docs) live in the protocol crate, shared with clients and checked
+/// against `docs/PROTOCOL.md`.
 pub mod close_code {
-    pub const NORMAL: u16 = 1000;
-    pub const GOING_AWAY: u16 = 1001;
-    pub const PROTOCOL_ERROR: u16 = 1002;
-    pub const INVALID_PAYLOAD: u16 = 1007;
-    pub const TOO_BIG: u16 = 1009;
-    pub const TRY_AGAIN_LATER: u16 = 1013;
+    pub use telehub_protocol::codes::close::{
+        GOING_AWAY, INVALID_PAYLOAD, NORMAL, PROTOCOL_ERROR, REPLACED, TOO_BIG, TRY_AGAIN_LATER,
+    };
 }
 
 const OP_CONTINUATION: u8 = 0x0;
