@@ -234,15 +234,41 @@ mod tests {
             })
         };
         let built = [
-            welcome("greenhouse", "dash-1", Role::Dashboard, 1042, "k3f9a2", &members, Some(true)),
+            welcome(
+                "greenhouse",
+                "dash-1",
+                Role::Dashboard,
+                1042,
+                "k3f9a2",
+                &members,
+                Some(true),
+            ),
             welcome("g", "d", Role::Device, 0, "e", &[], None),
             snapshot_frame(&series),
             snapshot_frame(&[]),
             presence("join", "t1", Role::Device, Via::Ws),
             presence("leave", "t1", Role::Dashboard, Via::Mqtt),
-            reading("greenhouse", "t1", "temperature", 21.5, Some("C"), 1764000000000, Some(17), 1043),
+            reading(
+                "greenhouse",
+                "t1",
+                "temperature",
+                21.5,
+                Some("C"),
+                1764000000000,
+                Some(17),
+                1043,
+            ),
             reading("r", "d", "m/x", -0.000123, None, -5, None, 0),
-            reading("r", "d", "m", 1e300, Some("a\\b\n"), 5, Some(u64::MAX), u64::MAX),
+            reading(
+                "r",
+                "d",
+                "m",
+                1e300,
+                Some("a\\b\n"),
+                5,
+                Some(u64::MAX),
+                u64::MAX,
+            ),
             command_frame("c-17", "dash-1", "set_interval", Some(&args)),
             command_frame("1", "dash", "reboot", None),
             ack_frame("c-17", "t1", true, Some(&args)),
@@ -252,7 +278,10 @@ mod tests {
                 &ProtoError::new(ErrorCode::InvalidField, "field `value` must be a number")
                     .with_id("c-17"),
             ),
-            error_frame(&ProtoError::new(ErrorCode::RateLimited, "3 \"readings\" refused")),
+            error_frame(&ProtoError::new(
+                ErrorCode::RateLimited,
+                "3 \"readings\" refused",
+            )),
         ];
         let golden = [
             r#"{"type":"welcome","room":"greenhouse","client":"dash-1","role":"dashboard","offset":1042,"epoch":"k3f9a2","members":[{"client":"t1","role":"device","via":"ws"},{"client":"m\"q","role":"device","via":"mqtt"}],"recovered":true}"#,
@@ -320,6 +349,9 @@ mod tests {
         let Ok(ServerMessage::Reading(r)) = ServerMessage::from_json(frame_text(&f)) else {
             panic!("not a reading")
         };
-        assert_eq!((r.device.as_ref(), r.unit.as_deref(), r.offset), ("d", Some("C"), 9));
+        assert_eq!(
+            (r.device.as_ref(), r.unit.as_deref(), r.offset),
+            ("d", Some("C"), 9)
+        );
     }
 }

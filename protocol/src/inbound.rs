@@ -385,6 +385,18 @@ pub enum ToHub<'a, V: ?Sized + Serialize = RawValue> {
     Ack(AckMsg<'a, V>),
 }
 
+impl<'a> ToHub<'a> {
+    /// `reading`: one reading.
+    pub fn reading(item: ReadingItem<'a>) -> ToHub<'a> {
+        ToHub::Reading(item)
+    }
+
+    /// `readings`: a batch.
+    pub fn readings(items: &'a [ReadingItem<'a>]) -> ToHub<'a> {
+        ToHub::Readings { items }
+    }
+}
+
 impl<V: ?Sized + Serialize> ToHub<'_, V> {
     /// The JSON text of this message.
     pub fn to_json(&self) -> String {
@@ -650,6 +662,9 @@ mod tests {
         let Ok(ClientMessage::Ack(a)) = parse(&ack.to_json(), 10) else {
             panic!("not an ack")
         };
-        assert_eq!((a.id.as_str(), a.ok, a.result.is_none()), ("x", false, true));
+        assert_eq!(
+            (a.id.as_str(), a.ok, a.result.is_none()),
+            ("x", false, true)
+        );
     }
 }

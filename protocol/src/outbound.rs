@@ -410,7 +410,10 @@ mod tests {
             r#"{"type":"welcome","room":"greenhouse","client":"dash-1","role":"dashboard","offset":1042,"epoch":"k3f9a2","members":[{"client":"t1","role":"device","via":"ws"}],"recovered":true}"#
         );
         let accepted = ServerMessage::Accepted(Accepted { seq: 17, count: 1 });
-        assert_eq!(accepted.to_json(), r#"{"type":"accepted","seq":17,"count":1}"#);
+        assert_eq!(
+            accepted.to_json(),
+            r#"{"type":"accepted","seq":17,"count":1}"#
+        );
     }
 
     #[test]
@@ -471,6 +474,9 @@ mod tests {
         }
         let peek = Peek::from_json(r#"{"type":"error","code":"rate_limited","message":"x"}"#)
             .expect("peek");
-        assert_eq!((peek.kind, peek.code, peek.seq), ("error", Some("rate_limited"), None));
+        assert_eq!(
+            (peek.kind, peek.code, peek.seq),
+            ("error", Some("rate_limited"), None)
+        );
     }
 }

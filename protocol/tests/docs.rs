@@ -50,7 +50,9 @@ fn the_close_code_table_lists_every_close_and_reason() {
     let documented: Vec<(u16, String)> = table(&doc, "## Close codes (RFC 6455)")
         .into_iter()
         .map(|row| {
-            let code = row[0].parse().unwrap_or_else(|_| panic!("bad code in {row:?}"));
+            let code = row[0]
+                .parse()
+                .unwrap_or_else(|_| panic!("bad code in {row:?}"));
             (code, row[1].clone())
         })
         .collect();
