@@ -70,7 +70,8 @@ impl TokenBucket {
     pub fn wait_for(&mut self, n: usize, now: Instant) -> Duration {
         self.refill(now);
         let missing = ((n as f64).min(self.burst) - self.tokens).max(0.0);
-        if missing == 0.0 || !(self.rate > 0.0) {
+        // A NaN or non-positive rate never refills.
+        if missing == 0.0 || self.rate.is_nan() || self.rate <= 0.0 {
             return Duration::ZERO;
         }
         Duration::try_from_secs_f64(missing / self.rate).unwrap_or(Duration::MAX)
