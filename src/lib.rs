@@ -34,17 +34,11 @@ pub(crate) mod config;
 pub(crate) mod hub;
 pub(crate) mod metrics;
 pub(crate) mod net;
-pub(crate) mod protocol;
-pub(crate) mod ratelimit;
 pub(crate) mod render;
 pub(crate) mod shutdown;
 pub(crate) mod sinks;
 pub(crate) mod sources;
 pub mod telemetry;
-
-// The wire-protocol module still names the codec by its old path; removed when it moves
-// onto the protocol crate.
-pub(crate) use net::ws::codec as websocket;
 
 pub use app::{run, ServerError};
 pub use config::{ConfigError, Settings};
@@ -63,6 +57,5 @@ pub mod mqtt {
 /// History as a component, for benchmarks that time it without a hub.
 pub mod history {
     pub use crate::sinks::history::room::RoomHistory;
-    pub(crate) use crate::sinks::history::Replayed;
     pub use crate::sinks::history::{History, HistoryConfig, HistoryError, Record};
 }

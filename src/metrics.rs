@@ -6,7 +6,8 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
-use crate::protocol::{ErrorCode, Role};
+use telehub_protocol::codes::ErrorCode;
+use telehub_protocol::role::Role;
 
 /// Why a connection was refused before the upgrade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,37 +1,17 @@
-//! Reconnect delays: exponential backoff with jitter.
-//!
-//! After each failed attempt the ceiling doubles, from `initial` up to `max`; the delay is
-//! drawn uniformly from the upper half of the ceiling ("equal jitter"), so a hub that comes
-//! back is not hit by every device in the same millisecond, yet no device waits much less
-//! than the schedule says. The transports reset it once a connection has proved stable.
+//! Reconnect delays: the protocol crate's exponential backoff with equal jitter
+//! (`telehub_protocol::backoff`), fed by the device's own seeded random stream so that a
+//! run with the same seed retries at the same moments.
+
+pub use telehub_protocol::backoff::BackoffConfig;
 
 use std::time::Duration;
 
 use crate::rng::SimRng;
 
-/// Backoff settings.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BackoffConfig {
-    /// Ceiling of the first delay.
-    pub initial: Duration,
-    /// Largest ceiling.
-    pub max: Duration,
-}
-
-impl Default for BackoffConfig {
-    fn default() -> Self {
-        BackoffConfig {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(10),
-        }
-    }
-}
-
-/// One device's backoff state.
+/// One device's backoff state and its jitter source.
 #[derive(Debug, Clone)]
 pub struct Backoff {
-    config: BackoffConfig,
-    attempt: u32,
+    inner: telehub_protocol::backoff::Backoff,
     rng: SimRng,
 }
 
@@ -39,37 +19,29 @@ impl Backoff {
     /// A fresh backoff; `rng` supplies the jitter.
     pub fn new(config: BackoffConfig, rng: SimRng) -> Self {
         Backoff {
-            config,
-            attempt: 0,
+            inner: telehub_protocol::backoff::Backoff::new(config),
             rng,
         }
     }
 
     /// The ceiling for the next delay, without jitter.
     pub fn ceiling(&self) -> Duration {
-        let factor = 1u32 << self.attempt.min(20);
-        self.config
-            .initial
-            .saturating_mul(factor)
-            .min(self.config.max)
+        self.inner.ceiling()
     }
 
     /// The next delay: in `[ceiling/2, ceiling]`, and the ceiling grows.
     pub fn next_delay(&mut self) -> Duration {
-        let ceiling = self.ceiling();
-        self.attempt = self.attempt.saturating_add(1);
-        let half = ceiling / 2;
-        half + half.mul_f64(self.rng.unit())
+        self.inner.next_delay(self.rng.unit())
     }
 
     /// A connection succeeded: start again from `initial`.
     pub fn reset(&mut self) {
-        self.attempt = 0;
+        self.inner.reset();
     }
 
     /// Failed attempts since the last reset.
     pub fn attempts(&self) -> u32 {
-        self.attempt
+        self.inner.attempts()
     }
 }
 
@@ -105,12 +77,15 @@ mod tests {
     }
 
     #[test]
-    fn is_jittered() {
+    fn is_jittered_and_repeats_with_the_seed() {
         let mut a = backoff(1);
         let mut b = backoff(2);
+        let mut again = backoff(1);
         let da: Vec<_> = (0..6).map(|_| a.next_delay()).collect();
         let db: Vec<_> = (0..6).map(|_| b.next_delay()).collect();
+        let da2: Vec<_> = (0..6).map(|_| again.next_delay()).collect();
         assert_ne!(da, db, "two devices should not retry in lockstep");
+        assert_eq!(da, da2, "a seed repeats its delays");
         // And within one device, delays at the cap still vary.
         let mut c = backoff(3);
         for _ in 0..8 {

@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use telehub_protocol::inbound::{AckMsg, ToHub};
 
 use crate::kinds::Sensor;
 
@@ -21,30 +21,19 @@ pub const DEFAULT_REBOOT_MS: u64 = 2_000;
 /// The longest reboot pause a command may ask for.
 pub const MAX_REBOOT_MS: u64 = 60_000;
 
-/// A command as it arrives.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Command {
-    /// The dashboard's id for this command; echoed in the ack.
-    pub id: String,
-    /// The dashboard that sent it (informational).
-    #[serde(default)]
-    pub from: Option<String>,
-    /// What to do.
-    pub name: String,
-    /// Arguments; shape depends on `name`.
-    #[serde(default)]
-    pub args: Value,
-}
+/// A command as it arrives: the protocol's own type (`telehub_protocol::outbound::Command`),
+/// read from a hub frame or, without `type`, from an MQTT `cmd` payload.
+pub use telehub_protocol::outbound::Command;
 
-/// The answer to a command.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// The answer to a command, before it goes on the wire (see [`Ack::to_ws_text`] and
+/// [`Ack::to_mqtt_payload`] for the protocol's shapes).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Ack {
     /// The command's id.
     pub id: String,
     /// Whether the command was carried out.
     pub ok: bool,
     /// What changed, or `{"error": code, "message": text}` when `ok` is false.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<Value>,
 }
 
@@ -60,6 +49,25 @@ pub enum Effect {
 }
 
 impl Ack {
+    fn wire(&self) -> AckMsg<'_, Value> {
+        AckMsg {
+            id: &self.id,
+            ok: self.ok,
+            result: self.result.as_ref(),
+        }
+    }
+
+    /// The `ack` message for the hub's WebSocket: `{"type":"ack","id","ok","result"?}`.
+    pub fn to_ws_text(&self) -> String {
+        ToHub::Ack(self.wire()).to_json()
+    }
+
+    /// The payload for `telehub/{room}/{device}/ack`: the same object without `type`.
+    pub fn to_mqtt_payload(&self) -> Vec<u8> {
+        // Strings, a bool and a JSON tree: serialising cannot fail.
+        serde_json::to_vec(&self.wire()).unwrap_or_default()
+    }
+
     fn ok(id: &str, result: Value) -> Self {
         Ack {
             id: id.to_string(),
@@ -80,8 +88,10 @@ impl Ack {
 /// Decide what `cmd` does to a device with `sensor`. Setpoint changes are applied to the
 /// sensor here; interval changes and reboots are returned for the transport to carry out.
 pub fn apply(cmd: &Command, sensor: &mut dyn Sensor) -> (Ack, Effect) {
-    match cmd.name.as_str() {
-        "set_interval" => match cmd.args.get("ms").and_then(Value::as_u64) {
+    // `args` arrives as raw JSON; anything unreadable counts as no args.
+    let args: Value = serde_json::from_str(cmd.args.get()).unwrap_or(Value::Null);
+    match cmd.name.as_ref() {
+        "set_interval" => match args.get("ms").and_then(Value::as_u64) {
             Some(ms) if (MIN_INTERVAL_MS..=MAX_INTERVAL_MS).contains(&ms) => (
                 Ack::ok(&cmd.id, json!({"interval_ms": ms})),
                 Effect::SetInterval(Duration::from_millis(ms)),
@@ -98,7 +108,7 @@ pub fn apply(cmd: &Command, sensor: &mut dyn Sensor) -> (Ack, Effect) {
                 Effect::None,
             ),
         },
-        "set_setpoint" => match cmd.args.get("value").and_then(Value::as_f64) {
+        "set_setpoint" => match args.get("value").and_then(Value::as_f64) {
             Some(v) => match sensor.set_setpoint(v) {
                 Ok(v) => (Ack::ok(&cmd.id, json!({"setpoint": v})), Effect::None),
                 Err(e) => (Ack::fail(&cmd.id, "rejected", e.to_string()), Effect::None),
@@ -113,7 +123,7 @@ pub fn apply(cmd: &Command, sensor: &mut dyn Sensor) -> (Ack, Effect) {
             ),
         },
         "reboot" => {
-            let ms = match cmd.args.get("ms") {
+            let ms = match args.get("ms") {
                 None | Some(Value::Null) => Some(DEFAULT_REBOOT_MS),
                 Some(v) => v.as_u64().filter(|ms| *ms <= MAX_REBOOT_MS),
             };
@@ -152,12 +162,14 @@ mod tests {
     use crate::kinds::{build, Kind, Params};
     use crate::rng::SimRng;
 
-    fn cmd(name: &str, args: Value) -> Command {
+    fn cmd(name: &str, args: Value) -> Command<'static> {
         Command {
             id: "c-1".into(),
-            from: Some("dash".into()),
-            name: name.into(),
-            args,
+            from: "dash".into(),
+            name: name.to_string().into(),
+            args: std::borrow::Cow::Owned(
+                serde_json::value::to_raw_value(&args).expect("json args"),
+            ),
         }
     }
 
@@ -206,8 +218,12 @@ mod tests {
         let (ack, effect) = apply(&cmd("self_destruct", json!({})), s.as_mut());
         assert!(!ack.ok);
         assert_eq!(effect, Effect::None);
-        let wire = serde_json::to_value(&ack).expect("serialises");
+        let wire: Value = serde_json::from_str(&ack.to_ws_text()).expect("json");
+        assert_eq!(wire["type"], "ack");
         assert_eq!(wire["result"]["error"], "unknown_command");
+        let mqtt: Value = serde_json::from_slice(&ack.to_mqtt_payload()).expect("json");
+        assert_eq!(mqtt.get("type"), None);
+        assert_eq!(mqtt["id"], "c-1");
     }
 
     #[test]
@@ -219,6 +235,6 @@ mod tests {
         assert_eq!(c.name, "set_interval");
         let c: Command =
             serde_json::from_str(r#"{"id":"x","name":"reboot"}"#).expect("args optional");
-        assert!(c.args.is_null());
+        assert_eq!(c.args.get(), "{}");
     }
 }

@@ -25,10 +25,10 @@ use warp::reply::Response;
 
 use self::error::ApiError;
 use crate::hub::Hub;
-use crate::protocol::valid_id;
 use crate::render::plot::Format;
 use crate::sinks::history::RoomHistory;
 use crate::sources::mqtt::Bridges;
+use telehub_protocol::ids::valid_id;
 
 /// All HTTP routes of the hub; `dashboard_dir` serves the page from disk instead of the
 /// embedded copy.

@@ -3,7 +3,7 @@
 
 use super::error::ApiError;
 use crate::clock::{parse_duration, parse_time};
-use crate::protocol::{valid_id, valid_metric};
+use telehub_protocol::ids::{valid_id, valid_metric};
 
 /// The query parameters of a request: each at most once, and only the known ones.
 pub(crate) struct Params(Vec<(String, String)>);

@@ -10,7 +10,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::protocol::{ErrorCode, ProtoError};
+use telehub_protocol::codes::ErrorCode;
+use telehub_protocol::inbound::ProtoError;
 
 /// A command waiting for its ack: who asked, and whom.
 pub(crate) struct Pending {

@@ -19,8 +19,9 @@ use std::sync::Mutex;
 use tokio::sync::Notify;
 
 use serde_json::value::RawValue;
+use telehub_protocol::codes::close;
 
-use crate::protocol::Frame;
+use crate::net::ws::frames::Frame;
 
 /// What the hub hands a member.
 #[derive(Debug, Clone)]
@@ -65,33 +66,33 @@ pub(crate) struct Close {
 impl Close {
     /// The queue filled up: the client reads slower than the room produces.
     pub(crate) const SLOW_CONSUMER: Close = Close {
-        code: 1013,
-        reason: "slow consumer",
+        code: close::TRY_AGAIN_LATER,
+        reason: close::REASON_SLOW_CONSUMER,
         flush_first: false,
     };
     /// A newer connection with the same (room, client) took over.
     pub(crate) const REPLACED: Close = Close {
-        code: 4000,
-        reason: "replaced",
+        code: close::REPLACED,
+        reason: close::REASON_REPLACED,
         flush_first: false,
     };
     /// The hub is stopping.
     pub(crate) const GOING_AWAY: Close = Close {
-        code: 1001,
-        reason: "server shutting down",
+        code: close::GOING_AWAY,
+        reason: close::REASON_SHUTTING_DOWN,
         flush_first: true,
     };
     /// The client answered nothing for two ping intervals.
     pub(crate) const TIMED_OUT: Close = Close {
-        code: 1001,
-        reason: "ping timeout",
+        code: close::GOING_AWAY,
+        reason: close::REASON_PING_TIMEOUT,
         flush_first: false,
     };
 
     /// The answer to a client's close frame: its own code echoed (RFC 6455 5.5.1).
     pub(crate) fn answer(code: Option<u16>) -> Close {
         Close {
-            code: code.unwrap_or(1000),
+            code: code.unwrap_or(close::NORMAL),
             reason: "",
             flush_first: false,
         }
@@ -100,9 +101,9 @@ impl Close {
     /// The close for a frame the hub cannot accept (1002, 1007, 1009).
     pub(crate) fn refuse(code: u16) -> Close {
         let reason = match code {
-            1009 => "frame too large",
-            1007 => "invalid utf-8",
-            _ => "protocol error",
+            close::TOO_BIG => close::REASON_TOO_BIG,
+            close::INVALID_PAYLOAD => close::REASON_INVALID_UTF8,
+            _ => close::REASON_PROTOCOL_ERROR,
         };
         Close {
             code,

@@ -25,8 +25,9 @@ use crate::config::LimitsConfig;
 use crate::hub::mailbox::{Close, Mailbox};
 use crate::hub::room::{Member, Published, Room, RoomSummary, Since};
 use crate::metrics::{Metrics, Rejection};
-use crate::protocol::{AckIn, CommandIn, ProtoError, ReadingIn, Role, Via};
 use crate::sinks::history::History;
+use telehub_protocol::inbound::{AckIn, CommandIn, ProtoError, ReadingIn};
+use telehub_protocol::role::{Role, Via};
 
 /// A cheap, cloneable handle to the hub's shared state.
 #[derive(Clone)]

@@ -15,11 +15,13 @@ use crate::hub::commands::{Pending, PendingCommands};
 use crate::hub::dedup::SeqWindow;
 use crate::hub::mailbox::{Close, CommandLetter, Letter, Mailbox, Push};
 use crate::metrics::Metrics;
-use crate::protocol::{
-    self, AckIn, CommandIn, ErrorCode, Frame, MemberInfo, ProtoError, ReadingIn, ReadingOut, Role,
-    Via,
-};
+use crate::net::ws::frames;
+use crate::net::ws::frames::{Frame, ReadingOut};
 use crate::sinks::history::{Record, RoomHistory};
+use telehub_protocol::codes::ErrorCode;
+use telehub_protocol::inbound::{AckIn, CommandIn, ProtoError, ReadingIn};
+use telehub_protocol::outbound::MemberInfo;
+use telehub_protocol::role::{Role, Via};
 
 /// A connected member of a room.
 #[derive(Clone)]
@@ -180,13 +182,13 @@ impl Room {
         if member.role == Role::Dashboard {
             // A room with no series yet has nothing to show: no snapshot then.
             let snapshot = self.history.snapshot(|all| {
-                let series: Vec<_> = all.iter().map(protocol::snapshot_entry).collect();
-                (!series.is_empty()).then(|| protocol::snapshot_frame(&series))
+                let series: Vec<_> = all.iter().map(frames::snapshot_entry).collect();
+                (!series.is_empty()).then(|| frames::snapshot_frame(&series))
             });
             frames.extend(snapshot);
             if let Some(since) = since {
                 let recovery = self.history.replay(since.offset, since.epoch, |e| {
-                    frames.push(protocol::reading_frame(&ReadingOut {
+                    frames.push(frames::reading_frame(&ReadingOut {
                         room: &self.name,
                         device: e.device,
                         metric: e.metric,
@@ -200,7 +202,7 @@ impl Room {
                 recovered = Some(recovery.recovered);
             }
         }
-        let welcome = protocol::welcome(
+        let welcome = frames::welcome(
             &self.name,
             client,
             member.role,
@@ -212,7 +214,7 @@ impl Room {
         member
             .mailbox
             .push_all(std::iter::once(welcome).chain(frames));
-        let join = protocol::presence("join", client, member.role, member.via);
+        let join = frames::presence("join", client, member.role, member.via);
         for (c, m) in st.members.iter() {
             if c != client {
                 deliver(&m.mailbox, join.clone(), metrics);
@@ -241,7 +243,7 @@ impl Room {
         st.members.remove(client);
         st.subscribers.retain(|(c, _)| *c != conn);
         st.pending.forget_connection(conn);
-        let leave = protocol::presence("leave", client, role, via);
+        let leave = frames::presence("leave", client, role, via);
         for m in st.members.values() {
             deliver(&m.mailbox, leave.clone(), metrics);
         }
@@ -301,7 +303,7 @@ impl Room {
                 out.max_seq = Some(out.max_seq.map_or(seq, |m: u64| m.max(seq)));
             }
             st.offset = offset;
-            let frame = protocol::reading_frame(&ReadingOut {
+            let frame = frames::reading_frame(&ReadingOut {
                 room: &self.name,
                 device,
                 metric: &item.metric,
@@ -382,7 +384,7 @@ impl Room {
         let p = st.pending.take(&ack.id, device)?;
         if let Some(m) = st.members.get(&p.dashboard) {
             if m.conn == p.dashboard_conn {
-                let frame = protocol::ack_frame(&ack.id, device, ack.ok, ack.result.as_deref());
+                let frame = frames::ack_frame(&ack.id, device, ack.ok, ack.result.as_deref());
                 deliver(&m.mailbox, frame, metrics);
             }
         }

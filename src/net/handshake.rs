@@ -24,9 +24,10 @@ use crate::api::error::error_response;
 use crate::hub::room::Since;
 use crate::hub::Hub;
 use crate::metrics::Rejection;
-use crate::protocol::{valid_id, Role, Via};
 use crate::shutdown::{Completion, Shutdown};
 use crate::sources::ws_client::{self, SessionOptions, Socket};
+use telehub_protocol::ids::valid_id;
+use telehub_protocol::role::{Role, Via};
 
 /// What the handshake needs from the server.
 pub(crate) struct WsContext {

@@ -16,7 +16,8 @@ use tokio::net::tcp::OwnedWriteHalf;
 
 use crate::hub::mailbox::{Close, Letter};
 use crate::net::ws::codec;
-use crate::protocol::{self, Frame};
+use crate::net::ws::frames;
+use crate::net::ws::frames::Frame;
 
 /// How long the writer may take to put the close frame on a socket whose peer does not
 /// read, before the connection is simply dropped.
@@ -51,7 +52,7 @@ impl Unsent {
     pub(crate) fn fill(&mut self, mut letters: VecDeque<Letter>) {
         for l in letters.iter_mut() {
             if let Letter::Command(c) = l {
-                *l = Letter::Frame(protocol::command_frame(
+                *l = Letter::Frame(frames::command_frame(
                     &c.id,
                     &c.from,
                     &c.name,

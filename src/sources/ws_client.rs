@@ -23,10 +23,14 @@ use tracing::debug;
 use crate::hub::mailbox::{Close, Mailbox, Push};
 use crate::hub::{Hub, Membership};
 use crate::net::ws::codec::{self, Decoder, Message};
-use crate::protocol::{self, ClientMessage, ErrorCode, Frame, ProtoError, Role};
-use crate::ratelimit::TokenBucket;
+use crate::net::ws::frames;
+use crate::net::ws::frames::Frame;
 use crate::shutdown::Shutdown;
 use crate::sinks::ws_writer::{send_close, Unsent};
+use telehub_protocol::codes::ErrorCode;
+use telehub_protocol::inbound::{ClientMessage, ProtoError};
+use telehub_protocol::rate::TokenBucket;
+use telehub_protocol::role::Role;
 
 /// How long the session waits for the peer's answer to our close frame.
 const CLOSE_ECHO_TIMEOUT: Duration = Duration::from_secs(2);
@@ -206,7 +210,7 @@ struct Reader<'a> {
 impl Reader<'_> {
     fn handle_text(&mut self, text: &str) {
         let limits = self.hub.limits();
-        let msg = match protocol::parse(text, limits.max_batch) {
+        let msg = match telehub_protocol::inbound::parse(text, limits.max_batch) {
             Ok(msg) => msg,
             Err(e) => {
                 // Even garbage costs a token. Past the limit a flood of it gets no detailed
@@ -263,7 +267,7 @@ impl Reader<'_> {
                 }
                 if self.acks {
                     if let Some(seq) = published.max_seq {
-                        self.send(protocol::accepted_frame(seq, count));
+                        self.send(frames::accepted_frame(seq, count));
                     }
                 }
             }
@@ -324,7 +328,7 @@ impl Reader<'_> {
 
     fn reply_error(&self, e: ProtoError) {
         self.hub.metrics().error(e.code);
-        self.send(protocol::error_frame(&e));
+        self.send(frames::error_frame(&e));
     }
 
     /// Queues a frame for this client; a client that does not read its own replies is

@@ -47,49 +47,40 @@ pub(crate) struct DeviceCtx {
     pub shutdown: watch::Receiver<bool>,
 }
 
-/// A token bucket that keeps a device under the hub's per-connection rate limit even when
-/// it resends a large buffer after a reconnect.
+/// The protocol crate's token bucket, on tokio's clock (pausable in tests), sized so that
+/// a device stays under the hub's per-connection rate limit even when it resends a large
+/// buffer after a reconnect: `rate` a second, twice that as burst.
 #[derive(Debug)]
-pub(crate) struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
-}
+pub(crate) struct TokenBucket(telehub_protocol::rate::TokenBucket);
 
 impl TokenBucket {
     pub(crate) fn new(rate: f64) -> Self {
         let rate = rate.max(1.0);
-        TokenBucket {
+        TokenBucket(telehub_protocol::rate::TokenBucket::new_at(
             rate,
-            burst: rate * 2.0,
-            tokens: rate * 2.0,
-            last: Instant::now(),
-        }
-    }
-
-    fn refill(&mut self) {
-        let now = Instant::now();
-        let dt = now.duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
-        self.last = now;
+            rate * 2.0,
+            Instant::now().into_std(),
+        ))
     }
 
     /// Whole tokens available now.
     pub(crate) fn available(&mut self) -> usize {
-        self.refill();
-        self.tokens.max(0.0) as usize
+        self.0.available_at(Instant::now().into_std())
     }
 
+    /// Spend `n` tokens (at most what [`TokenBucket::available`] said).
     pub(crate) fn take(&mut self, n: usize) {
-        self.tokens -= n as f64;
+        self.0.take_at(n, Instant::now().into_std());
     }
 
-    /// When at least `n` tokens will be there.
+    /// When at least `n` tokens will be there (no sooner than 5 ms from now, so a loop
+    /// waiting on it never spins).
     pub(crate) fn ready_at(&mut self, n: usize) -> Instant {
-        self.refill();
-        let missing = (n as f64 - self.tokens).max(0.0);
-        Instant::now() + Duration::from_secs_f64(missing / self.rate).max(Duration::from_millis(5))
+        let now = Instant::now();
+        now + self
+            .0
+            .wait_for(n, now.into_std())
+            .max(Duration::from_millis(5))
     }
 }
 

@@ -17,7 +17,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
-use serde::Serialize;
+use telehub_protocol::inbound::MqttReading;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -110,20 +110,12 @@ impl Drop for MqttConn {
     }
 }
 
-#[derive(Serialize)]
-struct Payload<'a> {
-    value: f64,
-    #[serde(skip_serializing_if = "str::is_empty")]
-    unit: &'a str,
-    ts: i64,
-    seq: u64,
-}
-
 /// The JSON payload of one reading on its metric topic.
 pub(crate) fn reading_payload(r: &Reading) -> Vec<u8> {
-    serde_json::to_vec(&Payload {
+    // A finite float, a string and integers: serialising cannot fail.
+    serde_json::to_vec(&MqttReading {
         value: r.value,
-        unit: r.unit,
+        unit: (!r.unit.is_empty()).then_some(r.unit),
         ts: r.ts,
         seq: r.seq,
     })
@@ -299,7 +291,7 @@ pub(crate) async fn run_device(
                     Some(MqttEvent::Message { topic, payload }) if topic == cmd_topic => {
                         if let Ok(cmd) = serde_json::from_slice::<Command>(&payload) {
                             let (ack, effect) = dev.handle_command(&cmd);
-                            let body = serde_json::to_vec(&ack).unwrap_or_default();
+                            let body = ack.to_mqtt_payload();
                             match c.client.publish(ack_topic.clone(), QoS::AtLeastOnce, false, body).await {
                                 Ok(()) => c.queued.push_back(Sent::Ack),
                                 Err(_) => lost = true,

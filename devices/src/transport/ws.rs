@@ -8,14 +8,15 @@
 //! only that message's granted prefix. When the connection drops it backs off, reconnects, and
 //! resends everything unconfirmed with the original `ts` and `seq`.
 
-use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use serde::{Deserialize, Serialize};
+use telehub_protocol::codes::ErrorCode;
+use telehub_protocol::inbound::{ReadingItem, ToHub};
+use telehub_protocol::outbound::ServerMessage;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{self, Message};
 
@@ -24,7 +25,7 @@ use super::{
     MAX_BATCH, STABLE_AFTER,
 };
 use crate::backoff::Backoff;
-use crate::command::{Ack, Command, Effect};
+use crate::command::Effect;
 use crate::device::{Device, DeviceSummary};
 use crate::outbox::Reading;
 use crate::wsclient::{self, ConnectError, HubUrl, WsStream};
@@ -36,87 +37,26 @@ const RATE_LIMITED_PAUSE: Duration = Duration::from_secs(1);
 /// How long a clean close may take before the socket is simply dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// The fields of a hub frame a device looks at.
-#[derive(Deserialize)]
-struct Inbound<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: Cow<'a, str>,
-    seq: Option<u64>,
-    #[serde(borrow)]
-    code: Option<Cow<'a, str>>,
-}
-
-#[derive(Serialize)]
-struct WireItem<'a> {
-    metric: &'a str,
-    value: f64,
-    #[serde(skip_serializing_if = "str::is_empty")]
-    unit: &'a str,
-    ts: i64,
-    seq: u64,
-}
-
-impl<'a> From<&'a Reading> for WireItem<'a> {
-    fn from(r: &'a Reading) -> Self {
-        WireItem {
-            metric: r.metric,
-            value: r.value,
-            unit: r.unit,
-            ts: r.ts,
-            seq: r.seq,
+/// Encode readings as one protocol message: `reading` for one, `readings` for more.
+pub(crate) fn encode_readings(readings: &[Reading]) -> String {
+    match readings {
+        [r] => ToHub::reading(wire_item(r)).to_json(),
+        many => {
+            let items: Vec<ReadingItem> = many.iter().map(wire_item).collect();
+            ToHub::readings(&items).to_json()
         }
     }
 }
 
-#[derive(Serialize)]
-struct WireOne<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    metric: &'a str,
-    value: f64,
-    #[serde(skip_serializing_if = "str::is_empty")]
-    unit: &'a str,
-    ts: i64,
-    seq: u64,
-}
-
-#[derive(Serialize)]
-struct WireBatch<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    items: Vec<WireItem<'a>>,
-}
-
-#[derive(Serialize)]
-struct WireAck<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    #[serde(flatten)]
-    ack: &'a Ack,
-}
-
-/// Encode readings as one protocol message.
-pub(crate) fn encode_readings(readings: &[Reading]) -> String {
-    let result = match readings {
-        [r] => serde_json::to_string(&WireOne {
-            kind: "reading",
-            metric: r.metric,
-            value: r.value,
-            unit: r.unit,
-            ts: r.ts,
-            seq: r.seq,
-        }),
-        many => serde_json::to_string(&WireBatch {
-            kind: "readings",
-            items: many.iter().map(WireItem::from).collect(),
-        }),
-    };
-    // Serialising plain structs of strings and finite numbers cannot fail.
-    result.unwrap_or_default()
-}
-
-fn encode_ack(ack: &Ack) -> String {
-    serde_json::to_string(&WireAck { kind: "ack", ack }).unwrap_or_default()
+/// A reading as the protocol carries it; the outbox's empty unit means none.
+fn wire_item(r: &Reading) -> ReadingItem<'_> {
+    ReadingItem {
+        metric: r.metric,
+        value: r.value,
+        unit: (!r.unit.is_empty()).then_some(r.unit),
+        ts: Some(r.ts),
+        seq: Some(r.seq),
+    }
 }
 
 /// Messages sent on the current connection and not yet answered, as (first seq, last seq).
@@ -160,18 +100,18 @@ fn handle_frame(
         Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return Inbox::Closed,
         Some(Ok(_)) => return Inbox::Nothing,
     };
-    let Ok(frame) = serde_json::from_str::<Inbound>(text.as_str()) else {
+    let Ok(frame) = ServerMessage::from_json(text.as_str()) else {
         return Inbox::Nothing;
     };
-    match frame.kind.as_ref() {
-        "accepted" => {
-            if let Some((first, last)) = frame.seq.and_then(|seq| inflight.accept(seq)) {
+    match frame {
+        ServerMessage::Accepted(accepted) => {
+            if let Some((first, last)) = inflight.accept(accepted.seq) {
                 dev.ack_range(first, last);
             }
             Inbox::Nothing
         }
-        "error" => {
-            let limited = frame.code.as_deref() == Some("rate_limited");
+        ServerMessage::Error(error) => {
+            let limited = error.code == ErrorCode::RateLimited.as_str();
             dev.stats().hub_error(limited);
             if limited {
                 Inbox::RateLimited
@@ -179,13 +119,10 @@ fn handle_frame(
                 Inbox::Nothing
             }
         }
-        "command" => match serde_json::from_str::<Command>(text.as_str()) {
-            Ok(cmd) => {
-                let (ack, effect) = dev.handle_command(&cmd);
-                Inbox::Reply(encode_ack(&ack), effect)
-            }
-            Err(_) => Inbox::Nothing,
-        },
+        ServerMessage::Command(cmd) => {
+            let (ack, effect) = dev.handle_command(&cmd);
+            Inbox::Reply(ack.to_ws_text(), effect)
+        }
         _ => Inbox::Nothing,
     }
 }
@@ -421,6 +358,18 @@ mod tests {
     }
 
     #[test]
+    fn the_wire_bytes_are_unchanged() {
+        assert_eq!(
+            encode_readings(&[r(17, "C")]),
+            r#"{"type":"reading","metric":"temperature","value":21.5,"unit":"C","ts":1764000000000,"seq":17}"#
+        );
+        assert_eq!(
+            encode_readings(&[r(1, ""), r(2, "C")]),
+            r#"{"type":"readings","items":[{"metric":"temperature","value":21.5,"ts":1764000000000,"seq":1},{"metric":"temperature","value":21.5,"unit":"C","ts":1764000000000,"seq":2}]}"#
+        );
+    }
+
+    #[test]
     fn one_reading_is_a_reading_message() {
         let v: Value = serde_json::from_str(&encode_readings(&[r(17, "C")])).expect("json");
         assert_eq!(
@@ -463,12 +412,12 @@ mod tests {
 
     #[test]
     fn ack_has_type() {
-        let ack = Ack {
+        let ack = crate::command::Ack {
             id: "c-1".into(),
             ok: true,
             result: Some(serde_json::json!({"interval_ms": 500})),
         };
-        let v: Value = serde_json::from_str(&encode_ack(&ack)).expect("json");
+        let v: Value = serde_json::from_str(&ack.to_ws_text()).expect("json");
         assert_eq!(
             v,
             serde_json::json!({"type":"ack","id":"c-1","ok":true,"result":{"interval_ms":500}})

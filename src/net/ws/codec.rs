@@ -18,15 +18,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use std::io;
 use tokio::net::tcp::OwnedReadHalf;
 
-/// Close codes of RFC 6455 section 7.4.1 that the hub sends.
-pub(crate) mod close_code {
-    pub(crate) const NORMAL: u16 = 1000;
-    pub(crate) const GOING_AWAY: u16 = 1001;
-    pub(crate) const PROTOCOL_ERROR: u16 = 1002;
-    pub(crate) const INVALID_PAYLOAD: u16 = 1007;
-    pub(crate) const TOO_BIG: u16 = 1009;
-    pub(crate) const TRY_AGAIN_LATER: u16 = 1013;
-}
+use telehub_protocol::codes::close;
 
 const OP_CONTINUATION: u8 = 0x0;
 const OP_TEXT: u8 = 0x1;
@@ -145,9 +137,9 @@ impl ReadError {
     pub(crate) fn close_code(&self) -> Option<u16> {
         match self {
             ReadError::Eof | ReadError::Io(_) => None,
-            ReadError::Protocol(_) => Some(close_code::PROTOCOL_ERROR),
-            ReadError::InvalidUtf8 => Some(close_code::INVALID_PAYLOAD),
-            ReadError::TooBig(_) => Some(close_code::TOO_BIG),
+            ReadError::Protocol(_) => Some(close::PROTOCOL_ERROR),
+            ReadError::InvalidUtf8 => Some(close::INVALID_PAYLOAD),
+            ReadError::TooBig(_) => Some(close::TOO_BIG),
         }
     }
 }

@@ -1,4 +1,6 @@
-//! WebSocket framing (RFC 6455) for the server side: [`codec`] encodes the hub's frames
-//! once and decodes clients' frames with every rule a server must enforce.
+//! WebSocket framing (RFC 6455) for the server side: [`codec`] decodes clients' frames
+//! with every rule a server must enforce, and [`frames`] encodes the hub's messages once
+//! as frames shared by every recipient.
 
 pub(crate) mod codec;
+pub(crate) mod frames;

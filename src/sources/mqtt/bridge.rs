@@ -27,6 +27,7 @@ use rumqttc::{
     SubscribeFilter, SubscribeReasonCode, TlsConfiguration, Transport,
 };
 use tokio::sync::mpsc;
+use telehub_protocol::backoff::{Backoff, BackoffConfig};
 use tokio::task::JoinHandle;
 
 use super::config::BridgeSpec;
@@ -162,7 +163,12 @@ impl Bridge {
         tracing::info!(broker = %state.broker, client_id = %spec.client_id, "mqtt bridge starting");
 
         let mut shutdown = std::pin::pin!(shutdown);
-        let mut backoff = spec.reconnect_min;
+        // The schedule every telehub client follows: doubling ceilings with equal jitter,
+        // so hubs that lost one broker do not all reconnect in the same millisecond.
+        let mut backoff = Backoff::new(BackoffConfig {
+            initial: spec.reconnect_min,
+            max: spec.reconnect_max,
+        });
         let mut first_connect = seed_on_start;
         let mut subscriber: Option<JoinHandle<()>> = None;
         let mut conn_log = LogLimiter::new(LOG_BURST, LOG_WINDOW);
@@ -184,7 +190,7 @@ impl Bridge {
                 }
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     state.set_connected(true);
-                    backoff = spec.reconnect_min;
+                    backoff.reset();
                     tracing::info!(session_present = ack.session_present, "connected to broker");
                     // A resumed session keeps its subscriptions (and re-subscribing would
                     // make the broker re-send every retained message). A new session, or
@@ -238,16 +244,16 @@ impl Bridge {
                         .connection_errors
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let msg = describe(&e);
+                    let delay = backoff.next_delay(fastrand::f64());
                     if let Some(suppressed) = conn_log.allow() {
-                        tracing::warn!(error = %msg, retry_in_ms = backoff.as_millis() as u64, suppressed, "mqtt connection error");
+                        tracing::warn!(error = %msg, retry_in_ms = delay.as_millis() as u64, suppressed, "mqtt connection error");
                     }
                     state.set_error(msg);
                     tokio::select! {
                         biased;
                         () = &mut shutdown => break,
-                        () = tokio::time::sleep(backoff) => {}
+                        () = tokio::time::sleep(delay) => {}
                     }
-                    backoff = (backoff * 2).min(spec.reconnect_max);
                 }
             }
         }

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use super::payload::PayloadFormat;
 use super::template::TopicTemplate;
-use crate::protocol::{valid_id, valid_metric};
 use crate::sources::mqtt::BridgeError;
+use telehub_protocol::ids::{valid_id, valid_metric};
 
 /// `[mqtt]`: the bridges to MQTT brokers. None by default.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -47,8 +47,10 @@ pub struct BridgeConfig {
     /// after 1.5 intervals of silence.
     #[serde(default = "default_keep_alive_secs")]
     pub keep_alive_secs: u64,
-    /// First wait before reconnecting after the broker went away; doubles on each
-    /// failure up to `reconnect_max_ms`, back to this after a successful connect.
+    /// Ceiling of the first wait before reconnecting after the broker went away; the
+    /// ceiling doubles on each failure up to `reconnect_max_ms` and is back to this after
+    /// a successful connect. Each wait is drawn between half the ceiling and the ceiling
+    /// (jitter), so hubs that lost the same broker do not reconnect all at once.
     #[serde(default = "default_reconnect_min_ms")]
     pub reconnect_min_ms: u64,
     /// Longest wait between reconnect attempts.

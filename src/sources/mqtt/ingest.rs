@@ -18,7 +18,7 @@ use super::config::{BridgeSpec, TopicSpec};
 use super::link::BridgeLink;
 use super::payload::{self, PayloadFormat};
 use super::state::{BridgeState, LogLimiter};
-use crate::protocol::{valid_id, valid_metric};
+use telehub_protocol::ids::{valid_id, valid_metric};
 
 /// MQTT messages received by the poll loop and not yet taken by the ingest task. When it
 /// is full the poll loop waits for the ingest task, which then holds back keep-alive
@@ -32,7 +32,7 @@ const SINK_TICK: Duration = Duration::from_secs(1);
 /// One reading from the broker, after topic mapping and payload decoding: the same type a
 /// WebSocket device's reading becomes, since both take the same path into a room (`ts`
 /// `None` means the hub stamps its receive time).
-pub type BridgedReading = crate::protocol::ReadingIn;
+pub type BridgedReading = telehub_protocol::inbound::ReadingIn;
 
 /// The readings of one MQTT message for one device.
 #[derive(Debug, Clone, PartialEq)]

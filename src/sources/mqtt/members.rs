@@ -19,7 +19,9 @@ use tokio::task::JoinHandle;
 use super::bridge::{BridgeLink, BridgeSink, BridgedAck, BridgedMessage};
 use crate::hub::mailbox::{Close, CommandLetter, Letter, Mailbox};
 use crate::hub::{Hub, Membership, ReadingTap};
-use crate::protocol::{AckIn, ReadingIn, Role, Via, MAX_UNIT_LEN, TS_RANGE};
+use telehub_protocol::ids::{MAX_UNIT_LEN, TS_RANGE};
+use telehub_protocol::inbound::{AckIn, ReadingIn};
+use telehub_protocol::role::{Role, Via};
 
 /// Devices one bridge keeps joined at most; readings of further devices are refused
 /// (counted as rejected) so a broker full of topics cannot grow the hub without bound.

@@ -1,149 +1,32 @@
-//! The wire protocol: identifiers, messages in (parsed and validated here, so nothing
-//! downstream sees unchecked input) and messages out (serialised here, once).
+//! Client → hub. The hub's side: [`parse`] turns one text frame into a validated
+//! [`ClientMessage`] (or a [`ProtoError`] naming the code and the field), so nothing
+//! downstream sees unchecked input. The clients' side: [`ToHub`] and the item structs
+//! build the same messages, typed, so no client hand-rolls the wire shape.
 //!
-//! `docs/PROTOCOL.md` is the reference for every message and error code below.
+//! `docs/PROTOCOL.md`, "Client to server", is the reference.
 
 use std::borrow::Cow;
-use std::fmt;
 
-use crate::websocket;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-/// A complete WebSocket text frame (header and JSON), ready for the socket. Server frames
-/// are unmasked, so the same bytes serve every recipient: a reading is serialised once and
-/// cloning its frame only bumps a reference count.
-pub type Frame = bytes::Bytes;
-
-/// Longest room or client id.
-pub const MAX_ID_LEN: usize = 64;
-/// Longest command id.
-pub const MAX_COMMAND_ID_LEN: usize = 128;
-/// Longest unit string.
-pub const MAX_UNIT_LEN: usize = 32;
-
-/// True for a valid room or client id: 1 to 64 of `A-Za-z0-9_.-`.
-pub fn valid_id(s: &str) -> bool {
-    (1..=MAX_ID_LEN).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-}
-
-/// True for a valid metric name: 1 to 64 of `A-Za-z0-9_.-/`.
-pub fn valid_metric(s: &str) -> bool {
-    (1..=MAX_ID_LEN).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'/'))
-}
-
-/// What a connection may do: devices send readings and answer commands, dashboards
-/// receive readings and send commands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    Device,
-    Dashboard,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Device => "device",
-            Role::Dashboard => "dashboard",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Role> {
-        match s {
-            "device" => Some(Role::Device),
-            "dashboard" => Some(Role::Dashboard),
-            _ => None,
-        }
-    }
-}
-
-/// How a member reaches the hub: its own WebSocket, or bridged from an MQTT broker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Via {
-    Ws,
-    Mqtt,
-}
-
-/// The stable codes of `{"type":"error"}` frames. Their order is the order of the
-/// per-code counters in `metrics`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorCode {
-    InvalidJson,
-    UnknownType,
-    MissingField,
-    InvalidField,
-    NonFiniteValue,
-    WrongRole,
-    BinaryNotSupported,
-    BatchTooLarge,
-    RateLimited,
-    UnknownDevice,
-    UnknownCommand,
-    DuplicateId,
-    TooManyPending,
-    SeriesLimit,
-}
-
-impl ErrorCode {
-    pub const ALL: [ErrorCode; 14] = [
-        ErrorCode::InvalidJson,
-        ErrorCode::UnknownType,
-        ErrorCode::MissingField,
-        ErrorCode::InvalidField,
-        ErrorCode::NonFiniteValue,
-        ErrorCode::WrongRole,
-        ErrorCode::BinaryNotSupported,
-        ErrorCode::BatchTooLarge,
-        ErrorCode::RateLimited,
-        ErrorCode::UnknownDevice,
-        ErrorCode::UnknownCommand,
-        ErrorCode::DuplicateId,
-        ErrorCode::TooManyPending,
-        ErrorCode::SeriesLimit,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::InvalidJson => "invalid_json",
-            ErrorCode::UnknownType => "unknown_type",
-            ErrorCode::MissingField => "missing_field",
-            ErrorCode::InvalidField => "invalid_field",
-            ErrorCode::NonFiniteValue => "non_finite_value",
-            ErrorCode::WrongRole => "wrong_role",
-            ErrorCode::BinaryNotSupported => "binary_not_supported",
-            ErrorCode::BatchTooLarge => "batch_too_large",
-            ErrorCode::RateLimited => "rate_limited",
-            ErrorCode::UnknownDevice => "unknown_device",
-            ErrorCode::UnknownCommand => "unknown_command",
-            ErrorCode::DuplicateId => "duplicate_id",
-            ErrorCode::TooManyPending => "too_many_pending",
-            ErrorCode::SeriesLimit => "series_limit",
-        }
-    }
-
-    /// Position in [`ErrorCode::ALL`].
-    pub fn index(self) -> usize {
-        self as usize
-    }
-}
+use crate::codes::ErrorCode;
+use crate::ids::{valid_id, valid_metric, MAX_COMMAND_ID_LEN, MAX_UNIT_LEN, TS_RANGE};
 
 /// A problem with one message (or one item of a batch), reported to its sender.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{code:?}: {message}")]
 pub struct ProtoError {
+    /// The stable code, sent as `"code"`.
     pub code: ErrorCode,
+    /// What was wrong, naming the field (and the batch item), sent as `"message"`.
     pub message: String,
     /// The command id the error is about, echoed so a dashboard can match it.
     pub id: Option<String>,
 }
 
 impl ProtoError {
+    /// An error with `code` and `message`, about no command.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> ProtoError {
         ProtoError {
             code,
@@ -152,6 +35,7 @@ impl ProtoError {
         }
     }
 
+    /// The same error about command `id` (echoed so a dashboard can match it).
     pub fn with_id(mut self, id: &str) -> ProtoError {
         self.id = Some(id.to_string());
         self
@@ -178,28 +62,39 @@ impl ProtoError {
 /// A reading as a device sent it, after validation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReadingIn {
+    /// The metric name (valid by [`valid_metric`]).
     pub metric: String,
+    /// A finite value.
     pub value: f64,
+    /// At most [`MAX_UNIT_LEN`] bytes.
     pub unit: Option<String>,
     /// Epoch milliseconds given by the device, if any.
     pub ts: Option<i64>,
+    /// The device's sequence number, for deduplication and `accepted`.
     pub seq: Option<u64>,
 }
 
 /// A command from a dashboard, with `args` kept as raw JSON to forward untouched.
 #[derive(Debug, Clone)]
 pub struct CommandIn {
+    /// The dashboard's id for it, 1 to [`MAX_COMMAND_ID_LEN`] bytes.
     pub id: String,
+    /// The device it is for (a valid client id).
     pub to: String,
+    /// What to do (a valid id).
     pub name: String,
+    /// Arguments, any JSON, forwarded untouched.
     pub args: Option<Box<RawValue>>,
 }
 
 /// A device's answer to a command.
 #[derive(Debug, Clone)]
 pub struct AckIn {
+    /// The command's id.
     pub id: String,
+    /// Whether the device carried it out.
     pub ok: bool,
+    /// Anything the device reports, forwarded untouched.
     pub result: Option<Box<RawValue>>,
 }
 
@@ -208,7 +103,9 @@ pub struct AckIn {
 pub enum ClientMessage {
     /// `reading` (one item) or `readings`: every item validated on its own.
     Readings(Vec<Result<ReadingIn, ProtoError>>),
+    /// `command` (dashboards).
     Command(CommandIn),
+    /// `ack` (devices).
     Ack(AckIn),
 }
 
@@ -432,9 +329,6 @@ fn non_finite() -> ProtoError {
     )
 }
 
-/// Earliest and latest accepted timestamps: 1970 to 9999, in epoch milliseconds.
-pub const TS_RANGE: std::ops::RangeInclusive<i64> = 0..=253_402_300_799_999;
-
 fn timestamp(raw: &RawValue) -> Result<i64, ProtoError> {
     let bad = || {
         ProtoError::invalid(
@@ -470,228 +364,106 @@ fn truncate(s: &str, max: usize) -> &str {
 }
 
 // ---------------------------------------------------------------------------------------
-// Messages out. Each is built from borrowed data and serialised straight into a Frame.
+// The clients' side: typed messages to the hub, serialised from borrowed data.
 
-/// One member as listed in `welcome` and `/api/rooms`.
+/// A message to the hub as a client builds it. Serialises to exactly the documented JSON
+/// (`type` first, optional fields left out when `None`); `V` is the JSON type of command
+/// `args` and ack `result` (raw JSON by default, `serde_json::Value` works too).
 #[derive(Debug, Clone, Serialize)]
-pub struct MemberInfo<'a> {
-    pub client: &'a str,
-    pub role: Role,
-    pub via: Via,
-}
-
-#[derive(Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-enum Out<'a> {
-    Welcome {
-        room: &'a str,
-        client: &'a str,
-        role: Role,
-        offset: u64,
-        epoch: &'a str,
-        members: &'a [MemberInfo<'a>],
-        #[serde(skip_serializing_if = "Option::is_none")]
-        recovered: Option<bool>,
+pub enum ToHub<'a, V: ?Sized + Serialize = RawValue> {
+    /// One reading (devices).
+    Reading(ReadingItem<'a>),
+    /// A batch of readings (devices), at most the hub's `limits.max_batch`.
+    Readings {
+        /// The readings, in order.
+        items: &'a [ReadingItem<'a>],
     },
-    Snapshot {
-        series: &'a [SnapshotEntry<'a>],
-    },
-    Presence {
-        event: &'a str,
-        client: &'a str,
-        role: Role,
-        via: Via,
-    },
-    Reading {
-        room: &'a str,
-        device: &'a str,
-        metric: &'a str,
-        value: f64,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        unit: Option<&'a str>,
-        ts: i64,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        seq: Option<u64>,
-        offset: u64,
-    },
-    Command {
-        id: &'a str,
-        from: &'a str,
-        name: &'a str,
-        args: &'a RawValue,
-    },
-    Ack {
-        id: &'a str,
-        from: &'a str,
-        ok: bool,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        result: Option<&'a RawValue>,
-    },
-    Accepted {
-        seq: u64,
-        count: usize,
-    },
-    Error {
-        code: &'a str,
-        message: &'a str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        id: Option<&'a str>,
-    },
+    /// A command for a device (dashboards).
+    Command(CommandMsg<'a, V>),
+    /// The answer to a command (devices).
+    Ack(AckMsg<'a, V>),
 }
 
-fn frame(msg: &Out) -> Frame {
-    // The JSON is written after room for the frame header, which is then filled in
-    // front of it: one allocation, no copy.
-    let mut buf = Vec::with_capacity(160);
-    buf.resize(websocket::HEADER_ROOM, 0);
-    // Serialising these plain structs cannot fail: every map key is a string and every
-    // float is finite (validated on the way in).
-    match serde_json::to_writer(&mut buf, msg) {
-        Ok(()) => websocket::frame_in_place(buf),
-        Err(e) => websocket::text(&format!(
-            r#"{{"type":"error","code":"internal","message":"{e}"}}"#
-        )),
+impl<'a> ToHub<'a> {
+    /// `reading`: one reading.
+    pub fn reading(item: ReadingItem<'a>) -> ToHub<'a> {
+        ToHub::Reading(item)
+    }
+
+    /// `readings`: a batch.
+    pub fn readings(items: &'a [ReadingItem<'a>]) -> ToHub<'a> {
+        ToHub::Readings { items }
     }
 }
 
-/// The JSON text inside a frame built here (for tests and logs).
-pub fn frame_text(frame: &Frame) -> &str {
-    let skip = match frame.get(1).map(|b| b & 0x7F) {
-        Some(126) => 4,
-        Some(127) => 10,
-        _ => 2,
-    };
-    std::str::from_utf8(frame.get(skip..).unwrap_or_default()).unwrap_or_default()
+impl<V: ?Sized + Serialize> ToHub<'_, V> {
+    /// The JSON text of this message.
+    pub fn to_json(&self) -> String {
+        // Plain structs of strings, integers and raw or tree JSON: serialising them can
+        // only fail on a non-finite float, which serde_json writes as `null` instead.
+        serde_json::to_string(self).unwrap_or_default()
+    }
 }
 
-/// The first frame of every connection.
-#[allow(clippy::too_many_arguments)]
-pub fn welcome(
-    room: &str,
-    client: &str,
-    role: Role,
-    offset: u64,
-    epoch: &str,
-    members: &[MemberInfo],
-    recovered: Option<bool>,
-) -> Frame {
-    frame(&Out::Welcome {
-        room,
-        client,
-        role,
-        offset,
-        epoch,
-        members,
-        recovered,
-    })
-}
-
-/// One series' last value in a `snapshot`.
-#[derive(Debug, Clone, Serialize)]
-pub struct SnapshotEntry<'a> {
-    pub device: &'a str,
+/// One reading: a `reading` message's fields, or one item of `readings`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ReadingItem<'a> {
+    /// The metric name.
     pub metric: &'a str,
+    /// A finite value.
     pub value: f64,
+    /// The unit, left out when `None`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unit: Option<&'a str>,
-    pub ts: i64,
-    pub offset: u64,
-}
-
-/// A snapshot entry borrowed from a history record.
-pub fn snapshot_entry<'a>(e: &crate::history::Replayed<'a>) -> SnapshotEntry<'a> {
-    SnapshotEntry {
-        device: e.device,
-        metric: e.metric,
-        value: e.value,
-        unit: e.unit,
-        ts: e.ts,
-        offset: e.offset,
-    }
-}
-
-/// `snapshot`: the last value of every series of the room (dashboards, after `welcome`).
-pub fn snapshot_frame(series: &[SnapshotEntry]) -> Frame {
-    frame(&Out::Snapshot { series })
-}
-
-/// `presence` with `event` = `join` or `leave`.
-pub fn presence(event: &str, client: &str, role: Role, via: Via) -> Frame {
-    frame(&Out::Presence {
-        event,
-        client,
-        role,
-        via,
-    })
-}
-
-/// A reading as dashboards receive it.
-pub struct ReadingOut<'a> {
-    pub room: &'a str,
-    pub device: &'a str,
-    pub metric: &'a str,
-    pub value: f64,
-    pub unit: Option<&'a str>,
-    pub ts: i64,
+    /// Epoch milliseconds; left out, the hub stamps its receive time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ts: Option<i64>,
+    /// Sequence number, for deduplication and `accepted`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
-    pub offset: u64,
 }
 
-pub fn reading_frame(r: &ReadingOut) -> Frame {
-    frame(&Out::Reading {
-        room: r.room,
-        device: r.device,
-        metric: r.metric,
-        value: r.value,
-        unit: r.unit,
-        ts: r.ts,
-        seq: r.seq,
-        offset: r.offset,
-    })
+/// A command for device `to` (dashboards).
+#[derive(Debug, Clone, Serialize)]
+pub struct CommandMsg<'a, V: ?Sized + Serialize = RawValue> {
+    /// The dashboard's id for it; the ack echoes it.
+    pub id: &'a str,
+    /// The device.
+    pub to: &'a str,
+    /// What to do.
+    pub name: &'a str,
+    /// Arguments, left out when `None`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub args: Option<&'a V>,
 }
 
-/// `{}`: the args of a command sent without any.
-static EMPTY_ARGS: std::sync::LazyLock<Box<RawValue>> = std::sync::LazyLock::new(|| {
-    RawValue::from_string("{}".to_string()).expect("`{}` is a JSON object")
-});
-
-/// A command as the device receives it.
-pub fn command_frame(id: &str, from: &str, name: &str, args: Option<&RawValue>) -> Frame {
-    frame(&Out::Command {
-        id,
-        from,
-        name,
-        args: args.unwrap_or(&EMPTY_ARGS),
-    })
+/// A device's answer to command `id`. Over MQTT this object alone (no `type`) is the
+/// payload of `telehub/{room}/{device}/ack`.
+#[derive(Debug, Clone, Serialize)]
+pub struct AckMsg<'a, V: ?Sized + Serialize = RawValue> {
+    /// The command's id.
+    pub id: &'a str,
+    /// Whether it was carried out.
+    pub ok: bool,
+    /// What changed, or why not; left out when `None`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<&'a V>,
 }
 
-/// An ack as the commanding dashboard receives it.
-pub fn ack_frame(id: &str, from: &str, ok: bool, result: Option<&RawValue>) -> Frame {
-    frame(&Out::Ack {
-        id,
-        from,
-        ok,
-        result,
-    })
-}
-
-/// `accepted`: the readings of a device message up to `seq` are in.
-pub fn accepted_frame(seq: u64, count: usize) -> Frame {
-    frame(&Out::Accepted { seq, count })
-}
-
-pub fn error_frame(e: &ProtoError) -> Frame {
-    frame(&Out::Error {
-        code: e.code.as_str(),
-        message: &e.message,
-        id: e.id.as_deref(),
-    })
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
+/// A reading as an MQTT device publishes it on `telehub/{room}/{device}/{metric}` for the
+/// hub's bridge (`docs/MQTT.md`, the JSON payload): the metric is in the topic.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct MqttReading<'a> {
+    /// A finite value.
+    pub value: f64,
+    /// The unit, left out when `None`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit: Option<&'a str>,
+    /// Epoch milliseconds.
+    pub ts: i64,
+    /// Sequence number.
+    pub seq: u64,
 }
 
 #[cfg(test)]
@@ -707,16 +479,6 @@ mod tests {
             },
             Ok(other) => panic!("expected an error for {text}, got {other:?}"),
         }
-    }
-
-    #[test]
-    fn ids() {
-        assert!(valid_id("room-1.a_B"));
-        assert!(!valid_id(""));
-        assert!(!valid_id("a/b"));
-        assert!(!valid_id(&"x".repeat(65)));
-        assert!(valid_metric("env/temperature"));
-        assert!(!valid_metric("temp erature"));
     }
 
     #[test]
@@ -804,26 +566,105 @@ mod tests {
     }
 
     #[test]
-    fn frames_are_the_documented_json() {
-        let f = reading_frame(&ReadingOut {
-            room: "r",
-            device: "d",
-            metric: "t",
-            value: 20.0,
-            unit: None,
-            ts: 5,
-            seq: Some(1),
-            offset: 9,
-        });
-        let v: serde_json::Value = serde_json::from_str(frame_text(&f)).unwrap();
+    fn client_messages_are_the_documented_json() {
+        let one = ReadingItem {
+            metric: "temperature",
+            value: 21.5,
+            unit: Some("C"),
+            ts: Some(1_764_000_000_000),
+            seq: Some(17),
+        };
+        let reading: ToHub = ToHub::Reading(one);
         assert_eq!(
-            v,
-            serde_json::json!({"type":"reading","room":"r","device":"d","metric":"t","value":20.0,"ts":5,"seq":1,"offset":9})
+            reading.to_json(),
+            r#"{"type":"reading","metric":"temperature","value":21.5,"unit":"C","ts":1764000000000,"seq":17}"#
         );
-        let c = command_frame("1", "dash", "reboot", None);
+        let items = [
+            ReadingItem {
+                metric: "temperature",
+                value: 21.5,
+                unit: None,
+                ts: None,
+                seq: None,
+            },
+            ReadingItem {
+                metric: "humidity",
+                value: 40.0,
+                unit: None,
+                ts: None,
+                seq: None,
+            },
+        ];
+        let batch: ToHub = ToHub::Readings { items: &items };
         assert_eq!(
-            frame_text(&c),
-            r#"{"type":"command","id":"1","from":"dash","name":"reboot","args":{}}"#
+            batch.to_json(),
+            r#"{"type":"readings","items":[{"metric":"temperature","value":21.5},{"metric":"humidity","value":40.0}]}"#
+        );
+        let args = RawValue::from_string(r#"{"ms":500}"#.into()).expect("json");
+        let command: ToHub = ToHub::Command(CommandMsg {
+            id: "c-17",
+            to: "t1",
+            name: "set_interval",
+            args: Some(&args),
+        });
+        assert_eq!(
+            command.to_json(),
+            r#"{"type":"command","id":"c-17","to":"t1","name":"set_interval","args":{"ms":500}}"#
+        );
+        let result = serde_json::json!({"interval_ms": 500});
+        let ack = ToHub::Ack(AckMsg {
+            id: "c-17",
+            ok: true,
+            result: Some(&result),
+        });
+        assert_eq!(
+            ack.to_json(),
+            r#"{"type":"ack","id":"c-17","ok":true,"result":{"interval_ms":500}}"#
+        );
+        let mqtt = MqttReading {
+            value: 21.5,
+            unit: None,
+            ts: 1,
+            seq: 2,
+        };
+        assert_eq!(
+            serde_json::to_string(&mqtt).ok().as_deref(),
+            Some(r#"{"value":21.5,"ts":1,"seq":2}"#)
+        );
+    }
+
+    #[test]
+    fn what_clients_build_the_hub_parses() {
+        let items = [ReadingItem {
+            metric: "a/b",
+            value: -1.25,
+            unit: Some("°C \"quoted\""),
+            ts: Some(5),
+            seq: Some(9),
+        }; 3];
+        let batch: ToHub = ToHub::Readings { items: &items };
+        let ClientMessage::Readings(parsed) = parse(&batch.to_json(), 10).expect("parses") else {
+            panic!("not readings")
+        };
+        assert_eq!(parsed.len(), 3);
+        for r in parsed {
+            let r = r.expect("valid");
+            assert_eq!(
+                (r.metric.as_str(), r.value, r.unit.as_deref(), r.ts, r.seq),
+                ("a/b", -1.25, Some("°C \"quoted\""), Some(5), Some(9))
+            );
+        }
+        let ack: ToHub = ToHub::Ack(AckMsg {
+            id: "x",
+            ok: false,
+            result: None,
+        });
+        let Ok(ClientMessage::Ack(a)) = parse(&ack.to_json(), 10) else {
+            panic!("not an ack")
+        };
+        assert_eq!(
+            (a.id.as_str(), a.ok, a.result.is_none()),
+            ("x", false, true)
         );
     }
 }
