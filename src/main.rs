@@ -102,6 +102,10 @@ fn main() -> ExitCode {
         Some(Command::Plot(args)) => return plot(args),
         None => cli.serve,
     };
+    if args.demo && !cfg!(feature = "demo") {
+        eprintln!("telehub: --demo needs a telehub built with the `demo` feature (the default)");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     let mut settings = match Settings::load(args.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
@@ -186,10 +190,16 @@ fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
+        #[cfg(feature = "demo")]
         let demo = if demo {
             let addr = demo_address(listener.local_addr()?);
             Some(tokio::spawn(run_demo(addr, stopped(stop_rx.clone()))))
         } else {
+            None
+        };
+        #[cfg(not(feature = "demo"))]
+        let demo: Option<tokio::task::JoinHandle<()>> = {
+            let _ = demo;
             None
         };
         telehub::run(listener, settings, stopped(stop_rx)).await?;
@@ -202,6 +212,7 @@ fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
 
 /// Where the demo devices connect: the hub's own address, on loopback when it listens
 /// on every interface.
+#[cfg(feature = "demo")]
 fn demo_address(mut addr: SocketAddr) -> SocketAddr {
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
@@ -210,6 +221,7 @@ fn demo_address(mut addr: SocketAddr) -> SocketAddr {
 }
 
 /// Runs the built-in demo scenario in-process until the hub stops.
+#[cfg(feature = "demo")]
 async fn run_demo(addr: SocketAddr, stop: impl std::future::Future<Output = ()>) {
     let scenario = telehub_sim::demo_scenario();
     let rooms: Vec<String> = scenario.rooms.iter().map(|r| r.name.clone()).collect();
