@@ -46,10 +46,12 @@ pub use render::plot::Format as PlotFormat;
 
 /// The MQTT bridge as a component, for tests and tools that drive it without a hub.
 pub mod mqtt {
-    pub use crate::sources::mqtt::bridge::{
-        Bridge, BridgeLink, BridgeSink, BridgedAck, BridgedMessage, BridgedReading,
-    };
+    pub use crate::sources::mqtt::bridge::Bridge;
     pub use crate::sources::mqtt::config::MqttConfig;
+    pub use crate::sources::mqtt::ingest::{
+        BridgeSink, BridgedAck, BridgedMessage, BridgedReading,
+    };
+    pub use crate::sources::mqtt::link::BridgeLink;
     pub use crate::sources::mqtt::state::BridgeState;
     pub use crate::sources::mqtt::BridgeError;
 }

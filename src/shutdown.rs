@@ -1,6 +1,6 @@
 //! The shutdown latch: one signal that reaches every long-lived task.
 //!
-//! `server::run` owns a [`ShutdownTrigger`]; every connection and background task holds a
+//! `app::run` owns a [`ShutdownTrigger`]; every connection and background task holds a
 //! [`Shutdown`] and `select!`s on [`Shutdown::recv`] in its loop. Tasks also hold a clone
 //! of the completion sender so that `run` can wait for them all to finish (the
 //! mini-redis pattern: the receiver sees `None` once every sender is dropped).

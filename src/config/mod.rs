@@ -24,7 +24,7 @@ pub struct Settings {
     pub server: ServerConfig,
     /// Bounds on everything a client can make the hub hold.
     pub limits: LimitsConfig,
-    /// What the hub remembers of past readings, and where (see `history.rs`).
+    /// What the hub remembers of past readings, and where (see `sinks/history/`).
     pub history: HistoryConfig,
     /// Bridges to MQTT brokers (`[[mqtt.bridges]]`); none by default.
     pub mqtt: crate::sources::mqtt::MqttConfig,

@@ -16,8 +16,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 
 use crate::hub::mailbox::{Close, Letter};
 use crate::net::ws::codec;
-use crate::net::ws::frames;
-use crate::net::ws::frames::Frame;
+use crate::net::ws::frames::{self, Frame};
 
 /// How long the writer may take to put the close frame on a socket whose peer does not
 /// read, before the connection is simply dropped.

@@ -17,7 +17,7 @@
 //! - the last value of every series, for `snapshot`.
 //!
 //! Every lock here is a std `Mutex` held for a short, synchronous step; none is held
-//! across an `.await`. Lock order: a room's own lock (in `room.rs`) may be held while a
+//! across an `.await`. Lock order: a room's own lock (in `hub/room.rs`) may be held while a
 //! [`RoomHistory`] lock is taken, never the other way round.
 
 pub(crate) mod durable;

@@ -26,20 +26,15 @@ use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS,
     SubscribeFilter, SubscribeReasonCode, TlsConfiguration, Transport,
 };
-use tokio::sync::mpsc;
 use telehub_protocol::backoff::{Backoff, BackoffConfig};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::config::BridgeSpec;
-pub use super::ingest::{BridgeSink, BridgedAck, BridgedMessage, BridgedReading};
-use super::ingest::{Ingest, INGEST_QUEUE};
-pub use super::link::BridgeLink;
+use super::ingest::{BridgeSink, Ingest, INGEST_QUEUE};
+use super::link::{BridgeLink, REQUEST_QUEUE};
 use super::state::{BridgeState, LogLimiter};
 use super::BridgeError;
-
-/// Requests (acks, subscriptions, commands, mirrored readings) queued for the rumqttc
-/// event loop.
-pub(crate) const REQUEST_QUEUE: usize = 1024;
 
 /// Largest MQTT packet accepted or sent.
 const MAX_PACKET_BYTES: usize = 256 * 1024;

@@ -14,10 +14,13 @@ use std::time::Duration;
 
 use rumqttc::{AsyncClient, QoS};
 
-use super::bridge::REQUEST_QUEUE;
 use super::config::BridgeSpec;
 use super::state::BridgeState;
 use super::BridgeError;
+
+/// Requests (acks, subscriptions, commands, mirrored readings) queued for the rumqttc
+/// event loop.
+pub(crate) const REQUEST_QUEUE: usize = 1024;
 
 /// Commands and mirrored readings queued in the request queue at most, so that acks
 /// always find room. (The ingest task waits for room for its acks while the poll loop

@@ -16,7 +16,8 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::task::JoinHandle;
 
-use super::bridge::{BridgeLink, BridgeSink, BridgedAck, BridgedMessage};
+use super::ingest::{BridgeSink, BridgedAck, BridgedMessage};
+use super::link::BridgeLink;
 use crate::hub::mailbox::{Close, CommandLetter, Letter, Mailbox};
 use crate::hub::{Hub, Membership, ReadingTap};
 use telehub_protocol::ids::{MAX_UNIT_LEN, TS_RANGE};
@@ -297,7 +298,7 @@ impl ReadingTap for BridgeLink {
 mod tests {
     use super::*;
     use crate::config::LimitsConfig;
-    use crate::sources::mqtt::bridge::BridgedReading;
+    use crate::sources::mqtt::ingest::BridgedReading;
     use crate::sources::mqtt::{Bridge, MqttConfig};
 
     fn sink() -> (Hub, HubSink) {
