@@ -32,6 +32,31 @@ use crate::shutdown::{Completion, Shutdown};
 /// when the connection cap is derived from the open-file limit.
 const RESERVED_FDS: usize = 256;
 
+/// The warp routes as a hyper service, as every connection's task needs them.
+pub(crate) trait Routes:
+    Service<
+        Request<Incoming>,
+        Response = warp::reply::Response,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<R> Routes for R where
+    R: Service<
+            Request<Incoming>,
+            Response = warp::reply::Response,
+            Error = std::convert::Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
 /// What every connection's task needs: the WebSocket context, the warp routes, the hub
 /// (for the refusal metrics) and the shutdown latch.
 #[derive(Clone)]
@@ -89,14 +114,7 @@ pub(crate) async fn accept_until<R>(
     h: Handlers<R>,
 ) -> Arc<AtomicUsize>
 where
-    R: Service<
-            Request<Incoming>,
-            Response = warp::reply::Response,
-            Error = std::convert::Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    R::Future: Send + 'static,
+    R: Routes,
 {
     let open = Arc::new(AtomicUsize::new(0));
     tokio::pin!(stop);
@@ -135,14 +153,7 @@ async fn serve_connection<R>(
     guard: Arc<ConnGuard>,
     h: Handlers<R>,
 ) where
-    R: Service<
-            Request<Incoming>,
-            Response = warp::reply::Response,
-            Error = std::convert::Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    R::Future: Send + 'static,
+    R: Routes,
 {
     let Handlers {
         ws,

@@ -24,6 +24,19 @@ pub(super) struct Series {
     pub(super) last_offset: u64,
 }
 
+impl Series {
+    /// A new series whose first point is `(ts, value)` (recorded by the caller).
+    fn new(key: Arc<SeriesKey>, ts: i64, value: f64) -> Series {
+        Series {
+            key,
+            unit: None,
+            points: VecDeque::new(),
+            last: Point { ts, value },
+            last_offset: 0,
+        }
+    }
+}
+
 /// One entry of the room log: 64 bytes, no JSON.
 pub(super) struct Entry {
     pub(super) offset: u64,
@@ -98,19 +111,13 @@ impl RoomHistory {
             None => {
                 self.reserve_series()?;
                 let metric: Arc<str> = Arc::from(r.metric);
-                by_metric.entry(metric.clone()).or_insert(Series {
-                    key: Arc::new(SeriesKey {
-                        device: r.device.clone(),
-                        metric,
-                    }),
-                    unit: None,
-                    points: VecDeque::new(),
-                    last: Point {
-                        ts: r.ts,
-                        value: r.value,
-                    },
-                    last_offset: 0,
-                })
+                let key = Arc::new(SeriesKey {
+                    device: r.device.clone(),
+                    metric: metric.clone(),
+                });
+                by_metric
+                    .entry(metric)
+                    .or_insert_with(|| Series::new(key, r.ts, r.value))
             }
         };
         if series.unit.as_deref() != r.unit {
@@ -278,16 +285,9 @@ impl RoomHistory {
             Some(s) => s,
             None => {
                 self.reserve_series()?;
-                by_metric.entry(r.key.metric.clone()).or_insert(Series {
-                    key: r.key.clone(),
-                    unit: None,
-                    points: VecDeque::new(),
-                    last: Point {
-                        ts: r.ts,
-                        value: r.value,
-                    },
-                    last_offset: 0,
-                })
+                by_metric
+                    .entry(r.key.metric.clone())
+                    .or_insert_with(|| Series::new(r.key.clone(), r.ts, r.value))
             }
         };
         series.unit = r.unit.clone();
