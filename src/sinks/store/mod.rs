@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::histogram::Histogram;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::config::HistoryConfig;
@@ -86,8 +87,13 @@ pub(crate) struct Store {
 }
 
 impl Store {
-    /// Opens (or creates) the database, loads what start-up needs and starts the writer.
-    pub(crate) fn open(config: &HistoryConfig) -> Result<(Store, Loaded), StoreError> {
+    /// Opens (or creates) the database, loads what start-up needs and starts the writer,
+    /// which times each commit into `commit_seconds` if given (`/metrics`'s
+    /// `telehub_store_commit_seconds`: a shared handle, so the store needs no hub).
+    pub(crate) fn open(
+        config: &HistoryConfig,
+        commit_seconds: Option<Histogram>,
+    ) -> Result<(Store, Loaded), StoreError> {
         let dir = &config.data_dir;
         std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
             path: dir.clone(),
@@ -165,6 +171,7 @@ impl Store {
             interval: Duration::from_millis(config.flush_interval_ms),
             retention,
             path: path.clone(),
+            commit_seconds,
         };
         let thread = std::thread::Builder::new()
             .name("telehub-store".into())
@@ -319,6 +326,8 @@ struct Writer {
     interval: Duration,
     retention: i64,
     path: PathBuf,
+    /// Observes the duration of every commit (failed ones too: they cost as much).
+    commit_seconds: Option<Histogram>,
 }
 
 impl Writer {
@@ -375,7 +384,12 @@ impl Writer {
             return;
         }
         let n = batch.len();
-        if let Err(e) = write(&mut self.conn, batch) {
+        let started = Instant::now();
+        let written = write(&mut self.conn, batch);
+        if let Some(h) = &self.commit_seconds {
+            h.observe(started.elapsed().as_secs_f64());
+        }
+        if let Err(e) = written {
             // Nothing to retry into without growing memory: say what was lost.
             tracing::error!(path = %self.path.display(), error = %e, lost = n, "history commit failed");
         }
