@@ -202,7 +202,7 @@ impl Metrics {
         registry.register(
             "telehub_outbound_queue_depth_at_close",
             "Frames still queued in a connection's mailbox when the hub decided to close it \
-             (sent first on a shutdown, dropped on any other close)",
+             (sent first on a shutdown or a protocol-error close, dropped on the others)",
             queue_depth_at_close.clone(),
         );
         let store_commit_seconds = Histogram::new(commit_buckets());
