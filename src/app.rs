@@ -19,6 +19,7 @@ use tracing::{info, warn};
 use crate::config::Settings;
 use crate::hub::mailbox::Close;
 use crate::hub::{Hub, ReadingTap};
+use crate::metrics::Metrics;
 use crate::net::handshake::WsContext;
 use crate::net::listener;
 use crate::shutdown::{self, Completion, Shutdown};
@@ -50,23 +51,20 @@ pub async fn run(
     let addr = listener.local_addr()?;
     info!("listening on http://{addr}");
     let max_connections = listener::connection_cap(settings.limits.max_connections);
+    // One registry for the hub, completed below with the collectors of the stages that
+    // keep their own counts, before anything is served.
+    let mut metrics = Metrics::new();
     // Blocking (SQLite open and reload), but before anything is served.
-    let history = History::open(settings.history.clone())?;
+    let history = History::open_timed(
+        settings.history.clone(),
+        Some(metrics.store_commit_seconds().clone()),
+    )?;
     if history.persistent() {
         info!(data_dir = %settings.history.data_dir.display(), "durable history");
     } else {
         info!("history in memory only (persist = false)");
     }
-    let hub = Hub::new(settings.limits.clone(), history.clone());
-    let (trigger, shutdown) = shutdown::channel();
-    let (completion, mut all_done) = mpsc::channel::<()>(1);
-
-    let ws = Arc::new(WsContext {
-        hub: hub.clone(),
-        shutdown: shutdown.clone(),
-        completion: completion.clone(),
-        ping_interval: Duration::from_millis(settings.server.ping_interval_ms),
-    });
+    metrics.register_collector(history.collector());
     // MQTT bridges: built (and their TLS set up) before anything is served, so a bad
     // one stops start-up; mirroring bridges tap WebSocket devices' readings.
     let mut bridges = Vec::new();
@@ -82,8 +80,19 @@ pub async fn run(
         }
         bridges.push(bridge);
     }
-    hub.set_taps(taps);
     let bridge_states = Bridges::new(bridges.iter().map(|b| b.state()).collect());
+    metrics.register_collector(bridge_states.clone());
+    let hub = Hub::with_metrics(settings.limits.clone(), history.clone(), metrics);
+    hub.set_taps(taps);
+    let (trigger, shutdown) = shutdown::channel();
+    let (completion, mut all_done) = mpsc::channel::<()>(1);
+
+    let ws = Arc::new(WsContext {
+        hub: hub.clone(),
+        shutdown: shutdown.clone(),
+        completion: completion.clone(),
+        ping_interval: Duration::from_millis(settings.server.ping_interval_ms),
+    });
     for bridge in bridges {
         let sink = HubSink::new(hub.clone(), bridge.link());
         let mut stop_bridge = shutdown.clone();

@@ -42,8 +42,8 @@ pub(crate) fn routes(
         .or(room_history(hub.clone()))
         .or(room_series(hub.clone()))
         .or(room_plot(hub.clone()))
-        .or(api_bridges(bridges.clone()))
-        .or(metrics::route(hub, bridges))
+        .or(api_bridges(bridges))
+        .or(metrics::route(hub))
         .or(crate::api::assets::routes(dashboard_dir))
         .recover(error::recover)
 }

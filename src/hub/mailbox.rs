@@ -16,6 +16,7 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::Notify;
 
 use serde_json::value::RawValue;
@@ -140,6 +141,9 @@ pub(crate) struct Mailbox {
     /// Wakes a writer blocked on a full socket when it must give up and close at once.
     urgent: Notify,
     capacity: usize,
+    /// Where the queue's depth goes when a close is decided (`/metrics`'s
+    /// `telehub_outbound_queue_depth_at_close`); none for a mailbox outside a hub.
+    depth_at_close: Option<Histogram>,
 }
 
 impl Mailbox {
@@ -149,6 +153,16 @@ impl Mailbox {
             ready: Notify::new(),
             urgent: Notify::new(),
             capacity,
+            depth_at_close: None,
+        }
+    }
+
+    /// A mailbox that reports its depth when it is closed to `depth_at_close` (a shared
+    /// handle: one pointer per mailbox, observed once per connection).
+    pub(crate) fn with_close_depth(capacity: usize, depth_at_close: Histogram) -> Mailbox {
+        Mailbox {
+            depth_at_close: Some(depth_at_close),
+            ..Mailbox::new(capacity)
         }
     }
 
@@ -197,10 +211,14 @@ impl Mailbox {
             return;
         }
         s.close = Some(close);
+        let depth = s.queue.len();
         if !close.flush_first {
             s.queue = VecDeque::new();
         }
         drop(s);
+        if let Some(h) = &self.depth_at_close {
+            h.observe(depth as f64);
+        }
         self.ready.notify_one();
         if !close.flush_first {
             self.urgent.notify_one();
@@ -266,6 +284,17 @@ mod tests {
         o.push(f("a"));
         o.close(Close::SLOW_CONSUMER);
         assert!(o.take().0.is_empty());
+    }
+
+    #[test]
+    fn the_depth_at_the_first_close_is_observed_once() {
+        let h = Histogram::new([1.0, 2.0]);
+        let o = Mailbox::with_close_depth(4, h.clone());
+        o.push(f("a"));
+        o.push(f("b"));
+        o.close(Close::SLOW_CONSUMER);
+        o.close(Close::GOING_AWAY);
+        assert_eq!((h.count(), h.sum()), (1, 2.0));
     }
 
     #[tokio::test]

@@ -112,12 +112,20 @@ fn now_ms() -> i64 {
 }
 
 impl Hub {
+    /// A hub with metrics of its own, for tests.
+    #[cfg(test)]
     pub(crate) fn new(limits: LimitsConfig, history: History) -> Hub {
+        Hub::with_metrics(limits, history, Metrics::new())
+    }
+
+    /// A hub that updates `metrics`, whose registry the server has completed with the
+    /// other stages' collectors.
+    pub(crate) fn with_metrics(limits: LimitsConfig, history: History, metrics: Metrics) -> Hub {
         Hub {
             inner: Arc::new(Inner {
                 rooms: Mutex::new(HashMap::new()),
                 limits,
-                metrics: Metrics::default(),
+                metrics,
                 next_conn: AtomicU64::new(1),
                 history,
                 taps: OnceLock::new(),
@@ -153,7 +161,10 @@ impl Hub {
         via: Via,
         since: Option<Since<'_>>,
     ) -> Result<Membership, JoinError> {
-        let mailbox = Arc::new(Mailbox::new(self.inner.limits.outbound_queue));
+        let mailbox = Arc::new(Mailbox::with_close_depth(
+            self.inner.limits.outbound_queue,
+            self.inner.metrics.queue_depth_at_close().clone(),
+        ));
         let conn = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
         let client: Arc<str> = client.into();
         let room = {
@@ -170,6 +181,7 @@ impl Hub {
                     let history = self.inner.history.room(&name);
                     let r = Arc::new(Room::new(name.clone(), history));
                     rooms.insert(name, r.clone());
+                    self.inner.metrics.rooms(rooms.len());
                     r
                 }
             };
@@ -217,10 +229,8 @@ impl Hub {
             &self.inner.metrics,
         );
         let m = &self.inner.metrics;
-        m.readings_in
-            .fetch_add(published.accepted as u64, Ordering::Relaxed);
-        m.duplicates
-            .fetch_add(published.duplicates as u64, Ordering::Relaxed);
+        m.readings_in(published.accepted);
+        m.duplicates(published.duplicates);
         if let Some((taps, items)) = taps {
             if published.accepted > 0 {
                 for tap in taps.iter() {
@@ -245,7 +255,7 @@ impl Hub {
             self.inner.limits.max_pending_commands,
             Duration::from_millis(self.inner.limits.command_timeout_ms),
         )?;
-        self.inner.metrics.commands.fetch_add(1, Ordering::Relaxed);
+        self.inner.metrics.command();
         Ok(())
     }
 
@@ -262,10 +272,6 @@ impl Hub {
         out
     }
 
-    pub(crate) fn room_count(&self) -> usize {
-        self.rooms().len()
-    }
-
     /// Frees rooms that have been empty for `limits.empty_room_ttl_ms` and forgets
     /// commands that waited too long for an ack. Called periodically by the server.
     pub(crate) fn sweep(&self) {
@@ -273,6 +279,7 @@ impl Hub {
         let timeout = Duration::from_millis(self.inner.limits.command_timeout_ms);
         let mut rooms = self.rooms();
         rooms.retain(|_, room| !room.empty_for(ttl));
+        self.inner.metrics.rooms(rooms.len());
         for room in rooms.values() {
             room.expire_commands(timeout);
         }

@@ -94,9 +94,7 @@ pub(crate) struct MemberSummary {
 fn deliver(mailbox: &Mailbox, frame: Frame, metrics: &Metrics) {
     if mailbox.push(frame) == Push::Full {
         mailbox.close(Close::SLOW_CONSUMER);
-        metrics
-            .slow_consumers
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        metrics.slow_consumer();
     }
 }
 
@@ -184,6 +182,7 @@ impl Room {
                 let series: Vec<_> = all.iter().map(frames::snapshot_entry).collect();
                 (!series.is_empty()).then(|| frames::snapshot_frame(&series))
             });
+            let has_snapshot = snapshot.is_some();
             frames.extend(snapshot);
             if let Some(since) = since {
                 let recovery = self.history.replay(since.offset, since.epoch, |e| {
@@ -199,6 +198,8 @@ impl Room {
                     }))
                 });
                 recovered = Some(recovery.recovered);
+                // The frames so far are the snapshot (one at most); the rest are readings.
+                metrics.replayed(frames.len() - usize::from(has_snapshot));
             }
         }
         let welcome = frames::welcome(
@@ -315,10 +316,7 @@ impl Room {
             for (_, mailbox) in &st.subscribers {
                 deliver(mailbox, frame.clone(), metrics);
             }
-            metrics.frames_out.fetch_add(
-                st.subscribers.len() as u64,
-                std::sync::atomic::Ordering::Relaxed,
-            );
+            metrics.frames_out(st.subscribers.len());
             out.accepted += 1;
         }
         out

@@ -9,6 +9,7 @@ pub(crate) mod store;
 pub(crate) mod ws_writer;
 
 use history::{History, HistoryConfig};
+use prometheus_client::metrics::histogram::Histogram;
 use store::{Store, StoreError};
 
 impl History {
@@ -18,10 +19,19 @@ impl History {
     /// are known, so that history needs only its [`Durable`](history::durable::Durable)
     /// seam and the store imports history, never the other way round.
     pub fn open(config: HistoryConfig) -> Result<History, StoreError> {
+        History::open_timed(config, None)
+    }
+
+    /// [`History::open`], with the store timing each of its commits into
+    /// `commit_seconds` (the hub's `telehub_store_commit_seconds`).
+    pub(crate) fn open_timed(
+        config: HistoryConfig,
+        commit_seconds: Option<Histogram>,
+    ) -> Result<History, StoreError> {
         if !config.persist {
             return Ok(History::in_memory(config));
         }
-        let (store, loaded) = Store::open(&config)?;
+        let (store, loaded) = Store::open(&config, commit_seconds)?;
         Ok(History::durable(config, Box::new(store), loaded))
     }
 }

@@ -216,7 +216,7 @@ impl Reader<'_> {
                 // errors (answering each would do the flooder's work for it), only a
                 // `rate_limited` now and then.
                 if self.bucket.take(1) == 0 {
-                    return self.throttled();
+                    return self.throttled(e.code);
                 }
                 return self.reply_error(e);
             }
@@ -309,13 +309,16 @@ impl Reader<'_> {
     }
 
     /// One `rate_limited` error a second at most for a client flooding invalid messages.
-    fn throttled(&mut self) {
+    /// The invalid message itself (whose error would have had `code`) gets no error frame
+    /// either way: it counts as suppressed, and `errors_total` counts only the notices
+    /// actually sent.
+    fn throttled(&mut self, code: ErrorCode) {
+        self.hub.metrics().error_suppressed(code);
         let now = Instant::now();
         if self
             .last_flood_notice
             .is_some_and(|t| now.duration_since(t) < FLOOD_NOTICE_INTERVAL)
         {
-            self.hub.metrics().error(ErrorCode::RateLimited);
             return;
         }
         self.last_flood_notice = Some(now);
@@ -335,10 +338,7 @@ impl Reader<'_> {
     fn send(&self, frame: Frame) {
         if self.mailbox.push(frame) == Push::Full {
             self.mailbox.close(Close::SLOW_CONSUMER);
-            self.hub
-                .metrics()
-                .slow_consumers
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.hub.metrics().slow_consumer();
         }
     }
 }

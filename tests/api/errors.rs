@@ -220,5 +220,20 @@ async fn a_flood_of_garbage_gets_detailed_errors_up_to_the_limit_then_one_notice
     }
     assert_eq!(next_error(&mut dev).await.0, "rate_limited");
     dev.expect_silence(300).await;
+    // /metrics tells the frames sent from the messages that got none: 5 detailed errors
+    // and 1 notice sent, the other 45 invalid messages suppressed (as of 1 s, the notice
+    // interval; the bucket refills 1 token/s, so allow one more of each).
+    let text = app.get("/metrics").await.1;
+    let value = |series: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    };
+    let sent = value("telehub_errors_total{code=\"invalid_json\"}");
+    let notices = value("telehub_errors_total{code=\"rate_limited\"}");
+    let suppressed = value("telehub_errors_suppressed_total{code=\"invalid_json\"}");
+    assert!((5..=6).contains(&sent), "{text}");
+    assert!((1..=2).contains(&notices), "{text}");
+    assert_eq!(sent + suppressed, 50, "{text}");
     app.stop().await;
 }

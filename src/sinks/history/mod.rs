@@ -30,6 +30,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+
 use crate::clock::{new_epoch, now_ms};
 pub use crate::config::HistoryConfig;
 use durable::{Durable, Loaded};
@@ -274,5 +279,43 @@ impl History {
                 _ = tick.tick() => self.prune(now_ms()),
             }
         }
+    }
+}
+
+/// History's part of `/metrics`, read at each scrape from the counts history keeps anyway
+/// (a collector: history is a component of its own, built before the hub's metrics).
+pub(crate) struct HistoryCollector(History);
+
+impl std::fmt::Debug for HistoryCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HistoryCollector")
+    }
+}
+
+impl History {
+    /// The collector that exposes `telehub_history_series` and
+    /// `telehub_history_store_dropped_total`.
+    pub(crate) fn collector(&self) -> HistoryCollector {
+        HistoryCollector(self.clone())
+    }
+}
+
+impl Collector for HistoryCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let series = ConstGauge::new(self.0.series_count() as i64);
+        series.encode(encoder.encode_descriptor(
+            "telehub_history_series",
+            "Series (room, device, metric) kept in memory.",
+            None,
+            series.metric_type(),
+        )?)?;
+        // The encoder adds `_total` to a counter's name.
+        let dropped = ConstCounter::new(self.0.store_dropped());
+        dropped.encode(encoder.encode_descriptor(
+            "telehub_history_store_dropped",
+            "Readings not written to the database because its queue was full.",
+            None,
+            dropped.metric_type(),
+        )?)
     }
 }

@@ -3,11 +3,15 @@
 //! rate limiter for the bridge's error logs, so a device spewing bad payloads cannot
 //! flood the log.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
 use serde::Serialize;
 
 /// Live state of one bridge. Cheap to update from the bridge task (atomics; the last
@@ -179,90 +183,93 @@ impl Bridges {
     pub(crate) fn statuses(&self) -> Vec<BridgeStatus> {
         self.states.iter().map(|s| s.status()).collect()
     }
+}
 
-    /// Appends the bridges' Prometheus metrics to `out`.
-    pub(crate) fn render_metrics(&self, out: &mut String) {
+/// The counters of `/metrics` (each `telehub_mqtt_{name}_total{bridge}`), their help and
+/// where each bridge keeps it.
+type CounterField = fn(&BridgeState) -> &AtomicU64;
+const COUNTERS: [(&str, &str, CounterField); 11] = [
+    (
+        "messages_in",
+        "MQTT messages received on subscribed topics.",
+        |s| &s.messages_in,
+    ),
+    ("readings_in", "Bridged readings handed to the hub.", |s| {
+        &s.readings_in
+    }),
+    (
+        "parse_errors",
+        "MQTT messages whose topic or payload could not be read.",
+        |s| &s.parse_errors,
+    ),
+    ("rejected", "Bridged readings refused by the hub.", |s| {
+        &s.rejected
+    }),
+    (
+        "ignored",
+        "MQTT messages skipped on purpose (own commands, mirrored echoes).",
+        |s| &s.ignored,
+    ),
+    (
+        "reconnects",
+        "Reconnects to the broker after the first connect.",
+        |s| &s.reconnects,
+    ),
+    (
+        "connection_errors",
+        "Failed connection attempts and dropped connections.",
+        |s| &s.connection_errors,
+    ),
+    (
+        "commands_out",
+        "Commands published to bridged devices.",
+        |s| &s.commands_out,
+    ),
+    ("acks_in", "Acks received from bridged devices.", |s| {
+        &s.acks_in
+    }),
+    (
+        "mirrored_out",
+        "Readings of WebSocket devices published to the broker.",
+        |s| &s.mirrored_out,
+    ),
+    (
+        "mirror_dropped",
+        "Mirrored readings dropped on a full request queue.",
+        |s| &s.mirror_dropped,
+    ),
+];
+
+/// The bridges' part of `/metrics`, labelled `bridge="NAME"`, read from each bridge's
+/// atomics at scrape time. A collector rather than `Family`s in the hub's registry: the
+/// same atomics answer `GET /api/bridges` and a [`BridgeState`] is built without a hub
+/// (tools and tests drive a bridge alone), so they stay the one source of both. The set
+/// of bridges is fixed at start, and a scrape reads each atomic once.
+impl Collector for Bridges {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         if self.states.is_empty() {
-            return;
+            return Ok(());
         }
-        let statuses = self.statuses();
-        let _ = writeln!(
-            out,
-            "# HELP telehub_mqtt_connected 1 while the bridge is connected to its broker.\n# TYPE telehub_mqtt_connected gauge"
-        );
-        for s in &statuses {
-            let _ = writeln!(
-                out,
-                "telehub_mqtt_connected{{bridge=\"{}\"}} {}",
-                s.name, s.connected as u8
-            );
+        let mut connected = encoder.encode_descriptor(
+            "telehub_mqtt_connected",
+            "1 while the bridge is connected to its broker.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for s in self.states.iter() {
+            let up = ConstGauge::new(i64::from(s.is_connected()));
+            up.encode(connected.encode_family(&[("bridge", s.name.as_str())])?)?;
         }
-        type Get = fn(&BridgeStatus) -> u64;
-        let counters: [(&str, &str, Get); 11] = [
-            (
-                "messages_in",
-                "MQTT messages received on subscribed topics.",
-                |s| s.messages_in,
-            ),
-            ("readings_in", "Bridged readings handed to the hub.", |s| {
-                s.readings_in
-            }),
-            (
-                "parse_errors",
-                "MQTT messages whose topic or payload could not be read.",
-                |s| s.parse_errors,
-            ),
-            ("rejected", "Bridged readings refused by the hub.", |s| {
-                s.rejected
-            }),
-            (
-                "ignored",
-                "MQTT messages skipped on purpose (own commands, mirrored echoes).",
-                |s| s.ignored,
-            ),
-            (
-                "reconnects",
-                "Reconnects to the broker after the first connect.",
-                |s| s.reconnects,
-            ),
-            (
-                "connection_errors",
-                "Failed connection attempts and dropped connections.",
-                |s| s.connection_errors,
-            ),
-            (
-                "commands_out",
-                "Commands published to bridged devices.",
-                |s| s.commands_out,
-            ),
-            ("acks_in", "Acks received from bridged devices.", |s| {
-                s.acks_in
-            }),
-            (
-                "mirrored_out",
-                "Readings of WebSocket devices published to the broker.",
-                |s| s.mirrored_out,
-            ),
-            (
-                "mirror_dropped",
-                "Mirrored readings dropped on a full request queue.",
-                |s| s.mirror_dropped,
-            ),
-        ];
-        for (name, help, get) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP telehub_mqtt_{name}_total {help}\n# TYPE telehub_mqtt_{name}_total counter"
-            );
-            for s in &statuses {
-                let _ = writeln!(
-                    out,
-                    "telehub_mqtt_{name}_total{{bridge=\"{}\"}} {}",
-                    s.name,
-                    get(s)
-                );
+        for (name, help, field) in COUNTERS {
+            // The encoder adds `_total` to a counter's name.
+            let name = format!("telehub_mqtt_{name}");
+            let mut family = encoder.encode_descriptor(&name, help, None, MetricType::Counter)?;
+            for s in self.states.iter() {
+                let value = ConstCounter::new(field(s).load(Ordering::Relaxed));
+                value.encode(family.encode_family(&[("bridge", s.name.as_str())])?)?;
             }
         }
+        Ok(())
     }
 }
 
@@ -330,14 +337,25 @@ mod tests {
         s.set_connected(false);
         s.set_connected(true);
         assert_eq!(s.status().reconnects, 1);
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(Bridges::new(vec![Arc::new(s)])));
         let mut out = String::new();
-        Bridges::new(vec![Arc::new(s)]).render_metrics(&mut out);
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &registry).unwrap();
         assert!(
             out.contains("telehub_mqtt_connected{bridge=\"b\"} 1"),
             "{out}"
         );
         assert!(
             out.contains("telehub_mqtt_reconnects_total{bridge=\"b\"} 1"),
+            "{out}"
+        );
+        for (name, _, _) in COUNTERS {
+            let name = format!("telehub_mqtt_{name}_total");
+            assert!(out.contains(&format!("# TYPE {name} counter\n")), "{out}");
+            assert!(out.contains(&format!("\n{name}{{bridge=\"b\"}} ")), "{out}");
+        }
+        assert!(
+            out.contains("# TYPE telehub_mqtt_connected gauge\n"),
             "{out}"
         );
     }
