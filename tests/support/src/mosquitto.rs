@@ -1,12 +1,16 @@
-//! A real Mosquitto broker for tests: its own config and persistence directory in a
-//! temporary folder, a free port on 127.0.0.1, stopped (SIGTERM, so it saves its
-//! sessions) and restarted on the same port and data, killed on drop.
+//! The one Mosquitto launcher, for the MQTT bridge tests, the simulator's MQTT tests
+//! and the MQTT benchmark: a real broker with its own config and persistence directory
+//! in a temporary folder, listening on 127.0.0.1, stopped (SIGTERM, so it saves its
+//! sessions) or killed, restarted on the same port and data, killed on drop.
+//!
+//! Mosquitto cannot listen on port 0, so the port is picked from a wide range and the
+//! broker's own log says whether it got it: `… running` means every listener is bound,
+//! `Address already in use` means pick another (a bounded number of times). No port is
+//! "reserved" by binding and dropping a listener of our own.
 //!
 //! A missing `mosquitto` binary fails the test with instructions; it never skips.
 
-#![allow(dead_code)]
-
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,11 +23,39 @@ const KNOWN_PATHS: [&str; 3] = [
     "/usr/bin/mosquitto",
 ];
 
+/// How many ports a start tries before it gives up.
+const PORT_TRIES: u32 = 20;
+
+/// Broker settings that differ between tests and the benchmark.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// A second, TLS listener with a fresh test CA (see [`Mosquitto::ca_file`]).
+    pub tls: bool,
+    /// Keep sessions across a SIGTERM restart (the tests); the benchmark turns it off.
+    pub persistence: bool,
+    /// Mosquitto's `max_queued_messages`.
+    pub max_queued_messages: u32,
+    /// Mosquitto's `max_inflight_messages`.
+    pub max_inflight_messages: u32,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            tls: false,
+            persistence: true,
+            max_queued_messages: 100_000,
+            max_inflight_messages: 100,
+        }
+    }
+}
+
 pub struct Mosquitto {
     /// The plain MQTT listener.
     pub port: u16,
     /// The TLS listener, when started with [`Mosquitto::start_tls`].
     pub tls_port: Option<u16>,
+    config: Config,
     dir: PathBuf,
     child: Option<Child>,
 }
@@ -52,18 +84,35 @@ fn binary() -> PathBuf {
     );
 }
 
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local addr").port()
-}
-
 static NEXT: AtomicU64 = AtomicU64::new(0);
+
+/// A port to try, spread over 20000..60000 by process, counter and clock, so that
+/// parallel tests and processes rarely pick the same one (and retry when they do).
+fn pick_port() -> u16 {
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64);
+    let mut x = (std::process::id() as u64) << 32 ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ nanos;
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    20_000 + (x % 40_000) as u16
+}
 
 impl Mosquitto {
     /// Starts a broker on a free port with persistence in a fresh temporary directory.
     pub fn start() -> Mosquitto {
-        let mut m = Mosquitto::prepare();
-        m.launch();
+        Mosquitto::start_with(Config::default())
+    }
+
+    /// Starts a broker with `config`.
+    pub fn start_with(config: Config) -> Mosquitto {
+        let mut m = Mosquitto::prepare(config);
+        if m.config.tls {
+            m.make_certificates();
+        }
+        m.launch_on_some_port();
         m
     }
 
@@ -71,8 +120,14 @@ impl Mosquitto {
     /// `127.0.0.1` and `localhost` signed by a fresh test CA ([`Mosquitto::ca_file`]),
     /// made with the `openssl` command.
     pub fn start_tls() -> Mosquitto {
-        let mut m = Mosquitto::prepare();
-        let d = m.dir.clone();
+        Mosquitto::start_with(Config {
+            tls: true,
+            ..Config::default()
+        })
+    }
+
+    fn make_certificates(&self) {
+        let d = self.dir.clone();
         let run = |args: &[&str]| {
             let out = Command::new("openssl")
                 .args(args)
@@ -149,9 +204,6 @@ impl Mosquitto {
             std::fs::set_permissions(d.join(f), std::fs::Permissions::from_mode(0o644))
                 .expect("let mosquitto read the certificates");
         }
-        m.tls_port = Some(free_port());
-        m.launch();
-        m
     }
 
     /// The test CA's certificate (PEM), with [`Mosquitto::start_tls`].
@@ -159,7 +211,7 @@ impl Mosquitto {
         self.dir.join("ca.crt")
     }
 
-    fn prepare() -> Mosquitto {
+    fn prepare(config: Config) -> Mosquitto {
         let dir = std::env::temp_dir().join(format!(
             "telehub-mosquitto-{}-{}",
             std::process::id(),
@@ -175,8 +227,9 @@ impl Mosquitto {
                 .expect("open up the broker dir");
         }
         Mosquitto {
-            port: free_port(),
+            port: 0,
             tls_port: None,
+            config,
             dir,
             child: None,
         }
@@ -190,19 +243,40 @@ impl Mosquitto {
         std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
     }
 
-    fn launch(&mut self) {
+    /// Starts the broker on ports picked by [`pick_port`], picking again while the
+    /// broker reports them taken.
+    fn launch_on_some_port(&mut self) {
+        for _ in 0..PORT_TRIES {
+            self.port = pick_port();
+            self.tls_port = self.config.tls.then(pick_port);
+            if self.launch() {
+                return;
+            }
+        }
+        panic!(
+            "mosquitto found every one of {PORT_TRIES} ports taken; its log:\n{}",
+            self.log()
+        );
+    }
+
+    /// Starts the broker on `self.port` (and `tls_port`); true once its log says it is
+    /// running, false if a port was taken. Any other failure panics with the log.
+    fn launch(&mut self) -> bool {
         let conf = self.dir.join("mosquitto.conf");
         let text = format!(
             "listener {port} 127.0.0.1\n\
              allow_anonymous true\n\
-             persistence true\n\
+             persistence {persistence}\n\
              persistence_location {dir}/\n\
              autosave_interval 1\n\
-             max_queued_messages 100000\n\
-             max_inflight_messages 100\n\
+             max_queued_messages {queued}\n\
+             max_inflight_messages {inflight}\n\
              log_dest file {dir}/mosquitto.log\n\
              log_type error\nlog_type warning\nlog_type notice\nlog_type information\n",
             port = self.port,
+            persistence = self.config.persistence,
+            queued = self.config.max_queued_messages,
+            inflight = self.config.max_inflight_messages,
             dir = self.dir.display()
         );
         let text = match self.tls_port {
@@ -213,6 +287,8 @@ impl Mosquitto {
             ),
         };
         std::fs::write(&conf, text).expect("write mosquitto.conf");
+        // The log is appended to across restarts: only what this start wrote counts.
+        let from = self.log().len();
         let child = Command::new(binary())
             .arg("-c")
             .arg(&conf)
@@ -224,28 +300,45 @@ impl Mosquitto {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            let log = self.log();
+            let this_run = log.get(from..).unwrap_or_default();
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if this_run.contains("Address already in use") {
+                if exited.is_none() {
+                    self.kill();
+                }
+                self.child = None;
+                return false;
+            }
+            if let Some(status) = exited {
+                self.child = None;
+                panic!("mosquitto exited at start ({status}); its log:\n{log}");
+            }
+            if this_run.contains(" running")
+                && TcpStream::connect(("127.0.0.1", self.port)).is_ok()
                 && self
                     .tls_port
                     .is_none_or(|p| TcpStream::connect(("127.0.0.1", p)).is_ok())
             {
-                return;
-            }
-            if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    panic!(
-                        "mosquitto exited at start ({status}); its log:\n{}",
-                        self.log()
-                    );
-                }
+                return true;
             }
             assert!(
                 Instant::now() < deadline,
-                "mosquitto did not accept on port {} within 10 s; its log:\n{}",
+                "mosquitto did not start on port {} within 10 s; its log:\n{log}",
                 self.port,
-                self.log()
             );
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the broker (SIGKILL: no session saved), like a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 
@@ -271,20 +364,26 @@ impl Mosquitto {
         }
     }
 
-    /// Starts a stopped broker again on the same port with the same data.
+    /// Starts a stopped broker again on the same port with the same data (retrying a
+    /// few times while the old socket lets go of the port).
     pub fn resume(&mut self) {
-        if self.child.is_none() {
-            self.launch();
+        for _ in 0..PORT_TRIES {
+            if self.child.is_some() || self.launch() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
+        panic!(
+            "mosquitto could not listen on port {} again; its log:\n{}",
+            self.port,
+            self.log()
+        );
     }
 }
 
 impl Drop for Mosquitto {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

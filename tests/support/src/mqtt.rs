@@ -1,7 +1,7 @@
-//! A test-side MQTT client (rumqttc) that plays sensors and devices: it keeps polling
-//! through broker restarts, with a persistent session so nothing it published is lost.
-
-#![allow(dead_code)]
+//! The MQTT client (rumqttc) that plays sensors, devices and a broker-side observer in
+//! the tests and the benchmark: it keeps polling through broker restarts, with a
+//! persistent session so nothing it published is lost, and collects what its
+//! subscriptions deliver.
 
 use std::time::Duration;
 
@@ -12,6 +12,8 @@ pub struct TestClient {
     pub client: AsyncClient,
     /// Messages received on the client's subscriptions.
     pub inbox: mpsc::Receiver<Publish>,
+    /// One `()` per SUBACK, so that [`TestClient::subscribe`] returns once it holds.
+    subacks: mpsc::Receiver<()>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -24,11 +26,15 @@ impl TestClient {
             .set_max_packet_size(256 * 1024, 256 * 1024);
         let (client, mut eventloop) = AsyncClient::new(o, 100_000);
         let (tx, inbox) = mpsc::channel(100_000);
+        let (sub_tx, subacks) = mpsc::channel(1_000);
         let task = tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         let _ = tx.try_send(p);
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = sub_tx.try_send(());
                     }
                     Ok(_) => {}
                     Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -38,6 +44,7 @@ impl TestClient {
         TestClient {
             client,
             inbox,
+            subacks,
             task,
         }
     }
@@ -56,11 +63,17 @@ impl TestClient {
             .expect("queue publish");
     }
 
-    pub async fn subscribe(&self, filter: &str) {
+    /// Subscribes to `filter` (QoS 1) and waits for the broker's SUBACK, so that what
+    /// is published next is delivered.
+    pub async fn subscribe(&mut self, filter: &str) {
         self.client
             .subscribe(filter, QoS::AtLeastOnce)
             .await
             .expect("queue subscribe");
+        tokio::time::timeout(crate::WAIT, self.subacks.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no SUBACK for {filter} within {:?}", crate::WAIT))
+            .expect("the client's event loop runs");
     }
 
     /// The next message received, within `within`.
