@@ -3,16 +3,11 @@
 //! restarts with a persistent session. (The same paths through the hub to WebSocket
 //! dashboards are in `tests/api/mqtt.rs`.)
 
-#[path = "support/mosquitto.rs"]
-mod mosquitto;
-#[path = "support/mqtt_client.rs"]
-mod mqtt_client;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use mosquitto::Mosquitto;
-use mqtt_client::TestClient;
+use telehub_testkit::mosquitto::Mosquitto;
+use telehub_testkit::mqtt::TestClient;
 use telehub::mqtt::{
     Bridge, BridgeLink, BridgeSink, BridgeState, BridgedAck, BridgedMessage, MqttConfig,
 };
@@ -254,7 +249,6 @@ async fn commands_go_out_and_acks_come_back() {
     let mut bridge = start_bridge(&bridge_toml(broker.port, "cmds", "")).await;
     let mut device = TestClient::connect(broker.port, "device-cmds");
     device.subscribe("telehub/lab/valve/cmd").await;
-    tokio::time::sleep(Duration::from_millis(150)).await;
 
     bridge
         .link

@@ -3,11 +3,6 @@
 //! commands reach MQTT devices and their acks come back; nothing is lost when the broker
 //! or the hub restarts.
 
-#[path = "../support/mosquitto.rs"]
-mod mosquitto;
-#[path = "../support/mqtt_client.rs"]
-mod mqtt_client;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -16,8 +11,8 @@ use telehub::mqtt::MqttConfig;
 use telehub::Settings;
 
 use crate::helpers::{spawn_app_with, Client, TestApp, WAIT};
-use mosquitto::Mosquitto;
-use mqtt_client::TestClient;
+use telehub_testkit::mosquitto::Mosquitto;
+use telehub_testkit::mqtt::TestClient;
 
 /// A hub with one bridge `test` to `broker`, configured by the TOML body `extra`.
 async fn hub_with_bridge(port: u16, client_id: &str, extra: &str) -> TestApp {
@@ -367,7 +362,6 @@ async fn mirror_publishes_websocket_readings_to_the_broker() {
     wait_subscribed(&app).await;
     let mut consumer = TestClient::connect(broker.port, "api-consumer");
     consumer.subscribe("telehub/lab/ws1/#").await;
-    tokio::time::sleep(Duration::from_millis(150)).await;
     let (mut dash, _) = app.connect("lab", "dash", "dashboard").await;
     let (mut dev, _) = app.connect("lab", "ws1", "device").await;
 
@@ -402,12 +396,11 @@ async fn mirror_publishes_websocket_readings_to_the_broker() {
 
 #[tokio::test]
 async fn an_unreachable_broker_shows_in_api_bridges_and_the_hub_keeps_serving() {
-    // A port where nothing listens.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    // A port where nothing listens: bound (so no one else takes it for the length of
+    // the test) but never listening, so every connect is refused.
+    let reserved = tokio::net::TcpSocket::new_v4().expect("socket");
+    reserved.bind("127.0.0.1:0".parse().unwrap()).expect("bind");
+    let port = reserved.local_addr().expect("addr").port();
     let app = hub_with_bridge(port, "api-unreachable", "").await;
     let deadline = tokio::time::Instant::now() + WAIT;
     let status = loop {
