@@ -205,9 +205,11 @@ async fn run(args: &Args, setup: &Setup, transport: Transport) -> anyhow::Result
     let mut dash_tasks = Vec::new();
     for r in 0..args.rooms {
         for s in 0..args.dashboards {
-            let url = setup
-                .hub
-                .ws_url(&format!("{tag}-room-{r}"), &format!("dash-{s}"), "role=dashboard");
+            let url = setup.hub.ws_url(
+                &format!("{tag}-room-{r}"),
+                &format!("dash-{s}"),
+                "role=dashboard",
+            );
             let mut ws = Client::connect(&url)
                 .await
                 .with_context(|| format!("dashboard {url}"))?

@@ -6,11 +6,11 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use telehub_testkit::mosquitto::Mosquitto;
-use telehub_testkit::mqtt::TestClient;
 use telehub::mqtt::{
     Bridge, BridgeLink, BridgeSink, BridgeState, BridgedAck, BridgedMessage, MqttConfig,
 };
+use telehub_testkit::mosquitto::Mosquitto;
+use telehub_testkit::mqtt::TestClient;
 use tokio::sync::{mpsc, oneshot};
 
 enum Got {

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::cdp::Browser;
-use crate::helpers::spawn_app;
+use crate::helpers::{spawn_app, Client};
 
 /// One browser test at a time: each starts its own Chromium, and the machine is small.
 static BROWSER_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -66,8 +66,7 @@ impl Device {
                     if *stopped.borrow() {
                         return;
                     }
-                    let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url.as_str()).await
-                    else {
+                    let Ok(mut ws) = Client::connect(url.as_str()).await else {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                         continue;
                     };
@@ -76,7 +75,7 @@ impl Device {
                     loop {
                         tokio::select! {
                             _ = stopped.changed() => {
-                                let _ = ws.close(None).await;
+                                ws.close().await;
                                 return;
                             }
                             _ = tick.tick() => {
@@ -89,12 +88,12 @@ impl Device {
                                 }).collect();
                                 let n = items.len() as u64;
                                 let msg = json!({"type": "readings", "items": items});
-                                if ws.send(Message::Text(msg.to_string().into())).await.is_err() {
+                                if ws.try_send_text(&msg.to_string()).await.is_err() {
                                     continue 'reconnect;
                                 }
                                 sent.fetch_add(n, Ordering::Relaxed);
                             }
-                            msg = ws.next() => {
+                            msg = ws.ws.next() => {
                                 let Some(Ok(msg)) = msg else { continue 'reconnect };
                                 let Message::Text(text) = msg else { continue };
                                 let Ok(v) = serde_json::from_str::<Value>(text.as_str()) else { continue };
@@ -102,7 +101,7 @@ impl Device {
                                     commands.lock().unwrap().push(v.clone());
                                     let ack = json!({"type": "ack", "id": v["id"], "ok": true,
                                         "result": {"applied": v["name"], "args": v["args"]}});
-                                    let _ = ws.send(Message::Text(ack.to_string().into())).await;
+                                    let _ = ws.try_send_text(&ack.to_string()).await;
                                 }
                             }
                         }
@@ -720,7 +719,7 @@ async fn page_closed_as_a_slow_consumer_reconnects_and_carries_on() {
 
     // Act: a burst of 64-reading batches, far more than an 8-frame queue holds.
     let url = format!("ws://{}/ws/busy/flood?role=device", app.addr);
-    let (mut flood, _) = tokio_tungstenite::connect_async(url.as_str())
+    let mut flood = Client::connect(url.as_str())
         .await
         .expect("flood device connects");
     let items: Vec<Value> = (0..64)
@@ -729,10 +728,7 @@ async fn page_closed_as_a_slow_consumer_reconnects_and_carries_on() {
     let batch = json!({"type": "readings", "items": items}).to_string();
     let mut closed = false;
     for _ in 0..200 {
-        flood
-            .send(Message::Text(batch.clone().into()))
-            .await
-            .expect("send burst");
+        flood.send_text(&batch).await;
         tokio::time::sleep(Duration::from_millis(5)).await;
         if page
             .eval("window.telehub.view.closes.includes(1013)")
@@ -744,7 +740,7 @@ async fn page_closed_as_a_slow_consumer_reconnects_and_carries_on() {
             break;
         }
     }
-    let _ = flood.close(None).await;
+    flood.close().await;
     assert!(closed, "the hub closed the page as a slow consumer (1013)");
 
     // Assert: the page reconnects by itself and the steady device's values flow again.

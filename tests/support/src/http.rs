@@ -64,8 +64,7 @@ pub async fn try_get(
         head,
         body: buf[split + 4..].to_vec(),
     };
-    if r
-        .header("transfer-encoding")
+    if r.header("transfer-encoding")
         .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
     {
         r.body = dechunk(&r.body);

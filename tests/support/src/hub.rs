@@ -203,12 +203,14 @@ impl Hub {
     /// data directory. The port is ours until a few moments after the old process is
     /// gone; a start that finds it taken is retried a bounded number of times.
     pub fn restart(&mut self) {
-        assert!(self.child.is_none(), "stop or kill the hub before restarting");
+        assert!(
+            self.child.is_none(),
+            "stop or kill the hub before restarting"
+        );
         let listen = self.addr().to_string();
         for attempt in 1.. {
-            let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.launch(&listen)
-            }));
+            let started =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.launch(&listen)));
             match started {
                 Ok(()) => return,
                 Err(_) if attempt < 20 && self.log().contains("in use") => {
@@ -242,7 +244,10 @@ impl Hub {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("the hub did not exit within {STOP_TIMEOUT:?}; its log:\n{}", self.log());
+                panic!(
+                    "the hub did not exit within {STOP_TIMEOUT:?}; its log:\n{}",
+                    self.log()
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
