@@ -131,6 +131,59 @@ fn start(args: &Args) -> anyhow::Result<Setup> {
     Ok(Setup { broker, hub })
 }
 
+/// Paces one device: a send every `period`, `phase` into the first, until `end`; and
+/// counts the sends that fall in the measured window.
+struct Pacer {
+    base: Instant,
+    phase: Duration,
+    period: Duration,
+    end: Arc<std::sync::Mutex<Option<Instant>>>,
+    win_start: Arc<AtomicU64>,
+    win_end: Arc<AtomicU64>,
+    sent: Arc<AtomicU64>,
+}
+
+/// A running [`Pacer`]'s clock and next seq.
+struct Ticks {
+    tick: tokio::time::Interval,
+    seq: u64,
+}
+
+impl Pacer {
+    async fn start(&self) -> Ticks {
+        tokio::time::sleep(self.phase).await;
+        let mut tick = tokio::time::interval(self.period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ticks { tick, seq: 0 }
+    }
+
+    /// Counts a send at `now` (µs since `base`) if it falls in the window.
+    fn count(&self, now: u64) {
+        if now >= self.win_start.load(Relaxed) && now < self.win_end.load(Relaxed) {
+            self.sent.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+impl Ticks {
+    /// Waits for the next send: its time (µs since `base`) and seq, or `None` once the
+    /// run has ended.
+    async fn next(&mut self, p: &Pacer) -> Option<(u64, u64)> {
+        self.tick.tick().await;
+        let ended = p
+            .end
+            .lock()
+            .ok()
+            .and_then(|e| *e)
+            .is_some_and(|e| Instant::now() >= e);
+        if ended {
+            return None;
+        }
+        self.seq += 1;
+        Some((p.base.elapsed().as_micros() as u64, self.seq - 1))
+    }
+}
+
 /// What one dashboard saw: deliveries of in-window readings and their latencies (µs).
 #[derive(Default)]
 struct Seen {
@@ -266,14 +319,17 @@ async fn run(args: &Args, setup: &Setup, transport: Transport) -> anyhow::Result
         for d in 0..args.devices {
             let room = format!("{tag}-room-{r}");
             let device = format!("dev-{d}");
-            let (sent, ws_start, ws_end, end_instant) = (
-                sent.clone(),
-                win_start.clone(),
-                win_end.clone(),
-                end_instant.clone(),
-            );
             let phase =
                 period.mul_f64((r * args.devices + d) as f64 / (args.rooms * args.devices) as f64);
+            let pacer = Pacer {
+                base,
+                phase,
+                period,
+                end: end_instant.clone(),
+                win_start: win_start.clone(),
+                win_end: win_end.clone(),
+                sent: sent.clone(),
+            };
             match transport {
                 Transport::Mqtt => {
                     // The client (and its event loop) lives until the dashboards are
@@ -286,23 +342,9 @@ async fn run(args: &Args, setup: &Setup, transport: Transport) -> anyhow::Result
                     mqtt_clients.push(device_client);
                     let topic = format!("telehub/{room}/{device}/lat");
                     dev_tasks.push(tokio::spawn(async move {
-                        tokio::time::sleep(phase).await;
-                        let mut tick = tokio::time::interval(period);
-                        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                        let mut seq = 0u64;
-                        loop {
-                            tick.tick().await;
-                            if end_instant
-                                .lock()
-                                .ok()
-                                .and_then(|e| *e)
-                                .is_some_and(|e| Instant::now() >= e)
-                            {
-                                break;
-                            }
-                            let now = base.elapsed().as_micros() as u64;
+                        let mut ticks = pacer.start().await;
+                        while let Some((now, seq)) = ticks.next(&pacer).await {
                             let payload = format!(r#"{{"value":{now},"seq":{seq}}}"#);
-                            seq += 1;
                             if publisher
                                 .publish(topic.as_str(), QoS::AtLeastOnce, false, payload)
                                 .await
@@ -310,9 +352,7 @@ async fn run(args: &Args, setup: &Setup, transport: Transport) -> anyhow::Result
                             {
                                 break;
                             }
-                            if now >= ws_start.load(Relaxed) && now < ws_end.load(Relaxed) {
-                                sent.fetch_add(1, Relaxed);
-                            }
+                            pacer.count(now);
                         }
                     }));
                 }
@@ -327,31 +367,15 @@ async fn run(args: &Args, setup: &Setup, transport: Transport) -> anyhow::Result
                         async move { while rx.next().await.is_some() {} },
                     ));
                     dev_tasks.push(tokio::spawn(async move {
-                        tokio::time::sleep(phase).await;
-                        let mut tick = tokio::time::interval(period);
-                        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                        let mut seq = 0u64;
-                        loop {
-                            tick.tick().await;
-                            if end_instant
-                                .lock()
-                                .ok()
-                                .and_then(|e| *e)
-                                .is_some_and(|e| Instant::now() >= e)
-                            {
-                                break;
-                            }
-                            let now = base.elapsed().as_micros() as u64;
+                        let mut ticks = pacer.start().await;
+                        while let Some((now, seq)) = ticks.next(&pacer).await {
                             let frame = format!(
                                 r#"{{"type":"reading","metric":"lat","value":{now},"seq":{seq}}}"#
                             );
-                            seq += 1;
                             if tx.send(Message::Text(frame.into())).await.is_err() {
                                 break;
                             }
-                            if now >= ws_start.load(Relaxed) && now < ws_end.load(Relaxed) {
-                                sent.fetch_add(1, Relaxed);
-                            }
+                            pacer.count(now);
                         }
                     }));
                 }

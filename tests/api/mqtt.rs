@@ -250,27 +250,6 @@ async fn commands_and_acks_round_trip() {
     app.stop().await;
 }
 
-/// Publishes readings seq `from..to` of device t1, one every `every`.
-fn publish_stream(
-    sensor: TestClient,
-    from: u64,
-    to: u64,
-    every: Duration,
-) -> tokio::task::JoinHandle<TestClient> {
-    tokio::spawn(async move {
-        for seq in from..to {
-            sensor
-                .publish(
-                    "telehub/lab/t1/temperature",
-                    format!(r#"{{"value":{seq},"seq":{seq}}}"#),
-                )
-                .await;
-            tokio::time::sleep(every).await;
-        }
-        sensor
-    })
-}
-
 /// Reads readings until every seq in `want` has arrived (or the time is up); returns
 /// the ones seen and how many arrived more than once.
 async fn collect_seqs(dash: &mut Client, want: &BTreeSet<u64>) -> (BTreeSet<u64>, usize) {
@@ -296,7 +275,8 @@ async fn broker_restart_mid_stream_loses_no_reading() {
     let (mut dash, _) = app.connect("lab", "dash", "dashboard").await;
     let sensor = TestClient::connect(broker.port, "api-sensor-restart");
     const N: u64 = 300;
-    let publisher = publish_stream(sensor, 0, N, Duration::from_millis(5));
+    let publisher =
+        sensor.publish_stream("telehub/lab/t1/temperature", 0..N, Duration::from_millis(5));
 
     tokio::time::sleep(Duration::from_millis(400)).await;
     broker.stop();
@@ -322,9 +302,7 @@ async fn a_restarted_hub_receives_what_was_published_while_it_was_down() {
     wait_subscribed(&app).await;
     let sensor = TestClient::connect(broker.port, "api-sensor-hub-down");
     let (mut dash, _) = app.connect("lab", "dash", "dashboard").await;
-    sensor
-        .publish("telehub/lab/t1/temperature", r#"{"value":0,"seq":0}"#)
-        .await;
+    sensor.publish_seq("telehub/lab/t1/temperature", 0).await;
     assert_eq!(next_reading(&mut dash).await["seq"], 0);
     drop(dash);
     app.stop().await;
@@ -332,12 +310,7 @@ async fn a_restarted_hub_receives_what_was_published_while_it_was_down() {
     // The hub is down; the sensor keeps publishing, the broker queues for the bridge's
     // persistent session.
     for seq in 1..=50u64 {
-        sensor
-            .publish(
-                "telehub/lab/t1/temperature",
-                format!(r#"{{"value":{seq},"seq":{seq}}}"#),
-            )
-            .await;
+        sensor.publish_seq("telehub/lab/t1/temperature", seq).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Stop the broker too (it keeps the queue on disk) so the new hub's dashboard can be

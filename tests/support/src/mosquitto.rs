@@ -57,6 +57,8 @@ pub struct Mosquitto {
     pub tls_port: Option<u16>,
     config: Config,
     dir: PathBuf,
+    /// Removes `dir` on drop.
+    _tmp: tempfile::TempDir,
     child: Option<Child>,
 }
 
@@ -147,41 +149,41 @@ impl Mosquitto {
             "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
         )
         .expect("write ext.cnf");
+        // `req` with a new P-256 key, unencrypted, into `key`.
+        let new_key = |key: &'static str| {
+            [
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                key,
+            ]
+        };
         run(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=telehub test CA",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ]);
+            &new_key("ca.key")[..],
+            &[
+                "-x509",
+                "-out",
+                "ca.crt",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=telehub test CA",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ][..],
+        ]
+        .concat());
         run(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=localhost",
-        ]);
+            &new_key("server.key")[..],
+            &["-out", "server.csr", "-subj", "/CN=localhost"][..],
+        ]
+        .concat());
         run(&[
             "x509",
             "-req",
@@ -212,13 +214,11 @@ impl Mosquitto {
     }
 
     fn prepare(config: Config) -> Mosquitto {
-        let dir = std::env::temp_dir().join(format!(
-            "telehub-mosquitto-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create broker dir");
+        let tmp = tempfile::Builder::new()
+            .prefix("telehub-mosquitto-")
+            .tempdir()
+            .expect("create broker dir");
+        let dir = tmp.path().to_path_buf();
         // Started as root, mosquitto drops to its own user: it must be able to write its
         // persistence file (and log) here, or a restart loses every session.
         {
@@ -231,6 +231,7 @@ impl Mosquitto {
             tls_port: None,
             config,
             dir,
+            _tmp: tmp,
             child: None,
         }
     }
@@ -389,6 +390,5 @@ impl Mosquitto {
 impl Drop for Mosquitto {
     fn drop(&mut self) {
         self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -56,6 +56,31 @@ impl TestClient {
             .expect("queue publish");
     }
 
+    /// Publishes reading number `seq` as `{"value":seq,"seq":seq}` (QoS 1), so that a
+    /// test can tell which of a stream arrived.
+    pub async fn publish_seq(&self, topic: &str, seq: u64) {
+        self.publish(topic, format!(r#"{{"value":{seq},"seq":{seq}}}"#))
+            .await;
+    }
+
+    /// Publishes readings `seqs` (see [`TestClient::publish_seq`]) on `topic`, one every
+    /// `every`, in a task that hands the client back when done.
+    pub fn publish_stream(
+        self,
+        topic: &str,
+        seqs: std::ops::Range<u64>,
+        every: Duration,
+    ) -> tokio::task::JoinHandle<TestClient> {
+        let topic = topic.to_string();
+        tokio::spawn(async move {
+            for seq in seqs {
+                self.publish_seq(&topic, seq).await;
+                tokio::time::sleep(every).await;
+            }
+            self
+        })
+    }
+
     pub async fn publish_retained(&self, topic: &str, payload: impl Into<Vec<u8>>) {
         self.client
             .publish(topic, QoS::AtLeastOnce, true, payload.into())
