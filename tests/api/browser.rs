@@ -12,13 +12,12 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::cdp::Browser;
-use crate::helpers::{spawn_app, Client};
+use crate::helpers::{spawn_app, spawn_app_at, Client};
 
 /// One browser test at a time: each starts its own Chromium, and the machine is small.
 static BROWSER_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -121,62 +120,6 @@ impl Device {
     async fn stop(self) {
         let _ = self.stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
-    }
-}
-
-/// A hub on a chosen address that can be stopped and started again on the same port.
-struct Hub {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
-}
-
-impl Hub {
-    async fn start(addr: SocketAddr) -> Hub {
-        telehub::telemetry::init("warn");
-        // The old listener's port may take a moment to be free again.
-        let mut tries = 0;
-        let listener = loop {
-            match TcpListener::bind(addr).await {
-                Ok(l) => break l,
-                Err(e) if tries < 50 => {
-                    tries += 1;
-                    let _ = e;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => panic!("cannot bind {addr} again: {e}"),
-            }
-        };
-        let addr = listener.local_addr().expect("addr");
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            // An in-memory hub (what this test means by a restart that loses history),
-            // and no database in the working directory.
-            let mut settings = telehub::Settings::default();
-            settings.history.persist = false;
-            telehub::run(listener, settings, async {
-                let _ = rx.await;
-            })
-            .await
-            .expect("hub runs");
-        });
-        Hub {
-            addr,
-            stop: Some(tx),
-            task: Some(task),
-        }
-    }
-
-    async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(15), t)
-                .await
-                .expect("hub stops in time")
-                .expect("hub task");
-        }
     }
 }
 
@@ -514,8 +457,8 @@ async fn room_page_shows_changing_values_a_drawn_chart_and_command_acks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn page_reconnects_after_the_hub_restarts_and_keeps_updating() {
     let _one = BROWSER_TESTS.lock().await;
-    // Arrange: a hub we can restart on the same port.
-    let hub = Hub::start("127.0.0.1:0".parse().unwrap()).await;
+    // Arrange: a hub we can restart at the same address.
+    let hub = spawn_app().await;
     let addr = hub.addr;
     let device = Device::spawn(
         addr,
@@ -551,7 +494,7 @@ async fn page_reconnects_after_the_hub_restarts_and_keeps_updating() {
         .await
         .as_u64()
         .unwrap();
-    let hub = Hub::start(addr).await;
+    let hub = spawn_app_at(addr).await;
 
     // Assert: reconnected, told the user that the restarted (in-memory) hub could not
     // replay what was missed, and readings flow and show again.

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use serde_json::Value;
 use telehub::Settings;
@@ -34,13 +35,35 @@ pub async fn spawn_app() -> TestApp {
 
 /// Starts a hub on 127.0.0.1:0 after `configure` has adjusted the settings.
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    spawn_app_on(listener, configure)
+}
+
+/// Starts a hub again at `addr`, the address an earlier one reported (a restart that
+/// loses in-memory history). The old socket may hold the port for a moment: binding is
+/// retried a bounded number of times.
+pub async fn spawn_app_at(addr: SocketAddr) -> TestApp {
+    let mut tries = 0;
+    let listener = loop {
+        match TcpListener::bind(addr).await {
+            Ok(l) => break l,
+            Err(_) if tries < 50 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("cannot bind {addr} again: {e}"),
+        }
+    };
+    spawn_app_on(listener, |_| {})
+}
+
+fn spawn_app_on(listener: TcpListener, configure: impl FnOnce(&mut Settings)) -> TestApp {
     telehub::telemetry::init("warn");
     let mut settings = Settings::default();
     // Tests keep history in memory unless they ask for a data directory of their own
     // (the default `./data` would be shared by every test).
     settings.history.persist = false;
     configure(&mut settings);
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(async move {
@@ -77,13 +100,14 @@ impl TestApp {
         (c, welcome)
     }
 
-    /// Stops the hub as SIGTERM would and waits until `run` returns.
+    /// Stops the hub as SIGTERM would and waits until `run` returns (the shutdown
+    /// grace for open connections, a browser's among them, fits in the wait).
     pub async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
         if let Some(h) = self.handle.take() {
-            tokio::time::timeout(WAIT, h)
+            tokio::time::timeout(Duration::from_secs(15), h)
                 .await
                 .expect("hub stops in time")
                 .expect("hub task");
