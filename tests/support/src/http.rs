@@ -101,3 +101,17 @@ fn dechunk(mut s: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::dechunk;
+
+    #[test]
+    fn chunked_bodies_are_joined() {
+        assert_eq!(
+            dechunk(b"4\r\nWiki\r\n6\r\npedia \r\n0\r\n\r\n"),
+            b"Wikipedia "
+        );
+        assert_eq!(dechunk(b"0\r\n\r\n"), b"");
+    }
+}

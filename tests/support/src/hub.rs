@@ -285,12 +285,7 @@ fn drain(
     std::thread::spawn(move || {
         for line in BufReader::new(from).lines().map_while(Result::ok) {
             if let Some(tx) = &addr {
-                let found = line
-                    .split(LISTENING)
-                    .nth(1)
-                    .and_then(|rest| rest.split_whitespace().next())
-                    .and_then(|a| a.parse::<SocketAddr>().ok());
-                if let Some(a) = found {
+                if let Some(a) = listening_addr(&line) {
                     let _ = tx.send(a);
                     addr = None;
                 }
@@ -301,4 +296,34 @@ fn drain(
             }
         }
     });
+}
+
+/// The address in a `listening on http://ADDR` log line, whatever surrounds it (level,
+/// timestamp, colour codes).
+fn listening_addr(line: &str) -> Option<SocketAddr> {
+    line.split(LISTENING)
+        .nth(1)?
+        .split(|c: char| c.is_whitespace() || c == '\x1b')
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::listening_addr;
+
+    #[test]
+    fn the_address_is_read_from_the_log_line() {
+        let line = "\x1b[2m2026-12-01T14:56:02Z\x1b[0m \x1b[32m INFO\x1b[0m listening on http://127.0.0.1:40123";
+        assert_eq!(
+            listening_addr(line),
+            Some("127.0.0.1:40123".parse().unwrap())
+        );
+        assert_eq!(
+            listening_addr("INFO listening on http://[::1]:8080 extra"),
+            Some("[::1]:8080".parse().unwrap())
+        );
+        assert_eq!(listening_addr("INFO history in memory only"), None);
+    }
 }
