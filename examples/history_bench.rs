@@ -14,11 +14,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_tungstenite::tungstenite::Message;
+use telehub_testkit::ws::{Client, Polled};
+use tokio::net::TcpListener;
 
 const RUNS: usize = 30;
 
@@ -191,32 +189,26 @@ async fn fill(
     n: i64,
 ) -> anyhow::Result<()> {
     let url = format!("ws://{addr}/ws/{room}/{device}?role=device&acks=true");
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+    let mut ws = Client::connect(&url).await?;
     let mut i = 0;
     while i < n {
         let end = (i + 256).min(n);
         let items: Vec<Value> = (i..end)
             .map(|k| json!({"metric":"t","unit":"C","value":20.0 + ((k as f64) / 300.0).sin(),"ts":start + k * 1000,"seq":k}))
             .collect();
-        ws.send(Message::Text(
-            json!({"type":"readings","items":items}).to_string().into(),
-        ))
-        .await?;
+        ws.try_send_text(&json!({"type":"readings","items":items}).to_string())
+            .await?;
         loop {
-            let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
-                .await?
-                .ok_or_else(|| anyhow::anyhow!("closed"))??;
-            if let Message::Text(t) = msg {
-                let v: Value = serde_json::from_str(t.as_str())?;
-                if v["type"] == "accepted" {
-                    break;
-                }
-                anyhow::ensure!(v["type"] != "error", "hub refused: {v}");
+            match ws.poll_json(Duration::from_secs(10)).await {
+                Polled::Json(v) if v["type"] == "accepted" => break,
+                Polled::Json(v) => anyhow::ensure!(v["type"] != "error", "hub refused: {v}"),
+                Polled::Quiet => anyhow::bail!("no `accepted` within 10 s"),
+                Polled::Closed => anyhow::bail!("the hub closed the connection"),
             }
         }
         i = end;
     }
-    ws.close(None).await?;
+    ws.close().await;
     Ok(())
 }
 
@@ -242,19 +234,6 @@ async fn report(addr: SocketAddr, what: &str, path: &str) -> anyhow::Result<()> 
 }
 
 async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, Vec<u8>)> {
-    let mut s = TcpStream::connect(addr).await?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await?;
-    let split = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| anyhow::anyhow!("no header end"))?;
-    let status = String::from_utf8_lossy(&buf[..split])
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    Ok((status, buf[split + 4..].to_vec()))
+    let r = telehub_testkit::http::try_get(addr, path, "").await?;
+    Ok((r.status, r.body))
 }

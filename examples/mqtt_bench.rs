@@ -6,8 +6,10 @@
 //! target/release/examples/mqtt_bench --transport both --rooms 10 --devices 10 --dashboards 10 --rate 10
 //! ```
 //!
-//! It starts its own Mosquitto (free port, temporary directory) and its own hub process
-//! (`target/release/telehub`, or `--telehub PATH`) with one bridge to that broker. In
+//! It starts its own Mosquitto (telehub-testkit: a port it really bound, a temporary
+//! directory) and its own hub process (the `telehub` beside this example in
+//! `target/<profile>/`, `$TELEHUB_BIN`, or `--telehub PATH`) with one bridge to that
+//! broker. In
 //! each of R rooms it opens S WebSocket dashboards, then D devices that each send a
 //! reading at H Hz with a rising `seq`: over MQTT (QoS 1 on
 //! `telehub/{room}/{device}/lat`, one MQTT connection per device) or over WebSocket
@@ -18,15 +20,18 @@
 //! MQTT) comes from /proc over the window.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use futures_util::{SinkExt, StreamExt};
-use rumqttc::{AsyncClient, MqttOptions, QoS};
+use rumqttc::QoS;
+use telehub_testkit::hub::Hub;
+use telehub_testkit::mosquitto::{self, Mosquitto};
+use telehub_testkit::mqtt::TestClient;
+use telehub_testkit::ws::Client;
 use tokio_tungstenite::tungstenite::Message;
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
@@ -56,38 +61,12 @@ struct Args {
     /// Warm-up before the window, seconds.
     #[arg(long, default_value_t = 2.0)]
     warmup: f64,
-    /// The hub binary.
-    #[arg(long, default_value = "target/release/telehub")]
-    telehub: PathBuf,
-    /// The broker binary.
-    #[arg(long, default_value = "/usr/sbin/mosquitto")]
-    mosquitto: PathBuf,
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn wait_port(port: u16) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            bail!("nothing listens on port {port} after 10 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
-}
-
-/// A child process killed on drop.
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    /// The hub binary [default: `telehub` beside this example, or $TELEHUB_BIN].
+    #[arg(long)]
+    telehub: Option<PathBuf>,
+    /// The broker binary [default: $MOSQUITTO, then `mosquitto` on PATH or in /usr/sbin].
+    #[arg(long)]
+    mosquitto: Option<PathBuf>,
 }
 
 fn cpu_micros(pid: u32) -> u64 {
@@ -103,77 +82,106 @@ fn cpu_micros(pid: u32) -> u64 {
 }
 
 struct Setup {
-    dir: PathBuf,
-    broker: Proc,
-    broker_port: u16,
-    hub: Proc,
-    hub_port: u16,
+    broker: Mosquitto,
+    hub: Hub,
 }
 
-impl Drop for Setup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+impl Setup {
+    fn hub_pid(&self) -> u32 {
+        self.hub.pid().expect("the hub runs")
+    }
+
+    fn broker_pid(&self) -> u32 {
+        self.broker.pid().expect("the broker runs")
     }
 }
 
 fn start(args: &Args) -> anyhow::Result<Setup> {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = std::env::temp_dir().join(format!("telehub-mqtt-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))?;
-    let broker_port = free_port()?;
-    std::fs::write(
-        dir.join("mosquitto.conf"),
-        format!(
-            "listener {broker_port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-             max_queued_messages 1000000\nmax_inflight_messages 1000\nlog_dest none\n"
-        ),
-    )?;
-    let broker = Proc(
-        Command::new(&args.mosquitto)
-            .arg("-c")
-            .arg(dir.join("mosquitto.conf"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("cannot start {}", args.mosquitto.display()))?,
+    if let Some(m) = &args.mosquitto {
+        // Read by the testkit's launcher; set before any thread is started.
+        std::env::set_var("MOSQUITTO", m);
+    }
+    let broker = Mosquitto::start_with(mosquitto::Config {
+        persistence: false,
+        max_queued_messages: 1_000_000,
+        max_inflight_messages: 1_000,
+        ..mosquitto::Config::default()
+    });
+    let telehub = args
+        .telehub
+        .clone()
+        .unwrap_or_else(telehub_testkit::hub::binary);
+    anyhow::ensure!(
+        telehub.is_file(),
+        "no hub binary at {} (cargo build --release --bin telehub)",
+        telehub.display()
     );
-    wait_port(broker_port)?;
-    let hub_port = free_port()?;
-    std::fs::write(
-        dir.join("hub.toml"),
-        format!(
-            "[server]\nlog = \"warn\"\n[limits]\nrate_per_sec = 100000.0\nrate_burst = 100000.0\n\
+    let hub = Hub::builder(telehub)
+        .config(format!(
+            // Quiet, but for the line that says where the hub listens.
+            "[server]\nlog = \"warn,telehub::app=info\"\n\
+             [limits]\nrate_per_sec = 100000.0\nrate_burst = 100000.0\n\
              outbound_queue = 65536\n\
-             [[mqtt.bridges]]\nname = \"bench\"\nurl = \"mqtt://127.0.0.1:{broker_port}\"\n\
+             [[mqtt.bridges]]\nname = \"bench\"\nurl = \"mqtt://127.0.0.1:{}\"\n\
              client_id = \"telehub-bench-{}\"\n",
+            broker.port,
             std::process::id()
-        ),
-    )?;
-    let hub = Proc(
-        Command::new(&args.telehub)
-            .args(["serve", "--config"])
-            .arg(dir.join("hub.toml"))
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{hub_port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| {
-                format!(
-                    "cannot start {} (cargo build --release --bin telehub)",
-                    args.telehub.display()
-                )
-            })?,
-    );
-    wait_port(hub_port)?;
-    Ok(Setup {
-        dir,
-        broker,
-        broker_port,
-        hub,
-        hub_port,
-    })
+        ))
+        .start();
+    Ok(Setup { broker, hub })
+}
+
+/// Paces one device: a send every `period`, `phase` into the first, until `end`; and
+/// counts the sends that fall in the measured window.
+struct Pacer {
+    base: Instant,
+    phase: Duration,
+    period: Duration,
+    end: Arc<std::sync::Mutex<Option<Instant>>>,
+    win_start: Arc<AtomicU64>,
+    win_end: Arc<AtomicU64>,
+    sent: Arc<AtomicU64>,
+}
+
+/// A running [`Pacer`]'s clock and next seq.
+struct Ticks {
+    tick: tokio::time::Interval,
+    seq: u64,
+}
+
+impl Pacer {
+    async fn start(&self) -> Ticks {
+        tokio::time::sleep(self.phase).await;
+        let mut tick = tokio::time::interval(self.period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ticks { tick, seq: 0 }
+    }
+
+    /// Counts a send at `now` (µs since `base`) if it falls in the window.
+    fn count(&self, now: u64) {
+        if now >= self.win_start.load(Relaxed) && now < self.win_end.load(Relaxed) {
+            self.sent.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+impl Ticks {
+    /// Waits for the next send: its time (µs since `base`) and seq, or `None` once the
+    /// run has ended.
+    async fn next(&mut self, p: &Pacer) -> Option<(u64, u64)> {
+        self.tick.tick().await;
+        let ended = p
+            .end
+            .lock()
+            .ok()
+            .and_then(|e| *e)
+            .is_some_and(|e| Instant::now() >= e);
+        if ended {
+            return None;
+        }
+        self.seq += 1;
+        Some((p.base.elapsed().as_micros() as u64, self.seq - 1))
+    }
 }
 
 /// What one dashboard saw: deliveries of in-window readings and their latencies (µs).
@@ -250,13 +258,15 @@ async fn run(args: &Args, setup: &Setup, transport: Transport) -> anyhow::Result
     let mut dash_tasks = Vec::new();
     for r in 0..args.rooms {
         for s in 0..args.dashboards {
-            let url = format!(
-                "ws://127.0.0.1:{}/ws/{tag}-room-{r}/dash-{s}?role=dashboard",
-                setup.hub_port
+            let url = setup.hub.ws_url(
+                &format!("{tag}-room-{r}"),
+                &format!("dash-{s}"),
+                "role=dashboard",
             );
-            let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+            let mut ws = Client::connect(&url)
                 .await
-                .with_context(|| format!("dashboard {url}"))?;
+                .with_context(|| format!("dashboard {url}"))?
+                .ws;
             let (ws_start, ws_end) = (win_start.clone(), win_end.clone());
             dash_tasks.push(tokio::spawn(async move {
                 let mut seen = Seen::default();
@@ -304,100 +314,68 @@ async fn run(args: &Args, setup: &Setup, transport: Transport) -> anyhow::Result
     let end_instant = Arc::new(std::sync::Mutex::new(None::<Instant>));
     let mut dev_tasks = Vec::new();
     let mut pollers = Vec::new();
+    let mut mqtt_clients = Vec::new();
     for r in 0..args.rooms {
         for d in 0..args.devices {
             let room = format!("{tag}-room-{r}");
             let device = format!("dev-{d}");
-            let (sent, ws_start, ws_end, end_instant) = (
-                sent.clone(),
-                win_start.clone(),
-                win_end.clone(),
-                end_instant.clone(),
-            );
             let phase =
                 period.mul_f64((r * args.devices + d) as f64 / (args.rooms * args.devices) as f64);
+            let pacer = Pacer {
+                base,
+                phase,
+                period,
+                end: end_instant.clone(),
+                win_start: win_start.clone(),
+                win_end: win_end.clone(),
+                sent: sent.clone(),
+            };
             match transport {
                 Transport::Mqtt => {
-                    let mut o = MqttOptions::new(
-                        format!("bench-{room}-{device}-{}", std::process::id()),
-                        "127.0.0.1",
-                        setup.broker_port,
+                    // The client (and its event loop) lives until the dashboards are
+                    // done, so what it still has in flight at the end is delivered.
+                    let device_client = TestClient::connect(
+                        setup.broker.port,
+                        &format!("bench-{room}-{device}-{}", std::process::id()),
                     );
-                    o.set_keep_alive(Duration::from_secs(30));
-                    let (client, mut el) = AsyncClient::new(o, 1024);
-                    pollers.push(tokio::spawn(
-                        async move { while el.poll().await.is_ok() {} },
-                    ));
+                    let publisher = device_client.client.clone();
+                    mqtt_clients.push(device_client);
                     let topic = format!("telehub/{room}/{device}/lat");
                     dev_tasks.push(tokio::spawn(async move {
-                        tokio::time::sleep(phase).await;
-                        let mut tick = tokio::time::interval(period);
-                        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                        let mut seq = 0u64;
-                        loop {
-                            tick.tick().await;
-                            if end_instant
-                                .lock()
-                                .ok()
-                                .and_then(|e| *e)
-                                .is_some_and(|e| Instant::now() >= e)
-                            {
-                                break;
-                            }
-                            let now = base.elapsed().as_micros() as u64;
+                        let mut ticks = pacer.start().await;
+                        while let Some((now, seq)) = ticks.next(&pacer).await {
                             let payload = format!(r#"{{"value":{now},"seq":{seq}}}"#);
-                            seq += 1;
-                            if client
+                            if publisher
                                 .publish(topic.as_str(), QoS::AtLeastOnce, false, payload)
                                 .await
                                 .is_err()
                             {
                                 break;
                             }
-                            if now >= ws_start.load(Relaxed) && now < ws_end.load(Relaxed) {
-                                sent.fetch_add(1, Relaxed);
-                            }
+                            pacer.count(now);
                         }
                     }));
                 }
                 Transport::Ws | Transport::Both => {
-                    let url = format!(
-                        "ws://127.0.0.1:{}/ws/{room}/{device}?role=device",
-                        setup.hub_port
-                    );
-                    let (ws, _) = tokio_tungstenite::connect_async(&url)
+                    let url = setup.hub.ws_url(&room, &device, "role=device");
+                    let (mut tx, mut rx) = Client::connect(&url)
                         .await
-                        .with_context(|| format!("device {url}"))?;
-                    let (mut tx, mut rx) = ws.split();
+                        .with_context(|| format!("device {url}"))?
+                        .ws
+                        .split();
                     pollers.push(tokio::spawn(
                         async move { while rx.next().await.is_some() {} },
                     ));
                     dev_tasks.push(tokio::spawn(async move {
-                        tokio::time::sleep(phase).await;
-                        let mut tick = tokio::time::interval(period);
-                        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                        let mut seq = 0u64;
-                        loop {
-                            tick.tick().await;
-                            if end_instant
-                                .lock()
-                                .ok()
-                                .and_then(|e| *e)
-                                .is_some_and(|e| Instant::now() >= e)
-                            {
-                                break;
-                            }
-                            let now = base.elapsed().as_micros() as u64;
+                        let mut ticks = pacer.start().await;
+                        while let Some((now, seq)) = ticks.next(&pacer).await {
                             let frame = format!(
                                 r#"{{"type":"reading","metric":"lat","value":{now},"seq":{seq}}}"#
                             );
-                            seq += 1;
                             if tx.send(Message::Text(frame.into())).await.is_err() {
                                 break;
                             }
-                            if now >= ws_start.load(Relaxed) && now < ws_end.load(Relaxed) {
-                                sent.fetch_add(1, Relaxed);
-                            }
+                            pacer.count(now);
                         }
                     }));
                 }
@@ -406,8 +384,8 @@ async fn run(args: &Args, setup: &Setup, transport: Transport) -> anyhow::Result
     }
 
     tokio::time::sleep(warm).await;
-    let hub_pid = setup.hub.0.id();
-    let broker_pid = setup.broker.0.id();
+    let hub_pid = setup.hub_pid();
+    let broker_pid = setup.broker_pid();
     let (hub0, broker0) = (cpu_micros(hub_pid), cpu_micros(broker_pid));
     let start_us = base.elapsed().as_micros() as u64;
     win_end.store(start_us + window.as_micros() as u64, Relaxed);
@@ -430,6 +408,7 @@ async fn run(args: &Args, setup: &Setup, transport: Transport) -> anyhow::Result
     for p in pollers {
         p.abort();
     }
+    drop(mqtt_clients);
     let sent = sent.load(Relaxed);
     Ok(Report {
         transport: tag,
@@ -454,8 +433,8 @@ fn main() -> anyhow::Result<()> {
         args.dashboards,
         args.rate,
         args.duration,
-        setup.hub.0.id(),
-        setup.broker.0.id()
+        setup.hub_pid(),
+        setup.broker_pid()
     );
     let transports: &[Transport] = match args.transport {
         Transport::Both => &[Transport::Mqtt, Transport::Ws],

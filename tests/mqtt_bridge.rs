@@ -3,19 +3,14 @@
 //! restarts with a persistent session. (The same paths through the hub to WebSocket
 //! dashboards are in `tests/api/mqtt.rs`.)
 
-#[path = "support/mosquitto.rs"]
-mod mosquitto;
-#[path = "support/mqtt_client.rs"]
-mod mqtt_client;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use mosquitto::Mosquitto;
-use mqtt_client::TestClient;
 use telehub::mqtt::{
     Bridge, BridgeLink, BridgeSink, BridgeState, BridgedAck, BridgedMessage, MqttConfig,
 };
+use telehub_testkit::mosquitto::Mosquitto;
+use telehub_testkit::mqtt::TestClient;
 use tokio::sync::{mpsc, oneshot};
 
 enum Got {
@@ -254,7 +249,6 @@ async fn commands_go_out_and_acks_come_back() {
     let mut bridge = start_bridge(&bridge_toml(broker.port, "cmds", "")).await;
     let mut device = TestClient::connect(broker.port, "device-cmds");
     device.subscribe("telehub/lab/valve/cmd").await;
-    tokio::time::sleep(Duration::from_millis(150)).await;
 
     bridge
         .link
@@ -344,26 +338,6 @@ async fn retained_messages_come_again_on_restart_only_when_seeding() {
     bridge.stop().await;
 }
 
-/// Publishes `n` readings with seq 0..n, one every `every`, and returns the task.
-fn publish_stream(
-    sensor: TestClient,
-    n: u64,
-    every: Duration,
-) -> tokio::task::JoinHandle<TestClient> {
-    tokio::spawn(async move {
-        for seq in 0..n {
-            sensor
-                .publish(
-                    "telehub/lab/t1/temperature",
-                    format!(r#"{{"value":{seq},"seq":{seq}}}"#),
-                )
-                .await;
-            tokio::time::sleep(every).await;
-        }
-        sensor
-    })
-}
-
 async fn collect_seqs(bridge: &mut Running, n: u64, within: Duration) -> BTreeSet<u64> {
     let mut seen = BTreeSet::new();
     let deadline = tokio::time::Instant::now() + within;
@@ -384,7 +358,8 @@ async fn broker_restart_mid_stream_loses_nothing() {
     let mut bridge = start_bridge(&bridge_toml(broker.port, "restart-broker", "")).await;
     let sensor = TestClient::connect(broker.port, "sensor-restart");
     const N: u64 = 300;
-    let publisher = publish_stream(sensor, N, Duration::from_millis(5));
+    let publisher =
+        sensor.publish_stream("telehub/lab/t1/temperature", 0..N, Duration::from_millis(5));
 
     tokio::time::sleep(Duration::from_millis(500)).await;
     broker.stop();
@@ -410,19 +385,12 @@ async fn a_restarted_bridge_gets_what_was_published_while_it_was_down() {
     let toml_text = bridge_toml(broker.port, "restart-hub", "");
     let mut bridge = start_bridge(&toml_text).await;
     let sensor = TestClient::connect(broker.port, "sensor-hub-down");
-    sensor
-        .publish("telehub/lab/t1/temperature", r#"{"value":0,"seq":0}"#)
-        .await;
+    sensor.publish_seq("telehub/lab/t1/temperature", 0).await;
     assert_eq!(bridge.next_readings().await.readings[0].seq, Some(0));
     bridge.stop().await;
 
     for seq in 1..=50u64 {
-        sensor
-            .publish(
-                "telehub/lab/t1/temperature",
-                format!(r#"{{"value":{seq},"seq":{seq}}}"#),
-            )
-            .await;
+        sensor.publish_seq("telehub/lab/t1/temperature", seq).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
 

@@ -3,64 +3,14 @@
 //! `.../cmd` are answered on `.../ack`, and a broker restart loses nothing.
 
 use std::collections::HashSet;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::QoS;
 use serde_json::{json, Value};
 use telehub_sim::{BackoffConfig, Kind, RunOptions, Scenario, SeqStart, SimStats};
+use telehub_testkit::mosquitto::Mosquitto;
+use telehub_testkit::mqtt::TestClient;
 use tokio::sync::oneshot;
-
-/// A Mosquitto process on a port of its own, killed on drop.
-struct Broker {
-    port: u16,
-    child: Child,
-}
-
-impl Broker {
-    fn start_on(port: u16) -> Broker {
-        let mut child = Command::new("mosquitto")
-            .args(["-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto must be installed (Debian package mosquitto)");
-        // Wait until it accepts connections.
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Broker { port, child };
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("mosquitto did not start on port {port}");
-    }
-
-    fn start() -> Broker {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        Broker::start_on(port)
-    }
-
-    fn url(&self) -> String {
-        format!("mqtt://127.0.0.1:{}", self.port)
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 fn options(url: String) -> RunOptions {
     let mut o = RunOptions::mqtt(url);
@@ -73,51 +23,17 @@ fn options(url: String) -> RunOptions {
 }
 
 /// A plain subscriber that records every message under `telehub/#`.
-async fn subscriber(
-    port: u16,
-    id: &str,
-) -> (AsyncClient, tokio::sync::mpsc::Receiver<(String, Value)>) {
-    let mut opts = MqttOptions::new(id, "127.0.0.1", port);
-    opts.set_keep_alive(Duration::from_secs(5));
-    let (client, mut eventloop) = AsyncClient::new(opts, 64);
-    client
-        .subscribe("telehub/#", QoS::AtLeastOnce)
-        .await
-        .expect("subscribe");
-    let (tx, rx) = tokio::sync::mpsc::channel(10_000);
-    let (ready_tx, ready_rx) = oneshot::channel();
-    tokio::spawn(async move {
-        let mut ready = Some(ready_tx);
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    if let Some(r) = ready.take() {
-                        let _ = r.send(());
-                    }
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let v: Value = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
-                    if tx.send((p.topic, v)).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => return,
-            }
-        }
-    });
-    tokio::time::timeout(Duration::from_secs(5), ready_rx)
-        .await
-        .expect("suback in time")
-        .expect("subscriber running");
-    (client, rx)
+async fn subscriber(port: u16, id: &str) -> TestClient {
+    let mut c = TestClient::connect(port, id);
+    c.subscribe("telehub/#").await;
+    c
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readings_and_commands_over_mqtt() {
     // Arrange
-    let broker = Broker::start();
-    let (cmd_client, mut inbox) = subscriber(broker.port, "test-sub").await;
+    let broker = Mosquitto::start();
+    let mut observer = subscriber(broker.port, "test-sub").await;
     let scenario = Scenario::quick(1, 2, Some(5.0), Some(Kind::Climate)).expect("scenario");
     let stats = SimStats::new();
     let mut opts = options(broker.url());
@@ -129,7 +45,8 @@ async fn readings_and_commands_over_mqtt() {
 
     // Act: let it publish, then send a command as the hub's bridge would.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    cmd_client
+    observer
+        .client
         .publish(
             "telehub/room-1/climate-1/cmd",
             QoS::AtLeastOnce,
@@ -139,7 +56,8 @@ async fn readings_and_commands_over_mqtt() {
         )
         .await
         .expect("publish command");
-    cmd_client
+    observer
+        .client
         .publish(
             "telehub/room-1/climate-2/cmd",
             QoS::AtLeastOnce,
@@ -157,7 +75,9 @@ async fn readings_and_commands_over_mqtt() {
     let mut seen = HashSet::new();
     let mut acks = Vec::new();
     let mut setpoint_after = None;
-    while let Ok((topic, v)) = inbox.try_recv() {
+    while let Ok(p) = observer.inbox.try_recv() {
+        let topic = p.topic;
+        let v: Value = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
         let parts: Vec<&str> = topic.split('/').collect();
         assert_eq!(parts[0], "telehub");
         assert_eq!(parts[1], "room-1");
@@ -215,8 +135,11 @@ async fn readings_and_commands_over_mqtt() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_loses_nothing() {
     // Arrange
-    let mut broker = Broker::start();
-    let port = broker.port;
+    let mut broker = Mosquitto::start_with(telehub_testkit::mosquitto::Config {
+        // The broker dies without saving: the devices' own buffers carry the readings.
+        persistence: false,
+        ..Default::default()
+    });
     let scenario = Scenario::quick(1, 3, Some(10.0), None).expect("scenario");
     let stats = SimStats::new();
     let mut opts = options(broker.url());
@@ -233,7 +156,7 @@ async fn broker_restart_loses_nothing() {
     broker.kill();
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let buffered_while_down = stats.snapshot().buffered;
-    let _broker = Broker::start_on(port);
+    broker.resume();
     // Wait until everything generated so far has been confirmed again.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {

@@ -10,15 +10,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::cdp::Browser;
-use crate::helpers::spawn_app;
+use crate::helpers::{spawn_app, spawn_app_at, Client};
 
 /// One browser test at a time: each starts its own Chromium, and the machine is small.
 static BROWSER_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -66,8 +65,7 @@ impl Device {
                     if *stopped.borrow() {
                         return;
                     }
-                    let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url.as_str()).await
-                    else {
+                    let Ok(mut ws) = Client::connect(url.as_str()).await else {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                         continue;
                     };
@@ -76,7 +74,7 @@ impl Device {
                     loop {
                         tokio::select! {
                             _ = stopped.changed() => {
-                                let _ = ws.close(None).await;
+                                ws.close().await;
                                 return;
                             }
                             _ = tick.tick() => {
@@ -89,12 +87,12 @@ impl Device {
                                 }).collect();
                                 let n = items.len() as u64;
                                 let msg = json!({"type": "readings", "items": items});
-                                if ws.send(Message::Text(msg.to_string().into())).await.is_err() {
+                                if ws.try_send_text(&msg.to_string()).await.is_err() {
                                     continue 'reconnect;
                                 }
                                 sent.fetch_add(n, Ordering::Relaxed);
                             }
-                            msg = ws.next() => {
+                            msg = ws.ws.next() => {
                                 let Some(Ok(msg)) = msg else { continue 'reconnect };
                                 let Message::Text(text) = msg else { continue };
                                 let Ok(v) = serde_json::from_str::<Value>(text.as_str()) else { continue };
@@ -102,7 +100,7 @@ impl Device {
                                     commands.lock().unwrap().push(v.clone());
                                     let ack = json!({"type": "ack", "id": v["id"], "ok": true,
                                         "result": {"applied": v["name"], "args": v["args"]}});
-                                    let _ = ws.send(Message::Text(ack.to_string().into())).await;
+                                    let _ = ws.try_send_text(&ack.to_string()).await;
                                 }
                             }
                         }
@@ -122,62 +120,6 @@ impl Device {
     async fn stop(self) {
         let _ = self.stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
-    }
-}
-
-/// A hub on a chosen address that can be stopped and started again on the same port.
-struct Hub {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
-}
-
-impl Hub {
-    async fn start(addr: SocketAddr) -> Hub {
-        telehub::telemetry::init("warn");
-        // The old listener's port may take a moment to be free again.
-        let mut tries = 0;
-        let listener = loop {
-            match TcpListener::bind(addr).await {
-                Ok(l) => break l,
-                Err(e) if tries < 50 => {
-                    tries += 1;
-                    let _ = e;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => panic!("cannot bind {addr} again: {e}"),
-            }
-        };
-        let addr = listener.local_addr().expect("addr");
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            // An in-memory hub (what this test means by a restart that loses history),
-            // and no database in the working directory.
-            let mut settings = telehub::Settings::default();
-            settings.history.persist = false;
-            telehub::run(listener, settings, async {
-                let _ = rx.await;
-            })
-            .await
-            .expect("hub runs");
-        });
-        Hub {
-            addr,
-            stop: Some(tx),
-            task: Some(task),
-        }
-    }
-
-    async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(15), t)
-                .await
-                .expect("hub stops in time")
-                .expect("hub task");
-        }
     }
 }
 
@@ -515,8 +457,8 @@ async fn room_page_shows_changing_values_a_drawn_chart_and_command_acks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn page_reconnects_after_the_hub_restarts_and_keeps_updating() {
     let _one = BROWSER_TESTS.lock().await;
-    // Arrange: a hub we can restart on the same port.
-    let hub = Hub::start("127.0.0.1:0".parse().unwrap()).await;
+    // Arrange: a hub we can restart at the same address.
+    let hub = spawn_app().await;
     let addr = hub.addr;
     let device = Device::spawn(
         addr,
@@ -552,7 +494,7 @@ async fn page_reconnects_after_the_hub_restarts_and_keeps_updating() {
         .await
         .as_u64()
         .unwrap();
-    let hub = Hub::start(addr).await;
+    let hub = spawn_app_at(addr).await;
 
     // Assert: reconnected, told the user that the restarted (in-memory) hub could not
     // replay what was missed, and readings flow and show again.
@@ -720,7 +662,7 @@ async fn page_closed_as_a_slow_consumer_reconnects_and_carries_on() {
 
     // Act: a burst of 64-reading batches, far more than an 8-frame queue holds.
     let url = format!("ws://{}/ws/busy/flood?role=device", app.addr);
-    let (mut flood, _) = tokio_tungstenite::connect_async(url.as_str())
+    let mut flood = Client::connect(url.as_str())
         .await
         .expect("flood device connects");
     let items: Vec<Value> = (0..64)
@@ -729,10 +671,7 @@ async fn page_closed_as_a_slow_consumer_reconnects_and_carries_on() {
     let batch = json!({"type": "readings", "items": items}).to_string();
     let mut closed = false;
     for _ in 0..200 {
-        flood
-            .send(Message::Text(batch.clone().into()))
-            .await
-            .expect("send burst");
+        flood.send_text(&batch).await;
         tokio::time::sleep(Duration::from_millis(5)).await;
         if page
             .eval("window.telehub.view.closes.includes(1013)")
@@ -744,7 +683,7 @@ async fn page_closed_as_a_slow_consumer_reconnects_and_carries_on() {
             break;
         }
     }
-    let _ = flood.close(None).await;
+    flood.close().await;
     assert!(closed, "the hub closed the page as a slow consumer (1013)");
 
     // Assert: the page reconnects by itself and the steady device's values flow again.

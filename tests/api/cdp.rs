@@ -160,9 +160,10 @@ impl Browser {
             }
         };
 
-        let (ws, _) = tokio_tungstenite::connect_async(ws_url.as_str())
+        let ws = crate::helpers::Client::connect(ws_url.as_str())
             .await
-            .unwrap_or_else(|e| panic!("cannot connect to Chromium's DevTools at {ws_url}: {e}"));
+            .unwrap_or_else(|e| panic!("cannot connect to Chromium's DevTools at {ws_url}: {e}"))
+            .ws;
         let (sink, mut stream) = ws.split();
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
         let events = Arc::new(Mutex::new(Vec::new()));

@@ -4,15 +4,12 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use telehub::Settings;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-use crate::helpers::{spawn_app_with, Client, TestApp, WAIT};
+use crate::helpers::{hub_process, spawn_app_with, Client, Hub, TestApp};
 
 /// No rate limit in the way of tests that send fast.
 fn fast(s: &mut Settings) {
@@ -54,33 +51,9 @@ async fn offsets_until(c: &mut Client, last: u64) -> Vec<u64> {
 
 /// `GET path` as bytes: (status, content-type, body).
 async fn get_bytes(addr: SocketAddr, path: &str) -> (u16, String, Vec<u8>) {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut buf = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
-        .await
-        .expect("response in time")
-        .expect("read");
-    let split = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("header end");
-    let head = String::from_utf8_lossy(&buf[..split]).to_string();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status");
-    let ctype = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-type:")
-                .map(|v| v.trim().to_string())
-        })
-        .unwrap_or_default();
-    (status, ctype, buf[split + 4..].to_vec())
+    let r = telehub_testkit::http::get(addr, path, "").await;
+    let ctype = r.header("content-type").unwrap_or_default().to_string();
+    (r.status, ctype, r.body)
 }
 
 async fn get_json(app: &TestApp, path: &str) -> (u16, Value) {
@@ -337,27 +310,22 @@ async fn readings_resent_after_a_restart_are_stored_once() {
     app.stop().await;
 }
 
-/// The real binary with its data in `dir`; returns the child and its address.
-fn start_binary(dir: &Path, flush_ms: u64) -> (Child, SocketAddr) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_telehub"));
-    cmd.args(["serve", "--listen", "127.0.0.1:0"])
-        .env_remove("RUST_LOG")
-        .env_remove("TELEHUB_CONFIG")
-        .env("TELEHUB_HISTORY_DATA_DIR", dir)
+/// The real binary with its data in `dir`, flushing every `flush_ms`.
+fn start_binary(dir: &Path, flush_ms: u64) -> Hub {
+    hub_process()
+        .data_dir(dir)
         .env("TELEHUB_HISTORY_FLUSH_INTERVAL_MS", flush_ms.to_string())
         .env("TELEHUB_LIMITS_RATE_PER_SEC", "1000000")
         .env("TELEHUB_LIMITS_RATE_BURST", "1000000")
-        .current_dir(dir)
-        .stderr(Stdio::null());
-    let (child, addr) = crate::helpers::spawn_binary(cmd);
-    (child, addr.parse().expect("address"))
+        .start()
 }
 
 #[tokio::test]
 async fn kill_9_loses_at_most_one_flush_interval() {
     const FLUSH_MS: u64 = 200;
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut child, addr) = start_binary(dir.path(), FLUSH_MS);
+    let mut hub = start_binary(dir.path(), FLUSH_MS);
+    let addr = hub.addr();
     let url = |c: &str, q: &str| format!("ws://{addr}/ws/r/{c}?{q}");
     let mut dev = Client::connect(&url("d1", "role=device&acks=true"))
         .await
@@ -373,10 +341,10 @@ async fn kill_9_loses_at_most_one_flush_interval() {
     tokio::time::sleep(Duration::from_millis(FLUSH_MS * 5)).await;
     // 100 more accepted right before the kill: these may be lost (one interval).
     send_acked(&mut dev, "t", 500..600).await;
-    child.kill().expect("SIGKILL");
-    child.wait().expect("reaped");
+    hub.kill();
 
-    let (mut child, addr) = start_binary(dir.path(), FLUSH_MS);
+    // Started again at the same address, on the same data.
+    hub.restart();
     let app_get = |path: &'static str| async move { get_bytes(addr, path).await };
     let (status, _, body) = app_get("/api/rooms/r/history?limit=100000").await;
     assert_eq!(status, 200);
@@ -405,8 +373,6 @@ async fn kill_9_loses_at_most_one_flush_interval() {
     assert_eq!(welcome["recovered"], false, "{welcome}");
     assert_ne!(welcome["epoch"], epoch);
     assert_eq!(welcome["offset"].as_u64(), Some(seqs.len() as u64));
-    child.kill().expect("kill");
-    child.wait().expect("reaped");
 }
 
 #[tokio::test]

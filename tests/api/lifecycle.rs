@@ -1,12 +1,12 @@
 //! The process around the hub: graceful shutdown with 1001, the CLI's address log, and
 //! start-up refusing a bad configuration with exit code 2.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::{spawn_app, Client};
+use crate::helpers::{hub_process, spawn_app, Client};
 
 #[tokio::test]
 async fn shutdown_flushes_queued_frames_and_closes_everyone_with_1001() {
@@ -41,6 +41,7 @@ async fn shutdown_flushes_queued_frames_and_closes_everyone_with_1001() {
     stopping.await.expect("stopped");
 }
 
+/// The binary run once to completion (these hubs never get as far as listening).
 fn telehub() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_telehub"));
     c.env_remove("RUST_LOG")
@@ -49,13 +50,6 @@ fn telehub() -> Command {
         .env("TELEHUB_HISTORY_PERSIST", "false")
         .current_dir(std::env::temp_dir());
     c
-}
-
-/// Starts the real binary with `args` and returns it with the address it logs.
-fn spawn_listening(args: &[&str]) -> (std::process::Child, String) {
-    let mut cmd = telehub();
-    cmd.args(args).stderr(Stdio::piped());
-    crate::helpers::spawn_binary(cmd)
 }
 
 #[test]
@@ -94,9 +88,9 @@ fn a_bad_config_stops_start_up_with_exit_code_2_naming_key_and_file() {
 
 #[tokio::test]
 async fn the_binary_logs_its_real_address_and_exits_0_on_sigterm_closing_clients_with_1001() {
-    let (mut child, addr) = spawn_listening(&["--listen", "127.0.0.1:0"]);
-    assert!(!addr.ends_with(":0"), "{addr}");
-    let mut dash = Client::connect(&format!("ws://{addr}/ws/sig/dash"))
+    let mut hub = hub_process().start();
+    assert_ne!(hub.addr().port(), 0, "the hub logs the port it was given");
+    let mut dash = Client::connect(&hub.ws_url("sig", "dash", ""))
         .await
         .expect("connect");
     let _ = dash.recv_type("welcome").await;
@@ -104,27 +98,18 @@ async fn the_binary_logs_its_real_address_and_exits_0_on_sigterm_closing_clients
         .await;
     let _ = dash.recv_type("error").await;
 
-    let pid = child.id().to_string();
-    let killed = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
+    hub.sigterm();
     let (code, _) = dash.recv_close().await;
     assert_eq!(u16::from(code), 1001);
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .expect("join")
-        .expect("wait");
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(hub.wait_exit().await.code(), Some(0));
 }
 
 #[tokio::test]
 async fn serve_demo_shows_live_data_from_simulated_devices() {
-    let (mut child, addr) = spawn_listening(&["serve", "--demo", "--listen", "127.0.0.1:0"]);
-    let addr: std::net::SocketAddr = addr.parse().expect("address");
+    let mut hub = hub_process().args(["--demo"]).start();
+    let addr = hub.addr();
     // A dashboard in the demo's living room sees readings arrive.
-    let mut dash = Client::connect(&format!("ws://{addr}/ws/living-room/viewer"))
+    let mut dash = Client::connect(&hub.ws_url("living-room", "viewer", ""))
         .await
         .expect("connect");
     let _ = dash.recv_type("welcome").await;
@@ -137,14 +122,7 @@ async fn serve_demo_shows_live_data_from_simulated_devices() {
         rooms["rooms"].as_array().is_some_and(|r| r.len() >= 2),
         "{rooms}"
     );
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .expect("join")
-        .expect("wait");
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(hub.stop().await.code(), Some(0));
 }
 
 #[tokio::test]
@@ -181,10 +159,9 @@ async fn an_upgrade_after_another_request_on_the_same_connection_works_too() {
     let n = s.read(&mut buf).await.expect("read");
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
     let url = app.ws_url("keepalive", "c", "role=dashboard");
-    let (ws, _) = tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(s))
+    let mut client = Client::handshake(&url, s)
         .await
         .expect("upgrade on the same connection");
-    let mut client = crate::helpers::Client { ws };
     assert_eq!(client.recv_type("welcome").await["room"], "keepalive");
     app.stop().await;
 }

@@ -3,11 +3,6 @@
 //! commands reach MQTT devices and their acks come back; nothing is lost when the broker
 //! or the hub restarts.
 
-#[path = "../support/mosquitto.rs"]
-mod mosquitto;
-#[path = "../support/mqtt_client.rs"]
-mod mqtt_client;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -16,8 +11,8 @@ use telehub::mqtt::MqttConfig;
 use telehub::Settings;
 
 use crate::helpers::{spawn_app_with, Client, TestApp, WAIT};
-use mosquitto::Mosquitto;
-use mqtt_client::TestClient;
+use telehub_testkit::mosquitto::Mosquitto;
+use telehub_testkit::mqtt::TestClient;
 
 /// A hub with one bridge `test` to `broker`, configured by the TOML body `extra`.
 async fn hub_with_bridge(port: u16, client_id: &str, extra: &str) -> TestApp {
@@ -255,27 +250,6 @@ async fn commands_and_acks_round_trip() {
     app.stop().await;
 }
 
-/// Publishes readings seq `from..to` of device t1, one every `every`.
-fn publish_stream(
-    sensor: TestClient,
-    from: u64,
-    to: u64,
-    every: Duration,
-) -> tokio::task::JoinHandle<TestClient> {
-    tokio::spawn(async move {
-        for seq in from..to {
-            sensor
-                .publish(
-                    "telehub/lab/t1/temperature",
-                    format!(r#"{{"value":{seq},"seq":{seq}}}"#),
-                )
-                .await;
-            tokio::time::sleep(every).await;
-        }
-        sensor
-    })
-}
-
 /// Reads readings until every seq in `want` has arrived (or the time is up); returns
 /// the ones seen and how many arrived more than once.
 async fn collect_seqs(dash: &mut Client, want: &BTreeSet<u64>) -> (BTreeSet<u64>, usize) {
@@ -301,7 +275,8 @@ async fn broker_restart_mid_stream_loses_no_reading() {
     let (mut dash, _) = app.connect("lab", "dash", "dashboard").await;
     let sensor = TestClient::connect(broker.port, "api-sensor-restart");
     const N: u64 = 300;
-    let publisher = publish_stream(sensor, 0, N, Duration::from_millis(5));
+    let publisher =
+        sensor.publish_stream("telehub/lab/t1/temperature", 0..N, Duration::from_millis(5));
 
     tokio::time::sleep(Duration::from_millis(400)).await;
     broker.stop();
@@ -327,9 +302,7 @@ async fn a_restarted_hub_receives_what_was_published_while_it_was_down() {
     wait_subscribed(&app).await;
     let sensor = TestClient::connect(broker.port, "api-sensor-hub-down");
     let (mut dash, _) = app.connect("lab", "dash", "dashboard").await;
-    sensor
-        .publish("telehub/lab/t1/temperature", r#"{"value":0,"seq":0}"#)
-        .await;
+    sensor.publish_seq("telehub/lab/t1/temperature", 0).await;
     assert_eq!(next_reading(&mut dash).await["seq"], 0);
     drop(dash);
     app.stop().await;
@@ -337,12 +310,7 @@ async fn a_restarted_hub_receives_what_was_published_while_it_was_down() {
     // The hub is down; the sensor keeps publishing, the broker queues for the bridge's
     // persistent session.
     for seq in 1..=50u64 {
-        sensor
-            .publish(
-                "telehub/lab/t1/temperature",
-                format!(r#"{{"value":{seq},"seq":{seq}}}"#),
-            )
-            .await;
+        sensor.publish_seq("telehub/lab/t1/temperature", seq).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Stop the broker too (it keeps the queue on disk) so the new hub's dashboard can be
@@ -367,7 +335,6 @@ async fn mirror_publishes_websocket_readings_to_the_broker() {
     wait_subscribed(&app).await;
     let mut consumer = TestClient::connect(broker.port, "api-consumer");
     consumer.subscribe("telehub/lab/ws1/#").await;
-    tokio::time::sleep(Duration::from_millis(150)).await;
     let (mut dash, _) = app.connect("lab", "dash", "dashboard").await;
     let (mut dev, _) = app.connect("lab", "ws1", "device").await;
 
@@ -402,12 +369,11 @@ async fn mirror_publishes_websocket_readings_to_the_broker() {
 
 #[tokio::test]
 async fn an_unreachable_broker_shows_in_api_bridges_and_the_hub_keeps_serving() {
-    // A port where nothing listens.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    // A port where nothing listens: bound (so no one else takes it for the length of
+    // the test) but never listening, so every connect is refused.
+    let reserved = tokio::net::TcpSocket::new_v4().expect("socket");
+    reserved.bind("127.0.0.1:0".parse().unwrap()).expect("bind");
+    let port = reserved.local_addr().expect("addr").port();
     let app = hub_with_bridge(port, "api-unreachable", "").await;
     let deadline = tokio::time::Instant::now() + WAIT;
     let status = loop {

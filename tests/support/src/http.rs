@@ -1,0 +1,117 @@
+//! A raw HTTP/1.1 GET over a fresh connection (`Connection: close`), for the hub's REST
+//! endpoints, `/metrics` and the dashboard files: status, head and body as sent, with
+//! chunked transfer encoding undone.
+
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::WAIT;
+
+/// One response, as read off the wire.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// The status code of the status line.
+    pub status: u16,
+    /// The status line and headers, without the blank line.
+    pub head: String,
+    /// The body, de-chunked.
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The body as (lossy) UTF-8.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The value of header `name` (case-insensitive), trimmed.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// Sends `GET path` with `extra_headers` (each line ending in `\r\n`) and reads the whole
+/// response; an I/O or framing error is returned, for callers that report rather than
+/// panic (the examples).
+pub async fn try_get(
+    addr: SocketAddr,
+    path: &str,
+    extra_headers: &str,
+) -> anyhow::Result<Response> {
+    let mut s = TcpStream::connect(addr).await?;
+    let req =
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra_headers}\r\n");
+    s.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut buf)).await??;
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("GET {path}: no end of headers"))?;
+    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("GET {path}: no status line in {head:?}"))?;
+    let mut r = Response {
+        status,
+        head,
+        body: buf[split + 4..].to_vec(),
+    };
+    if r.header("transfer-encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+    {
+        r.body = dechunk(&r.body);
+    }
+    Ok(r)
+}
+
+/// [`try_get`] for tests: panics on any error, within [`WAIT`].
+pub async fn get(addr: SocketAddr, path: &str, extra_headers: &str) -> Response {
+    try_get(addr, path, extra_headers)
+        .await
+        .unwrap_or_else(|e| panic!("GET http://{addr}{path}: {e:#}"))
+}
+
+/// `GET path` as (status, body text): what most tests look at.
+pub async fn http_get(addr: SocketAddr, path: &str, extra_headers: &str) -> (u16, String) {
+    let r = get(addr, path, extra_headers).await;
+    (r.status, r.text())
+}
+
+fn dechunk(mut s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(end) = s.windows(2).position(|w| w == b"\r\n") {
+        let size = String::from_utf8_lossy(&s[..end]);
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        let rest = &s[end + 2..];
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.extend_from_slice(&rest[..n]);
+        s = rest[n..].strip_prefix(b"\r\n").unwrap_or(&rest[n..]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dechunk;
+
+    #[test]
+    fn chunked_bodies_are_joined() {
+        assert_eq!(
+            dechunk(b"4\r\nWiki\r\n6\r\npedia \r\n0\r\n\r\n"),
+            b"Wikipedia "
+        );
+        assert_eq!(dechunk(b"0\r\n\r\n"), b"");
+    }
+}
