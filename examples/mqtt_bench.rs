@@ -27,6 +27,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
 use futures_util::{SinkExt, StreamExt};
 use rumqttc::{AsyncClient, MqttOptions, QoS};
+use telehub_sim::bench::LoadShape;
 use tokio_tungstenite::tungstenite::Message;
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
@@ -41,15 +42,9 @@ enum Transport {
 struct Args {
     #[arg(long, value_enum, default_value = "both")]
     transport: Transport,
-    #[arg(long, default_value_t = 10)]
-    rooms: u32,
-    #[arg(long, default_value_t = 10)]
-    devices: u32,
-    #[arg(long, default_value_t = 10)]
-    dashboards: u32,
-    /// Readings per second per device.
-    #[arg(long, default_value_t = 10.0)]
-    rate: f64,
+    /// The same load flags as `telehub-sim bench`.
+    #[command(flatten)]
+    shape: LoadShape,
     /// Measured window, seconds.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
@@ -248,8 +243,8 @@ async fn run(args: &Args, setup: &Setup, transport: Transport) -> anyhow::Result
 
     // Dashboards first, so they see every reading.
     let mut dash_tasks = Vec::new();
-    for r in 0..args.rooms {
-        for s in 0..args.dashboards {
+    for r in 0..args.shape.rooms {
+        for s in 0..args.shape.dashboards {
             let url = format!(
                 "ws://127.0.0.1:{}/ws/{tag}-room-{r}/dash-{s}?role=dashboard",
                 setup.hub_port
@@ -300,12 +295,12 @@ async fn run(args: &Args, setup: &Setup, transport: Transport) -> anyhow::Result
 
     // Devices.
     let sent = Arc::new(AtomicU64::new(0));
-    let period = Duration::from_secs_f64(1.0 / args.rate);
+    let period = Duration::from_secs_f64(1.0 / args.shape.rate);
     let end_instant = Arc::new(std::sync::Mutex::new(None::<Instant>));
     let mut dev_tasks = Vec::new();
     let mut pollers = Vec::new();
-    for r in 0..args.rooms {
-        for d in 0..args.devices {
+    for r in 0..args.shape.rooms {
+        for d in 0..args.shape.devices {
             let room = format!("{tag}-room-{r}");
             let device = format!("dev-{d}");
             let (sent, ws_start, ws_end, end_instant) = (
@@ -314,8 +309,10 @@ async fn run(args: &Args, setup: &Setup, transport: Transport) -> anyhow::Result
                 win_end.clone(),
                 end_instant.clone(),
             );
-            let phase =
-                period.mul_f64((r * args.devices + d) as f64 / (args.rooms * args.devices) as f64);
+            let phase = period.mul_f64(
+                (r * args.shape.devices + d) as f64
+                    / (args.shape.rooms * args.shape.devices) as f64,
+            );
             match transport {
                 Transport::Mqtt => {
                     let mut o = MqttOptions::new(
@@ -434,7 +431,7 @@ async fn run(args: &Args, setup: &Setup, transport: Transport) -> anyhow::Result
     Ok(Report {
         transport: tag,
         sent,
-        expected: sent * args.dashboards as u64,
+        expected: sent * args.shape.dashboards as u64,
         delivered,
         latencies,
         window: window.as_secs_f64(),
@@ -449,10 +446,10 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     println!(
         "{} rooms x {} devices x {} dashboards at {} Hz, window {} s (hub pid {}, broker pid {})",
-        args.rooms,
-        args.devices,
-        args.dashboards,
-        args.rate,
+        args.shape.rooms,
+        args.shape.devices,
+        args.shape.dashboards,
+        args.shape.rate,
         args.duration,
         setup.hub.0.id(),
         setup.broker.0.id()
