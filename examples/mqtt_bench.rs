@@ -28,6 +28,7 @@ use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use futures_util::{SinkExt, StreamExt};
 use rumqttc::QoS;
+use telehub_sim::bench::LoadShape;
 use telehub_testkit::hub::Hub;
 use telehub_testkit::mosquitto::{self, Mosquitto};
 use telehub_testkit::mqtt::TestClient;
@@ -46,15 +47,9 @@ enum Transport {
 struct Args {
     #[arg(long, value_enum, default_value = "both")]
     transport: Transport,
-    #[arg(long, default_value_t = 10)]
-    rooms: u32,
-    #[arg(long, default_value_t = 10)]
-    devices: u32,
-    #[arg(long, default_value_t = 10)]
-    dashboards: u32,
-    /// Readings per second per device.
-    #[arg(long, default_value_t = 10.0)]
-    rate: f64,
+    /// The same load flags as `telehub-sim bench`.
+    #[command(flatten)]
+    shape: LoadShape,
     /// Measured window, seconds.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
@@ -256,8 +251,8 @@ async fn run(args: &Args, setup: &Setup, transport: Transport) -> anyhow::Result
 
     // Dashboards first, so they see every reading.
     let mut dash_tasks = Vec::new();
-    for r in 0..args.rooms {
-        for s in 0..args.dashboards {
+    for r in 0..args.shape.rooms {
+        for s in 0..args.shape.dashboards {
             let url = setup.hub.ws_url(
                 &format!("{tag}-room-{r}"),
                 &format!("dash-{s}"),
@@ -310,17 +305,19 @@ async fn run(args: &Args, setup: &Setup, transport: Transport) -> anyhow::Result
 
     // Devices.
     let sent = Arc::new(AtomicU64::new(0));
-    let period = Duration::from_secs_f64(1.0 / args.rate);
+    let period = Duration::from_secs_f64(1.0 / args.shape.rate);
     let end_instant = Arc::new(std::sync::Mutex::new(None::<Instant>));
     let mut dev_tasks = Vec::new();
     let mut pollers = Vec::new();
     let mut mqtt_clients = Vec::new();
-    for r in 0..args.rooms {
-        for d in 0..args.devices {
+    for r in 0..args.shape.rooms {
+        for d in 0..args.shape.devices {
             let room = format!("{tag}-room-{r}");
             let device = format!("dev-{d}");
-            let phase =
-                period.mul_f64((r * args.devices + d) as f64 / (args.rooms * args.devices) as f64);
+            let phase = period.mul_f64(
+                (r * args.shape.devices + d) as f64
+                    / (args.shape.rooms * args.shape.devices) as f64,
+            );
             let pacer = Pacer {
                 base,
                 phase,
@@ -413,7 +410,7 @@ async fn run(args: &Args, setup: &Setup, transport: Transport) -> anyhow::Result
     Ok(Report {
         transport: tag,
         sent,
-        expected: sent * args.dashboards as u64,
+        expected: sent * args.shape.dashboards as u64,
         delivered,
         latencies,
         window: window.as_secs_f64(),
@@ -428,10 +425,10 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     println!(
         "{} rooms x {} devices x {} dashboards at {} Hz, window {} s (hub pid {}, broker pid {})",
-        args.rooms,
-        args.devices,
-        args.dashboards,
-        args.rate,
+        args.shape.rooms,
+        args.shape.devices,
+        args.shape.dashboards,
+        args.shape.rate,
         args.duration,
         setup.hub_pid(),
         setup.broker_pid()

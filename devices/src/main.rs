@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use telehub_sim::bench::idle::{run_idle, IdleOptions, IdleReport};
-use telehub_sim::bench::{run_bench, BenchOptions, BenchReport};
+use telehub_sim::bench::{run_bench, BenchOptions, BenchReport, LoadShape};
 use telehub_sim::{ClockConfig, Kind, RunOptions, Scenario, SeqStart, SimStats, Summary};
 
 /// Simulated IoT devices for telehub, and its load generator.
@@ -88,18 +88,8 @@ struct BenchArgs {
     /// Hub base URL.
     #[arg(long, default_value = "ws://127.0.0.1:8080")]
     url: String,
-    /// Rooms.
-    #[arg(long, default_value_t = 10)]
-    rooms: u32,
-    /// Devices per room.
-    #[arg(long, default_value_t = 10)]
-    devices: u32,
-    /// Dashboards per room.
-    #[arg(long, default_value_t = 10)]
-    dashboards: u32,
-    /// Readings per second per device (the hub's default limit is 200 per connection).
-    #[arg(long, value_name = "HZ", default_value_t = 10.0)]
-    rate: f64,
+    #[command(flatten)]
+    shape: LoadShape,
     /// Measured window (e.g. 10s).
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     duration: Duration,
@@ -364,23 +354,25 @@ async fn cmd_bench(args: BenchArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    let LoadShape {
+        rooms,
+        devices,
+        dashboards,
+        rate,
+    } = args.shape;
     if !args.json {
         eprintln!(
-            "bench: {} rooms x {} devices x {} dashboards at {} Hz; warm-up {:.1} s, window {:.1} s",
-            args.rooms,
-            args.devices,
-            args.dashboards,
-            args.rate,
+            "bench: {rooms} rooms x {devices} devices x {dashboards} dashboards at {rate} Hz; warm-up {:.1} s, window {:.1} s",
             args.warmup.as_secs_f64(),
             args.duration.as_secs_f64()
         );
     }
     let report = run_bench(BenchOptions {
         url: args.url,
-        rooms: args.rooms,
-        devices: args.devices,
-        dashboards: args.dashboards,
-        rate_hz: args.rate,
+        rooms,
+        devices,
+        dashboards,
+        rate_hz: rate,
         duration: args.duration,
         warmup: args.warmup,
         pid: args.pid,

@@ -40,6 +40,25 @@ pub const DRAIN: Duration = Duration::from_secs(2);
 /// Longest warm-up + window a bench may run, so send times fit in a ring slot.
 pub const MAX_BENCH_TIME: Duration = Duration::from_secs(4 * 3600);
 
+/// The load's shape as command-line flags: R rooms, D devices and S dashboards in each,
+/// every device sending at H Hz. `telehub-sim bench` and the `mqtt_bench` example take
+/// the same flags with the same defaults (flattened into their own arguments).
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct LoadShape {
+    /// Rooms.
+    #[arg(long, default_value_t = 10)]
+    pub rooms: u32,
+    /// Devices per room.
+    #[arg(long, default_value_t = 10)]
+    pub devices: u32,
+    /// Dashboards per room.
+    #[arg(long, default_value_t = 10)]
+    pub dashboards: u32,
+    /// Readings per second per device (the hub's default limit is 200 per connection).
+    #[arg(long, value_name = "HZ", default_value_t = 10.0)]
+    pub rate: f64,
+}
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {

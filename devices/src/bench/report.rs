@@ -103,20 +103,10 @@ pub(super) struct Measured {
 
 /// Turn the counts into the report.
 pub(super) fn report(opts: &BenchOptions, m: Measured) -> BenchReport {
-    let Measured {
-        window_secs,
-        readings_sent,
-        delivered,
-        untimed,
-        closed,
-        device_errors,
-        histogram,
-        start_usage,
-        end_usage,
-    } = m;
-    let expected = readings_sent * u64::from(opts.dashboards);
-    let lost = expected.saturating_sub(delivered);
+    let expected = m.readings_sent * u64::from(opts.dashboards);
+    let lost = expected.saturating_sub(m.delivered);
     let us = |ns: u64| ns as f64 / 1000.0;
+    let histogram = &m.histogram;
     let latency = if histogram.is_empty() {
         Latency::default()
     } else {
@@ -128,7 +118,7 @@ pub(super) fn report(opts: &BenchOptions, m: Measured) -> BenchReport {
             mean_us: histogram.mean() / 1000.0,
         }
     };
-    let hub_usage = match (opts.pid, start_usage, end_usage) {
+    let hub_usage = match (opts.pid, m.start_usage, m.end_usage) {
         (Some(pid), Some((rss0, cpu0)), Some((rss1, cpu1))) => {
             let cpu = cpu1.saturating_sub(cpu0) as f64;
             Some(HubUsage {
@@ -136,9 +126,9 @@ pub(super) fn report(opts: &BenchOptions, m: Measured) -> BenchReport {
                 rss_start_kib: rss0,
                 rss_end_kib: rss1,
                 cpu_secs: cpu / 1e6,
-                cpu_cores: cpu / 1e6 / window_secs,
-                cpu_us_per_delivery: if delivered > 0 {
-                    cpu / delivered as f64
+                cpu_cores: cpu / 1e6 / m.window_secs,
+                cpu_us_per_delivery: if m.delivered > 0 {
+                    cpu / m.delivered as f64
                 } else {
                     0.0
                 },
@@ -151,13 +141,13 @@ pub(super) fn report(opts: &BenchOptions, m: Measured) -> BenchReport {
         devices: opts.devices,
         dashboards: opts.dashboards,
         rate_hz: opts.rate_hz,
-        window_secs,
+        window_secs: m.window_secs,
         warmup_secs: opts.warmup.as_secs_f64(),
-        readings_sent,
-        readings_per_sec: readings_sent as f64 / window_secs,
+        readings_sent: m.readings_sent,
+        readings_per_sec: m.readings_sent as f64 / m.window_secs,
         deliveries_expected: expected,
-        deliveries: delivered,
-        deliveries_per_sec: delivered as f64 / window_secs,
+        deliveries: m.delivered,
+        deliveries_per_sec: m.delivered as f64 / m.window_secs,
         lost,
         loss_ratio: if expected > 0 {
             lost as f64 / expected as f64
@@ -165,9 +155,9 @@ pub(super) fn report(opts: &BenchOptions, m: Measured) -> BenchReport {
             0.0
         },
         latency,
-        untimed,
-        dashboards_closed: closed,
-        device_errors,
+        untimed: m.untimed,
+        dashboards_closed: m.closed,
+        device_errors: m.device_errors,
         hub: hub_usage,
     }
 }

@@ -22,10 +22,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::{
-    next_sample_after, sleep_opt, DeviceCtx, TokenBucket, CONNECT_SPREAD, MAX_BATCH, STABLE_AFTER,
-};
-use crate::backoff::Backoff;
+use super::{sleep_opt, DeviceCtx, Due, Schedule, TokenBucket, MAX_BATCH};
 use crate::command::{Command, Effect};
 use crate::device::{Device, DeviceSummary};
 use crate::outbox::Reading;
@@ -219,53 +216,26 @@ fn flush(
 pub(crate) async fn run_device(
     mut dev: Device,
     broker: BrokerUrl,
-    mut ctx: DeviceCtx,
+    ctx: DeviceCtx,
 ) -> DeviceSummary {
     let topic = device_topic(&dev.spec.room, &dev.spec.id);
     let cmd_topic = format!("{topic}/cmd");
     let ack_topic = format!("{topic}/ack");
-    let mut side = dev.side_rng(ctx.seed);
-    let start = Instant::now();
-    let mut next_sample = start + dev.interval().mul_f64(side.unit());
-    let mut retry_at = Some(start + CONNECT_SPREAD.mul_f64(side.unit()));
-    let mut backoff = Backoff::new(ctx.backoff, side);
+    let mut schedule = Schedule::new(&dev, &ctx);
     let mut conn: Option<MqttConn> = None;
-    let mut paused_until: Option<Instant> = None;
     let mut flush_at: Option<Instant> = None;
-    let mut drain_until: Option<Instant> = None;
     let mut bucket = TokenBucket::new(ctx.send_rate);
-    let mut connected_at = Instant::now();
 
-    loop {
-        if let Some(deadline) = drain_until {
-            // A connection still being opened may finish and drain within the deadline.
-            if conn.is_none() || dev.unconfirmed() == 0 || Instant::now() >= deadline {
-                break;
-            }
-        }
+    // A connection being opened counts as online: it may finish and drain in time.
+    while !schedule.finished(conn.is_none(), dev.unconfirmed()) {
         let mut want_flush = false;
         let mut lost = false;
         tokio::select! {
-            _ = ctx.shutdown.changed(), if drain_until.is_none() => {
-                drain_until = Some(Instant::now() + ctx.drain);
-                retry_at = None;
-                want_flush = true;
-            }
-            _ = sleep_opt(drain_until), if drain_until.is_some() => {}
-            _ = sleep_opt(Some(next_sample)), if paused_until.is_none() && drain_until.is_none() => {
-                dev.sample(ctx.clock.now_ms());
-                next_sample = next_sample_after(next_sample, dev.interval());
-                want_flush = true;
-            }
-            _ = sleep_opt(paused_until), if paused_until.is_some() => {
-                paused_until = None;
-                next_sample = Instant::now();
-                retry_at = Some(Instant::now());
-            }
-            _ = sleep_opt(retry_at), if retry_at.is_some() && paused_until.is_none() => {
-                retry_at = None;
-                conn = Some(open(&broker, &dev));
-            }
+            due = schedule.next(&mut dev, &ctx.clock) => match due {
+                Due::Connect => conn = Some(open(&broker, &dev)),
+                Due::Sampled | Due::Shutdown => want_flush = true,
+                Due::DrainOver | Due::Booted => {}
+            },
             ev = next_event(&mut conn), if conn.is_some() => {
                 let Some(c) = conn.as_mut() else { continue };
                 match ev {
@@ -273,7 +243,7 @@ pub(crate) async fn run_device(
                     Some(MqttEvent::ConnAck) => {
                         c.ready = true;
                         dev.connected();
-                        connected_at = Instant::now();
+                        schedule.connected();
                         lost = c.client.try_subscribe(cmd_topic.clone(), QoS::AtLeastOnce).is_err();
                         want_flush = true;
                     }
@@ -308,11 +278,10 @@ pub(crate) async fn run_device(
                                     }).await;
                                     conn = None;
                                     dev.disconnected();
-                                    paused_until = Some(Instant::now() + pause);
-                                    retry_at = None;
+                                    schedule.reboot(pause);
                                     lost = false;
                                 }
-                                Effect::SetInterval(d) => next_sample = Instant::now() + d,
+                                Effect::SetInterval(d) => schedule.set_interval(d),
                                 Effect::None => {}
                             }
                         }
@@ -339,14 +308,10 @@ pub(crate) async fn run_device(
             flush_at = None;
             if was_up {
                 dev.disconnected();
-                if connected_at.elapsed() >= STABLE_AFTER {
-                    backoff.reset();
-                }
+                schedule.dropped();
             } else {
                 dev.stats().connect_failure();
-            }
-            if drain_until.is_none() {
-                retry_at = Some(Instant::now() + backoff.next_delay());
+                schedule.retry_later();
             }
         }
     }

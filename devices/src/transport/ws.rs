@@ -20,11 +20,7 @@ use telehub_protocol::outbound::ServerMessage;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{self, Message};
 
-use super::{
-    next_sample_after, sleep_opt, DeviceCtx, TokenBucket, CONNECT_SPREAD, CONNECT_TIMEOUT,
-    MAX_BATCH, STABLE_AFTER,
-};
-use crate::backoff::Backoff;
+use super::{sleep_opt, DeviceCtx, Due, Schedule, TokenBucket, CONNECT_TIMEOUT, MAX_BATCH};
 use crate::command::Effect;
 use crate::device::{Device, DeviceSummary};
 use crate::outbox::Reading;
@@ -196,63 +192,30 @@ async fn finish_connecting(
 }
 
 /// Run one device over WebSocket until shutdown (and drain), then report.
-pub(crate) async fn run_device(
-    mut dev: Device,
-    hub: Arc<HubUrl>,
-    mut ctx: DeviceCtx,
-) -> DeviceSummary {
+pub(crate) async fn run_device(mut dev: Device, hub: Arc<HubUrl>, ctx: DeviceCtx) -> DeviceSummary {
     let path = format!(
         "/ws/{}/{}?role=device&acks=true",
         dev.spec.room, dev.spec.id
     );
-    let mut side = dev.side_rng(ctx.seed);
-    let start = Instant::now();
-    let mut next_sample = start + dev.interval().mul_f64(side.unit());
-    let mut retry_at = Some(start + CONNECT_SPREAD.mul_f64(side.unit()));
-    let mut backoff = Backoff::new(ctx.backoff, side);
+    let mut schedule = Schedule::new(&dev, &ctx);
     let mut connecting: Option<BoxFuture<'static, Result<WsStream, ConnectError>>> = None;
     let mut ws: Option<WsStream> = None;
-    let mut paused_until: Option<Instant> = None;
     let mut flush_at: Option<Instant> = None;
-    let mut drain_until: Option<Instant> = None;
     let mut bucket = TokenBucket::new(ctx.send_rate);
     let mut inflight = InFlight::default();
-    let mut connected_at = Instant::now();
 
-    loop {
-        if let Some(deadline) = drain_until {
-            // A connection still being opened may finish and drain within the deadline.
-            let offline = ws.is_none() && connecting.is_none();
-            if offline || dev.unconfirmed() == 0 || Instant::now() >= deadline {
-                break;
-            }
-        }
+    // A connection being opened counts as online: it may finish and drain in time.
+    while !schedule.finished(ws.is_none() && connecting.is_none(), dev.unconfirmed()) {
         let mut want_flush = false;
         let mut lost = false;
         tokio::select! {
-            changed = ctx.shutdown.changed(), if drain_until.is_none() => {
-                // A dropped sender also means stop.
-                let _ = changed;
-                drain_until = Some(Instant::now() + ctx.drain);
-                retry_at = None;
-                want_flush = true;
-            }
-            _ = sleep_opt(drain_until), if drain_until.is_some() => {}
-            _ = sleep_opt(Some(next_sample)), if paused_until.is_none() && drain_until.is_none() => {
-                dev.sample(ctx.clock.now_ms());
-                next_sample = next_sample_after(next_sample, dev.interval());
-                want_flush = true;
-            }
-            _ = sleep_opt(paused_until), if paused_until.is_some() => {
-                // Booted again: sample at once and connect.
-                paused_until = None;
-                next_sample = Instant::now();
-                retry_at = Some(Instant::now());
-            }
-            _ = sleep_opt(retry_at), if retry_at.is_some() && paused_until.is_none() => {
-                retry_at = None;
-                connecting = Some(connect_device(hub.clone(), path.clone()).boxed());
-            }
+            due = schedule.next(&mut dev, &ctx.clock) => match due {
+                Due::Connect => {
+                    connecting = Some(connect_device(hub.clone(), path.clone()).boxed());
+                }
+                Due::Sampled | Due::Shutdown => want_flush = true,
+                Due::DrainOver | Due::Booted => {}
+            },
             res = finish_connecting(&mut connecting), if connecting.is_some() => {
                 connecting = None;
                 match res {
@@ -260,15 +223,14 @@ pub(crate) async fn run_device(
                         tracing::debug!(room = %dev.spec.room, device = %dev.spec.id, "connected");
                         ws = Some(stream);
                         dev.connected();
-                        connected_at = Instant::now();
+                        schedule.connected();
                         want_flush = true;
                     }
                     Err(error) => {
                         dev.stats().connect_failure();
-                        let delay = backoff.next_delay();
+                        let retry_ms = schedule.retry_later().map(|d| d.as_millis() as u64);
                         tracing::debug!(room = %dev.spec.room, device = %dev.spec.id, %error,
-                            retry_ms = delay.as_millis() as u64, "connect failed");
-                        retry_at = Some(Instant::now() + delay);
+                            ?retry_ms, "connect failed");
                     }
                 }
             }
@@ -296,12 +258,9 @@ pub(crate) async fn run_device(
                                     let _ = tokio::time::timeout(CLOSE_TIMEOUT, s.close(None)).await;
                                     dev.disconnected();
                                 }
-                                paused_until = Some(Instant::now() + pause);
-                                retry_at = None;
+                                schedule.reboot(pause);
                             }
-                            Effect::SetInterval(d) => {
-                                next_sample = Instant::now() + d;
-                            }
+                            Effect::SetInterval(d) => schedule.set_interval(d),
                             Effect::None => {}
                         }
                         lost |= !sent && ws.is_some();
@@ -327,12 +286,7 @@ pub(crate) async fn run_device(
             flush_at = None;
             inflight.0.clear();
             dev.disconnected();
-            if connected_at.elapsed() >= STABLE_AFTER {
-                backoff.reset();
-            }
-            if drain_until.is_none() {
-                retry_at = Some(Instant::now() + backoff.next_delay());
-            }
+            schedule.dropped();
         }
     }
     if let Some(mut s) = ws.take() {
