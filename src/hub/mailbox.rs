@@ -131,6 +131,18 @@ struct State {
     /// Room above `capacity` granted by `push_all` (a join's replay) until the writer
     /// next drains the queue, so live readings that arrive meanwhile still fit.
     extra: usize,
+    /// `Letter::Command`s in `queue`, so a sink with nothing to encode skips the walk.
+    commands: usize,
+}
+
+/// What [`Mailbox::take`] hands a sink.
+pub(crate) struct Taken {
+    /// Every queued letter, oldest first.
+    pub(crate) letters: VecDeque<Letter>,
+    /// How many of them are commands (0: all are frames already).
+    pub(crate) commands: usize,
+    /// The close decided so far, if any.
+    pub(crate) close: Option<Close>,
 }
 
 /// A bounded queue of frames for one connection, plus its close latch.
@@ -182,7 +194,11 @@ impl Mailbox {
             return Push::Full;
         }
         let was_empty = s.queue.is_empty();
-        s.queue.push_back(letter.into());
+        let letter = letter.into();
+        if matches!(letter, Letter::Command(_)) {
+            s.commands += 1;
+        }
+        s.queue.push_back(letter);
         drop(s);
         if was_empty {
             self.ready.notify_one();
@@ -232,11 +248,15 @@ impl Mailbox {
 
     /// Takes every queued letter (the whole queue, leaving none of its memory behind, so
     /// an idle connection holds no queue) and the close decision, if any.
-    pub(crate) fn take(&self) -> (VecDeque<Letter>, Option<Close>) {
+    pub(crate) fn take(&self) -> Taken {
         let mut s = self.lock();
         // The writer drains the join's replay here: from now on the capacity is plain.
         s.extra = 0;
-        (std::mem::take(&mut s.queue), s.close)
+        Taken {
+            letters: std::mem::take(&mut s.queue),
+            commands: std::mem::take(&mut s.commands),
+            close: s.close,
+        }
     }
 
     /// Waits until something was pushed or a close was decided.
@@ -264,8 +284,8 @@ mod tests {
         assert_eq!(o.push(f("a")), Push::Queued);
         assert_eq!(o.push(f("b")), Push::Queued);
         assert_eq!(o.push(f("c")), Push::Full);
-        let (batch, close) = o.take();
-        assert_eq!((batch.len(), close), (2, None));
+        let t = o.take();
+        assert_eq!((t.letters.len(), t.close), (2, None));
         o.close(Close::SLOW_CONSUMER);
         assert_eq!(o.push(f("d")), Push::Closed);
         o.close(Close::GOING_AWAY);
@@ -277,13 +297,13 @@ mod tests {
         let o = Mailbox::new(4);
         o.push(f("a"));
         o.close(Close::GOING_AWAY);
-        let (batch, close) = o.take();
-        assert_eq!((batch.len(), close), (1, Some(Close::GOING_AWAY)));
+        let t = o.take();
+        assert_eq!((t.letters.len(), t.close), (1, Some(Close::GOING_AWAY)));
 
         let o = Mailbox::new(4);
         o.push(f("a"));
         o.close(Close::SLOW_CONSUMER);
-        assert!(o.take().0.is_empty());
+        assert!(o.take().letters.is_empty());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 
-use crate::hub::mailbox::{Close, Letter};
+use crate::hub::mailbox::{Close, Letter, Taken};
 use crate::net::ws::codec;
 use crate::net::ws::frames::{self, Frame};
 
@@ -48,18 +48,27 @@ pub(crate) struct Unsent {
 impl Unsent {
     /// Takes over what the mailbox held (only when nothing is left unsent), encoding each
     /// command as its WebSocket frame in place: broadcasts are frames already.
-    pub(crate) fn fill(&mut self, mut letters: VecDeque<Letter>) {
-        for l in letters.iter_mut() {
-            if let Letter::Command(c) = l {
-                *l = Letter::Frame(frames::command_frame(
-                    &c.id,
-                    &c.from,
-                    &c.name,
-                    c.args.as_deref(),
-                ));
+    pub(crate) fn fill(&mut self, taken: Taken) {
+        let mut letters = taken.letters;
+        // Usually none: readings, presence and acks are frames already.
+        if taken.commands > 0 {
+            for l in letters.iter_mut() {
+                if let Letter::Command(c) = l {
+                    *l = Letter::Frame(frames::command_frame(
+                        &c.id,
+                        &c.from,
+                        &c.name,
+                        c.args.as_deref(),
+                    ));
+                }
             }
         }
-        self.frames = letters;
+        let old = std::mem::replace(&mut self.frames, letters);
+        if old.capacity() == 0 {
+            // The usual case (an emptied queue gives its memory back): nothing to drop or
+            // free, so skip the slice drop glue, which runs once per delivery otherwise.
+            std::mem::forget(old);
+        }
     }
 
     /// Queues one frame of the connection's own (a ping) behind what is unsent.

@@ -95,8 +95,9 @@ pub(crate) async fn run(
     let mut close_sent = false;
     loop {
         if out.is_empty() && !close_sent {
-            let (letters, close) = mailbox.take();
-            out.fill(letters);
+            let taken = mailbox.take();
+            let close = taken.close;
+            out.fill(taken);
             if out.is_empty() {
                 if let Some(close) = close {
                     send_close(&mut write, &mut out, close).await;

@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 
 use super::ingest::{BridgeSink, BridgedAck, BridgedMessage};
 use super::link::BridgeLink;
-use crate::hub::mailbox::{Close, CommandLetter, Letter, Mailbox};
+use crate::hub::mailbox::{Close, CommandLetter, Letter, Mailbox, Taken};
 use crate::hub::{Hub, Membership, ReadingTap};
 use telehub_protocol::ids::{MAX_UNIT_LEN, TS_RANGE};
 use telehub_protocol::inbound::{AckIn, ReadingIn};
@@ -259,7 +259,11 @@ fn command_payload(c: &CommandLetter) -> Option<Vec<u8>> {
 /// closed (replaced, hub shutdown).
 async fn drain_commands(mailbox: Arc<Mailbox>, link: BridgeLink, room: Arc<str>, device: Arc<str>) {
     loop {
-        let (batch, close) = mailbox.take();
+        let Taken {
+            letters: batch,
+            close,
+            ..
+        } = mailbox.take();
         for letter in batch {
             // Broadcast frames (welcome, presence) have no MQTT counterpart.
             let Letter::Command(cmd) = letter else {
