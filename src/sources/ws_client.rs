@@ -305,6 +305,11 @@ impl Reader<'_> {
                     self.reply_error(e);
                 }
             }
+            // Without `[auth] mode = "token"` a token has nothing to unlock: ignored, so a
+            // dashboard that always signs in works against an open hub too.
+            ClientMessage::Auth(_) => {
+                self.bucket.take(1);
+            }
         }
     }
 
