@@ -29,6 +29,7 @@
 
 pub(crate) mod api;
 pub(crate) mod app;
+pub(crate) mod auth;
 pub(crate) mod clock;
 pub(crate) mod config;
 pub(crate) mod hub;
@@ -41,7 +42,8 @@ pub(crate) mod sources;
 pub mod telemetry;
 
 pub use app::{run, ServerError};
-pub use config::{ConfigError, Settings};
+pub use auth::{mint_token, TokenError};
+pub use config::{AuthConfig, AuthMode, ConfigError, KeyAlgorithm, KeyConfig, Secret, Settings};
 pub use render::plot::Format as PlotFormat;
 
 /// The MQTT bridge as a component, for tests and tools that drive it without a hub.
