@@ -122,7 +122,9 @@ pub struct AuthIn {
 
 impl std::fmt::Debug for AuthIn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuthIn").field("token", &"<redacted>").finish()
+        f.debug_struct("AuthIn")
+            .field("token", &"<redacted>")
+            .finish()
     }
 }
 
@@ -600,8 +602,14 @@ mod tests {
         assert_eq!(a.token, "abc.def.ghi");
         assert!(!format!("{a:?}").contains("abc"));
         assert_eq!(code_of(r#"{"type":"auth"}"#), ErrorCode::MissingField);
-        assert_eq!(code_of(r#"{"type":"auth","token":7}"#), ErrorCode::InvalidField);
-        assert_eq!(code_of(r#"{"type":"auth","token":""}"#), ErrorCode::InvalidField);
+        assert_eq!(
+            code_of(r#"{"type":"auth","token":7}"#),
+            ErrorCode::InvalidField
+        );
+        assert_eq!(
+            code_of(r#"{"type":"auth","token":""}"#),
+            ErrorCode::InvalidField
+        );
         assert_eq!(
             ToHub::auth("t.k.n").to_json(),
             r#"{"type":"auth","token":"t.k.n"}"#

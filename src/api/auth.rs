@@ -19,8 +19,8 @@ pub(crate) struct Denied(pub(crate) Refusal);
 impl warp::reject::Reject for Denied {}
 
 /// The `Authorization` header and the raw query of a request.
-fn credentials() -> impl Filter<Extract = (HeaderMap, Option<String>), Error = std::convert::Infallible> + Clone
-{
+fn credentials(
+) -> impl Filter<Extract = (HeaderMap, Option<String>), Error = std::convert::Infallible> + Clone {
     warp::header::headers_cloned().and(
         warp::query::raw()
             .map(Some)
@@ -49,7 +49,9 @@ pub(crate) fn room_access(access: &Access, auth: &Authorizer, room: &str) -> Res
     if access.may_read(room) {
         Ok(())
     } else {
-        Err(warp::reject::custom(Denied(auth.refuse(Refusal::ForbiddenRoom))))
+        Err(warp::reject::custom(Denied(
+            auth.refuse(Refusal::ForbiddenRoom),
+        )))
     }
 }
 

@@ -62,7 +62,10 @@ fn healthz() -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone 
 }
 
 /// GET /api/rooms: the rooms the request's token covers (all of them in mode none).
-fn rooms(hub: Hub, auth: Authorizer) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+fn rooms(
+    hub: Hub,
+    auth: Authorizer,
+) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
     warp::path!("api" / "rooms")
         .and(warp::get())
         .and(auth::access(auth))

@@ -79,7 +79,10 @@ pub(crate) fn load(configs: &[KeyConfig]) -> Result<Vec<Key>, KeyError> {
                 (Some(s), None) => s.expose().to_vec(),
                 (None, Some(path)) => {
                     let mut bytes = std::fs::read(path).map_err(|e| {
-                        err("secret_file", format!("cannot read {}: {e}", path.display()))
+                        err(
+                            "secret_file",
+                            format!("cannot read {}: {e}", path.display()),
+                        )
                     })?;
                     while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
                         bytes.pop();
@@ -87,14 +90,24 @@ pub(crate) fn load(configs: &[KeyConfig]) -> Result<Vec<Key>, KeyError> {
                     bytes
                 }
                 (Some(_), Some(_)) => {
-                    return Err(err("secret", "give `secret` or `secret_file`, not both".into()))
+                    return Err(err(
+                        "secret",
+                        "give `secret` or `secret_file`, not both".into(),
+                    ))
                 }
                 (None, None) => {
-                    return Err(err("secret", "an HS* key needs `secret` or `secret_file`".into()))
+                    return Err(err(
+                        "secret",
+                        "an HS* key needs `secret` or `secret_file`".into(),
+                    ))
                 }
             };
             if secret.len() < MIN_SECRET_BYTES {
-                let field = if c.secret.is_some() { "secret" } else { "secret_file" };
+                let field = if c.secret.is_some() {
+                    "secret"
+                } else {
+                    "secret_file"
+                };
                 return Err(err(
                     field,
                     format!("must be at least {MIN_SECRET_BYTES} bytes"),
@@ -118,7 +131,10 @@ pub(crate) fn load(configs: &[KeyConfig]) -> Result<Vec<Key>, KeyError> {
                 ));
             };
             let pem = std::fs::read(path).map_err(|e| {
-                err("public_key_file", format!("cannot read {}: {e}", path.display()))
+                err(
+                    "public_key_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
             })?;
             let parsed = match c.algorithm {
                 KeyAlgorithm::RS256 => DecodingKey::from_rsa_pem(&pem),
@@ -128,7 +144,11 @@ pub(crate) fn load(configs: &[KeyConfig]) -> Result<Vec<Key>, KeyError> {
             let decoding = parsed.map_err(|e| {
                 err(
                     "public_key_file",
-                    format!("{} is not a {:?} public key in PEM: {e}", path.display(), alg),
+                    format!(
+                        "{} is not a {:?} public key in PEM: {e}",
+                        path.display(),
+                        alg
+                    ),
                 )
             })?;
             (decoding, None)

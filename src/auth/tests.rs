@@ -23,7 +23,9 @@ fn authorizer(keys: Vec<KeyConfig>) -> Authorizer {
         keys,
         ..AuthConfig::default()
     };
-    let counters = (0..Refusal::ALL.len()).map(|_| Counter::default()).collect();
+    let counters = (0..Refusal::ALL.len())
+        .map(|_| Counter::default())
+        .collect();
     Authorizer::new(&cfg, counters).expect("keys load")
 }
 
@@ -90,7 +92,10 @@ fn a_token_alg_never_chooses_the_algorithm() {
 fn expiry_issuer_audience_and_claims_are_checked() {
     let a = authorizer(vec![hs("k", KeyAlgorithm::HS256, SECRET_A)]);
     let sign = |c| token(Algorithm::HS256, Some("k"), SECRET_A, c);
-    assert_eq!(a.verify(&sign(claims(now() - 1))), Err(Refusal::ExpiredToken));
+    assert_eq!(
+        a.verify(&sign(claims(now() - 1))),
+        Err(Refusal::ExpiredToken)
+    );
     let mut c = claims(now() + 60);
     c["iss"] = "someone-else".into();
     assert_eq!(a.verify(&sign(c)), Err(Refusal::InvalidClaims));
@@ -114,9 +119,15 @@ fn bearer_headers_and_query_tokens() {
     assert_eq!(a.bearer(Some(b"bearer  abc ")), Ok(Some("abc")));
     assert_eq!(a.bearer(Some(b"Basic abc")), Err(Refusal::MalformedToken));
     assert_eq!(a.bearer(Some(b"Bearer ")), Err(Refusal::MalformedToken));
-    assert_eq!(a.check_query(Some("role=device&token=x")), Err(Refusal::TokenInQuery));
+    assert_eq!(
+        a.check_query(Some("role=device&token=x")),
+        Err(Refusal::TokenInQuery)
+    );
     assert_eq!(a.check_query(Some("jwt=x")), Err(Refusal::TokenInQuery));
-    assert_eq!(a.check_query(Some("access_token=x")), Err(Refusal::TokenInQuery));
+    assert_eq!(
+        a.check_query(Some("access_token=x")),
+        Err(Refusal::TokenInQuery)
+    );
     assert_eq!(a.check_query(Some("role=device")), Ok(()));
 }
 
@@ -125,8 +136,14 @@ fn origins_match_exactly_or_the_host() {
     let same = authorizer(vec![hs("k", KeyAlgorithm::HS256, SECRET_A)]);
     let host = Some(&b"hub.local:8080"[..]);
     assert_eq!(same.check_origin(None, host), Ok(()));
-    assert_eq!(same.check_origin(Some(b"http://hub.local:8080"), host), Ok(()));
-    assert_eq!(same.check_origin(Some(b"https://hub.local:8080"), host), Ok(()));
+    assert_eq!(
+        same.check_origin(Some(b"http://hub.local:8080"), host),
+        Ok(())
+    );
+    assert_eq!(
+        same.check_origin(Some(b"https://hub.local:8080"), host),
+        Ok(())
+    );
     assert_eq!(
         same.check_origin(Some(b"http://evil.example"), host),
         Err(Refusal::OriginNotAllowed)
@@ -140,7 +157,10 @@ fn origins_match_exactly_or_the_host() {
         ..AuthConfig::default()
     };
     let listed = Authorizer::new(&cfg, Vec::new()).unwrap();
-    assert_eq!(listed.check_origin(Some(b"https://dash.example"), host), Ok(()));
+    assert_eq!(
+        listed.check_origin(Some(b"https://dash.example"), host),
+        Ok(())
+    );
     assert_eq!(
         listed.check_origin(Some(b"https://dash.example.evil"), host),
         Err(Refusal::OriginNotAllowed)
@@ -162,7 +182,10 @@ fn minted_tokens_verify_and_need_an_hs_key() {
     .expect("minted");
     let a = authorizer(settings.auth.keys.clone());
     let g = a.verify(&t).expect("verifies");
-    assert_eq!((g.sub.as_str(), g.rooms.as_slice()), ("t1", &["g-*".to_string()][..]));
+    assert_eq!(
+        (g.sub.as_str(), g.rooms.as_slice()),
+        ("t1", &["g-*".to_string()][..])
+    );
     assert!(mint_token(&settings, "t1", "root", vec![], Duration::from_secs(1)).is_err());
     settings.auth.keys.clear();
     assert!(mint_token(&settings, "t1", "device", vec![], Duration::from_secs(1)).is_err());
@@ -179,7 +202,10 @@ fn bad_keys_are_named() {
     .unwrap_err();
     assert_eq!(dup.key, "auth.keys[1].kid");
     let mut rs = hs("r", KeyAlgorithm::RS256, SECRET_A);
-    assert_eq!(keys::load(&[rs.clone()]).unwrap_err().key, "auth.keys[0].secret");
+    assert_eq!(
+        keys::load(&[rs.clone()]).unwrap_err().key,
+        "auth.keys[0].secret"
+    );
     rs.secret = None;
     rs.public_key_file = Some("/nonexistent/key.pem".into());
     assert_eq!(

@@ -221,7 +221,7 @@ pub(crate) fn decide(ctx: &WsContext, head: &Head) -> Result<Accepted, Refused> 
         acks: query.acks,
         ping_interval: ctx.ping_interval,
     };
-    let grant = match authorize(&ctx.auth, head, room, client, query.role) {
+    let grant = match authorize(ctx, head, room, client, query.role) {
         Ok(Some(grant)) => Some(grant),
         Ok(None) if ctx.auth.enabled() => {
             return Ok(Accepted {
@@ -271,12 +271,13 @@ pub(crate) fn decide(ctx: &WsContext, head: &Head) -> Result<Accepted, Refused> 
 /// token in the query and the bearer token's grant. `Ok(None)`: no token was asked for
 /// (mode none) or none was sent (token mode: the first frame must carry it).
 fn authorize(
-    auth: &Authorizer,
+    ctx: &WsContext,
     head: &Head,
     room: &str,
     client: &str,
     role: Role,
 ) -> Result<Option<crate::auth::Grant>, Refusal> {
+    let auth = &ctx.auth;
     auth.check_origin(head.origin, head.host)?;
     if !auth.enabled() {
         return Ok(None);
@@ -289,6 +290,9 @@ fn authorize(
     grant
         .may_join(room, client, role)
         .map_err(|r| auth.refuse(r))?;
+    if !grant.is_admin() && ctx.hub.held_by_other_role(room, client, role) {
+        return Err(auth.refuse(Refusal::ForbiddenClient));
+    }
     Ok(Some(grant))
 }
 

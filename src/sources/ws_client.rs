@@ -315,7 +315,11 @@ pub(crate) async fn run(
 }
 
 /// The socket's read and write halves and its decoder, as the auth phase borrows them.
-type Io<'a> = (&'a mut OwnedReadHalf, &'a mut OwnedWriteHalf, &'a mut Decoder);
+type Io<'a> = (
+    &'a mut OwnedReadHalf,
+    &'a mut OwnedWriteHalf,
+    &'a mut Decoder,
+);
 
 /// Token mode, no `Authorization` header: waits for the first frame's `auth`, sending
 /// nothing, and joins the room once its token grants it. Any other first frame, a bad
@@ -335,7 +339,13 @@ async fn await_auth(
                 Ok(Message::Text(text)) => {
                     break match telehub_protocol::inbound::parse(&text, 1) {
                         Ok(ClientMessage::Auth(a)) => auth.verify(&a.token).and_then(|g| {
-                            g.may_join(&pending.room, &pending.client, pending.role)
+                            let p = &pending;
+                            g.may_join(&p.room, &p.client, p.role)
+                                .and_then(|()| {
+                                    let taken = !g.is_admin()
+                                        && hub.held_by_other_role(&p.room, &p.client, p.role);
+                                    if taken { Err(Refusal::ForbiddenClient) } else { Ok(()) }
+                                })
                                 .map_err(|r| auth.refuse(r))
                                 .map(|()| g)
                         }),
