@@ -213,3 +213,55 @@ fn bad_keys_are_named() {
         "auth.keys[0].public_key_file"
     );
 }
+
+/// Throwaway test keys (the `jsonwebtoken` crate's own test fixtures).
+const ED_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIGrD/e7uKYqSY4twDEsRfMMuLSrODf14dpTiTK6K1YI0\n-----END PRIVATE KEY-----\n";
+const ED_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA2+Jj2UvNCvQiUPNYRgSi0cJSPiJI6Rs6D0UTeEpQVj8=\n-----END PUBLIC KEY-----\n";
+const EC_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgWTFfCGljY6aw3Hrt\nkHmPRiazukxPLb6ilpRAewjW8nihRANCAATDskChT+Altkm9X7MI69T3IUmrQU0L\n950IxEzvw/x5BMEINRMrXLBJhqzO9Bm+d6JbqA21YQmd1Kt4RzLJR1W+\n-----END PRIVATE KEY-----\n";
+const EC_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEw7JAoU/gJbZJvV+zCOvU9yFJq0FN\nC/edCMRM78P8eQTBCDUTK1ywSYaszvQZvneiW6gNtWEJndSreEcyyUdVvg==\n-----END PUBLIC KEY-----\n";
+
+#[test]
+fn public_keys_verify_their_own_algorithm_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, pem: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, pem).unwrap();
+        p
+    };
+    let public = |kid: &str, alg, path| KeyConfig {
+        kid: kid.into(),
+        algorithm: alg,
+        secret: None,
+        secret_file: None,
+        public_key_file: Some(path),
+    };
+    let a = authorizer(vec![
+        public("ed", KeyAlgorithm::EdDSA, file("ed.pem", ED_PUBLIC)),
+        public("ec", KeyAlgorithm::ES256, file("ec.pem", EC_PUBLIC)),
+    ]);
+    let exp = now() + 60;
+    let signed = |alg, kid: &str, key: EncodingKey| {
+        let mut h = Header::new(alg);
+        h.kid = Some(kid.into());
+        encode(&h, &claims(exp), &key).unwrap()
+    };
+    let ed = EncodingKey::from_ed_pem(ED_PRIVATE.as_bytes()).unwrap();
+    let ec = EncodingKey::from_ec_pem(EC_PRIVATE.as_bytes()).unwrap();
+    assert!(a
+        .verify(&signed(Algorithm::EdDSA, "ed", ed.clone()))
+        .is_ok());
+    assert!(a.verify(&signed(Algorithm::ES256, "ec", ec)).is_ok());
+    // An EdDSA token under the ES256 key's kid is refused, not verified as EdDSA.
+    assert_eq!(
+        a.verify(&signed(Algorithm::EdDSA, "ec", ed)),
+        Err(Refusal::BadSignature)
+    );
+    // HS256 "signed" with the public key's text as the secret: the classic confusion.
+    let confused = token(Algorithm::HS256, Some("ed"), ED_PUBLIC, claims(exp));
+    assert_eq!(a.verify(&confused), Err(Refusal::BadSignature));
+    let bad = public("x", KeyAlgorithm::ES256, file("bad.pem", ED_PUBLIC));
+    assert_eq!(
+        keys::load(&[bad]).unwrap_err().key,
+        "auth.keys[0].public_key_file"
+    );
+}
