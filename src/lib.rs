@@ -22,6 +22,8 @@
 //! - [`sinks`] deliver and remember: socket writers, history rings and the SQLite store.
 //! - [`api`] and [`render`] read what was remembered; [`app`] wires it all and owns the
 //!   graceful [`shutdown`].
+//! - [`auth`] stands beside the flow: the handshake, the session and the API ask it who
+//!   may connect, publish, read and command (`[auth]`, JWTs, the `Origin` check).
 //!
 //! `docs/DESIGN.md` walks through the same flow; `docs/PROTOCOL.md` is the wire reference.
 

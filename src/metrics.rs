@@ -451,6 +451,19 @@ mod tests {
             );
         }
         // Every label child exists before anything happened to it.
+        let mut m = Metrics::new();
+        let refused = m.auth_refused(&["bad_signature", "forbidden_room"]);
+        refused[1].inc();
+        let auth_text = render(&m);
+        for line in [
+            "telehub_auth_refused_total{reason=\"bad_signature\"} 0",
+            "telehub_auth_refused_total{reason=\"forbidden_room\"} 1",
+        ] {
+            assert!(
+                auth_text.lines().any(|l| l == line),
+                "missing `{line}` in\n{auth_text}"
+            );
+        }
         let codes = text
             .lines()
             .filter(|l| l.starts_with("telehub_errors_total{"));

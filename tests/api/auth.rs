@@ -533,3 +533,18 @@ fn bad_auth_config_names_the_key() {
     );
     assert!(load("[auth]\nmode = \"open\"\n").contains("auth.mode"));
 }
+
+/// With `mode = "none"` an `auth` frame (a dashboard that always signs in) is ignored:
+/// no error, and the connection carries on as before.
+#[tokio::test]
+async fn an_open_hub_ignores_auth_frames() {
+    let app = spawn_app_with(|_| {}).await;
+    let (mut dash, _) = app.connect("greenhouse-1", "screen", "dashboard").await;
+    dash.send_json(json!({"type":"auth","token":"anything"}))
+        .await;
+    dash.send_json(json!({"type":"command","id":"c1","to":"nobody","name":"reboot"}))
+        .await;
+    let (code, _) = dash.next_error().await;
+    assert_eq!(code, "unknown_device");
+    app.stop().await;
+}
