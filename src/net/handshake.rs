@@ -10,8 +10,9 @@
 //! The access checks happen here too, in every auth mode the `Origin` (403
 //! `origin_not_allowed`), and with `[auth] mode = "token"` a token in the query (400
 //! `token_in_query`) and the `Authorization: Bearer` token (401 `unauthorized`, 403
-//! `forbidden`). Without that header a token-mode upgrade is accepted without joining:
-//! the session waits for the first frame's token ([`ws_client::Start::AwaitAuth`]).
+//! `forbidden`). A browser's upgrade (it has an `Origin`) without that header is
+//! accepted without joining: the session waits for the first frame's token
+//! ([`ws_client::Start::AwaitAuth`]); any other upgrade without a token is a 401.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -269,7 +270,7 @@ pub(crate) fn decide(ctx: &WsContext, head: &Head) -> Result<Accepted, Refused> 
 
 /// The access checks of an upgrade: the `Origin` (every mode), then in token mode no
 /// token in the query and the bearer token's grant. `Ok(None)`: no token was asked for
-/// (mode none) or none was sent (token mode: the first frame must carry it).
+/// (mode none), or a browser (it sent `Origin`) sent none: its first frame must carry it.
 fn authorize(
     ctx: &WsContext,
     head: &Head,
@@ -284,6 +285,11 @@ fn authorize(
     }
     auth.check_query(head.query)?;
     let Some(token) = auth.bearer(head.authorization)? else {
+        // Only a browser (which always sends `Origin`, checked above) may bring its
+        // token in the first frame; anything else without a token is refused now.
+        if head.origin.is_none() {
+            return Err(auth.refuse(Refusal::MissingToken));
+        }
         return Ok(None);
     };
     let grant = auth.verify(token)?;

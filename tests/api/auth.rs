@@ -75,6 +75,14 @@ async fn refused_bearer(url: &str, token: &str) -> (u16, String) {
     refused(url, &[("authorization", &format!("Bearer {token}"))]).await
 }
 
+/// Opens `url` as a browser would: with the hub's own `Origin` and no `Authorization`.
+async fn browser(app: &TestApp, url: &str) -> Client {
+    let origin = format!("http://{}", app.addr);
+    Client::connect_with_headers(url, &[("origin", &origin)])
+        .await
+        .expect("upgrade")
+}
+
 /// Connects with a bearer token and reads the welcome.
 async fn connect(app: &TestApp, room: &str, client: &str, query: &str, token: &str) -> Client {
     let mut c = Client::connect_bearer(&app.ws_url(room, client, query), token)
@@ -107,9 +115,11 @@ async fn a_bearer_token_with_its_room_role_and_id_connects() {
 }
 
 #[tokio::test]
-async fn bad_signature_expired_and_malformed_tokens_are_401() {
+async fn no_bad_signature_expired_and_malformed_tokens_are_401() {
     let app = token_hub().await;
     let url = app.ws_url("greenhouse-1", "t1", "role=device");
+    // No token and no Origin (a device or a script, not a browser): refused at once.
+    assert_eq!(refused(&url, &[]).await, (401, "unauthorized".into()));
     let c = claims("t1", "device", &["greenhouse-*"], 3600);
     let forged = sign(Some("main"), "some-other-secret-that-is-32-bytes-long", &c);
     assert_eq!(
@@ -188,7 +198,7 @@ async fn an_eviction_by_id_needs_a_token_for_that_id() {
         (403, "forbidden".into())
     );
     // The first-frame path refuses the same token, before any join.
-    let mut c = Client::connect(&url).await.expect("upgrade");
+    let mut c = browser(&app, &url).await;
     c.send_json(json!({"type":"auth","token": attacker})).await;
     assert_eq!(close_of(&mut c).await, (1008, "forbidden".into()));
     // A dashboard token whose sub is the device's id cannot take the device's place.
@@ -217,7 +227,7 @@ async fn first_frame_auth_sends_nothing_before_and_joins_after() {
     )
     .await;
     let url = app.ws_url("greenhouse-1", "alice.tab1", "role=dashboard");
-    let mut dash = Client::connect(&url).await.expect("upgrade");
+    let mut dash = browser(&app, &url).await;
     // No welcome for the browser and no presence for the room until the token.
     dash.expect_silence(300).await;
     dev.expect_silence(100).await;
@@ -237,14 +247,14 @@ async fn without_a_first_frame_token_the_hub_closes_with_1008() {
     let app = token_hub().await;
     let url = app.ws_url("greenhouse-1", "alice", "role=dashboard");
     // Silence: closed once the 5 s for the auth frame are over, having sent nothing.
-    let mut quiet = Client::connect(&url).await.expect("upgrade");
+    let mut quiet = browser(&app, &url).await;
     assert_eq!(close_of(&mut quiet).await, (1008, "unauthorized".into()));
     // Something else first: closed at once.
-    let mut other = Client::connect(&url).await.expect("upgrade");
+    let mut other = browser(&app, &url).await;
     other.reading("temperature", 1.0, 1).await;
     assert_eq!(close_of(&mut other).await, (1008, "unauthorized".into()));
     // A bad token in the frame.
-    let mut bad = Client::connect(&url).await.expect("upgrade");
+    let mut bad = browser(&app, &url).await;
     bad.send_json(json!({"type":"auth","token":"x.y.z"})).await;
     assert_eq!(close_of(&mut bad).await, (1008, "unauthorized".into()));
     app.stop().await;
@@ -510,6 +520,17 @@ async fn the_token_command_prints_a_token_the_hub_accepts() {
         .expect("run telehub token");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("HS256"));
+
+    // `serve` with token mode and no key stops before listening, naming the key.
+    std::fs::write(&config, "[auth]\nmode = \"token\"\n").expect("write config");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_telehub"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .env_remove("TELEHUB_CONFIG")
+        .output()
+        .expect("run telehub serve");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("auth.keys"));
 }
 
 /// A token-mode config without keys, or with a bad one, stops start-up naming the key.
