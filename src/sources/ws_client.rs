@@ -175,14 +175,14 @@ pub(crate) async fn run(
         mailbox: &mailbox,
         acks: opts.acks,
         auth: &auth,
-        token: grant.map(TokenClock::new),
+        token: grant.map(|g| Box::new(TokenClock::new(g))),
         rearm: false,
     };
     let mut out = Unsent::default();
     // One timer serves the pings, the idle limit, the token's expiry and the wait for a
     // close answer.
     let mut next_ping = Instant::now() + opts.ping_interval;
-    let timer = tokio::time::sleep_until(wake_at(next_ping, reader.token.as_ref()));
+    let timer = tokio::time::sleep_until(wake_at(next_ping, reader.token.as_deref()));
     tokio::pin!(timer);
     let mut last_heard = Instant::now();
     let mut shutting_down = false;
@@ -212,7 +212,7 @@ pub(crate) async fn run(
                         if mailbox.closing().is_none() {
                             reader.handle_text(&text);
                             if std::mem::take(&mut reader.rearm) && mailbox.closing().is_none() {
-                                timer.as_mut().reset(wake_at(next_ping, reader.token.as_ref()));
+                                timer.as_mut().reset(wake_at(next_ping, reader.token.as_deref()));
                             }
                         }
                     }
@@ -305,7 +305,7 @@ pub(crate) async fn run(
                 let wake = if mailbox.closing().is_some() {
                     now + opts.ping_interval
                 } else {
-                    wake_at(next_ping, reader.token.as_ref())
+                    wake_at(next_ping, reader.token.as_deref())
                 };
                 timer.as_mut().reset(wake);
             }
@@ -415,8 +415,9 @@ struct Reader<'a> {
     mailbox: &'a Arc<Mailbox>,
     acks: bool,
     auth: &'a Authorizer,
-    /// The connection's token (token mode), replaced by each accepted refresh.
-    token: Option<TokenClock>,
+    /// The connection's token (token mode), replaced by each accepted refresh. Boxed:
+    /// an open hub's idle connection pays one pointer for it, not the whole clock.
+    token: Option<Box<TokenClock>>,
     /// A refresh moved the token's moments: the loop re-arms its timer.
     rearm: bool,
 }
@@ -534,7 +535,7 @@ impl Reader<'_> {
                         let fits = current.grant.renewed_by(&fresh)
                             && fresh.may_join(&m.room().name, m.client(), m.role()).is_ok();
                         if fits {
-                            self.token = Some(TokenClock::new(fresh));
+                            self.token = Some(Box::new(TokenClock::new(fresh)));
                             self.rearm = true;
                         } else {
                             self.auth.refuse(Refusal::ForbiddenRefresh);
