@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use crate::auth::Authorizer;
 use crate::config::Settings;
 use crate::hub::mailbox::Close;
 use crate::hub::{Hub, ReadingTap};
@@ -39,6 +40,9 @@ pub enum ServerError {
     /// An MQTT bridge cannot be set up (bad config, unreadable CA file).
     #[error(transparent)]
     Bridge(#[from] crate::sources::mqtt::BridgeError),
+    /// An `[[auth.keys]]` entry cannot be used (its file went away since validation).
+    #[error("{0}")]
+    Auth(String),
 }
 
 /// Runs the hub on `listener` until `stop` resolves, then shuts down gracefully: every
@@ -82,6 +86,16 @@ pub async fn run(
     }
     let bridge_states = Bridges::new(bridges.iter().map(|b| b.state()).collect());
     metrics.register_collector(bridge_states.clone());
+    let refused = metrics.auth_refused(&crate::auth::refusal_labels());
+    let auth =
+        Authorizer::new(&settings.auth, refused).map_err(|e| ServerError::Auth(e.to_string()))?;
+    if !auth.enabled() && !addr.ip().is_loopback() {
+        warn!(
+            %addr,
+            "auth.mode = \"none\" on a non-loopback address: anyone who reaches this port can \
+             publish as any device and read every room; set [auth] mode = \"token\""
+        );
+    }
     let hub = Hub::with_metrics(settings.limits.clone(), history.clone(), metrics);
     hub.set_taps(taps);
     let (trigger, shutdown) = shutdown::channel();
@@ -92,6 +106,7 @@ pub async fn run(
         shutdown: shutdown.clone(),
         completion: completion.clone(),
         ping_interval: Duration::from_millis(settings.server.ping_interval_ms),
+        auth: auth.clone(),
     });
     for bridge in bridges {
         let sink = HubSink::new(hub.clone(), bridge.link());
@@ -107,6 +122,7 @@ pub async fn run(
 
     let routes = warp::service(crate::api::routes(
         hub.clone(),
+        auth,
         bridge_states,
         settings.server.dashboard_dir.clone(),
     ));

@@ -22,6 +22,8 @@
 //! - [`sinks`] deliver and remember: socket writers, history rings and the SQLite store.
 //! - [`api`] and [`render`] read what was remembered; [`app`] wires it all and owns the
 //!   graceful [`shutdown`].
+//! - [`auth`] stands beside the flow: the handshake, the session and the API ask it who
+//!   may connect, publish, read and command (`[auth]`, JWTs, the `Origin` check).
 //!
 //! `docs/DESIGN.md` walks through the same flow; `docs/PROTOCOL.md` is the wire reference.
 
@@ -29,6 +31,7 @@
 
 pub(crate) mod api;
 pub(crate) mod app;
+pub(crate) mod auth;
 pub(crate) mod clock;
 pub(crate) mod config;
 pub(crate) mod hub;
@@ -41,7 +44,8 @@ pub(crate) mod sources;
 pub mod telemetry;
 
 pub use app::{run, ServerError};
-pub use config::{ConfigError, Settings};
+pub use auth::{mint_token, TokenError};
+pub use config::{AuthConfig, AuthMode, ConfigError, KeyAlgorithm, KeyConfig, Secret, Settings};
 pub use render::plot::Format as PlotFormat;
 
 /// The MQTT bridge as a component, for tests and tools that drive it without a hub.

@@ -34,6 +34,25 @@ enum Command {
     Serve(ServeArgs),
     /// Render a chart of a room's history from a running hub into a PNG (or SVG) file.
     Plot(PlotArgs),
+    /// Print a token signed with the configured HS key (`[[auth.keys]]`), for a device,
+    /// a dashboard user or an admin.
+    Token(TokenArgs),
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// The token's subject: a device's client id, or a dashboard's user.
+    #[arg(long)]
+    sub: String,
+    /// device, dashboard or admin.
+    #[arg(long)]
+    role: String,
+    /// Room patterns (`*` globs), comma-separated or repeated: 'greenhouse-*,kitchen'.
+    #[arg(long, value_delimiter = ',')]
+    rooms: Vec<String>,
+    /// How long the token is valid: 30s, 15m, 1h, 7d.
+    #[arg(long, default_value = "1h")]
+    ttl: String,
 }
 
 #[derive(clap::Args)]
@@ -100,6 +119,7 @@ fn main() -> ExitCode {
             demo: args.demo || cli.serve.demo,
         },
         Some(Command::Plot(args)) => return plot(args),
+        Some(Command::Token(args)) => return token(args, cli.serve.config),
         None => cli.serve,
     };
     if args.demo && !cfg!(feature = "demo") {
@@ -128,6 +148,31 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("telehub: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `telehub token`: print a signed token on stdout (nothing else goes there).
+fn token(args: TokenArgs, config: Option<PathBuf>) -> ExitCode {
+    let settings = match Settings::load(config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("telehub: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let Some(ttl) = cli::token::parse_ttl(&args.ttl) else {
+        eprintln!("telehub token: --ttl must be a duration such as 30s, 15m, 1h or 7d");
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    match telehub::mint_token(&settings, &args.sub, &args.role, args.rooms, ttl) {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("telehub token: {e}");
+            ExitCode::from(EXIT_CONFIG)
         }
     }
 }

@@ -34,10 +34,18 @@ pub(crate) enum Rejection {
     ServerFull,
     TooManyRooms,
     RoomFull,
+    /// `[auth]`: no token, or a bad one (401).
+    Unauthorized,
+    /// `[auth]`: a valid token without this room, role or client id (403).
+    Forbidden,
+    /// An `Origin` that may not open WebSockets here (403).
+    OriginNotAllowed,
+    /// A token in the query string (400).
+    TokenInQuery,
 }
 
 impl Rejection {
-    pub(crate) const ALL: [Rejection; 9] = [
+    pub(crate) const ALL: [Rejection; 13] = [
         Rejection::InvalidRoom,
         Rejection::InvalidClient,
         Rejection::InvalidRole,
@@ -47,6 +55,10 @@ impl Rejection {
         Rejection::ServerFull,
         Rejection::TooManyRooms,
         Rejection::RoomFull,
+        Rejection::Unauthorized,
+        Rejection::Forbidden,
+        Rejection::OriginNotAllowed,
+        Rejection::TokenInQuery,
     ];
 
     /// The `error` code of the JSON body, also the metric label.
@@ -61,6 +73,10 @@ impl Rejection {
             Rejection::ServerFull => "server_full",
             Rejection::TooManyRooms => "too_many_rooms",
             Rejection::RoomFull => "room_full",
+            Rejection::Unauthorized => "unauthorized",
+            Rejection::Forbidden => "forbidden",
+            Rejection::OriginNotAllowed => "origin_not_allowed",
+            Rejection::TokenInQuery => "token_in_query",
         }
     }
 }
@@ -119,6 +135,9 @@ pub(crate) struct Metrics {
     errors_suppressed: [Counter; ErrorCode::ALL.len()],
     /// By `Rejection as usize`.
     rejected: [Counter; Rejection::ALL.len()],
+    /// `telehub_auth_refused_total{reason}`, by the auth module's reasons (created in
+    /// [`Metrics::auth_refused`]; empty until then).
+    auth_refused: Vec<Counter>,
     replay_frames: Histogram,
     queue_depth_at_close: Histogram,
     store_commit_seconds: Histogram,
@@ -226,10 +245,30 @@ impl Metrics {
             errors,
             errors_suppressed,
             rejected,
+            auth_refused: Vec::new(),
             replay_frames,
             queue_depth_at_close,
             store_commit_seconds,
         }
+    }
+
+    /// Registers `telehub_auth_refused_total{reason}` with one child per `reasons` entry,
+    /// all created now, and returns their handles in that order (once, before the hub
+    /// starts; the auth module names the reasons, so this file needs no part of it).
+    pub(crate) fn auth_refused(&mut self, reasons: &[&'static str]) -> Vec<Counter> {
+        if self.auth_refused.is_empty() {
+            let family = Family::<ReasonLabel, Counter>::default();
+            self.registry.register(
+                "telehub_auth_refused",
+                "Requests and connections refused by [auth] (and the Origin check), by reason",
+                family.clone(),
+            );
+            self.auth_refused = reasons
+                .iter()
+                .map(|r| family.get_or_create_owned(&ReasonLabel { reason: r }))
+                .collect();
+        }
+        self.auth_refused.clone()
     }
 
     /// Adds metrics that another stage owns, read at each scrape (before the hub starts).
@@ -412,6 +451,19 @@ mod tests {
             );
         }
         // Every label child exists before anything happened to it.
+        let mut m = Metrics::new();
+        let refused = m.auth_refused(&["bad_signature", "forbidden_room"]);
+        refused[1].inc();
+        let auth_text = render(&m);
+        for line in [
+            "telehub_auth_refused_total{reason=\"bad_signature\"} 0",
+            "telehub_auth_refused_total{reason=\"forbidden_room\"} 1",
+        ] {
+            assert!(
+                auth_text.lines().any(|l| l == line),
+                "missing `{line}` in\n{auth_text}"
+            );
+        }
         let codes = text
             .lines()
             .filter(|l| l.starts_with("telehub_errors_total{"));

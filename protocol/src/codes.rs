@@ -86,7 +86,7 @@ impl ErrorCode {
     }
 }
 
-/// WebSocket close codes (RFC 6455 section 7.4.1, plus telehub's own 4000) that the hub
+/// WebSocket close codes (RFC 6455 section 7.4.1, plus telehub's own 4000 and 4001) that the hub
 /// sends, and the reasons it sends with them.
 pub mod close {
     /// Normal close, either side (also the echo of a client close without a code).
@@ -102,8 +102,13 @@ pub mod close {
     pub const TOO_BIG: u16 = 1009;
     /// Slow consumer: the client's outbound queue filled up; reconnect with `since`.
     pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// Policy violation: a token sent in an `auth` frame was refused (`unauthorized`,
+    /// `forbidden`), or none came within 5 s of the upgrade (`unauthorized`).
+    pub const POLICY_VIOLATION: u16 = 1008;
     /// A newer connection with the same (room, client) took over (telehub's own code).
     pub const REPLACED: u16 = 4000;
+    /// The connection's token reached its `exp` without a fresh `auth` (telehub's own).
+    pub const TOKEN_EXPIRED: u16 = 4001;
 
     /// Reason sent with [`GOING_AWAY`] when the hub stops.
     pub const REASON_SHUTTING_DOWN: &str = "server shutting down";
@@ -119,17 +124,34 @@ pub mod close {
     pub const REASON_SLOW_CONSUMER: &str = "slow consumer";
     /// Reason sent with [`REPLACED`].
     pub const REASON_REPLACED: &str = "replaced";
+    /// Reason sent with [`POLICY_VIOLATION`]: no token, or a bad one.
+    pub const REASON_UNAUTHORIZED: &str = "unauthorized";
+    /// Reason sent with [`POLICY_VIOLATION`]: a valid token without this room, role or id.
+    pub const REASON_FORBIDDEN: &str = "forbidden";
+    /// Reason sent with [`TRY_AGAIN_LATER`] when a join after a first-frame `auth` finds
+    /// the room at `limits.max_members_per_room`.
+    pub const REASON_ROOM_FULL: &str = "room full";
+    /// Reason sent with [`TRY_AGAIN_LATER`] when a join after a first-frame `auth` would
+    /// pass `limits.max_rooms`.
+    pub const REASON_TOO_MANY_ROOMS: &str = "too many rooms";
+    /// Reason sent with [`TOKEN_EXPIRED`].
+    pub const REASON_TOKEN_EXPIRED: &str = "token expired";
 
     /// Every (code, reason) the hub sends; [`NORMAL`] goes without a reason.
-    pub const ALL: [(u16, &str); 8] = [
+    pub const ALL: [(u16, &str); 13] = [
         (NORMAL, ""),
         (GOING_AWAY, REASON_SHUTTING_DOWN),
         (GOING_AWAY, REASON_PING_TIMEOUT),
         (PROTOCOL_ERROR, REASON_PROTOCOL_ERROR),
         (INVALID_PAYLOAD, REASON_INVALID_UTF8),
         (TOO_BIG, REASON_TOO_BIG),
+        (POLICY_VIOLATION, REASON_UNAUTHORIZED),
+        (POLICY_VIOLATION, REASON_FORBIDDEN),
         (TRY_AGAIN_LATER, REASON_SLOW_CONSUMER),
+        (TRY_AGAIN_LATER, REASON_ROOM_FULL),
+        (TRY_AGAIN_LATER, REASON_TOO_MANY_ROOMS),
         (REPLACED, REASON_REPLACED),
+        (TOKEN_EXPIRED, REASON_TOKEN_EXPIRED),
     ];
 }
 

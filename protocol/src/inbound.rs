@@ -107,7 +107,29 @@ pub enum ClientMessage {
     Command(CommandIn),
     /// `ack` (devices).
     Ack(AckIn),
+    /// `auth`: a token, as a browser's first frame or as a refresh before `exp`. The
+    /// token is kept out of `Debug` so it can never reach a log.
+    Auth(AuthIn),
 }
+
+/// `{"type":"auth","token":"..."}`: a bearer token sent in a frame (browsers cannot set
+/// headers on a WebSocket).
+#[derive(Clone)]
+pub struct AuthIn {
+    /// The token (a JWT), unchecked: the hub verifies it.
+    pub token: String,
+}
+
+impl std::fmt::Debug for AuthIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthIn")
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Longest token accepted in an `auth` frame, in bytes.
+pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 
 /// Every field any client message may carry, each kept raw so that a wrong type is
 /// reported for that field by name instead of as an opaque serde error. Unknown fields
@@ -140,6 +162,8 @@ struct Fields<'a> {
     ok: Option<&'a RawValue>,
     #[serde(borrow, default)]
     result: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    token: Option<&'a RawValue>,
 }
 
 /// Parses one text frame. `max_batch` bounds `readings.items`.
@@ -149,7 +173,7 @@ pub fn parse(text: &str, max_batch: usize) -> Result<ClientMessage, ProtoError> 
         None => {
             return Err(ProtoError::new(
                 ErrorCode::UnknownType,
-                "field `type` is required (reading, readings, command or ack)",
+                "field `type` is required (reading, readings, command, ack or auth)",
             ))
         }
         Some(raw) => serde_json::from_str::<Cow<str>>(raw.get()).map_err(|_| {
@@ -184,10 +208,11 @@ pub fn parse(text: &str, max_batch: usize) -> Result<ClientMessage, ProtoError> 
         }
         "command" => command(&fields).map(ClientMessage::Command),
         "ack" => ack(&fields).map(ClientMessage::Ack),
+        "auth" => auth(&fields).map(ClientMessage::Auth),
         other => Err(ProtoError::new(
             ErrorCode::UnknownType,
             format!(
-                "unknown type `{}`; expected reading, readings, command or ack",
+                "unknown type `{}`; expected reading, readings, command, ack or auth",
                 truncate(other, 40)
             ),
         )),
@@ -289,6 +314,14 @@ fn ack(f: &Fields) -> Result<AckIn, ProtoError> {
     })
 }
 
+fn auth(f: &Fields) -> Result<AuthIn, ProtoError> {
+    let token = string(f.token, "token")?.ok_or_else(|| ProtoError::missing("token"))?;
+    if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+        return Err(ProtoError::invalid("token", "must be 1 to 8192 characters"));
+    }
+    Ok(AuthIn { token })
+}
+
 fn command_id(f: &Fields) -> Result<String, ProtoError> {
     let id = string(f.id, "id")?.ok_or_else(|| ProtoError::missing("id"))?;
     if id.is_empty() || id.len() > MAX_COMMAND_ID_LEN {
@@ -383,6 +416,11 @@ pub enum ToHub<'a, V: ?Sized + Serialize = RawValue> {
     Command(CommandMsg<'a, V>),
     /// The answer to a command (devices).
     Ack(AckMsg<'a, V>),
+    /// A token: a browser's first frame, or a refresh after `token_expiring`.
+    Auth {
+        /// The token (a JWT).
+        token: &'a str,
+    },
 }
 
 impl<'a> ToHub<'a> {
@@ -394,6 +432,11 @@ impl<'a> ToHub<'a> {
     /// `readings`: a batch.
     pub fn readings(items: &'a [ReadingItem<'a>]) -> ToHub<'a> {
         ToHub::Readings { items }
+    }
+
+    /// `auth`: a token.
+    pub fn auth(token: &'a str) -> ToHub<'a> {
+        ToHub::Auth { token }
     }
 }
 
@@ -547,6 +590,29 @@ mod tests {
         assert_eq!(
             code_of(r#"{"type":"ack","id":"1","ok":"yes"}"#),
             ErrorCode::InvalidField
+        );
+    }
+
+    #[test]
+    fn auth_carries_its_token_and_never_shows_it() {
+        let Ok(ClientMessage::Auth(a)) = parse(r#"{"type":"auth","token":"abc.def.ghi"}"#, 10)
+        else {
+            panic!("not an auth")
+        };
+        assert_eq!(a.token, "abc.def.ghi");
+        assert!(!format!("{a:?}").contains("abc"));
+        assert_eq!(code_of(r#"{"type":"auth"}"#), ErrorCode::MissingField);
+        assert_eq!(
+            code_of(r#"{"type":"auth","token":7}"#),
+            ErrorCode::InvalidField
+        );
+        assert_eq!(
+            code_of(r#"{"type":"auth","token":""}"#),
+            ErrorCode::InvalidField
+        );
+        assert_eq!(
+            ToHub::auth("t.k.n").to_json(),
+            r#"{"type":"auth","token":"t.k.n"}"#
         );
     }
 

@@ -36,6 +36,16 @@ pub enum ServerMessage<'a> {
     Accepted(Accepted),
     /// Something the client sent was refused; the connection stays open.
     Error(ErrorMsg<'a>),
+    /// The connection's token expires at `exp` (sent 30 s before): send a fresh `auth`.
+    TokenExpiring(TokenExpiring),
+}
+
+/// `token_expiring`: the token's `exp` (seconds since the epoch, as in the JWT); without
+/// a fresh `auth` the hub closes the connection then with 4001 `token expired`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenExpiring {
+    /// The token's `exp` claim, in seconds since the epoch.
+    pub exp: u64,
 }
 
 /// `welcome`.
@@ -218,12 +228,21 @@ impl<'a> ServerMessage<'a> {
             ServerMessage::Ack(_) => "ack",
             ServerMessage::Accepted(_) => "accepted",
             ServerMessage::Error(_) => "error",
+            ServerMessage::TokenExpiring(_) => "token_expiring",
         }
     }
 }
 
 const KINDS: &[&str] = &[
-    "welcome", "snapshot", "presence", "reading", "command", "ack", "accepted", "error",
+    "welcome",
+    "snapshot",
+    "presence",
+    "reading",
+    "command",
+    "ack",
+    "accepted",
+    "error",
+    "token_expiring",
 ];
 
 /// A string that borrows from the input unless it holds escapes.
@@ -287,6 +306,8 @@ struct Any<'a> {
     code: Option<Text<'a>>,
     #[serde(borrow, default)]
     message: Option<Text<'a>>,
+    #[serde(default)]
+    exp: Option<u64>,
 }
 
 fn need<T, E: de::Error>(v: Option<T>, field: &'static str) -> Result<T, E> {
@@ -349,6 +370,9 @@ impl<'de: 'a, 'a> Deserialize<'de> for ServerMessage<'a> {
                 code: text(f.code, "code")?,
                 message: text(f.message, "message")?,
                 id: f.id.map(|t| t.0),
+            }),
+            "token_expiring" => ServerMessage::TokenExpiring(TokenExpiring {
+                exp: need(f.exp, "exp")?,
             }),
             other => return Err(de::Error::unknown_variant(other, KINDS)),
         })
@@ -430,6 +454,7 @@ mod tests {
             r#"{"type":"ack","id":"c-18","from":"t1","ok":false}"#,
             r#"{"type":"accepted","seq":17,"count":1}"#,
             r#"{"type":"error","code":"rate_limited","message":"3 \"readings\" refused","id":"c-1"}"#,
+            r#"{"type":"token_expiring","exp":1764000030}"#,
         ];
         for text in texts {
             let msg = ServerMessage::from_json(text).expect(text);

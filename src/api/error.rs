@@ -85,7 +85,18 @@ pub(crate) fn respond(result: Result<Response, ApiError>) -> Result<Response, In
 
 /// Turns warp's rejections into JSON errors with the right status.
 pub(crate) async fn recover(err: Rejection) -> Result<Response, Infallible> {
-    let resp = if err.is_not_found() {
+    let resp = if let Some(super::auth::Denied(r)) = err.find() {
+        let answer = r.answer();
+        let status = StatusCode::from_u16(answer.status()).unwrap_or(StatusCode::FORBIDDEN);
+        let mut resp = error_response(status, answer.code(), &r.to_string());
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                warp::http::header::WWW_AUTHENTICATE,
+                warp::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        resp
+    } else if err.is_not_found() {
         error_response(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
     } else if err.find::<warp::reject::MethodNotAllowed>().is_some() {
         error_response(

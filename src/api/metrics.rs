@@ -11,12 +11,17 @@ use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
 use super::with_hub;
+use crate::auth::Authorizer;
 use crate::hub::Hub;
 
-/// GET /metrics
-pub(crate) fn route(hub: Hub) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+/// GET /metrics (an admin token in token mode, unless `auth.public_metrics`)
+pub(crate) fn route(
+    hub: Hub,
+    auth: Authorizer,
+) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
     warp::path!("metrics")
         .and(warp::get())
+        .and(super::auth::metrics_access(auth))
         .and(with_hub(hub))
         .map(|hub: Hub| {
             let mut text = String::with_capacity(8192);

@@ -7,6 +7,7 @@
 //! [`error`].
 
 pub(crate) mod assets;
+pub(crate) mod auth;
 pub(crate) mod error;
 pub(crate) mod history;
 pub(crate) mod metrics;
@@ -24,6 +25,7 @@ use warp::http::{header, HeaderValue};
 use warp::reply::Response;
 
 use self::error::ApiError;
+use crate::auth::{Access, Authorizer};
 use crate::hub::Hub;
 use crate::render::plot::Format;
 use crate::sinks::history::RoomHistory;
@@ -31,19 +33,21 @@ use crate::sources::mqtt::Bridges;
 use telehub_protocol::ids::valid_id;
 
 /// All HTTP routes of the hub; `dashboard_dir` serves the page from disk instead of the
-/// embedded copy.
+/// embedded copy. Every `/api` route and `/metrics` go through `auth` ([`auth`]);
+/// `/healthz` and the dashboard's files are open.
 pub(crate) fn routes(
     hub: Hub,
+    auth: Authorizer,
     bridges: Bridges,
     dashboard_dir: Option<PathBuf>,
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
     healthz()
-        .or(rooms(hub.clone()))
-        .or(room_history(hub.clone()))
-        .or(room_series(hub.clone()))
-        .or(room_plot(hub.clone()))
-        .or(api_bridges(bridges))
-        .or(metrics::route(hub))
+        .or(rooms(hub.clone(), auth.clone()))
+        .or(room_history(hub.clone(), auth.clone()))
+        .or(room_series(hub.clone(), auth.clone()))
+        .or(room_plot(hub.clone(), auth.clone()))
+        .or(api_bridges(bridges, auth.clone()))
+        .or(metrics::route(hub, auth))
         .or(crate::api::assets::routes(dashboard_dir))
         .recover(error::recover)
 }
@@ -57,12 +61,28 @@ fn healthz() -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone 
     warp::path!("healthz").and(warp::get()).map(|| "ok")
 }
 
-/// GET /api/rooms
-fn rooms(hub: Hub) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+/// GET /api/rooms: the rooms the request's token covers (all of them in mode none).
+fn rooms(
+    hub: Hub,
+    auth: Authorizer,
+) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
     warp::path!("api" / "rooms")
         .and(warp::get())
+        .and(auth::access(auth))
         .and(with_hub(hub))
-        .map(|hub: Hub| warp::reply::json(&serde_json::json!({ "rooms": hub.summaries() })))
+        .map(|access: Access, hub: Hub| {
+            let mut rooms = hub.summaries();
+            rooms.retain(|r| access.may_read(&r.room));
+            warp::reply::json(&serde_json::json!({ "rooms": rooms }))
+        })
+}
+
+/// `/api/rooms/{room}/...`: passes the room on once the request's token covers it
+/// (else 403 `forbidden`, whether the room exists or not).
+fn room_allowed(
+    auth: Authorizer,
+) -> impl Fn(String, Access) -> std::future::Ready<Result<String, Rejection>> + Clone {
+    move |room, access| std::future::ready(auth::room_access(&access, &auth, &room).map(|()| room))
 }
 
 /// The query string as pairs (empty when there is none); the handlers check them.
@@ -71,33 +91,53 @@ fn query_pairs() -> impl Filter<Extract = (Vec<(String, String)>,), Error = Reje
 }
 
 /// GET /api/rooms/{room}/history?device=&metric=&from=&to=&limit=&format=&step=
-fn room_history(hub: Hub) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+fn room_history(
+    hub: Hub,
+    auth: Authorizer,
+) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
     warp::path!("api" / "rooms" / String / "history")
         .and(warp::get())
+        .and(auth::access(auth.clone()))
+        .and_then(room_allowed(auth))
         .and(with_hub(hub))
         .and(query_pairs())
         .and_then(|room, hub, q| history::history(hub, room, q))
 }
 
 /// GET /api/rooms/{room}/series
-fn room_series(hub: Hub) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+fn room_series(
+    hub: Hub,
+    auth: Authorizer,
+) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
     warp::path!("api" / "rooms" / String / "series")
         .and(warp::get())
+        .and(auth::access(auth.clone()))
+        .and_then(room_allowed(auth))
         .and(with_hub(hub))
         .and(query_pairs())
         .and_then(|room, hub, q| history::series(hub, room, q))
 }
 
 /// GET /api/rooms/{room}/plot.svg and /api/rooms/{room}/plot.png
-fn room_plot(hub: Hub) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+fn room_plot(
+    hub: Hub,
+    auth: Authorizer,
+) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
     let format = warp::path("plot.svg")
         .map(|| Format::Svg)
         .or(warp::path("plot.png").map(|| Format::Png))
         .unify();
+    let allowed = room_allowed(auth.clone());
     warp::path!("api" / "rooms" / String / ..)
         .and(format)
         .and(warp::path::end())
         .and(warp::get())
+        .and(auth::access(auth))
+        .and_then(move |room, format, access| {
+            let checked = allowed(room, access);
+            async move { checked.await.map(|room| (room, format)) }
+        })
+        .untuple_one()
         .and(with_hub(hub))
         .and(query_pairs())
         .and_then(|room, format, hub, q| plot::plot(hub, room, format, q))
@@ -106,10 +146,14 @@ fn room_plot(hub: Hub) -> impl Filter<Extract = (impl Reply,), Error = Rejection
 /// GET /api/bridges: each MQTT bridge with its connection state and counters.
 fn api_bridges(
     bridges: Bridges,
+    auth: Authorizer,
 ) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
     warp::path!("api" / "bridges")
         .and(warp::get())
-        .map(move || warp::reply::json(&serde_json::json!({ "bridges": bridges.statuses() })))
+        .and(auth::access(auth))
+        .map(move |_: Access| {
+            warp::reply::json(&serde_json::json!({ "bridges": bridges.statuses() }))
+        })
 }
 
 pub(crate) fn find_room_history(hub: &Hub, room: &str) -> Result<Arc<RoomHistory>, ApiError> {

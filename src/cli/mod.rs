@@ -2,3 +2,4 @@
 //! against a hub that is already up (`telehub plot`).
 
 pub(crate) mod plot;
+pub(crate) mod token;

@@ -12,8 +12,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod auth;
 mod history;
 
+pub use auth::{AuthConfig, AuthMode, KeyAlgorithm, KeyConfig, Secret};
 pub use history::HistoryConfig;
 
 /// Every setting of the hub. Each section has its own struct with defaults.
@@ -28,6 +30,8 @@ pub struct Settings {
     pub history: HistoryConfig,
     /// Bridges to MQTT brokers (`[[mqtt.bridges]]`); none by default.
     pub mqtt: crate::sources::mqtt::MqttConfig,
+    /// Tokens and allowed origins (see `src/auth/`); open (`mode = "none"`) by default.
+    pub auth: AuthConfig,
 }
 
 /// `[server]`: the listening socket, logging and shutdown.
@@ -229,6 +233,14 @@ impl Settings {
                 },
             }
         })?;
+        settings
+            .auth
+            .validate()
+            .map_err(|(key, message)| ConfigError::Key {
+                source_name: source_name.to_string(),
+                key,
+                message,
+            })?;
         // Bridges are checked whole here (URLs, templates, fixed values), so a bad one
         // stops start-up naming its key, e.g. `mqtt.bridges[0].topics[1].template`.
         settings.mqtt.validate().map_err(|e| match e {

@@ -214,6 +214,15 @@ impl Hub {
         })
     }
 
+    /// Whether `client` is connected to `room` with a role other than `role`: a token may
+    /// replace its own connection, but never take over another role's (a dashboard token
+    /// evicting the device of the same id).
+    pub(crate) fn held_by_other_role(&self, room: &str, client: &str, role: Role) -> bool {
+        let room = self.rooms().get(room).cloned();
+        room.and_then(|r| r.role_of(client))
+            .is_some_and(|held| held != role)
+    }
+
     /// Publishes a device's readings into its room: the seam every reading goes through.
     pub(crate) fn publish(&self, from: &Membership, items: Vec<ReadingIn>) -> Published {
         let now = now_ms();

@@ -139,6 +139,11 @@ impl Room {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The role of the member connected as `client`, if any.
+    pub(crate) fn role_of(&self, client: &str) -> Option<Role> {
+        self.lock().members.get(client).map(|m| m.role)
+    }
+
     /// Adds a member, replacing (close 4000) an older connection with the same client id.
     /// The welcome is queued first, under the lock, so no reading can precede it.
     /// Returns false if the room is full.

@@ -6,6 +6,13 @@
 //! the TCP stream back from hyper, and runs it with the hub's own framing
 //! ([`crate::net::ws::codec`]). Everything is checked before the upgrade so that a bad request
 //! gets a plain HTTP status with a JSON body, and a full hub a 503.
+//!
+//! The access checks happen here too, in every auth mode the `Origin` (403
+//! `origin_not_allowed`), and with `[auth] mode = "token"` a token in the query (400
+//! `token_in_query`) and the `Authorization: Bearer` token (401 `unauthorized`, 403
+//! `forbidden`). A browser's upgrade (it has an `Origin`) without that header is
+//! accepted without joining: the session waits for the first frame's token
+//! ([`ws_client::Start::AwaitAuth`]); any other upgrade without a token is a 401.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,11 +28,12 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use crate::api::error::error_response;
+use crate::auth::{Answer, Authorizer, Refusal};
 use crate::hub::room::Since;
 use crate::hub::Hub;
 use crate::metrics::Rejection;
 use crate::shutdown::{Completion, Shutdown};
-use crate::sources::ws_client::{self, SessionOptions, Socket};
+use crate::sources::ws_client::{self, PendingJoin, SessionOptions, Socket, Start};
 use telehub_protocol::ids::valid_id;
 use telehub_protocol::role::{Role, Via};
 
@@ -35,6 +43,8 @@ pub(crate) struct WsContext {
     pub shutdown: Shutdown,
     pub completion: Completion,
     pub ping_interval: Duration,
+    /// Origins and tokens (`[auth]`).
+    pub auth: Authorizer,
 }
 
 /// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key` (RFC 6455 section 4.2.2).
@@ -118,11 +128,18 @@ pub(crate) struct Head<'a> {
     /// `Sec-WebSocket-Version: 13`.
     pub version_13: bool,
     pub key: Option<&'a [u8]>,
+    /// `Authorization` (never logged).
+    pub authorization: Option<&'a [u8]>,
+    /// `Origin`, which browsers always send on a WebSocket upgrade.
+    pub origin: Option<&'a [u8]>,
+    /// `Host`, the hub's own origin when `auth.allowed_origins` is empty.
+    pub host: Option<&'a [u8]>,
 }
 
-/// An upgrade the hub accepts: the member is already in its room.
+/// An upgrade the hub accepts: the member is already in its room, or (token mode
+/// without `Authorization`) will be once its first frame's token grants it.
 pub(crate) struct Accepted {
-    pub membership: crate::hub::Membership,
+    pub start: Start,
     pub accept_key: String,
     pub opts: SessionOptions,
 }
@@ -201,6 +218,36 @@ pub(crate) fn decide(ctx: &WsContext, head: &Head) -> Result<Accepted, Refused> 
                 "this is a WebSocket endpoint: send a GET with Upgrade: websocket and Sec-WebSocket-Version: 13",
             ))
         })?;
+    let opts = SessionOptions {
+        acks: query.acks,
+        ping_interval: ctx.ping_interval,
+    };
+    let grant = match authorize(ctx, head, room, client, query.role) {
+        Ok(Some(grant)) => Some(grant),
+        Ok(None) if ctx.auth.enabled() => {
+            return Ok(Accepted {
+                start: Start::AwaitAuth(PendingJoin {
+                    room: room.to_string(),
+                    client: client.to_string(),
+                    role: query.role,
+                    since: query.since,
+                    epoch: query.epoch,
+                }),
+                accept_key: accept_key(key),
+                opts,
+            })
+        }
+        Ok(None) => None,
+        Err(r) => {
+            let (why, status) = match r.answer() {
+                Answer::Unauthorized => (Rejection::Unauthorized, StatusCode::UNAUTHORIZED),
+                Answer::Forbidden => (Rejection::Forbidden, StatusCode::FORBIDDEN),
+                Answer::OriginNotAllowed => (Rejection::OriginNotAllowed, StatusCode::FORBIDDEN),
+                Answer::TokenInQuery => (Rejection::TokenInQuery, StatusCode::BAD_REQUEST),
+            };
+            return Err(refused(Refused::new(why, status, r.to_string())));
+        }
+    };
     let since = query.since.map(|offset| Since {
         offset,
         epoch: query.epoch.as_deref(),
@@ -215,13 +262,44 @@ pub(crate) fn decide(ctx: &WsContext, head: &Head) -> Result<Accepted, Refused> 
             ))
         })?;
     Ok(Accepted {
-        membership,
+        start: Start::Joined(membership, grant),
         accept_key: accept_key(key),
-        opts: SessionOptions {
-            acks: query.acks,
-            ping_interval: ctx.ping_interval,
-        },
+        opts,
     })
+}
+
+/// The access checks of an upgrade: the `Origin` (every mode), then in token mode no
+/// token in the query and the bearer token's grant. `Ok(None)`: no token was asked for
+/// (mode none), or a browser (it sent `Origin`) sent none: its first frame must carry it.
+fn authorize(
+    ctx: &WsContext,
+    head: &Head,
+    room: &str,
+    client: &str,
+    role: Role,
+) -> Result<Option<crate::auth::Grant>, Refusal> {
+    let auth = &ctx.auth;
+    auth.check_origin(head.origin, head.host)?;
+    if !auth.enabled() {
+        return Ok(None);
+    }
+    auth.check_query(head.query)?;
+    let Some(token) = auth.bearer(head.authorization)? else {
+        // Only a browser (which always sends `Origin`, checked above) may bring its
+        // token in the first frame; anything else without a token is refused now.
+        if head.origin.is_none() {
+            return Err(auth.refuse(Refusal::MissingToken));
+        }
+        return Ok(None);
+    };
+    let grant = auth.verify(token)?;
+    grant
+        .may_join(room, client, role)
+        .map_err(|r| auth.refuse(r))?;
+    if !grant.is_admin() && ctx.hub.held_by_other_role(room, client, role) {
+        return Err(auth.refuse(Refusal::ForbiddenClient));
+    }
+    Ok(Some(grant))
 }
 
 /// The `Sec-WebSocket-Version` header sent with a 426, as RFC 6455 4.4 asks.
@@ -265,6 +343,12 @@ pub(crate) fn handle<G: Send + Sync + 'static>(
             .headers()
             .get(header::SEC_WEBSOCKET_KEY)
             .map(|v| v.as_bytes()),
+        authorization: req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(|v| v.as_bytes()),
+        origin: req.headers().get(header::ORIGIN).map(|v| v.as_bytes()),
+        host: req.headers().get(header::HOST).map(|v| v.as_bytes()),
     };
     let accepted = match decide(ctx, &head) {
         Ok(a) => a,
@@ -322,8 +406,9 @@ async fn run_session<G: Send + Sync + 'static>(
     };
     ws_client::run(
         socket,
-        accepted.membership,
+        accepted.start,
         ctx.hub.clone(),
+        ctx.auth.clone(),
         ctx.shutdown.clone(),
         accepted.opts,
     )
@@ -426,6 +511,9 @@ pub(crate) async fn serve_raw<G: Send + Sync + 'static>(
         upgrade_websocket: find("upgrade").any(|h| lists(h.value, "websocket")),
         version_13: find("sec-websocket-version").any(|h| h.value == b"13"),
         key: find("sec-websocket-key").next().map(|h| h.value),
+        authorization: find("authorization").next().map(|h| h.value),
+        origin: find("origin").next().map(|h| h.value),
+        host: find("host").next().map(|h| h.value),
     };
     let decision = if over_cap {
         ctx.hub.metrics().rejected(Rejection::ServerFull);

@@ -11,6 +11,12 @@
 //! errors are answered with an `error` frame and the connection stays open, except for
 //! frames over the size limit (close 1009), invalid UTF-8 (1007) and WebSocket protocol
 //! violations (1002).
+//!
+//! With `[auth] mode = "token"` a browser's connection starts before its room: it has
+//! [`AUTH_FRAME_TIMEOUT`] to send `{"type":"auth","token":...}`, the hub sends nothing
+//! until then and joins the room only once the token grants it (else close 1008). A
+//! connection's token is watched by the same one timer as the pings: `token_expiring`
+//! [`EXPIRY_WARNING`] before `exp`, close 4001 at `exp` unless a fresh `auth` came.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,21 +26,95 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Instant;
 use tracing::debug;
 
+use crate::auth::{time_left, Answer, Authorizer, Grant, Refusal};
 use crate::hub::mailbox::{Close, Mailbox, Push};
-use crate::hub::{Hub, Membership};
+use crate::hub::room::Since;
+use crate::hub::{Hub, JoinError, Membership};
 use crate::net::ws::codec::{self, Decoder, Message};
 use crate::net::ws::frames::{self, Frame};
 use crate::shutdown::Shutdown;
 use crate::sinks::ws_writer::{send_close, Unsent};
-use telehub_protocol::codes::ErrorCode;
+use telehub_protocol::codes::{close, ErrorCode};
 use telehub_protocol::inbound::{ClientMessage, ProtoError};
 use telehub_protocol::rate::TokenBucket;
-use telehub_protocol::role::Role;
+use telehub_protocol::role::{Role, Via};
 
 /// How long the session waits for the peer's answer to our close frame.
 const CLOSE_ECHO_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often a client flooding invalid messages is told so, at most.
 const FLOOD_NOTICE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a connection without `Authorization` (token mode) has to send its `auth`.
+pub(crate) const AUTH_FRAME_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long before its token's `exp` a connection is sent `token_expiring`.
+const EXPIRY_WARNING: Duration = Duration::from_secs(30);
+
+/// A first-frame `auth` or a refresh was refused: no token, or a bad one.
+const CLOSE_UNAUTHORIZED: Close = Close {
+    code: close::POLICY_VIOLATION,
+    reason: close::REASON_UNAUTHORIZED,
+    flush_first: false,
+};
+/// A valid token without this room, role or client id (or a narrower refresh).
+const CLOSE_FORBIDDEN: Close = Close {
+    code: close::POLICY_VIOLATION,
+    reason: close::REASON_FORBIDDEN,
+    flush_first: false,
+};
+/// The token reached `exp` without a refresh.
+const CLOSE_TOKEN_EXPIRED: Close = Close {
+    code: close::TOKEN_EXPIRED,
+    reason: close::REASON_TOKEN_EXPIRED,
+    flush_first: false,
+};
+
+/// Where a session starts.
+pub(crate) enum Start {
+    /// In its room since the upgrade; with the token that let it in (token mode).
+    Joined(Membership, Option<Grant>),
+    /// Token mode without `Authorization`: the room waits for the first frame's token.
+    AwaitAuth(PendingJoin),
+}
+
+/// A join decided at the upgrade but made only after a first-frame `auth`.
+pub(crate) struct PendingJoin {
+    pub(crate) room: String,
+    pub(crate) client: String,
+    pub(crate) role: Role,
+    pub(crate) since: Option<u64>,
+    pub(crate) epoch: Option<String>,
+}
+
+/// A connection's token and the two moments the timer watches for it.
+struct TokenClock {
+    grant: Grant,
+    /// When `token_expiring` is due; `None` once sent.
+    warn_at: Option<Instant>,
+    expires_at: Instant,
+}
+
+impl TokenClock {
+    fn new(grant: Grant) -> TokenClock {
+        let now = Instant::now();
+        let expires_at = now + time_left(grant.exp).unwrap_or_default();
+        let warn_at = expires_at
+            .checked_sub(EXPIRY_WARNING)
+            .map_or(now, |t| t.max(now));
+        TokenClock {
+            grant,
+            warn_at: Some(warn_at),
+            expires_at,
+        }
+    }
+}
+
+/// When the one timer must next wake: the next ping, or a token's moment if sooner.
+fn wake_at(next_ping: Instant, token: Option<&TokenClock>) -> Instant {
+    match token {
+        Some(t) => next_ping.min(t.warn_at.unwrap_or(t.expires_at).min(t.expires_at)),
+        None => next_ping,
+    }
+}
 
 /// Per-connection options decided at the upgrade.
 #[derive(Debug, Clone, Copy)]
@@ -55,11 +135,29 @@ pub(crate) struct Socket {
 /// Runs the connection until either side closes it or the hub shuts down.
 pub(crate) async fn run(
     socket: Socket,
-    membership: Membership,
+    start: Start,
     hub: Hub,
+    auth: Authorizer,
     mut shutdown: Shutdown,
     opts: SessionOptions,
 ) {
+    let Socket {
+        mut read,
+        mut write,
+        already_read,
+    } = socket;
+    let limits = hub.limits();
+    let mut decoder = Decoder::new(limits.max_frame_bytes, already_read);
+    let (membership, grant) = match start {
+        Start::Joined(membership, grant) => (membership, grant),
+        Start::AwaitAuth(pending) => {
+            let io = (&mut read, &mut write, &mut decoder);
+            match await_auth(io, pending, &hub, &auth, &mut shutdown).await {
+                Some((membership, grant)) => (membership, Some(grant)),
+                None => return,
+            }
+        }
+    };
     // No tracing span per connection: a live span holds its formatted fields for the
     // connection's lifetime, which is memory an idle dashboard should not cost.
     let (room, client, role) = (
@@ -68,14 +166,7 @@ pub(crate) async fn run(
         membership.role(),
     );
     debug!(%room, %client, %role, "connected");
-    let Socket {
-        mut read,
-        mut write,
-        already_read,
-    } = socket;
     let mailbox = membership.mailbox().clone();
-    let limits = hub.limits();
-    let mut decoder = Decoder::new(limits.max_frame_bytes, already_read);
     let mut reader = Reader {
         bucket: TokenBucket::new(limits.rate_per_sec, limits.rate_burst),
         last_flood_notice: None,
@@ -83,10 +174,15 @@ pub(crate) async fn run(
         membership: &membership,
         mailbox: &mailbox,
         acks: opts.acks,
+        auth: &auth,
+        token: grant.map(|g| Box::new(TokenClock::new(g))),
+        rearm: false,
     };
     let mut out = Unsent::default();
-    // One timer serves the pings, the idle limit and the wait for a close answer.
-    let timer = tokio::time::sleep(opts.ping_interval);
+    // One timer serves the pings, the idle limit, the token's expiry and the wait for a
+    // close answer.
+    let mut next_ping = Instant::now() + opts.ping_interval;
+    let timer = tokio::time::sleep_until(wake_at(next_ping, reader.token.as_deref()));
     tokio::pin!(timer);
     let mut last_heard = Instant::now();
     let mut shutting_down = false;
@@ -116,6 +212,9 @@ pub(crate) async fn run(
                     Ok(Message::Text(text)) => {
                         if mailbox.closing().is_none() {
                             reader.handle_text(&text);
+                            if std::mem::take(&mut reader.rearm) && mailbox.closing().is_none() {
+                                timer.as_mut().reset(wake_at(next_ping, reader.token.as_deref()));
+                            }
                         }
                     }
                     Ok(Message::Binary(_)) => reader.reply_error(ProtoError::new(
@@ -181,19 +280,130 @@ pub(crate) async fn run(
                     close_sent = true;
                     timer.as_mut().reset(Instant::now() + CLOSE_ECHO_TIMEOUT);
                     continue;
-                } else if last_heard.elapsed() >= opts.ping_interval * 2 {
-                    debug!(%room, %client, "no frame for two ping intervals");
-                    mailbox.close(Close::TIMED_OUT);
-                } else {
-                    // Every interval whatever the traffic: a dashboard only ever answers
-                    // pings, so they are how the hub knows it is still there.
-                    out.push(codec::ping());
                 }
-                timer.as_mut().reset(Instant::now() + opts.ping_interval);
+                let now = Instant::now();
+                if let Some(t) = reader.token.as_mut() {
+                    if now >= t.expires_at {
+                        debug!(%room, %client, "token expired");
+                        mailbox.close(CLOSE_TOKEN_EXPIRED);
+                    } else if t.warn_at.is_some_and(|w| now >= w) {
+                        t.warn_at = None;
+                        let exp = t.grant.exp;
+                        reader.send(frames::token_expiring_frame(exp));
+                    }
+                }
+                if now >= next_ping {
+                    if last_heard.elapsed() >= opts.ping_interval * 2 {
+                        debug!(%room, %client, "no frame for two ping intervals");
+                        mailbox.close(Close::TIMED_OUT);
+                    } else {
+                        // Every interval whatever the traffic: a dashboard only ever
+                        // answers pings, so they are how the hub knows it is still there.
+                        out.push(codec::ping());
+                    }
+                    next_ping = now + opts.ping_interval;
+                }
+                let wake = if mailbox.closing().is_some() {
+                    now + opts.ping_interval
+                } else {
+                    wake_at(next_ping, reader.token.as_deref())
+                };
+                timer.as_mut().reset(wake);
             }
         }
     }
     debug!(%room, %client, %role, "disconnected");
+}
+
+/// The socket's read and write halves and its decoder, as the auth phase borrows them.
+type Io<'a> = (
+    &'a mut OwnedReadHalf,
+    &'a mut OwnedWriteHalf,
+    &'a mut Decoder,
+);
+
+/// Token mode, no `Authorization` header: waits for the first frame's `auth`, sending
+/// nothing, and joins the room once its token grants it. Any other first frame, a bad
+/// token or none within [`AUTH_FRAME_TIMEOUT`] closes with 1008; `None` means the
+/// connection is over.
+async fn await_auth(
+    (read, write, decoder): Io<'_>,
+    pending: PendingJoin,
+    hub: &Hub,
+    auth: &Authorizer,
+    shutdown: &mut Shutdown,
+) -> Option<(Membership, Grant)> {
+    let deadline = Instant::now() + AUTH_FRAME_TIMEOUT;
+    let decided: Result<Grant, Refusal> = loop {
+        tokio::select! {
+            msg = decoder.next(read) => match msg {
+                Ok(Message::Text(text)) => {
+                    break match telehub_protocol::inbound::parse(&text, 1) {
+                        Ok(ClientMessage::Auth(a)) => auth.verify(&a.token).and_then(|g| {
+                            let p = &pending;
+                            g.may_join(&p.room, &p.client, p.role)
+                                .and_then(|()| {
+                                    let taken = !g.is_admin()
+                                        && hub.held_by_other_role(&p.room, &p.client, p.role);
+                                    if taken { Err(Refusal::ForbiddenClient) } else { Ok(()) }
+                                })
+                                .map_err(|r| auth.refuse(r))
+                                .map(|()| g)
+                        }),
+                        _ => Err(auth.refuse(Refusal::MissingToken)),
+                    }
+                }
+                // Control frames get no answer either: nothing leaves before the token.
+                Ok(Message::Ping(_) | Message::Pong) => continue,
+                Ok(Message::Binary(_)) => break Err(auth.refuse(Refusal::MissingToken)),
+                Ok(Message::Close(code)) => {
+                    send_close(write, &mut Unsent::default(), Close::answer(code)).await;
+                    return None;
+                }
+                Err(e) => {
+                    if let Some(code) = e.close_code() {
+                        send_close(write, &mut Unsent::default(), Close::refuse(code)).await;
+                    }
+                    return None;
+                }
+            },
+            _ = tokio::time::sleep_until(deadline) => break Err(auth.refuse(Refusal::AuthTimeout)),
+            _ = shutdown.recv() => {
+                send_close(write, &mut Unsent::default(), Close::GOING_AWAY).await;
+                return None;
+            }
+        }
+    };
+    let refused = match decided {
+        Ok(grant) => {
+            let since = pending.since.map(|offset| Since {
+                offset,
+                epoch: pending.epoch.as_deref(),
+            });
+            match hub.join(&pending.room, &pending.client, pending.role, Via::Ws, since) {
+                Ok(membership) => return Some((membership, grant)),
+                Err(e) => {
+                    hub.metrics().rejected(e.rejection());
+                    let reason = match e {
+                        JoinError::RoomFull => close::REASON_ROOM_FULL,
+                        JoinError::TooManyRooms => close::REASON_TOO_MANY_ROOMS,
+                    };
+                    Close {
+                        code: close::TRY_AGAIN_LATER,
+                        reason,
+                        flush_first: false,
+                    }
+                }
+            }
+        }
+        Err(r) if r.answer() == Answer::Unauthorized => CLOSE_UNAUTHORIZED,
+        Err(_) => CLOSE_FORBIDDEN,
+    };
+    send_close(write, &mut Unsent::default(), refused).await;
+    // Let the peer's answering close arrive before the socket goes, so it sees our
+    // close frame rather than a reset.
+    let _ = tokio::time::timeout(CLOSE_ECHO_TIMEOUT, decoder.next(read)).await;
+    None
 }
 
 /// The reader side's state and its handling of one text frame.
@@ -205,6 +415,12 @@ struct Reader<'a> {
     membership: &'a Membership,
     mailbox: &'a Arc<Mailbox>,
     acks: bool,
+    auth: &'a Authorizer,
+    /// The connection's token (token mode), replaced by each accepted refresh. Boxed:
+    /// an open hub's idle connection pays one pointer for it, not the whole clock.
+    token: Option<Box<TokenClock>>,
+    /// A refresh moved the token's moments: the loop re-arms its timer.
+    rearm: bool,
 }
 
 impl Reader<'_> {
@@ -304,6 +520,29 @@ impl Reader<'_> {
                 self.bucket.take(1);
                 if let Err(e) = self.hub.ack(self.membership, &ack) {
                     self.reply_error(e);
+                }
+            }
+            ClientMessage::Auth(a) => {
+                self.bucket.take(1);
+                // Without `[auth] mode = "token"` a token has nothing to unlock: ignored,
+                // so a dashboard that always signs in works against an open hub too.
+                let Some(current) = &self.token else {
+                    return;
+                };
+                let m = self.membership;
+                match self.auth.verify(&a.token) {
+                    Err(_) => self.mailbox.close(CLOSE_UNAUTHORIZED),
+                    Ok(fresh) => {
+                        let fits = current.grant.renewed_by(&fresh)
+                            && fresh.may_join(&m.room().name, m.client(), m.role()).is_ok();
+                        if fits {
+                            self.token = Some(Box::new(TokenClock::new(fresh)));
+                            self.rearm = true;
+                        } else {
+                            self.auth.refuse(Refusal::ForbiddenRefresh);
+                            self.mailbox.close(CLOSE_FORBIDDEN);
+                        }
+                    }
                 }
             }
         }

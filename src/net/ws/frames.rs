@@ -166,6 +166,13 @@ pub(crate) fn accepted_frame(seq: u64, count: usize) -> Frame {
     frame(&ServerMessage::Accepted(Accepted { seq, count }))
 }
 
+/// `token_expiring`: the connection's token expires at `exp` (seconds since the epoch).
+pub(crate) fn token_expiring_frame(exp: u64) -> Frame {
+    frame(&ServerMessage::TokenExpiring(
+        telehub_protocol::outbound::TokenExpiring { exp },
+    ))
+}
+
 /// `error`: `e` reported to its sender.
 pub(crate) fn error_frame(e: &ProtoError) -> Frame {
     frame(&ServerMessage::Error(ErrorMsg {

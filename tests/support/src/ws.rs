@@ -22,6 +22,20 @@ pub struct Client {
     pub ws: Stream,
 }
 
+/// The HTTP status and body of a refused upgrade, if that is what `e` is.
+pub fn refusal(e: &WsError) -> Option<(u16, String)> {
+    match e {
+        WsError::Http(resp) => Some((
+            resp.status().as_u16(),
+            resp.body()
+                .as_deref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default(),
+        )),
+        _ => None,
+    }
+}
+
 /// What [`Client::poll_json`] found.
 #[derive(Debug)]
 pub enum Polled {
@@ -38,6 +52,28 @@ impl Client {
     pub async fn connect(url: &str) -> Result<Client, WsError> {
         let (ws, _) = tokio_tungstenite::connect_async(url).await?;
         Ok(Client { ws })
+    }
+
+    /// Opens `url` with extra request headers (`Authorization`, `Origin`, ...).
+    pub async fn connect_with_headers(
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Client, WsError> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+        let mut req = url.into_client_request()?;
+        for (name, value) in headers {
+            let name = HeaderName::from_bytes(name.as_bytes()).expect("a header name");
+            let value = HeaderValue::from_str(value).expect("a header value");
+            req.headers_mut().insert(name, value);
+        }
+        let (ws, _) = tokio_tungstenite::connect_async(req).await?;
+        Ok(Client { ws })
+    }
+
+    /// Opens `url` with `Authorization: Bearer {token}`.
+    pub async fn connect_bearer(url: &str, token: &str) -> Result<Client, WsError> {
+        Client::connect_with_headers(url, &[("authorization", &format!("Bearer {token}"))]).await
     }
 
     /// Connects with a tiny receive buffer, so that a client that stops reading fills
