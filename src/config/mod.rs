@@ -5,6 +5,9 @@
 //! at the repository root), the file given by `--config` (or `./config.toml` when it
 //! exists), then `TELEHUB_{SECTION}_{KEY}` environment variables (for example
 //! `TELEHUB_SERVER_LISTEN=0.0.0.0:8080`, `TELEHUB_LIMITS_OUTBOUND_QUEUE=1024`).
+//! Only variables naming a known section are overrides, and an unknown key in one stops
+//! start-up; any other `TELEHUB_*` (a test kit's `TELEHUB_BIN`, say) is ignored with a
+//! warning ([`Settings::ignored_env`]), so a stray variable cannot stop the hub.
 //! Command-line flags are applied by `main` on top of all that.
 
 use std::net::SocketAddr;
@@ -174,20 +177,11 @@ impl Settings {
             message: e.to_string(),
         })?;
         let mut from_env: Vec<(String, String)> = Vec::new();
+        let sections = known_sections();
         for (var, value) in env {
-            let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
+            let Some((section, key)) = override_of(&var, &sections) else {
                 continue;
             };
-            if ENV_NOT_OVERRIDES.contains(&var.as_str()) {
-                continue;
-            }
-            let Some((section, key)) = rest.split_once('_') else {
-                return Err(ConfigError::Env {
-                    var,
-                    message: "expected TELEHUB_{SECTION}_{KEY}".into(),
-                });
-            };
-            let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
             let entry = table
                 .entry(section.clone())
                 .or_insert_with(|| toml::Value::Table(toml::Table::new()));
@@ -278,6 +272,44 @@ impl Settings {
     }
 }
 
+/// The sections of [`Settings`] (`server`, `limits`, ...), read off its serialised
+/// defaults so a new section is known without a list to keep in step.
+fn known_sections() -> Vec<String> {
+    match toml::Value::try_from(Settings::default()) {
+        Ok(toml::Value::Table(t)) => t.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `(section, key)`, lowercased, if `var` is `TELEHUB_{SECTION}_{KEY}` of a known section.
+/// Anything else with the prefix (`TELEHUB_CONFIG`, a test kit's `TELEHUB_BIN`) is not
+/// an override: a stray variable in the environment must not stop start-up.
+fn override_of(var: &str, sections: &[String]) -> Option<(String, String)> {
+    let rest = var.strip_prefix(ENV_PREFIX)?;
+    if ENV_NOT_OVERRIDES.contains(&var) {
+        return None;
+    }
+    let (section, key) = rest.split_once('_')?;
+    let section = section.to_ascii_lowercase();
+    (!key.is_empty() && sections.contains(&section)).then(|| (section, key.to_ascii_lowercase()))
+}
+
+impl Settings {
+    /// The `TELEHUB_*` variables of `env` that are not overrides and are ignored (for
+    /// the binary to warn about once logging is set up), `TELEHUB_CONFIG` aside.
+    pub fn ignored_env(env: impl IntoIterator<Item = (String, String)>) -> Vec<String> {
+        let sections = known_sections();
+        env.into_iter()
+            .map(|(var, _)| var)
+            .filter(|var| {
+                var.starts_with(ENV_PREFIX)
+                    && !ENV_NOT_OVERRIDES.contains(&var.as_str())
+                    && override_of(var, &sections).is_none()
+            })
+            .collect()
+    }
+}
+
 /// An environment value as TOML: numbers and booleans keep their type, anything else is a
 /// string (so `TELEHUB_SERVER_LISTEN=127.0.0.1:0` needs no quotes).
 fn env_value(raw: &str) -> toml::Value {
@@ -356,6 +388,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("TELEHUB_LIMITS_OUTBOUND_QUEUE"), "{err}");
+    }
+
+    #[test]
+    fn stray_telehub_variables_are_ignored_but_unknown_keys_of_known_sections_are_not() {
+        let env = [
+            ("TELEHUB_BIN", "/x/telehub"),
+            ("TELEHUB_CONFIG", "/x/hub.toml"),
+            ("TELEHUB_NOSECTION_KEY", "1"),
+            ("TELEHUB_LIMITS_", "1"),
+            ("TELEHUB_LIMITS_MAX_ROOMS", "5"),
+        ];
+        let s = load("", &env).expect("strays do not stop start-up");
+        assert_eq!(s.limits.max_rooms, 5);
+        let vars = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        assert_eq!(
+            Settings::ignored_env(vars),
+            ["TELEHUB_BIN", "TELEHUB_NOSECTION_KEY", "TELEHUB_LIMITS_"]
+        );
+        let err = load("", &[("TELEHUB_LIMITS_NO_SUCH_KEY", "1")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("TELEHUB_LIMITS_NO_SUCH_KEY"), "{err}");
     }
 
     #[test]
