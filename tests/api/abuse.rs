@@ -3,10 +3,14 @@
 //! codes on the wire, hub-wide limits exhausted by one client, joins serialised behind
 //! one room's replay, and a stray environment variable stopping start-up.
 
+use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::helpers::{hub_process, WAIT};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::{hub_process, spawn_app, WAIT};
 
 /// A `TELEHUB_*` variable that is not `TELEHUB_{SECTION}_{KEY}` of a known section
 /// (the testkit's own `TELEHUB_BIN`, for one) is ignored with a warning; an unknown key
@@ -39,4 +43,120 @@ async fn a_stray_telehub_variable_is_ignored_with_a_warning() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("TELEHUB_LIMITS_NO_SUCH_KEY"), "{err}");
+}
+
+/// A WebSocket client on a plain socket, for what tungstenite will not send (reserved
+/// close codes) and to see every frame the hub sends, control frames included.
+struct Raw {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Raw {
+    async fn connect(addr: SocketAddr, path: &str) -> Raw {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.expect("send the upgrade");
+        let mut raw = Raw { s, buf: Vec::new() };
+        let end = loop {
+            if let Some(i) = raw.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            raw.fill().await;
+        };
+        let head = String::from_utf8_lossy(&raw.buf[..end]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        raw.buf.drain(..end);
+        raw
+    }
+
+    async fn fill(&mut self) -> usize {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(WAIT, self.s.read(&mut chunk))
+            .await
+            .expect("bytes in time")
+            .expect("read");
+        self.buf.extend_from_slice(&chunk[..n]);
+        n
+    }
+
+    /// Sends one masked frame.
+    async fn send(&mut self, opcode: u8, payload: &[u8]) {
+        assert!(payload.len() < 126);
+        let mask = [1u8, 2, 3, 4];
+        let mut f = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+        f.extend_from_slice(&mask);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.s.write_all(&f).await.expect("send a frame");
+    }
+
+    /// The next frame from the hub as (opcode, payload); `None` once the hub closed the
+    /// TCP stream.
+    async fn frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        loop {
+            if self.buf.len() >= 2 {
+                let (len, at) = match self.buf[1] & 0x7F {
+                    126 if self.buf.len() >= 4 => {
+                        (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
+                    }
+                    127 if self.buf.len() >= 10 => {
+                        let mut b = [0u8; 8];
+                        b.copy_from_slice(&self.buf[2..10]);
+                        (u64::from_be_bytes(b) as usize, 10)
+                    }
+                    126 | 127 => (usize::MAX, 0),
+                    n => (n as usize, 2),
+                };
+                if at > 0 && self.buf.len() >= at + len {
+                    let opcode = self.buf[0] & 0x0F;
+                    let payload = self.buf[at..at + len].to_vec();
+                    self.buf.drain(..at + len);
+                    return Some((opcode, payload));
+                }
+            }
+            if self.fill().await == 0 {
+                return None;
+            }
+        }
+    }
+
+    /// Frames until the hub's close frame; returns its code (`None` for an empty body).
+    async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            let (opcode, payload) = self.frame().await.expect("a close frame");
+            if opcode == 0x8 {
+                return (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+            }
+        }
+    }
+}
+
+/// RFC 6455 section 7.4.1: 1005, 1006 and 1015 never go on the wire, and a close code
+/// outside the ranges a peer may send is a protocol error.
+#[tokio::test]
+async fn close_codes_are_checked_and_reserved_ones_never_echoed() {
+    let app = spawn_app().await;
+    for (sent, answer) in [
+        (Some(1005u16), Some(1002u16)),
+        (Some(999), Some(1002)),
+        (Some(1015), Some(1002)),
+        (Some(5000), Some(1002)),
+        (Some(4123), Some(4123)),
+        (Some(1000), Some(1000)),
+        (None, Some(1000)),
+    ] {
+        let mut c = Raw::connect(app.addr, "/ws/close/dev?role=device").await;
+        let payload = sent.map(|c| c.to_be_bytes().to_vec()).unwrap_or_default();
+        c.send(0x8, &payload).await;
+        let got = c.close_code().await;
+        assert_eq!(got, answer, "answer to a close with {sent:?}");
+        assert!(
+            !matches!(got, Some(1005 | 1006 | 1015)),
+            "reserved code {got:?} on the wire"
+        );
+    }
+    app.stop().await;
 }
