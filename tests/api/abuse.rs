@@ -7,10 +7,13 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
 
-use crate::helpers::{hub_process, spawn_app, WAIT};
+use crate::helpers::{hub_process, spawn_app, spawn_app_with, Client, WAIT};
 
 /// A `TELEHUB_*` variable that is not `TELEHUB_{SECTION}_{KEY}` of a known section
 /// (the testkit's own `TELEHUB_BIN`, for one) is ignored with a warning; an unknown key
@@ -158,5 +161,95 @@ async fn close_codes_are_checked_and_reserved_ones_never_echoed() {
             "reserved code {got:?} on the wire"
         );
     }
+    app.stop().await;
+}
+
+/// Every frame the hub sends within `ms` milliseconds, as (error frames, pongs).
+async fn answers_within(c: &mut Client, ms: u64) -> (Vec<String>, usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
+    let (mut errors, mut pongs) = (Vec::new(), 0);
+    loop {
+        match tokio::time::timeout_at(deadline, c.ws.next()).await {
+            Err(_) | Ok(None) | Ok(Some(Err(_))) => return (errors, pongs),
+            Ok(Some(Ok(Message::Pong(_)))) => pongs += 1,
+            Ok(Some(Ok(Message::Text(t)))) => {
+                let v: Value = serde_json::from_str(t.as_str()).expect("JSON");
+                if v["type"] == "error" {
+                    errors.push(v["code"].as_str().unwrap_or_default().to_string());
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+/// Binary frames, wrong-role messages, pings and invalid batch items all cost from the
+/// one bucket, and a client over its limit gets about one notice a second back.
+#[tokio::test]
+async fn every_message_costs_from_the_bucket_and_a_flood_gets_bounded_answers() {
+    let app = spawn_app_with(|s| {
+        s.limits.rate_per_sec = 1.0;
+        s.limits.rate_burst = 5.0;
+    })
+    .await;
+    // Binary frames.
+    let (mut dev, _) = app.connect("flood", "bin", "device").await;
+    for _ in 0..50 {
+        dev.ws
+            .send(Message::Binary(vec![1u8, 2, 3].into()))
+            .await
+            .expect("send");
+    }
+    let (errors, _) = answers_within(&mut dev, 600).await;
+    assert!(errors.len() <= 7, "50 binary frames got {errors:?}");
+    assert_eq!(errors.last().map(String::as_str), Some("rate_limited"));
+
+    // Readings from a dashboard (wrong role).
+    let (mut dash, _) = app.connect("flood", "dash", "dashboard").await;
+    for _ in 0..50 {
+        dash.send_json(json!({"type":"reading","metric":"t","value":1}))
+            .await;
+    }
+    let (errors, _) = answers_within(&mut dash, 600).await;
+    assert!(errors.len() <= 7, "50 wrong-role readings got {errors:?}");
+
+    // Pings.
+    let (mut pinger, _) = app.connect("flood", "pinger", "device").await;
+    for _ in 0..50 {
+        pinger
+            .ws
+            .send(Message::Ping(vec![7u8].into()))
+            .await
+            .expect("ping");
+    }
+    let (errors, pongs) = answers_within(&mut pinger, 600).await;
+    assert!(pongs <= 6, "50 pings got {pongs} pongs");
+    assert!(errors.len() <= 2, "{errors:?}");
+    app.stop().await;
+}
+
+/// A batch of 256 invalid items costs 256 tokens and gets a few item errors and one
+/// summary, not 256 error frames.
+#[tokio::test]
+async fn a_batch_of_invalid_items_gets_a_few_errors_and_one_summary() {
+    let app = spawn_app_with(|s| {
+        s.limits.rate_per_sec = 1.0;
+        s.limits.rate_burst = 400.0;
+    })
+    .await;
+    let (mut dev, _) = app.connect("items", "dev", "device").await;
+    let items: Vec<_> = (0..256).map(|_| json!({"metric":"t","value":"x"})).collect();
+    dev.send_json(json!({"type":"readings","items":items})).await;
+    let (errors, _) = answers_within(&mut dev, 600).await;
+    assert!(
+        (2..=5).contains(&errors.len()),
+        "256 invalid items got {} error frames",
+        errors.len()
+    );
+    // The batch spent 256 of the 400 tokens: a second one is cut short.
+    let items: Vec<_> = (0..256).map(|i| json!({"metric":"t","value":i})).collect();
+    dev.send_json(json!({"type":"readings","items":items})).await;
+    let (code, message) = dev.next_error().await;
+    assert_eq!(code, "rate_limited", "{message}");
     app.stop().await;
 }
