@@ -34,10 +34,16 @@ pub(crate) enum Rejection {
     ServerFull,
     TooManyRooms,
     RoomFull,
+    /// The request stayed incomplete past the handshake timeout (408).
+    RequestTimeout,
+    /// The request is not valid HTTP/1.1 (400).
+    BadRequest,
+    /// The handshake request is over its size or header-count limit (431).
+    HeadersTooLarge,
 }
 
 impl Rejection {
-    pub(crate) const ALL: [Rejection; 9] = [
+    pub(crate) const ALL: [Rejection; 12] = [
         Rejection::InvalidRoom,
         Rejection::InvalidClient,
         Rejection::InvalidRole,
@@ -47,6 +53,9 @@ impl Rejection {
         Rejection::ServerFull,
         Rejection::TooManyRooms,
         Rejection::RoomFull,
+        Rejection::RequestTimeout,
+        Rejection::BadRequest,
+        Rejection::HeadersTooLarge,
     ];
 
     /// The `error` code of the JSON body, also the metric label.
@@ -61,6 +70,9 @@ impl Rejection {
             Rejection::ServerFull => "server_full",
             Rejection::TooManyRooms => "too_many_rooms",
             Rejection::RoomFull => "room_full",
+            Rejection::RequestTimeout => "request_timeout",
+            Rejection::BadRequest => "bad_request",
+            Rejection::HeadersTooLarge => "headers_too_large",
         }
     }
 }

@@ -253,3 +253,99 @@ async fn a_batch_of_invalid_items_gets_a_few_errors_and_one_summary() {
     assert_eq!(code, "rate_limited", "{message}");
     app.stop().await;
 }
+
+/// utime + stime of process `pid`, in clock ticks (`/proc/PID/stat` fields 14 and 15).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state): utime is field 14, stime field 15.
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+/// 2,000 connections that send part of `GET /ws/` and stop must cost the hub almost
+/// nothing while they wait: the sniff waits for readability, it does not poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_handshakes_cost_the_hub_almost_no_cpu() {
+    let mut hub = hub_process().start();
+    let pid = hub.pid().expect("running");
+    let mut stalled = Vec::new();
+    for _ in 0..2_000 {
+        let mut s = TcpStream::connect(hub.addr()).await.expect("connect");
+        s.write_all(b"GET /w").await.expect("write");
+        stalled.push(s);
+    }
+    // Let the hub accept them all and settle, then measure over a few seconds.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let before = cpu_ticks(pid);
+    let window = Duration::from_secs(3);
+    tokio::time::sleep(window).await;
+    let used = cpu_ticks(pid) - before;
+    // 5% of one core over the window, in ticks (USER_HZ is 100 on Linux).
+    let budget = window.as_secs() * 100 * 5 / 100;
+    assert!(
+        used <= budget,
+        "2000 stalled handshakes cost the hub {used} ticks in {window:?} (budget {budget})"
+    );
+    drop(stalled);
+    assert_eq!(hub.stop().await.code(), Some(0));
+}
+
+/// The status and body of what the hub answers to `bytes`, once it closes.
+async fn answer_to(addr: SocketAddr, bytes: &[u8]) -> (u16, Value) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(bytes).await.expect("write");
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut buf))
+        .await
+        .expect("an answer in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("{text:?}"));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{head}"));
+    (status, serde_json::from_str(body).unwrap_or_else(|_| panic!("{text}")))
+}
+
+/// A request that stays incomplete gets 408, a malformed one 400 and an oversized one
+/// 431, each with a JSON body and counted under its own reason.
+#[tokio::test]
+async fn incomplete_malformed_and_oversized_handshakes_get_408_400_431_and_are_counted() {
+    let app = spawn_app().await;
+    let addr = app.addr;
+    let stalled_prefix = tokio::spawn(answer_to(addr, b"GET /w"));
+    let stalled_headers = tokio::spawn(answer_to(addr, b"GET /ws/r/c HTTP/1.1\r\nHost: x\r\n"));
+    let (status, body) = answer_to(addr, b"GET /ws/r/c HTTP/1.1\r\nHo st\x01: x\r\n\r\n").await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("bad_request")));
+    let huge = format!(
+        "GET /ws/r/c HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
+        "p".repeat(9_000)
+    );
+    let (status, body) = answer_to(addr, huge.as_bytes()).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (431, Some("headers_too_large"))
+    );
+    for stalled in [stalled_prefix, stalled_headers] {
+        let (status, body) = stalled.await.expect("task");
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (408, Some("request_timeout"))
+        );
+        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    let metrics = app.get("/metrics").await.1;
+    for line in [
+        "telehub_connections_rejected_total{reason=\"request_timeout\"} 2",
+        "telehub_connections_rejected_total{reason=\"bad_request\"} 1",
+        "telehub_connections_rejected_total{reason=\"headers_too_large\"} 1",
+        "telehub_connections_rejected_total{reason=\"invalid_query\"} 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "no `{line}` in\n{metrics}");
+    }
+    app.stop().await;
+}
