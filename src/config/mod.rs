@@ -79,6 +79,16 @@ pub struct LimitsConfig {
     pub command_timeout_ms: u64,
     /// How long an empty room keeps its offset and deduplication state before it is freed.
     pub empty_room_ttl_ms: u64,
+    /// Series one room may hold at most (`series_limit` past it), so one room cannot
+    /// spend the hub-wide `history.max_series` of every other room.
+    pub max_series_per_room: usize,
+    /// Series one device (a client id in a room) may create at most (`series_limit`
+    /// past it), so one device inventing metric names cannot fill its room.
+    pub max_series_per_device: usize,
+    /// How far ahead of the hub's clock a reading's `ts` may be, in milliseconds
+    /// (`invalid_field` past it): a far-future point would never leave the retention
+    /// window, so its series would never expire.
+    pub max_future_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -111,6 +121,9 @@ impl Default for LimitsConfig {
             max_pending_commands: 256,
             command_timeout_ms: 60_000,
             empty_room_ttl_ms: 300_000,
+            max_series_per_room: 2_000,
+            max_series_per_device: 256,
+            max_future_ms: 86_400_000,
         }
     }
 }
@@ -243,13 +256,15 @@ impl Settings {
     /// Checks the values that types alone cannot: zero sizes, tiny frames, bad rates.
     fn validate(&self) -> Result<(), (&'static str, String)> {
         let l = &self.limits;
-        let positive: [(&'static str, usize); 6] = [
+        let positive: [(&'static str, usize); 8] = [
             ("limits.max_connections", l.max_connections),
             ("limits.max_rooms", l.max_rooms),
             ("limits.max_members_per_room", l.max_members_per_room),
             ("limits.outbound_queue", l.outbound_queue),
             ("limits.max_batch", l.max_batch),
             ("limits.max_pending_commands", l.max_pending_commands),
+            ("limits.max_series_per_room", l.max_series_per_room),
+            ("limits.max_series_per_device", l.max_series_per_device),
         ];
         for (key, value) in positive {
             if value == 0 {

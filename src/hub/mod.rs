@@ -25,7 +25,7 @@ use crate::config::LimitsConfig;
 use crate::hub::mailbox::{Close, Mailbox};
 use crate::hub::room::{Member, Published, Room, RoomSummary, Since};
 use crate::metrics::{Metrics, Rejection};
-use crate::sinks::history::History;
+use crate::sinks::history::{History, SeriesCaps};
 use telehub_protocol::inbound::{AckIn, CommandIn, ProtoError, ReadingIn};
 use telehub_protocol::role::{Role, Via};
 
@@ -215,8 +215,14 @@ impl Hub {
     }
 
     /// Publishes a device's readings into its room: the seam every reading goes through.
-    pub(crate) fn publish(&self, from: &Membership, items: Vec<ReadingIn>) -> Published {
+    /// A reading whose `ts` is more than `limits.max_future_ms` ahead of the hub's clock
+    /// is refused here, for every source (counted in [`Published::future_ts`]).
+    pub(crate) fn publish(&self, from: &Membership, mut items: Vec<ReadingIn>) -> Published {
         let now = now_ms();
+        let latest = self.latest_ts(now);
+        let before = items.len();
+        items.retain(|r| r.ts.is_none_or(|ts| ts <= latest));
+        let future_ts = before - items.len();
         let taps = match self.inner.taps.get() {
             Some(taps) if from.via == Via::Ws && !taps.is_empty() => Some((taps, items.clone())),
             _ => None,
@@ -226,8 +232,16 @@ impl Hub {
             items,
             now,
             self.inner.limits.max_members_per_room * 2,
+            SeriesCaps {
+                per_room: self.inner.limits.max_series_per_room,
+                per_device: self.inner.limits.max_series_per_device,
+            },
             &self.inner.metrics,
         );
+        let published = Published {
+            future_ts,
+            ..published
+        };
         let m = &self.inner.metrics;
         m.readings_in(published.accepted);
         m.duplicates(published.duplicates);
@@ -239,6 +253,12 @@ impl Hub {
             }
         }
         published
+    }
+
+    /// The latest `ts` a reading may carry at `now_ms` (`limits.max_future_ms` ahead).
+    pub(crate) fn latest_ts(&self, now_ms: i64) -> i64 {
+        let ahead = i64::try_from(self.inner.limits.max_future_ms).unwrap_or(i64::MAX);
+        now_ms.saturating_add(ahead)
     }
 
     /// Installs the reading taps (once, at start-up; later calls are ignored).

@@ -16,7 +16,7 @@ use crate::hub::dedup::SeqWindow;
 use crate::hub::mailbox::{Close, CommandLetter, Letter, Mailbox, Push};
 use crate::metrics::Metrics;
 use crate::net::ws::frames::{self, Frame, ReadingOut};
-use crate::sinks::history::{Record, RoomHistory};
+use crate::sinks::history::{HistoryError, Record, RoomHistory, SeriesCaps};
 use telehub_protocol::codes::ErrorCode;
 use telehub_protocol::inbound::{AckIn, CommandIn, ProtoError, ReadingIn};
 use telehub_protocol::outbound::MemberInfo;
@@ -70,8 +70,12 @@ pub(crate) struct Published {
     pub duplicates: usize,
     /// Highest `seq` among the message's readings (accepted or duplicate).
     pub max_seq: Option<u64>,
-    /// Readings refused because they would create a series past `history.max_series`.
+    /// Readings refused because they would create a series past a cap.
     pub series_limited: usize,
+    /// The first cap that refused one: its config key and value.
+    pub series_limit: Option<(&'static str, usize)>,
+    /// Readings refused because their `ts` is past `limits.max_future_ms` (set by the hub).
+    pub future_ts: usize,
 }
 
 /// A room as `GET /api/rooms` lists it.
@@ -88,6 +92,16 @@ pub(crate) struct RoomSummary {
 pub(crate) struct MemberSummary {
     pub client: Arc<str>,
     pub via: Via,
+}
+
+/// The config key and value of the cap behind a refused new series.
+fn series_cap(e: &HistoryError) -> Option<(&'static str, usize)> {
+    match *e {
+        HistoryError::SeriesLimit { max } => Some(("history.max_series", max)),
+        HistoryError::RoomSeriesLimit { max } => Some(("limits.max_series_per_room", max)),
+        HistoryError::DeviceSeriesLimit { max } => Some(("limits.max_series_per_device", max)),
+        _ => None,
+    }
 }
 
 /// Queues `frame` for one member; a full queue closes it as a slow consumer.
@@ -259,6 +273,7 @@ impl Room {
         items: Vec<ReadingIn>,
         now_ms: i64,
         max_dedup: usize,
+        caps: SeriesCaps,
         metrics: &Metrics,
     ) -> Published {
         let mut out = Published::default();
@@ -282,22 +297,29 @@ impl Room {
                 }
             }
             let ts = item.ts.unwrap_or(now_ms);
-            let recorded = self.history.record(&Record {
-                device,
-                metric: &item.metric,
-                unit: item.unit.as_deref(),
-                ts,
-                value: item.value,
-                seq: item.seq,
-            });
-            let Ok(offset) = recorded else {
-                // Past `history.max_series`: refused, so forget its seq (a resend after
-                // the cap is raised or series expire must not count as a duplicate).
-                if let (Some(seq), Some(window)) = (item.seq, st.dedup.get_mut(device)) {
-                    window.remove(seq);
+            let recorded = self.history.record_capped(
+                &Record {
+                    device,
+                    metric: &item.metric,
+                    unit: item.unit.as_deref(),
+                    ts,
+                    value: item.value,
+                    seq: item.seq,
+                },
+                caps,
+            );
+            let offset = match recorded {
+                Ok(offset) => offset,
+                Err(e) => {
+                    // Past a series cap: refused, so forget its seq (a resend after the
+                    // cap is raised or series expire must not count as a duplicate).
+                    if let (Some(seq), Some(window)) = (item.seq, st.dedup.get_mut(device)) {
+                        window.remove(seq);
+                    }
+                    out.series_limited += 1;
+                    out.series_limit = out.series_limit.or_else(|| series_cap(&e));
+                    continue;
                 }
-                out.series_limited += 1;
-                continue;
             };
             if let Some(seq) = item.seq {
                 out.max_seq = Some(out.max_seq.map_or(seq, |m: u64| m.max(seq)));

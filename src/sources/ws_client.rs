@@ -350,13 +350,21 @@ impl Reader<'_> {
         }
         let count = valid.len();
         let published = self.hub.publish(self.membership, valid);
-        if published.series_limited > 0 {
+        if published.future_ts > 0 {
+            self.reply_error(ProtoError::new(
+                ErrorCode::InvalidField,
+                format!(
+                    "{} reading(s) refused: field `ts` is more than {} ms ahead of the hub's clock (limits.max_future_ms)",
+                    published.future_ts, limits.max_future_ms
+                ),
+            ));
+        }
+        if let Some((key, max)) = published.series_limit {
             self.reply_error(ProtoError::new(
                 ErrorCode::SeriesLimit,
                 format!(
-                    "{} reading(s) refused: the hub keeps at most {} series (history.max_series) and they would create more",
-                    published.series_limited,
-                    self.hub.history().config().max_series
+                    "{} reading(s) refused: they would create series past {key} ({max})",
+                    published.series_limited
                 ),
             ));
         }

@@ -349,3 +349,65 @@ async fn incomplete_malformed_and_oversized_handshakes_get_408_400_431_and_are_c
     }
     app.stop().await;
 }
+
+/// One device inventing metric names fills its own room's and its own series budget,
+/// not the hub's: other rooms keep creating series. Each cap is refused with
+/// `series_limit`, the message naming the limit.
+#[tokio::test]
+async fn one_device_cannot_exhaust_the_series_of_the_whole_hub() {
+    let app = spawn_app_with(|s| {
+        s.history.max_series = 10;
+        s.limits.max_series_per_room = 6;
+        s.limits.max_series_per_device = 4;
+    })
+    .await;
+    let (mut spam, _) = app.connect("spam", "inventor", "device").await;
+    for i in 0..5u64 {
+        spam.reading(&format!("m{i}"), 1.0, i + 1).await;
+    }
+    let (code, message) = spam.next_error().await;
+    assert_eq!(code, "series_limit");
+    assert!(message.contains("limits.max_series_per_device"), "{message}");
+    // A second device in the same room meets the room's cap.
+    let (mut other, _) = app.connect("spam", "second", "device").await;
+    for i in 0..3u64 {
+        other.reading(&format!("m{i}"), 1.0, i + 1).await;
+    }
+    let (code, message) = other.next_error().await;
+    assert_eq!(code, "series_limit");
+    assert!(message.contains("limits.max_series_per_room"), "{message}");
+    // Another room still creates series: the hub-wide budget is not spent.
+    let (mut fine, _) = app.connect("quiet", "t1", "device").await;
+    let (mut dash, _) = app.connect("quiet", "dash", "dashboard").await;
+    fine.reading("temperature", 21.0, 1).await;
+    fine.reading("humidity", 40.0, 2).await;
+    assert_eq!(dash.recv_type("reading").await["metric"], "temperature");
+    assert_eq!(dash.recv_type("reading").await["metric"], "humidity");
+    app.stop().await;
+}
+
+/// A `ts` more than `limits.max_future_ms` ahead of the hub's clock would make a
+/// series that never expires: refused with `invalid_field`.
+#[tokio::test]
+async fn a_timestamp_far_in_the_future_is_refused() {
+    let app = spawn_app_with(|s| s.limits.max_future_ms = 60_000).await;
+    let (mut dev, _) = app.connect("future", "dev", "device").await;
+    let (mut dash, _) = app.connect("future", "dash", "dashboard").await;
+    let now = chrono::Utc::now().timestamp_millis();
+    dev.send_json(json!({"type":"reading","metric":"t","value":1,"ts":"9999-12-31T00:00:00Z"}))
+        .await;
+    let (code, message) = dev.next_error().await;
+    assert_eq!(code, "invalid_field");
+    assert!(message.contains("limits.max_future_ms"), "{message}");
+    dev.send_json(json!({"type":"readings","items":[
+        {"metric":"t","value":2,"ts":now + 3_600_000},
+        {"metric":"t","value":3,"ts":now + 30_000},
+    ]}))
+    .await;
+    let (code, _) = dev.next_error().await;
+    assert_eq!(code, "invalid_field");
+    // Only the reading within the allowance arrives.
+    assert_eq!(dash.recv_type("reading").await["value"], 3.0);
+    dash.expect_silence(200).await;
+    app.stop().await;
+}

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::durable::StoredReading;
-use super::{Common, HistoryError, Point, Record, Replayed, SeriesKey};
+use super::{Common, HistoryError, Point, Record, Replayed, SeriesCaps, SeriesKey};
 
 /// One series' ring of points and its last value.
 pub(super) struct Series {
@@ -61,6 +61,8 @@ pub(super) struct RoomInner {
     /// The last offset given out (0: none yet).
     pub(super) offset: u64,
     pub(super) series: HashMap<Arc<str>, HashMap<Arc<str>, Series>>,
+    /// How many series `series` holds (against [`SeriesCaps::per_room`]).
+    pub(super) series_count: usize,
     pub(super) log: VecDeque<Entry>,
 }
 
@@ -99,6 +101,12 @@ impl RoomHistory {
     /// under its own lock, so offsets are given out in the order readings are fanned out.
     /// Cheap: no JSON, and no allocation unless the series is new or its unit changed.
     pub fn record(&self, r: &Record<'_>) -> Result<u64, HistoryError> {
+        self.record_capped(r, SeriesCaps::NONE)
+    }
+
+    /// [`RoomHistory::record`], refusing a new series past `caps` as well as past the
+    /// hub-wide `max_series`.
+    pub fn record_capped(&self, r: &Record<'_>, caps: SeriesCaps) -> Result<u64, HistoryError> {
         let cfg = &self.common.config;
         let mut guard = self.lock();
         let inner = &mut *guard;
@@ -109,7 +117,16 @@ impl RoomHistory {
         let series = match by_metric.get_mut(r.metric) {
             Some(s) => s,
             None => {
+                if inner.series_count >= caps.per_room {
+                    return Err(HistoryError::RoomSeriesLimit { max: caps.per_room });
+                }
+                if by_metric.len() >= caps.per_device {
+                    return Err(HistoryError::DeviceSeriesLimit {
+                        max: caps.per_device,
+                    });
+                }
                 self.reserve_series()?;
+                inner.series_count += 1;
                 let metric: Arc<str> = Arc::from(r.metric);
                 let key = Arc::new(SeriesKey {
                     device: r.device.clone(),
@@ -266,6 +283,7 @@ impl RoomHistory {
             });
         }
         inner.series.retain(|_, m| !m.is_empty());
+        inner.series_count = inner.series_count.saturating_sub(dropped);
         if inner.series.is_empty() {
             // Nothing of the room is within the retention window any more.
             self.forget_log(&mut inner.log);
@@ -285,6 +303,7 @@ impl RoomHistory {
             Some(s) => s,
             None => {
                 self.reserve_series()?;
+                inner.series_count += 1;
                 by_metric
                     .entry(r.key.metric.clone())
                     .or_insert_with(|| Series::new(r.key.clone(), r.ts, r.value))
