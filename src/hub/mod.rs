@@ -17,13 +17,13 @@ pub(crate) mod mailbox;
 pub(crate) mod room;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use crate::config::LimitsConfig;
 use crate::hub::mailbox::{Close, Mailbox};
-use crate::hub::room::{Member, Published, Room, RoomSummary, Since};
+use crate::hub::room::{CatchUpStep, Member, Published, Room, RoomJoinError, RoomSummary, Since};
 use crate::metrics::{Metrics, Rejection};
 use crate::sinks::history::{History, SeriesCaps};
 use telehub_protocol::inbound::{AckIn, CommandIn, ProtoError, ReadingIn};
@@ -82,9 +82,34 @@ pub(crate) struct Membership {
     via: Via,
     conn: u64,
     mailbox: Arc<Mailbox>,
+    /// A dashboard that joined with `since` and has not caught up with the room yet.
+    catching_up: AtomicBool,
 }
 
+/// Readings in one page of a catching-up dashboard's replay at most; the page is also
+/// kept to half the outbound queue, so the frames that arrive meanwhile (presence, acks)
+/// still fit. A page is queued only once the previous one has been written.
+const REPLAY_PAGE: usize = 256;
+
 impl Membership {
+    /// For a dashboard still replaying the room log: queues its next page once its
+    /// queue has drained (the session calls this when it has written everything).
+    /// Returns true if it did anything (a page, a switch to live, a close), so the
+    /// session takes the queue again; false once the member is live.
+    pub(crate) fn catch_up(&self) -> bool {
+        if !self.catching_up.load(Ordering::Relaxed) {
+            return false;
+        }
+        let page = REPLAY_PAGE
+            .min(self.hub.inner.limits.outbound_queue / 2)
+            .max(1);
+        let step = self.room.catch_up(self.conn, page, &self.hub.inner.metrics);
+        if step != CatchUpStep::Page {
+            self.catching_up.store(false, Ordering::Relaxed);
+        }
+        true
+    }
+
     pub(crate) fn room(&self) -> &Arc<Room> {
         &self.room
     }
@@ -155,7 +180,7 @@ impl Hub {
     /// already queued in the returned membership's mailbox.
     pub(crate) fn join(
         &self,
-        room: &str,
+        room_name: &str,
         client: &str,
         role: Role,
         via: Via,
@@ -167,40 +192,29 @@ impl Hub {
         ));
         let conn = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
         let client: Arc<str> = client.into();
-        let room = {
-            // The map stays locked across the room's join so that the sweeper cannot
-            // free a room between our lookup and our arrival.
-            let mut rooms = self.rooms();
-            let room = match rooms.get(room) {
-                Some(r) => r.clone(),
-                None => {
-                    if rooms.len() >= self.inner.limits.max_rooms {
-                        return Err(JoinError::TooManyRooms);
-                    }
-                    let name: Arc<str> = room.into();
-                    let history = self.inner.history.room(&name);
-                    let r = Arc::new(Room::new(name.clone(), history));
-                    rooms.insert(name, r.clone());
-                    self.inner.metrics.rooms(rooms.len());
-                    r
-                }
-            };
+        // The hub-wide map is locked only to find or create the room; the join itself
+        // (snapshot, replay cursor) takes that room's lock alone, so joins in other rooms
+        // never wait for it. A room the sweeper freed in between says so, and the join
+        // goes round again for a new one.
+        let (room, catching_up) = loop {
+            let room = self.room_for(room_name)?;
             let member = Member {
                 role,
                 via,
                 conn,
                 mailbox: mailbox.clone(),
             };
-            if !room.join(
+            match room.join(
                 &client,
                 member,
                 self.inner.limits.max_members_per_room,
                 since,
                 &self.inner.metrics,
             ) {
-                return Err(JoinError::RoomFull);
+                Ok(catching_up) => break (room, catching_up),
+                Err(RoomJoinError::Full) => return Err(JoinError::RoomFull),
+                Err(RoomJoinError::Retired) => continue,
             }
-            room
         };
         self.inner.metrics.connected(role, 1);
         Ok(Membership {
@@ -211,7 +225,25 @@ impl Hub {
             via,
             conn,
             mailbox,
+            catching_up: AtomicBool::new(catching_up),
         })
+    }
+
+    /// The room called `name`, created if the hub has room for one more.
+    fn room_for(&self, name: &str) -> Result<Arc<Room>, JoinError> {
+        let mut rooms = self.rooms();
+        if let Some(r) = rooms.get(name) {
+            return Ok(r.clone());
+        }
+        if rooms.len() >= self.inner.limits.max_rooms {
+            return Err(JoinError::TooManyRooms);
+        }
+        let name: Arc<str> = name.into();
+        let history = self.inner.history.room(&name);
+        let r = Arc::new(Room::new(name.clone(), history));
+        rooms.insert(name, r.clone());
+        self.inner.metrics.rooms(rooms.len());
+        Ok(r)
     }
 
     /// Publishes a device's readings into its room: the seam every reading goes through.
@@ -298,7 +330,7 @@ impl Hub {
         let ttl = Duration::from_millis(self.inner.limits.empty_room_ttl_ms);
         let timeout = Duration::from_millis(self.inner.limits.command_timeout_ms);
         let mut rooms = self.rooms();
-        rooms.retain(|_, room| !room.empty_for(ttl));
+        rooms.retain(|_, room| !room.retire_if_empty_for(ttl));
         self.inner.metrics.rooms(rooms.len());
         for room in rooms.values() {
             room.expire_commands(timeout);

@@ -99,6 +99,11 @@ pub(crate) async fn run(
         if out.is_empty() && !close_sent {
             let (letters, close) = mailbox.take();
             out.fill(letters);
+            // Everything is written: a dashboard still replaying gets its next page now,
+            // so the replay goes at the client's pace and never piles up in the queue.
+            if out.is_empty() && close.is_none() && membership.catch_up() {
+                continue;
+            }
             if out.is_empty() {
                 if let Some(close) = close {
                     send_close(&mut write, &mut out, close).await;

@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::helpers::{hub_process, spawn_app, spawn_app_with, Client, WAIT};
+use crate::helpers::{http_get, hub_process, spawn_app, spawn_app_with, Client, WAIT};
 
 /// A `TELEHUB_*` variable that is not `TELEHUB_{SECTION}_{KEY}` of a known section
 /// (the testkit's own `TELEHUB_BIN`, for one) is ignored with a warning; an unknown key
@@ -238,8 +238,11 @@ async fn a_batch_of_invalid_items_gets_a_few_errors_and_one_summary() {
     })
     .await;
     let (mut dev, _) = app.connect("items", "dev", "device").await;
-    let items: Vec<_> = (0..256).map(|_| json!({"metric":"t","value":"x"})).collect();
-    dev.send_json(json!({"type":"readings","items":items})).await;
+    let items: Vec<_> = (0..256)
+        .map(|_| json!({"metric":"t","value":"x"}))
+        .collect();
+    dev.send_json(json!({"type":"readings","items":items}))
+        .await;
     let (errors, _) = answers_within(&mut dev, 600).await;
     assert!(
         (2..=5).contains(&errors.len()),
@@ -248,7 +251,8 @@ async fn a_batch_of_invalid_items_gets_a_few_errors_and_one_summary() {
     );
     // The batch spent 256 of the 400 tokens: a second one is cut short.
     let items: Vec<_> = (0..256).map(|i| json!({"metric":"t","value":i})).collect();
-    dev.send_json(json!({"type":"readings","items":items})).await;
+    dev.send_json(json!({"type":"readings","items":items}))
+        .await;
     let (code, message) = dev.next_error().await;
     assert_eq!(code, "rate_limited", "{message}");
     app.stop().await;
@@ -302,13 +306,18 @@ async fn answer_to(addr: SocketAddr, bytes: &[u8]) -> (u16, Value) {
         .expect("an answer in time")
         .expect("read");
     let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("{text:?}"));
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("{text:?}"));
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("{head}"));
-    (status, serde_json::from_str(body).unwrap_or_else(|_| panic!("{text}")))
+    (
+        status,
+        serde_json::from_str(body).unwrap_or_else(|_| panic!("{text}")),
+    )
 }
 
 /// A request that stays incomplete gets 408, a malformed one 400 and an oversized one
@@ -345,7 +354,10 @@ async fn incomplete_malformed_and_oversized_handshakes_get_408_400_431_and_are_c
         "telehub_connections_rejected_total{reason=\"headers_too_large\"} 1",
         "telehub_connections_rejected_total{reason=\"invalid_query\"} 0",
     ] {
-        assert!(metrics.lines().any(|l| l == line), "no `{line}` in\n{metrics}");
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no `{line}` in\n{metrics}"
+        );
     }
     app.stop().await;
 }
@@ -367,7 +379,10 @@ async fn one_device_cannot_exhaust_the_series_of_the_whole_hub() {
     }
     let (code, message) = spam.next_error().await;
     assert_eq!(code, "series_limit");
-    assert!(message.contains("limits.max_series_per_device"), "{message}");
+    assert!(
+        message.contains("limits.max_series_per_device"),
+        "{message}"
+    );
     // A second device in the same room meets the room's cap.
     let (mut other, _) = app.connect("spam", "second", "device").await;
     for i in 0..3u64 {
@@ -409,5 +424,154 @@ async fn a_timestamp_far_in_the_future_is_refused() {
     // Only the reading within the allowance arrives.
     assert_eq!(dash.recv_type("reading").await["value"], 3.0);
     dash.expect_silence(200).await;
+    app.stop().await;
+}
+
+/// Sends `n` readings, 256 to a batch.
+async fn fill_log(dev: &mut Client, n: u64) {
+    let mut seq = 0u64;
+    while seq < n {
+        let items: Vec<_> = (0..256.min(n - seq))
+            .map(|_| {
+                seq += 1;
+                json!({"metric":"m","value":1.0,"seq":seq})
+            })
+            .collect();
+        dev.send_json(json!({"type":"readings","items":items}))
+            .await;
+    }
+}
+
+/// A room whose recovery log holds `n` readings, on a hub with an outbound queue of 64.
+async fn hub_with_a_deep_log(n: u64) -> crate::helpers::TestApp {
+    let app = spawn_app_with(|s| {
+        s.limits.outbound_queue = 64;
+        s.limits.rate_per_sec = 1e9;
+        s.limits.rate_burst = 1e9;
+        s.history.room_log_len = n as usize;
+    })
+    .await;
+    let (mut dev, _) = app.connect("deep", "dev", "device").await;
+    fill_log(&mut dev, n).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !app
+        .get("/api/rooms")
+        .await
+        .1
+        .contains(&format!("\"offset\":{n}"))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the log never filled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app
+}
+
+/// Resident memory of process `pid`, in bytes (`VmRSS` of `/proc/PID/status`).
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kb * 1024
+}
+
+/// A `since=0` replay streams as the client reads: dashboards that never read hold no
+/// more than a page of it each in the hub (the rest waits in the log it already has),
+/// not a copy of the whole room log apiece. Measured as the hub process's memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_to_dashboards_that_never_read_holds_no_copy_of_the_log() {
+    const N: u64 = 100_000;
+    const STUCK: usize = 5;
+    let hub = hub_process()
+        .env("TELEHUB_LIMITS_RATE_PER_SEC", "1000000000")
+        .env("TELEHUB_LIMITS_RATE_BURST", "1000000000")
+        .env("TELEHUB_LIMITS_OUTBOUND_QUEUE", "64")
+        .env("TELEHUB_HISTORY_ROOM_LOG_LEN", N.to_string())
+        .start();
+    let pid = hub.pid().expect("running");
+    let mut dev = Client::connect(&hub.ws_url("deep", "dev", "role=device"))
+        .await
+        .expect("device");
+    fill_log(&mut dev, N).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !http_get(hub.addr(), "/api/rooms", "")
+        .await
+        .1
+        .contains(&format!("\"offset\":{N}"))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the log never filled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = rss_bytes(pid);
+    let mut stuck = Vec::new();
+    for i in 0..STUCK {
+        let url = hub.ws_url("deep", &format!("stuck{i}"), "role=dashboard&since=0");
+        stuck.push(Client::connect_small_buffer(&url, hub.addr()).await);
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let grown = rss_bytes(pid).saturating_sub(before);
+    // A copy of the log as frames is over 12 MB per dashboard; a page is a few KiB.
+    assert!(
+        grown < 20 << 20,
+        "{STUCK} stuck since=0 dashboards grew the hub by {} MiB",
+        grown >> 20
+    );
+    drop(stuck);
+}
+
+/// While one room replays a big log to several dashboards that come back with
+/// `since=0` at once, a join in another room does not wait for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_in_other_rooms_proceed_while_one_room_replays_a_big_log() {
+    let app = hub_with_a_deep_log(100_000).await;
+    let joins: Vec<_> = (0..8)
+        .map(|i| {
+            let url = app.ws_url("deep", &format!("back{i}"), "role=dashboard&since=0");
+            tokio::spawn(async move { Client::connect(&url).await.expect("connect") })
+        })
+        .collect();
+    let started = tokio::time::Instant::now();
+    let (_other, _) = app.connect("elsewhere", "dash", "dashboard").await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "a join in another room took {took:?} while one room replayed"
+    );
+    for j in joins {
+        drop(j.await.expect("join"));
+    }
+    app.stop().await;
+}
+
+/// A dashboard still replaying when the log is trimmed past its cursor can no longer
+/// be given what it missed: it is closed as a slow consumer (1013) and recovers later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_overtaken_by_the_log_trim_is_closed_as_a_slow_consumer() {
+    let app = hub_with_a_deep_log(50_000).await;
+    let url = app.ws_url("deep", "stuck", "role=dashboard&since=0");
+    let _stuck = Client::connect_small_buffer(&url, app.addr).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (mut dev, _) = app.connect("deep", "dev2", "device").await;
+    fill_log(&mut dev, 50_000).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = app.get("/metrics").await.1;
+        if metrics.contains("telehub_slow_consumer_disconnects_total 1") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the overtaken replay was never closed:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     app.stop().await;
 }

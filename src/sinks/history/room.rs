@@ -2,8 +2,9 @@
 //! offset-ordered recovery log, and the last value of every series.
 //!
 //! The room (in [`crate::hub::room`]) calls [`RoomHistory::record`] under its own lock for
-//! every accepted reading, which is where offsets are given out; replay and snapshot are
-//! read under the same lock at a dashboard's join. Queries and plots are in
+//! every accepted reading, which is where offsets are given out; the snapshot and a
+//! `?since=` replay's start are read under the same lock at a dashboard's join, and the
+//! replay's pages ([`RoomHistory::replay_page`]) under it as the dashboard reads. Queries and plots are in
 //! [`super::query`].
 
 use std::collections::{HashMap, VecDeque};
@@ -209,8 +210,8 @@ impl RoomHistory {
     /// Replays the log after `since` to `each`, in offset order, and says whether that is
     /// complete. With a different `epoch`, or a `since` older than the oldest kept entry
     /// (or beyond the room's offset), the replay is every kept entry and `recovered` is
-    /// false. The room calls this under its own lock, together with adding the
-    /// dashboard to its subscribers, so nothing published meanwhile is missed or doubled.
+    /// false. All at once (a room rebuilding its duplicate windows, tests); a dashboard's
+    /// replay goes page by page ([`RoomHistory::replay_start`]).
     pub fn replay(
         &self,
         since: u64,
@@ -233,6 +234,46 @@ impl RoomHistory {
             recovered,
             replayed,
         }
+    }
+
+    /// Where a `?since=` replay starts: whether it is complete (see [`RoomHistory::replay`])
+    /// and the first offset to send (past the room's offset when there is nothing).
+    /// Called by the room under its own lock; the pages follow with
+    /// [`RoomHistory::replay_page`] as the dashboard reads.
+    pub fn replay_start(&self, since: u64, epoch: Option<&str>) -> (bool, u64) {
+        let inner = self.lock();
+        let oldest = inner.log.front().map_or(inner.offset + 1, |e| e.offset);
+        let same_epoch = epoch.is_none_or(|e| e == &*self.epoch);
+        let recovered = same_epoch && since <= inner.offset && since + 1 >= oldest;
+        let cursor = if recovered { since + 1 } else { oldest };
+        (recovered, cursor)
+    }
+
+    /// Hands `each` up to `max` log entries from offset `cursor` on, in order, and
+    /// returns the next cursor; `None` when the log no longer holds `cursor` (trimmed
+    /// past it while the dashboard was catching up: it is too slow for this room).
+    pub fn replay_page(
+        &self,
+        cursor: u64,
+        max: usize,
+        mut each: impl FnMut(Replayed<'_>),
+    ) -> Option<u64> {
+        let inner = self.lock();
+        if cursor > inner.offset {
+            return Some(cursor);
+        }
+        let oldest = inner.log.front().map_or(inner.offset + 1, |e| e.offset);
+        if cursor < oldest {
+            return None;
+        }
+        // Log offsets are consecutive, so the first entry is found by arithmetic.
+        let skip = usize::try_from(cursor - oldest).unwrap_or(usize::MAX);
+        let mut next = cursor;
+        for e in inner.log.iter().skip(skip).take(max) {
+            each(replayed_of(e));
+            next = e.offset + 1;
+        }
+        Some(next)
     }
 
     /// The oldest offset the log still holds (`offset + 1` when it is empty).
