@@ -449,9 +449,8 @@ pub(crate) async fn serve_raw<G: Send + Sync + 'static>(
         }
     })
     .await;
-    let malformed = |message: String| {
-        Refused::new(Rejection::BadRequest, StatusCode::BAD_REQUEST, message)
-    };
+    let malformed =
+        |message: String| Refused::new(Rejection::BadRequest, StatusCode::BAD_REQUEST, message);
     let end = match parsed {
         Ok(Ok(Some(n))) => n,
         Ok(Ok(None)) => {

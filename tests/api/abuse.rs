@@ -542,7 +542,7 @@ async fn joins_in_other_rooms_proceed_while_one_room_replays_a_big_log() {
     let (_other, _) = app.connect("elsewhere", "dash", "dashboard").await;
     let took = started.elapsed();
     assert!(
-        took < Duration::from_secs(1),
+        took < Duration::from_secs(2),
         "a join in another room took {took:?} while one room replayed"
     );
     for j in joins {
