@@ -175,9 +175,10 @@ impl Hub {
         self.inner.rooms.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Joins `client` to `room` (creating the room if needed) with a fresh mailbox. The
-    /// welcome (and for a dashboard the snapshot and, with `since`, the replay) is
-    /// already queued in the returned membership's mailbox.
+    /// Joins `client` to `room_name` (creating the room if needed) with a fresh mailbox.
+    /// The welcome (and for a dashboard the snapshot) is already queued in the returned
+    /// membership's mailbox; a `since` replay follows page by page as the session calls
+    /// [`Membership::catch_up`].
     pub(crate) fn join(
         &self,
         room_name: &str,
