@@ -143,6 +143,9 @@ fn main() -> ExitCode {
         settings.server.dashboard_dir = Some(dir);
     }
     telehub::telemetry::init(&settings.server.log);
+    for var in Settings::ignored_env(std::env::vars()) {
+        tracing::warn!(%var, "ignored: not TELEHUB_{{SECTION}}_{{KEY}} of a config section");
+    }
     match serve(settings, args.demo) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -42,10 +42,16 @@ pub(crate) enum Rejection {
     OriginNotAllowed,
     /// A token in the query string (400).
     TokenInQuery,
+    /// The request stayed incomplete past the handshake timeout (408).
+    RequestTimeout,
+    /// The request is not valid HTTP/1.1 (400).
+    BadRequest,
+    /// The handshake request is over its size or header-count limit (431).
+    HeadersTooLarge,
 }
 
 impl Rejection {
-    pub(crate) const ALL: [Rejection; 13] = [
+    pub(crate) const ALL: [Rejection; 16] = [
         Rejection::InvalidRoom,
         Rejection::InvalidClient,
         Rejection::InvalidRole,
@@ -59,6 +65,9 @@ impl Rejection {
         Rejection::Forbidden,
         Rejection::OriginNotAllowed,
         Rejection::TokenInQuery,
+        Rejection::RequestTimeout,
+        Rejection::BadRequest,
+        Rejection::HeadersTooLarge,
     ];
 
     /// The `error` code of the JSON body, also the metric label.
@@ -77,6 +86,9 @@ impl Rejection {
             Rejection::Forbidden => "forbidden",
             Rejection::OriginNotAllowed => "origin_not_allowed",
             Rejection::TokenInQuery => "token_in_query",
+            Rejection::RequestTimeout => "request_timeout",
+            Rejection::BadRequest => "bad_request",
+            Rejection::HeadersTooLarge => "headers_too_large",
         }
     }
 }

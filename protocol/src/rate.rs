@@ -1,9 +1,10 @@
 //! The token bucket: `rate` tokens a second, at most `burst` saved up.
 //!
 //! The hub keeps one per connection and charges a token per reading (a `readings` batch of
-//! N costs N), per command, per ack and per message it cannot parse, so a client that
-//! floods gets `rate_limited` for the excess instead of the hub doing unbounded work on
-//! its behalf ([`TokenBucket::take`]). The simulator keeps
+//! N costs N, valid items or not) and one for every other message (a command, an ack, a
+//! ping or pong, a binary frame, one it cannot parse), so a client that floods gets
+//! `rate_limited` for the excess instead of the hub doing unbounded work on its behalf
+//! ([`TokenBucket::take`]). The simulator keeps
 //! one per device to stay under that limit even when it resends a large buffer after a
 //! reconnect ([`TokenBucket::available_at`], [`TokenBucket::wait_for`]).
 //!

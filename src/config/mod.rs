@@ -5,6 +5,9 @@
 //! at the repository root), the file given by `--config` (or `./config.toml` when it
 //! exists), then `TELEHUB_{SECTION}_{KEY}` environment variables (for example
 //! `TELEHUB_SERVER_LISTEN=0.0.0.0:8080`, `TELEHUB_LIMITS_OUTBOUND_QUEUE=1024`).
+//! Only variables naming a known section are overrides, and an unknown key in one stops
+//! start-up; any other `TELEHUB_*` (a test kit's `TELEHUB_BIN`, say) is ignored with a
+//! warning ([`Settings::ignored_env`]), so a stray variable cannot stop the hub.
 //! Command-line flags are applied by `main` on top of all that.
 
 use std::net::SocketAddr;
@@ -80,6 +83,16 @@ pub struct LimitsConfig {
     pub command_timeout_ms: u64,
     /// How long an empty room keeps its offset and deduplication state before it is freed.
     pub empty_room_ttl_ms: u64,
+    /// Series one room may hold at most (`series_limit` past it), so one room cannot
+    /// spend the hub-wide `history.max_series` of every other room.
+    pub max_series_per_room: usize,
+    /// Series one device (a client id in a room) may create at most (`series_limit`
+    /// past it), so one device inventing metric names cannot fill its room.
+    pub max_series_per_device: usize,
+    /// How far ahead of the hub's clock a reading's `ts` may be, in milliseconds
+    /// (`invalid_field` past it): a far-future point would never leave the retention
+    /// window, so its series would never expire.
+    pub max_future_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -112,6 +125,9 @@ impl Default for LimitsConfig {
             max_pending_commands: 256,
             command_timeout_ms: 60_000,
             empty_room_ttl_ms: 300_000,
+            max_series_per_room: 2_000,
+            max_series_per_device: 256,
+            max_future_ms: 86_400_000,
         }
     }
 }
@@ -178,20 +194,11 @@ impl Settings {
             message: e.to_string(),
         })?;
         let mut from_env: Vec<(String, String)> = Vec::new();
+        let sections = known_sections();
         for (var, value) in env {
-            let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
+            let Some((section, key)) = override_of(&var, &sections) else {
                 continue;
             };
-            if ENV_NOT_OVERRIDES.contains(&var.as_str()) {
-                continue;
-            }
-            let Some((section, key)) = rest.split_once('_') else {
-                return Err(ConfigError::Env {
-                    var,
-                    message: "expected TELEHUB_{SECTION}_{KEY}".into(),
-                });
-            };
-            let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
             let entry = table
                 .entry(section.clone())
                 .or_insert_with(|| toml::Value::Table(toml::Table::new()));
@@ -261,13 +268,15 @@ impl Settings {
     /// Checks the values that types alone cannot: zero sizes, tiny frames, bad rates.
     fn validate(&self) -> Result<(), (&'static str, String)> {
         let l = &self.limits;
-        let positive: [(&'static str, usize); 6] = [
+        let positive: [(&'static str, usize); 8] = [
             ("limits.max_connections", l.max_connections),
             ("limits.max_rooms", l.max_rooms),
             ("limits.max_members_per_room", l.max_members_per_room),
             ("limits.outbound_queue", l.outbound_queue),
             ("limits.max_batch", l.max_batch),
             ("limits.max_pending_commands", l.max_pending_commands),
+            ("limits.max_series_per_room", l.max_series_per_room),
+            ("limits.max_series_per_device", l.max_series_per_device),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -287,6 +296,44 @@ impl Settings {
             return Err(("server.ping_interval_ms", "must be at least 100".into()));
         }
         self.history.validate()
+    }
+}
+
+/// The sections of [`Settings`] (`server`, `limits`, ...), read off its serialised
+/// defaults so a new section is known without a list to keep in step.
+fn known_sections() -> Vec<String> {
+    match toml::Value::try_from(Settings::default()) {
+        Ok(toml::Value::Table(t)) => t.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `(section, key)`, lowercased, if `var` is `TELEHUB_{SECTION}_{KEY}` of a known section.
+/// Anything else with the prefix (`TELEHUB_CONFIG`, a test kit's `TELEHUB_BIN`) is not
+/// an override: a stray variable in the environment must not stop start-up.
+fn override_of(var: &str, sections: &[String]) -> Option<(String, String)> {
+    let rest = var.strip_prefix(ENV_PREFIX)?;
+    if ENV_NOT_OVERRIDES.contains(&var) {
+        return None;
+    }
+    let (section, key) = rest.split_once('_')?;
+    let section = section.to_ascii_lowercase();
+    (!key.is_empty() && sections.contains(&section)).then(|| (section, key.to_ascii_lowercase()))
+}
+
+impl Settings {
+    /// The `TELEHUB_*` variables of `env` that are not overrides and are ignored (for
+    /// the binary to warn about once logging is set up), `TELEHUB_CONFIG` aside.
+    pub fn ignored_env(env: impl IntoIterator<Item = (String, String)>) -> Vec<String> {
+        let sections = known_sections();
+        env.into_iter()
+            .map(|(var, _)| var)
+            .filter(|var| {
+                var.starts_with(ENV_PREFIX)
+                    && !ENV_NOT_OVERRIDES.contains(&var.as_str())
+                    && override_of(var, &sections).is_none()
+            })
+            .collect()
     }
 }
 
@@ -368,6 +415,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("TELEHUB_LIMITS_OUTBOUND_QUEUE"), "{err}");
+    }
+
+    #[test]
+    fn stray_telehub_variables_are_ignored_but_unknown_keys_of_known_sections_are_not() {
+        let env = [
+            ("TELEHUB_BIN", "/x/telehub"),
+            ("TELEHUB_CONFIG", "/x/hub.toml"),
+            ("TELEHUB_NOSECTION_KEY", "1"),
+            ("TELEHUB_LIMITS_", "1"),
+            ("TELEHUB_LIMITS_MAX_ROOMS", "5"),
+        ];
+        let s = load("", &env).expect("strays do not stop start-up");
+        assert_eq!(s.limits.max_rooms, 5);
+        let vars = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        assert_eq!(
+            Settings::ignored_env(vars),
+            ["TELEHUB_BIN", "TELEHUB_NOSECTION_KEY", "TELEHUB_LIMITS_"]
+        );
+        let err = load("", &[("TELEHUB_LIMITS_NO_SUCH_KEY", "1")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("TELEHUB_LIMITS_NO_SUCH_KEY"), "{err}");
     }
 
     #[test]

@@ -128,8 +128,8 @@ pub(crate) enum Push {
 struct State {
     queue: VecDeque<Letter>,
     close: Option<Close>,
-    /// Room above `capacity` granted by `push_all` (a join's replay) until the writer
-    /// next drains the queue, so live readings that arrive meanwhile still fit.
+    /// Room above `capacity` granted by `push_all` (a join's welcome and snapshot) until
+    /// the writer next drains the queue, so live readings that arrive meanwhile still fit.
     extra: usize,
     /// `Letter::Command`s in `queue`, so a sink with nothing to encode skips the walk.
     commands: usize,
@@ -207,7 +207,8 @@ impl Mailbox {
     }
 
     /// Queues frames regardless of capacity: used once, at join, for the welcome and the
-    /// replay of missed readings, whose size the history bounds.
+    /// snapshot (two frames). A `?since=` replay is not pushed here: it is queued a page
+    /// at a time as the client reads (`Room::catch_up`), within the capacity.
     pub(crate) fn push_all(&self, frames: impl IntoIterator<Item = Frame>) {
         let mut s = self.lock();
         if s.close.is_some() {

@@ -17,15 +17,15 @@ pub(crate) mod mailbox;
 pub(crate) mod room;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use crate::config::LimitsConfig;
 use crate::hub::mailbox::{Close, Mailbox};
-use crate::hub::room::{Member, Published, Room, RoomSummary, Since};
+use crate::hub::room::{CatchUpStep, Member, Published, Room, RoomJoinError, RoomSummary, Since};
 use crate::metrics::{Metrics, Rejection};
-use crate::sinks::history::History;
+use crate::sinks::history::{History, SeriesCaps};
 use telehub_protocol::inbound::{AckIn, CommandIn, ProtoError, ReadingIn};
 use telehub_protocol::role::{Role, Via};
 
@@ -82,9 +82,34 @@ pub(crate) struct Membership {
     via: Via,
     conn: u64,
     mailbox: Arc<Mailbox>,
+    /// A dashboard that joined with `since` and has not caught up with the room yet.
+    catching_up: AtomicBool,
 }
 
+/// Readings in one page of a catching-up dashboard's replay at most; the page is also
+/// kept to half the outbound queue, so the frames that arrive meanwhile (presence, acks)
+/// still fit. A page is queued only once the previous one has been written.
+const REPLAY_PAGE: usize = 256;
+
 impl Membership {
+    /// For a dashboard still replaying the room log: queues its next page once its
+    /// queue has drained (the session calls this when it has written everything).
+    /// Returns true if it did anything (a page, a switch to live, a close), so the
+    /// session takes the queue again; false once the member is live.
+    pub(crate) fn catch_up(&self) -> bool {
+        if !self.catching_up.load(Ordering::Relaxed) {
+            return false;
+        }
+        let page = REPLAY_PAGE
+            .min(self.hub.inner.limits.outbound_queue / 2)
+            .max(1);
+        let step = self.room.catch_up(self.conn, page, &self.hub.inner.metrics);
+        if step != CatchUpStep::Page {
+            self.catching_up.store(false, Ordering::Relaxed);
+        }
+        true
+    }
+
     pub(crate) fn room(&self) -> &Arc<Room> {
         &self.room
     }
@@ -150,12 +175,13 @@ impl Hub {
         self.inner.rooms.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Joins `client` to `room` (creating the room if needed) with a fresh mailbox. The
-    /// welcome (and for a dashboard the snapshot and, with `since`, the replay) is
-    /// already queued in the returned membership's mailbox.
+    /// Joins `client` to `room_name` (creating the room if needed) with a fresh mailbox.
+    /// The welcome (and for a dashboard the snapshot) is already queued in the returned
+    /// membership's mailbox; a `since` replay follows page by page as the session calls
+    /// [`Membership::catch_up`].
     pub(crate) fn join(
         &self,
-        room: &str,
+        room_name: &str,
         client: &str,
         role: Role,
         via: Via,
@@ -167,40 +193,29 @@ impl Hub {
         ));
         let conn = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
         let client: Arc<str> = client.into();
-        let room = {
-            // The map stays locked across the room's join so that the sweeper cannot
-            // free a room between our lookup and our arrival.
-            let mut rooms = self.rooms();
-            let room = match rooms.get(room) {
-                Some(r) => r.clone(),
-                None => {
-                    if rooms.len() >= self.inner.limits.max_rooms {
-                        return Err(JoinError::TooManyRooms);
-                    }
-                    let name: Arc<str> = room.into();
-                    let history = self.inner.history.room(&name);
-                    let r = Arc::new(Room::new(name.clone(), history));
-                    rooms.insert(name, r.clone());
-                    self.inner.metrics.rooms(rooms.len());
-                    r
-                }
-            };
+        // The hub-wide map is locked only to find or create the room; the join itself
+        // (snapshot, replay cursor) takes that room's lock alone, so joins in other rooms
+        // never wait for it. A room the sweeper freed in between says so, and the join
+        // goes round again for a new one.
+        let (room, catching_up) = loop {
+            let room = self.room_for(room_name)?;
             let member = Member {
                 role,
                 via,
                 conn,
                 mailbox: mailbox.clone(),
             };
-            if !room.join(
+            match room.join(
                 &client,
                 member,
                 self.inner.limits.max_members_per_room,
                 since,
                 &self.inner.metrics,
             ) {
-                return Err(JoinError::RoomFull);
+                Ok(catching_up) => break (room, catching_up),
+                Err(RoomJoinError::Full) => return Err(JoinError::RoomFull),
+                Err(RoomJoinError::Retired) => continue,
             }
-            room
         };
         self.inner.metrics.connected(role, 1);
         Ok(Membership {
@@ -211,6 +226,7 @@ impl Hub {
             via,
             conn,
             mailbox,
+            catching_up: AtomicBool::new(catching_up),
         })
     }
 
@@ -223,9 +239,32 @@ impl Hub {
             .is_some_and(|held| held != role)
     }
 
+    /// The room called `name`, created if the hub has room for one more.
+    fn room_for(&self, name: &str) -> Result<Arc<Room>, JoinError> {
+        let mut rooms = self.rooms();
+        if let Some(r) = rooms.get(name) {
+            return Ok(r.clone());
+        }
+        if rooms.len() >= self.inner.limits.max_rooms {
+            return Err(JoinError::TooManyRooms);
+        }
+        let name: Arc<str> = name.into();
+        let history = self.inner.history.room(&name);
+        let r = Arc::new(Room::new(name.clone(), history));
+        rooms.insert(name, r.clone());
+        self.inner.metrics.rooms(rooms.len());
+        Ok(r)
+    }
+
     /// Publishes a device's readings into its room: the seam every reading goes through.
-    pub(crate) fn publish(&self, from: &Membership, items: Vec<ReadingIn>) -> Published {
+    /// A reading whose `ts` is more than `limits.max_future_ms` ahead of the hub's clock
+    /// is refused here, for every source (counted in [`Published::future_ts`]).
+    pub(crate) fn publish(&self, from: &Membership, mut items: Vec<ReadingIn>) -> Published {
         let now = now_ms();
+        let latest = self.latest_ts(now);
+        let before = items.len();
+        items.retain(|r| r.ts.is_none_or(|ts| ts <= latest));
+        let future_ts = before - items.len();
         let taps = match self.inner.taps.get() {
             Some(taps) if from.via == Via::Ws && !taps.is_empty() => Some((taps, items.clone())),
             _ => None,
@@ -235,8 +274,16 @@ impl Hub {
             items,
             now,
             self.inner.limits.max_members_per_room * 2,
+            SeriesCaps {
+                per_room: self.inner.limits.max_series_per_room,
+                per_device: self.inner.limits.max_series_per_device,
+            },
             &self.inner.metrics,
         );
+        let published = Published {
+            future_ts,
+            ..published
+        };
         let m = &self.inner.metrics;
         m.readings_in(published.accepted);
         m.duplicates(published.duplicates);
@@ -248,6 +295,12 @@ impl Hub {
             }
         }
         published
+    }
+
+    /// The latest `ts` a reading may carry at `now_ms` (`limits.max_future_ms` ahead).
+    pub(crate) fn latest_ts(&self, now_ms: i64) -> i64 {
+        let ahead = i64::try_from(self.inner.limits.max_future_ms).unwrap_or(i64::MAX);
+        now_ms.saturating_add(ahead)
     }
 
     /// Installs the reading taps (once, at start-up; later calls are ignored).
@@ -287,7 +340,7 @@ impl Hub {
         let ttl = Duration::from_millis(self.inner.limits.empty_room_ttl_ms);
         let timeout = Duration::from_millis(self.inner.limits.command_timeout_ms);
         let mut rooms = self.rooms();
-        rooms.retain(|_, room| !room.empty_for(ttl));
+        rooms.retain(|_, room| !room.retire_if_empty_for(ttl));
         self.inner.metrics.rooms(rooms.len());
         for room in rooms.values() {
             room.expire_commands(timeout);

@@ -16,7 +16,7 @@ use crate::hub::dedup::SeqWindow;
 use crate::hub::mailbox::{Close, CommandLetter, Letter, Mailbox, Push};
 use crate::metrics::Metrics;
 use crate::net::ws::frames::{self, Frame, ReadingOut};
-use crate::sinks::history::{Record, RoomHistory};
+use crate::sinks::history::{HistoryError, Record, RoomHistory, SeriesCaps};
 use telehub_protocol::codes::ErrorCode;
 use telehub_protocol::inbound::{AckIn, CommandIn, ProtoError, ReadingIn};
 use telehub_protocol::outbound::MemberInfo;
@@ -56,11 +56,48 @@ struct RoomState {
     /// The mailboxes of the dashboards, kept beside `members` so that fan-out walks a
     /// dense vector instead of a map.
     subscribers: Vec<(u64, Arc<Mailbox>)>,
+    /// Dashboards that joined with `since` and are still replaying the log: live
+    /// readings are not queued for them (the log has them) until their cursor reaches
+    /// the room's offset and they move to `subscribers`.
+    catching_up: Vec<CatchUp>,
+    /// Set by the sweeper as it frees the room: a join that reaches it afterwards goes
+    /// back to the registry for a new room.
+    retired: bool,
     offset: u64,
     pending: PendingCommands,
     dedup: HashMap<Arc<str>, SeqWindow>,
     /// When the last member left; `None` while the room has members.
     empty_since: Option<Instant>,
+}
+
+/// A dashboard replaying the room log at its own pace.
+struct CatchUp {
+    conn: u64,
+    mailbox: Arc<Mailbox>,
+    /// The next offset to send it.
+    cursor: u64,
+    /// Readings replayed so far (for `telehub_replay_frames`).
+    replayed: usize,
+}
+
+/// Why [`Room::join`] did not add the member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RoomJoinError {
+    /// The room has `max_members` members.
+    Full,
+    /// The sweeper freed the room meanwhile: join a new one.
+    Retired,
+}
+
+/// What one [`Room::catch_up`] step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CatchUpStep {
+    /// A page of the replay is queued; more may follow.
+    Page,
+    /// The dashboard has caught up and is live now (a last page may be queued).
+    Live,
+    /// The log was trimmed past its cursor: it is closed as a slow consumer.
+    Dropped,
 }
 
 /// What became of a device message's readings.
@@ -70,8 +107,12 @@ pub(crate) struct Published {
     pub duplicates: usize,
     /// Highest `seq` among the message's readings (accepted or duplicate).
     pub max_seq: Option<u64>,
-    /// Readings refused because they would create a series past `history.max_series`.
+    /// Readings refused because they would create a series past a cap.
     pub series_limited: usize,
+    /// The first cap that refused one: its config key and value.
+    pub series_limit: Option<(&'static str, usize)>,
+    /// Readings refused because their `ts` is past `limits.max_future_ms` (set by the hub).
+    pub future_ts: usize,
 }
 
 /// A room as `GET /api/rooms` lists it.
@@ -88,6 +129,16 @@ pub(crate) struct RoomSummary {
 pub(crate) struct MemberSummary {
     pub client: Arc<str>,
     pub via: Via,
+}
+
+/// The config key and value of the cap behind a refused new series.
+fn series_cap(e: &HistoryError) -> Option<(&'static str, usize)> {
+    match *e {
+        HistoryError::SeriesLimit { max } => Some(("history.max_series", max)),
+        HistoryError::RoomSeriesLimit { max } => Some(("limits.max_series_per_room", max)),
+        HistoryError::DeviceSeriesLimit { max } => Some(("limits.max_series_per_device", max)),
+        _ => None,
+    }
 }
 
 /// Queues `frame` for one member; a full queue closes it as a slow consumer.
@@ -145,13 +196,14 @@ impl Room {
     }
 
     /// Adds a member, replacing (close 4000) an older connection with the same client id.
-    /// The welcome is queued first, under the lock, so no reading can precede it.
-    /// Returns false if the room is full.
+    /// The welcome is queued first, under the lock, so no reading can precede it. Returns
+    /// whether the member is catching up (see [`Room::catch_up`]).
     ///
-    /// A dashboard then gets the `snapshot` of the room's last values and, with `since`,
-    /// the replay of the readings it missed; both are queued in the same critical section
-    /// that adds it to the subscribers, which is the one `publish` takes, so the replay
-    /// and the live stream meet with no gap and no duplicate.
+    /// A dashboard then gets the `snapshot` of the room's last values. With `since`, it
+    /// is not yet a subscriber: its replay cursor is recorded in the same critical section
+    /// that `publish` takes, and the session pulls the replay page by page as the client
+    /// reads ([`Room::catch_up`]), so the replay and the live stream meet with no gap and
+    /// no duplicate, and the join itself does no more work than a live one.
     pub(crate) fn join(
         &self,
         client: &Arc<str>,
@@ -159,15 +211,19 @@ impl Room {
         max_members: usize,
         since: Option<Since<'_>>,
         metrics: &Metrics,
-    ) -> bool {
+    ) -> Result<bool, RoomJoinError> {
         let mut st = self.lock();
+        if st.retired {
+            return Err(RoomJoinError::Retired);
+        }
         let replacing = st.members.get(client).cloned();
         if replacing.is_none() && st.members.len() >= max_members {
-            return false;
+            return Err(RoomJoinError::Full);
         }
         if let Some(old) = &replacing {
             old.mailbox.close(Close::REPLACED);
             st.subscribers.retain(|(conn, _)| *conn != old.conn);
+            st.catching_up.retain(|c| c.conn != old.conn);
         }
         let others: Vec<MemberInfo> = st
             .members
@@ -179,32 +235,24 @@ impl Room {
                 via: m.via,
             })
             .collect();
-        let mut frames = Vec::new();
+        let mut snapshot = None;
         let mut recovered = None;
+        let mut cursor = None;
         if member.role == Role::Dashboard {
-            // A room with no series yet has nothing to show: no snapshot then.
-            let snapshot = self.history.snapshot(|all| {
+            // A room with no series yet has nothing to show: no snapshot then. Its size
+            // is bounded by `limits.max_series_per_room`.
+            snapshot = self.history.snapshot(|all| {
                 let series: Vec<_> = all.iter().map(frames::snapshot_entry).collect();
                 (!series.is_empty()).then(|| frames::snapshot_frame(&series))
             });
-            let has_snapshot = snapshot.is_some();
-            frames.extend(snapshot);
             if let Some(since) = since {
-                let recovery = self.history.replay(since.offset, since.epoch, |e| {
-                    frames.push(frames::reading_frame(&ReadingOut {
-                        room: &self.name,
-                        device: e.device,
-                        metric: e.metric,
-                        value: e.value,
-                        unit: e.unit,
-                        ts: e.ts,
-                        seq: e.seq,
-                        offset: e.offset,
-                    }))
-                });
-                recovered = Some(recovery.recovered);
-                // The frames so far are the snapshot (one at most); the rest are readings.
-                metrics.replayed(frames.len() - usize::from(has_snapshot));
+                let (complete, from) = self.history.replay_start(since.offset, since.epoch);
+                recovered = Some(complete);
+                if from <= st.offset {
+                    cursor = Some(from);
+                } else {
+                    metrics.replayed(0);
+                }
             }
         }
         let welcome = frames::welcome(
@@ -218,19 +266,74 @@ impl Room {
         );
         member
             .mailbox
-            .push_all(std::iter::once(welcome).chain(frames));
+            .push_all(std::iter::once(welcome).chain(snapshot));
         let join = frames::presence("join", client, member.role, member.via);
         for (c, m) in st.members.iter() {
             if c != client {
                 deliver(&m.mailbox, join.clone(), metrics);
             }
         }
-        if member.role == Role::Dashboard {
-            st.subscribers.push((member.conn, member.mailbox.clone()));
+        match cursor {
+            Some(cursor) => st.catching_up.push(CatchUp {
+                conn: member.conn,
+                mailbox: member.mailbox.clone(),
+                cursor,
+                replayed: 0,
+            }),
+            None if member.role == Role::Dashboard => {
+                st.subscribers.push((member.conn, member.mailbox.clone()))
+            }
+            None => {}
         }
         st.members.insert(client.clone(), member);
         st.empty_since = None;
-        true
+        Ok(cursor.is_some())
+    }
+
+    /// Queues the next page (at most `page` readings) of a catching-up dashboard's
+    /// replay, and makes it a live subscriber once its cursor passes the room's offset.
+    /// Called by its session whenever its queue has drained, so the replay goes as fast
+    /// as the client reads and never holds more than a page. Under the room lock, like
+    /// `publish`: every offset up to the switch comes from the log, every later one live.
+    pub(crate) fn catch_up(&self, conn: u64, page: usize, metrics: &Metrics) -> CatchUpStep {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let Some(i) = st.catching_up.iter().position(|c| c.conn == conn) else {
+            return CatchUpStep::Live;
+        };
+        let c = &mut st.catching_up[i];
+        let mut frames = Vec::new();
+        let next = self.history.replay_page(c.cursor, page.max(1), |e| {
+            frames.push(frames::reading_frame(&ReadingOut {
+                room: &self.name,
+                device: e.device,
+                metric: e.metric,
+                value: e.value,
+                unit: e.unit,
+                ts: e.ts,
+                seq: e.seq,
+                offset: e.offset,
+            }))
+        });
+        let Some(next) = next else {
+            let c = st.catching_up.swap_remove(i);
+            c.mailbox.close(Close::SLOW_CONSUMER);
+            metrics.slow_consumer();
+            metrics.replayed(c.replayed);
+            return CatchUpStep::Dropped;
+        };
+        c.cursor = next;
+        c.replayed += frames.len();
+        for f in frames {
+            deliver(&c.mailbox, f, metrics);
+        }
+        if c.cursor <= st.offset {
+            return CatchUpStep::Page;
+        }
+        let c = st.catching_up.swap_remove(i);
+        metrics.replayed(c.replayed);
+        st.subscribers.push((c.conn, c.mailbox));
+        CatchUpStep::Live
     }
 
     /// Removes the member if `conn` is still its connection (a replaced connection leaves
@@ -247,6 +350,7 @@ impl Room {
         let via = member.via;
         st.members.remove(client);
         st.subscribers.retain(|(c, _)| *c != conn);
+        st.catching_up.retain(|c| c.conn != conn);
         st.pending.forget_connection(conn);
         let leave = frames::presence("leave", client, role, via);
         for m in st.members.values() {
@@ -264,6 +368,7 @@ impl Room {
         items: Vec<ReadingIn>,
         now_ms: i64,
         max_dedup: usize,
+        caps: SeriesCaps,
         metrics: &Metrics,
     ) -> Published {
         let mut out = Published::default();
@@ -287,22 +392,29 @@ impl Room {
                 }
             }
             let ts = item.ts.unwrap_or(now_ms);
-            let recorded = self.history.record(&Record {
-                device,
-                metric: &item.metric,
-                unit: item.unit.as_deref(),
-                ts,
-                value: item.value,
-                seq: item.seq,
-            });
-            let Ok(offset) = recorded else {
-                // Past `history.max_series`: refused, so forget its seq (a resend after
-                // the cap is raised or series expire must not count as a duplicate).
-                if let (Some(seq), Some(window)) = (item.seq, st.dedup.get_mut(device)) {
-                    window.remove(seq);
+            let recorded = self.history.record_capped(
+                &Record {
+                    device,
+                    metric: &item.metric,
+                    unit: item.unit.as_deref(),
+                    ts,
+                    value: item.value,
+                    seq: item.seq,
+                },
+                caps,
+            );
+            let offset = match recorded {
+                Ok(offset) => offset,
+                Err(e) => {
+                    // Past a series cap: refused, so forget its seq (a resend after the
+                    // cap is raised or series expire must not count as a duplicate).
+                    if let (Some(seq), Some(window)) = (item.seq, st.dedup.get_mut(device)) {
+                        window.remove(seq);
+                    }
+                    out.series_limited += 1;
+                    out.series_limit = out.series_limit.or_else(|| series_cap(&e));
+                    continue;
                 }
-                out.series_limited += 1;
-                continue;
             };
             if let Some(seq) = item.seq {
                 out.max_seq = Some(out.max_seq.map_or(seq, |m: u64| m.max(seq)));
@@ -323,6 +435,20 @@ impl Room {
             }
             metrics.frames_out(st.subscribers.len());
             out.accepted += 1;
+        }
+        if !st.catching_up.is_empty() && out.accepted > 0 {
+            // The log may have dropped entries a catching-up dashboard has yet to read:
+            // it cannot be given them any more, so it is as slow a consumer as any.
+            let oldest = self.history.oldest_offset();
+            st.catching_up.retain(|c| {
+                let behind = c.cursor < oldest;
+                if behind {
+                    c.mailbox.close(Close::SLOW_CONSUMER);
+                    metrics.slow_consumer();
+                    metrics.replayed(c.replayed);
+                }
+                !behind
+            });
         }
         out
     }
@@ -398,9 +524,12 @@ impl Room {
         self.lock().pending.expire(timeout);
     }
 
-    /// True if the room has been empty for at least `ttl`.
-    pub(crate) fn empty_for(&self, ttl: Duration) -> bool {
-        self.lock().empty_since.is_some_and(|t| t.elapsed() >= ttl)
+    /// If the room has been empty for at least `ttl`, marks it retired (a join that
+    /// reaches it later is sent back for a new room) and returns true.
+    pub(crate) fn retire_if_empty_for(&self, ttl: Duration) -> bool {
+        let mut st = self.lock();
+        st.retired = st.empty_since.is_some_and(|t| t.elapsed() >= ttl);
+        st.retired
     }
 
     pub(crate) fn summary(&self) -> RoomSummary {

@@ -23,7 +23,9 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::os::fd::AsFd;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tracing::debug;
 
@@ -419,33 +421,91 @@ async fn run_session<G: Send + Sync + 'static>(
 const MAX_HANDSHAKE_BYTES: usize = 8 * 1024;
 /// Headers read from a handshake request at most.
 const MAX_HANDSHAKE_HEADERS: usize = 32;
+/// How long a refused client's remaining bytes are read (and dropped) before the close.
+const LINGER: Duration = Duration::from_millis(500);
 /// How long a client may take to send its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// True if a connection's first bytes are `GET /ws/`: such a connection is upgraded on
-/// the direct path, without hyper. Waits (briefly) until enough bytes are there to tell.
-pub(crate) async fn is_websocket_request(stream: &TcpStream) -> bool {
+/// What the first bytes of a fresh connection say.
+pub(crate) enum Sniffed {
+    /// `GET /ws/`: the direct WebSocket path ([`serve_raw`]).
+    WebSocket,
+    /// Anything else: hyper and warp take it.
+    Other,
+    /// Part of `GET /ws/` and then nothing for [`HANDSHAKE_TIMEOUT`].
+    TimedOut,
+    /// Closed (or broken) before saying anything.
+    Gone,
+}
+
+/// Tells a connection whose first bytes are `GET /ws/` (upgraded on the direct path,
+/// without hyper) from any other. The bytes are peeked, not read, so hyper still gets
+/// them all. A client that sends part of the prefix and stops costs nothing until more
+/// bytes arrive: the peek runs inside `try_io`, so an incomplete prefix clears the
+/// socket's readiness and the next `readable()` waits for new bytes instead of
+/// returning at once (which would spin).
+pub(crate) async fn sniff(stream: &TcpStream) -> Sniffed {
     const PREFIX: &[u8] = b"GET /ws/";
-    let mut buf = [0u8; 8];
+    // A second handle on the same socket for the synchronous peek (std's `peek` on the
+    // shared, non-blocking file description); dropped when the sniff ends.
+    let Ok(peeker) = stream.as_fd().try_clone_to_owned() else {
+        return Sniffed::Other;
+    };
+    let peeker = std::net::TcpStream::from(peeker);
     let check = async {
+        let mut buf = [0u8; PREFIX.len()];
         loop {
-            let n = match stream.peek(&mut buf).await {
-                Ok(0) | Err(_) => return false,
-                Ok(n) => n,
+            let Ok(ready) = stream.ready(Interest::READABLE).await else {
+                return Sniffed::Gone;
             };
-            if buf[..n] != PREFIX[..n] {
-                return false;
+            // Once the client has closed its side, no more bytes can come: an incomplete
+            // prefix then is a client gone (read-closed readiness is never cleared).
+            let closed = ready.is_read_closed();
+            let peeked = stream.try_io(Interest::READABLE, || {
+                let n = peeker.peek(&mut buf)?;
+                if !closed && n > 0 && n < PREFIX.len() && buf[..n] == PREFIX[..n] {
+                    // Only part of the prefix: wait for more (clears readiness).
+                    return Err(std::io::ErrorKind::WouldBlock.into());
+                }
+                Ok(n)
+            });
+            match peeked {
+                Ok(n) if n < PREFIX.len() && buf[..n] == PREFIX[..n] => return Sniffed::Gone,
+                Ok(n) if buf[..n] == PREFIX[..] => return Sniffed::WebSocket,
+                Ok(_) => return Sniffed::Other,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(_) => return Sniffed::Gone,
             }
-            if n == PREFIX.len() {
-                return true;
-            }
-            // Part of the prefix is in: wait for more without spinning.
-            tokio::time::sleep(Duration::from_millis(1)).await;
         }
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, check)
         .await
-        .unwrap_or(false)
+        .unwrap_or(Sniffed::TimedOut)
+}
+
+/// Answers a request that stayed incomplete for [`HANDSHAKE_TIMEOUT`] with `408` (counted)
+/// and closes the connection.
+pub(crate) async fn time_out(mut stream: TcpStream, ctx: &WsContext) {
+    let r = Refused::new(
+        Rejection::RequestTimeout,
+        StatusCode::REQUEST_TIMEOUT,
+        "the request was not complete within the handshake timeout",
+    );
+    refuse_raw(&mut stream, ctx, &r).await;
+}
+
+/// Counts a refusal on the direct path, writes it as raw HTTP and ends the stream.
+async fn refuse_raw(stream: &mut TcpStream, ctx: &WsContext, r: &Refused) {
+    ctx.hub.metrics().rejected(r.why);
+    let _ = stream.write_all(raw_refusal(r).as_bytes()).await;
+    let _ = stream.shutdown().await;
+    // Read what the client still sends for a moment before closing, so the close is not
+    // a reset that could destroy the answer in the client's receive buffer.
+    let _ = tokio::time::timeout(LINGER, async {
+        let mut sink = [0u8; 1024];
+        while stream.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+    })
+    .await;
 }
 
 /// The direct path: reads and answers the handshake of a fresh connection itself
@@ -474,24 +534,34 @@ pub(crate) async fn serve_raw<G: Send + Sync + 'static>(
         }
     })
     .await;
+    let malformed =
+        |message: String| Refused::new(Rejection::BadRequest, StatusCode::BAD_REQUEST, message);
     let end = match parsed {
         Ok(Ok(Some(n))) => n,
         Ok(Ok(None)) => {
             let r = Refused::new(
-                Rejection::InvalidQuery,
+                Rejection::HeadersTooLarge,
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "handshake request too large",
+                format!(
+                    "the handshake request is over {MAX_HANDSHAKE_BYTES} bytes or \
+                     {MAX_HANDSHAKE_HEADERS} headers"
+                ),
             );
-            let _ = stream.write_all(raw_refusal(&r).as_bytes()).await;
-            return;
+            return refuse_raw(&mut stream, &ctx, &r).await;
         }
-        Ok(Err(e)) => return debug!(error = %e, "bad handshake"),
-        Err(_) => return debug!("handshake timed out"),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+            debug!(error = %e, "bad handshake");
+            let r = malformed(format!("malformed HTTP request: {e}"));
+            return refuse_raw(&mut stream, &ctx, &r).await;
+        }
+        Ok(Err(e)) => return debug!(error = %e, "handshake ended"),
+        Err(_) => return time_out(stream, &ctx).await,
     };
     let mut headers = [httparse::EMPTY_HEADER; MAX_HANDSHAKE_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
-    if req.parse(&buf[..end]).is_err() {
-        return;
+    if let Err(e) = req.parse(&buf[..end]) {
+        let r = malformed(format!("malformed HTTP request: {e}"));
+        return refuse_raw(&mut stream, &ctx, &r).await;
     }
     let target = req.path.unwrap_or("/");
     let (path, query) = match target.split_once('?') {

@@ -163,8 +163,13 @@ async fn serve_connection<R>(
         completion: _completion,
     } = h;
     let _ = stream.set_nodelay(true);
-    if handshake::is_websocket_request(&stream).await {
-        return handshake::serve_raw(stream, ws.clone(), guard, over_cap).await;
+    match handshake::sniff(&stream).await {
+        handshake::Sniffed::WebSocket => {
+            return handshake::serve_raw(stream, ws.clone(), guard, over_cap).await
+        }
+        handshake::Sniffed::TimedOut => return handshake::time_out(stream, &ws).await,
+        handshake::Sniffed::Gone => return,
+        handshake::Sniffed::Other => {}
     }
     let service = service_fn(move |req: Request<Incoming>| {
         if over_cap {

@@ -35,14 +35,16 @@ use crate::net::ws::frames::{self, Frame};
 use crate::shutdown::Shutdown;
 use crate::sinks::ws_writer::{send_close, Unsent};
 use telehub_protocol::codes::{close, ErrorCode};
-use telehub_protocol::inbound::{ClientMessage, ProtoError};
+use telehub_protocol::inbound::{ClientMessage, ProtoError, ReadingIn};
 use telehub_protocol::rate::TokenBucket;
 use telehub_protocol::role::{Role, Via};
 
 /// How long the session waits for the peer's answer to our close frame.
 const CLOSE_ECHO_TIMEOUT: Duration = Duration::from_secs(2);
-/// How often a client flooding invalid messages is told so, at most.
+/// How often a client over its rate limit is told so, at most.
 const FLOOD_NOTICE_INTERVAL: Duration = Duration::from_secs(1);
+/// Item errors sent for one `readings` batch at most; one summary stands for the rest.
+const MAX_ITEM_ERRORS: usize = 3;
 
 /// How long a connection without `Authorization` (token mode) has to send its `auth`.
 pub(crate) const AUTH_FRAME_TIMEOUT: Duration = Duration::from_secs(5);
@@ -194,6 +196,11 @@ pub(crate) async fn run(
             let taken = mailbox.take();
             let close = taken.close;
             out.fill(taken);
+            // Everything is written: a dashboard still replaying gets its next page now,
+            // so the replay goes at the client's pace and never piles up in the queue.
+            if out.is_empty() && close.is_none() && membership.catch_up() {
+                continue;
+            }
             if out.is_empty() {
                 if let Some(close) = close {
                     send_close(&mut write, &mut out, close).await;
@@ -217,12 +224,23 @@ pub(crate) async fn run(
                             }
                         }
                     }
-                    Ok(Message::Binary(_)) => reader.reply_error(ProtoError::new(
-                        ErrorCode::BinaryNotSupported,
-                        "binary frames are not supported; send JSON text frames",
-                    )),
-                    Ok(Message::Ping(payload)) => reader.send(codec::pong(&payload)),
-                    Ok(Message::Pong) => {}
+                    Ok(Message::Binary(_)) => {
+                        if reader.charge_one(ErrorCode::BinaryNotSupported, None) {
+                            reader.reply_error(ProtoError::new(
+                                ErrorCode::BinaryNotSupported,
+                                "binary frames are not supported; send JSON text frames",
+                            ));
+                        }
+                    }
+                    Ok(Message::Ping(payload)) => {
+                        if reader.charge_one(ErrorCode::RateLimited, None) {
+                            reader.send(codec::pong(&payload));
+                        }
+                    }
+                    Ok(Message::Pong) => {
+                        // Costs like any message; there is nothing to answer.
+                        reader.bucket.take(1);
+                    }
                     Ok(Message::Close(code)) => {
                         if close_sent {
                             break;
@@ -424,16 +442,25 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
+    /// Every message costs from the one bucket: a `readings` batch one token per item,
+    /// anything else (a command, an ack, a ping, a binary or unparsable frame) one. What
+    /// a client over its limit gets back is bounded too: no answer, only a `rate_limited`
+    /// notice a second ([`Reader::throttled`]).
     fn handle_text(&mut self, text: &str) {
         let limits = self.hub.limits();
-        let msg = match telehub_protocol::inbound::parse(text, limits.max_batch) {
+        let parsed = telehub_protocol::inbound::parse(text, limits.max_batch);
+        let cost = match &parsed {
+            Ok(ClientMessage::Readings(items)) => items.len().max(1),
+            _ => 1,
+        };
+        let granted = self.bucket.take(cost);
+        let msg = match parsed {
             Ok(msg) => msg,
             Err(e) => {
-                // Even garbage costs a token. Past the limit a flood of it gets no detailed
-                // errors (answering each would do the flooder's work for it), only a
-                // `rate_limited` now and then.
-                if self.bucket.take(1) == 0 {
-                    return self.throttled(e.code);
+                // Past the limit a flood of garbage gets no detailed errors (answering
+                // each would do the flooder's work for it), only a notice now and then.
+                if granted == 0 {
+                    return self.throttled(e.code, None);
                 }
                 return self.reply_error(e);
             }
@@ -441,53 +468,31 @@ impl Reader<'_> {
         let role = self.membership.role();
         match msg {
             ClientMessage::Readings(items) => {
+                if granted == 0 {
+                    let code = if role == Role::Device {
+                        ErrorCode::RateLimited
+                    } else {
+                        ErrorCode::WrongRole
+                    };
+                    return self.throttled(code, None);
+                }
                 if role != Role::Device {
                     return self.reply_error(ProtoError::new(
                         ErrorCode::WrongRole,
                         "only devices send readings; connect with ?role=device",
                     ));
                 }
-                let granted = self.bucket.take(items.len());
-                let mut valid = Vec::with_capacity(items.len());
-                for item in items {
-                    match item {
-                        Ok(r) => valid.push(r),
-                        Err(e) => self.reply_error(e),
-                    }
-                }
-                if granted < valid.len() {
-                    let refused = valid.len() - granted;
-                    valid.truncate(granted);
-                    self.reply_error(ProtoError::new(
-                        ErrorCode::RateLimited,
-                        format!(
-                            "{refused} reading(s) refused: over {} per second (burst {}); resend them later",
-                            limits.rate_per_sec, limits.rate_burst
-                        ),
-                    ));
-                }
-                if valid.is_empty() {
-                    return;
-                }
-                let count = valid.len();
-                let published = self.hub.publish(self.membership, valid);
-                if published.series_limited > 0 {
-                    self.reply_error(ProtoError::new(
-                        ErrorCode::SeriesLimit,
-                        format!(
-                            "{} reading(s) refused: the hub keeps at most {} series (history.max_series) and they would create more",
-                            published.series_limited,
-                            self.hub.history().config().max_series
-                        ),
-                    ));
-                }
-                if self.acks {
-                    if let Some(seq) = published.max_seq {
-                        self.send(frames::accepted_frame(seq, count));
-                    }
-                }
+                self.readings(items, granted);
             }
             ClientMessage::Command(cmd) => {
+                let code = if role == Role::Dashboard {
+                    ErrorCode::RateLimited
+                } else {
+                    ErrorCode::WrongRole
+                };
+                if granted == 0 {
+                    return self.throttled(code, Some(&cmd.id));
+                }
                 if role != Role::Dashboard {
                     return self.reply_error(
                         ProtoError::new(
@@ -497,27 +502,25 @@ impl Reader<'_> {
                         .with_id(&cmd.id),
                     );
                 }
-                if self.bucket.take(1) == 0 {
-                    return self.reply_error(
-                        ProtoError::new(
-                            ErrorCode::RateLimited,
-                            "command refused: over the rate limit",
-                        )
-                        .with_id(&cmd.id),
-                    );
-                }
                 if let Err(e) = self.hub.command(self.membership, &cmd) {
                     self.reply_error(e);
                 }
             }
             ClientMessage::Ack(ack) => {
+                if granted == 0 {
+                    let code = if role == Role::Device {
+                        ErrorCode::RateLimited
+                    } else {
+                        ErrorCode::WrongRole
+                    };
+                    return self.throttled(code, Some(&ack.id));
+                }
                 if role != Role::Device {
                     return self.reply_error(
                         ProtoError::new(ErrorCode::WrongRole, "only devices send acks")
                             .with_id(&ack.id),
                     );
                 }
-                self.bucket.take(1);
                 if let Err(e) = self.hub.ack(self.membership, &ack) {
                     self.reply_error(e);
                 }
@@ -548,11 +551,89 @@ impl Reader<'_> {
         }
     }
 
-    /// One `rate_limited` error a second at most for a client flooding invalid messages.
-    /// The invalid message itself (whose error would have had `code`) gets no error frame
-    /// either way: it counts as suppressed, and `errors_total` counts only the notices
-    /// actually sent.
-    fn throttled(&mut self, code: ErrorCode) {
+    /// A device's batch of which the first `granted` items were paid for: those are
+    /// validated and published, the rest refused with one `rate_limited`. At most
+    /// [`MAX_ITEM_ERRORS`] item errors are sent, then one summary for the others.
+    fn readings(&mut self, items: Vec<Result<ReadingIn, ProtoError>>, granted: usize) {
+        let limits = self.hub.limits();
+        let refused = items.len().saturating_sub(granted);
+        let mut valid = Vec::with_capacity(granted.min(items.len()));
+        let mut item_errors = 0usize;
+        let mut omitted: Option<(ErrorCode, usize)> = None;
+        for item in items.into_iter().take(granted) {
+            match item {
+                Ok(r) => valid.push(r),
+                Err(e) if item_errors < MAX_ITEM_ERRORS => {
+                    item_errors += 1;
+                    self.reply_error(e);
+                }
+                Err(e) => {
+                    self.hub.metrics().error_suppressed(e.code);
+                    omitted.get_or_insert((e.code, 0)).1 += 1;
+                }
+            }
+        }
+        if let Some((code, n)) = omitted {
+            self.reply_error(ProtoError::new(
+                code,
+                format!(
+                    "{n} more invalid item(s) in this batch were refused; only the first {MAX_ITEM_ERRORS} errors are reported"
+                ),
+            ));
+        }
+        if refused > 0 {
+            self.reply_error(ProtoError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "{refused} reading(s) refused: over {} per second (burst {}); resend them later",
+                    limits.rate_per_sec, limits.rate_burst
+                ),
+            ));
+        }
+        if valid.is_empty() {
+            return;
+        }
+        let count = valid.len();
+        let published = self.hub.publish(self.membership, valid);
+        if published.future_ts > 0 {
+            self.reply_error(ProtoError::new(
+                ErrorCode::InvalidField,
+                format!(
+                    "{} reading(s) refused: field `ts` is more than {} ms ahead of the hub's clock (limits.max_future_ms)",
+                    published.future_ts, limits.max_future_ms
+                ),
+            ));
+        }
+        if let Some((key, max)) = published.series_limit {
+            self.reply_error(ProtoError::new(
+                ErrorCode::SeriesLimit,
+                format!(
+                    "{} reading(s) refused: they would create series past {key} ({max})",
+                    published.series_limited
+                ),
+            ));
+        }
+        if self.acks {
+            if let Some(seq) = published.max_seq {
+                self.send(frames::accepted_frame(seq, count));
+            }
+        }
+    }
+
+    /// Takes one token for a message that is not a batch of readings; without one, the
+    /// message is dropped (it would have been answered with `code`) and false returned.
+    fn charge_one(&mut self, code: ErrorCode, id: Option<&str>) -> bool {
+        if self.bucket.take(1) == 1 {
+            return true;
+        }
+        self.throttled(code, id);
+        false
+    }
+
+    /// One `rate_limited` notice a second at most for a client over its rate limit. The
+    /// message itself (whose answer would have had `code`) gets nothing either way: it
+    /// counts as suppressed, and `errors_total` counts only the notices actually sent.
+    fn throttled(&mut self, code: ErrorCode, id: Option<&str>) {
         self.hub.metrics().error_suppressed(code);
         let now = Instant::now();
         if self
@@ -562,10 +643,14 @@ impl Reader<'_> {
             return;
         }
         self.last_flood_notice = Some(now);
-        self.reply_error(ProtoError::new(
+        let notice = ProtoError::new(
             ErrorCode::RateLimited,
-            "invalid messages over the rate limit are dropped without further errors",
-        ));
+            "messages over the rate limit are dropped without further answers",
+        );
+        self.reply_error(match id {
+            Some(id) => notice.with_id(id),
+            None => notice,
+        });
     }
 
     fn reply_error(&self, e: ProtoError) {

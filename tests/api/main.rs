@@ -5,6 +5,7 @@
 mod cdp;
 mod helpers;
 
+mod abuse;
 mod auth;
 mod backpressure;
 mod browser;

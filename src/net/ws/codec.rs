@@ -88,7 +88,14 @@ pub(crate) fn text(text: &str) -> Bytes {
 }
 
 /// A close frame with `code` and `reason` (the reason is cut to fit a control frame).
+/// A code RFC 6455 forbids on the wire (1005, 1006, 1015, or one outside the ranges a
+/// peer may receive) is never sent: 1000 goes instead.
 pub(crate) fn close(code: u16, reason: &str) -> Bytes {
+    let code = if close::valid_to_receive(code) || close::ALL.iter().any(|(c, _)| *c == code) {
+        code
+    } else {
+        close::NORMAL
+    };
     let mut payload = code.to_be_bytes().to_vec();
     let mut end = reason.len().min(MAX_CONTROL_PAYLOAD - 2);
     while !reason.is_char_boundary(end) {
@@ -223,6 +230,9 @@ impl Decoder {
                     }
                     let code =
                         (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                    if code.is_some_and(|c| !close::valid_to_receive(c)) {
+                        return Err(ReadError::Protocol("invalid close code"));
+                    }
                     if std::str::from_utf8(payload.get(2..).unwrap_or(&[])).is_err() {
                         return Err(ReadError::InvalidUtf8);
                     }
@@ -460,6 +470,24 @@ mod tests {
         ]
         .concat();
         assert!(decode_all(&two_starts, 64)[0].is_err());
+    }
+
+    #[test]
+    fn close_codes_the_rfc_forbids_on_the_wire_are_refused_and_never_sent() {
+        for bad in [0u16, 999, 1004, 1005, 1006, 1012, 1015, 2999, 5000, 65535] {
+            let frame = client_frame(true, OP_CLOSE, &bad.to_be_bytes());
+            assert_eq!(
+                decode_all(&frame, 64)[0].as_ref().unwrap_err(),
+                "protocol error: invalid close code",
+                "{bad}"
+            );
+        }
+        for good in [1000u16, 1001, 1003, 1007, 1011, 3000, 4123, 4999] {
+            let frame = client_frame(true, OP_CLOSE, &good.to_be_bytes());
+            assert_eq!(decode_all(&frame, 64), vec![Ok(Message::Close(Some(good)))]);
+        }
+        assert_eq!(&close(1005, "")[..], &[0x88, 2, 0x03, 0xE8]);
+        assert_eq!(&close(1013, "")[2..4], &1013u16.to_be_bytes());
     }
 
     #[test]

@@ -49,6 +49,12 @@ pub enum HistoryError {
     /// Creating the series would pass `history.max_series`.
     #[error("the hub keeps at most {max} series (history.max_series); this reading would create one more")]
     SeriesLimit { max: usize },
+    /// Creating the series would pass [`SeriesCaps::per_room`].
+    #[error("a room holds at most {max} series (limits.max_series_per_room); this reading would create one more")]
+    RoomSeriesLimit { max: usize },
+    /// Creating the series would pass [`SeriesCaps::per_device`].
+    #[error("a device creates at most {max} series (limits.max_series_per_device); this reading would create one more")]
+    DeviceSeriesLimit { max: usize },
     #[error("unknown room `{0}`")]
     UnknownRoom(String),
     #[error("no series matches {0}")]
@@ -68,6 +74,24 @@ pub struct Point {
     /// Epoch milliseconds.
     pub ts: i64,
     pub value: f64,
+}
+
+/// The caps on new series below the hub-wide `max_series`, which the room (the hub's
+/// `[limits]`) hands to [`RoomHistory::record_capped`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeriesCaps {
+    /// Series in one room at most.
+    pub per_room: usize,
+    /// Series of one device (in one room) at most.
+    pub per_device: usize,
+}
+
+impl SeriesCaps {
+    /// No cap but the hub-wide one.
+    pub const NONE: SeriesCaps = SeriesCaps {
+        per_room: usize::MAX,
+        per_device: usize::MAX,
+    };
 }
 
 /// A reading as the room hands it to history.

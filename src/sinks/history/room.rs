@@ -2,8 +2,9 @@
 //! offset-ordered recovery log, and the last value of every series.
 //!
 //! The room (in [`crate::hub::room`]) calls [`RoomHistory::record`] under its own lock for
-//! every accepted reading, which is where offsets are given out; replay and snapshot are
-//! read under the same lock at a dashboard's join. Queries and plots are in
+//! every accepted reading, which is where offsets are given out; the snapshot and a
+//! `?since=` replay's start are read under the same lock at a dashboard's join, and the
+//! replay's pages ([`RoomHistory::replay_page`]) under it as the dashboard reads. Queries and plots are in
 //! [`super::query`].
 
 use std::collections::{HashMap, VecDeque};
@@ -11,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::durable::StoredReading;
-use super::{Common, HistoryError, Point, Record, Replayed, SeriesKey};
+use super::{Common, HistoryError, Point, Record, Replayed, SeriesCaps, SeriesKey};
 
 /// One series' ring of points and its last value.
 pub(super) struct Series {
@@ -61,6 +62,8 @@ pub(super) struct RoomInner {
     /// The last offset given out (0: none yet).
     pub(super) offset: u64,
     pub(super) series: HashMap<Arc<str>, HashMap<Arc<str>, Series>>,
+    /// How many series `series` holds (against [`SeriesCaps::per_room`]).
+    pub(super) series_count: usize,
     pub(super) log: VecDeque<Entry>,
 }
 
@@ -99,6 +102,12 @@ impl RoomHistory {
     /// under its own lock, so offsets are given out in the order readings are fanned out.
     /// Cheap: no JSON, and no allocation unless the series is new or its unit changed.
     pub fn record(&self, r: &Record<'_>) -> Result<u64, HistoryError> {
+        self.record_capped(r, SeriesCaps::NONE)
+    }
+
+    /// [`RoomHistory::record`], refusing a new series past `caps` as well as past the
+    /// hub-wide `max_series`.
+    pub fn record_capped(&self, r: &Record<'_>, caps: SeriesCaps) -> Result<u64, HistoryError> {
         let cfg = &self.common.config;
         let mut guard = self.lock();
         let inner = &mut *guard;
@@ -109,7 +118,16 @@ impl RoomHistory {
         let series = match by_metric.get_mut(r.metric) {
             Some(s) => s,
             None => {
+                if inner.series_count >= caps.per_room {
+                    return Err(HistoryError::RoomSeriesLimit { max: caps.per_room });
+                }
+                if by_metric.len() >= caps.per_device {
+                    return Err(HistoryError::DeviceSeriesLimit {
+                        max: caps.per_device,
+                    });
+                }
                 self.reserve_series()?;
+                inner.series_count += 1;
                 let metric: Arc<str> = Arc::from(r.metric);
                 let key = Arc::new(SeriesKey {
                     device: r.device.clone(),
@@ -192,8 +210,8 @@ impl RoomHistory {
     /// Replays the log after `since` to `each`, in offset order, and says whether that is
     /// complete. With a different `epoch`, or a `since` older than the oldest kept entry
     /// (or beyond the room's offset), the replay is every kept entry and `recovered` is
-    /// false. The room calls this under its own lock, together with adding the
-    /// dashboard to its subscribers, so nothing published meanwhile is missed or doubled.
+    /// false. All at once (a room rebuilding its duplicate windows, tests); a dashboard's
+    /// replay goes page by page ([`RoomHistory::replay_start`]).
     pub fn replay(
         &self,
         since: u64,
@@ -216,6 +234,46 @@ impl RoomHistory {
             recovered,
             replayed,
         }
+    }
+
+    /// Where a `?since=` replay starts: whether it is complete (see [`RoomHistory::replay`])
+    /// and the first offset to send (past the room's offset when there is nothing).
+    /// Called by the room under its own lock; the pages follow with
+    /// [`RoomHistory::replay_page`] as the dashboard reads.
+    pub fn replay_start(&self, since: u64, epoch: Option<&str>) -> (bool, u64) {
+        let inner = self.lock();
+        let oldest = inner.log.front().map_or(inner.offset + 1, |e| e.offset);
+        let same_epoch = epoch.is_none_or(|e| e == &*self.epoch);
+        let recovered = same_epoch && since <= inner.offset && since + 1 >= oldest;
+        let cursor = if recovered { since + 1 } else { oldest };
+        (recovered, cursor)
+    }
+
+    /// Hands `each` up to `max` log entries from offset `cursor` on, in order, and
+    /// returns the next cursor; `None` when the log no longer holds `cursor` (trimmed
+    /// past it while the dashboard was catching up: it is too slow for this room).
+    pub fn replay_page(
+        &self,
+        cursor: u64,
+        max: usize,
+        mut each: impl FnMut(Replayed<'_>),
+    ) -> Option<u64> {
+        let inner = self.lock();
+        if cursor > inner.offset {
+            return Some(cursor);
+        }
+        let oldest = inner.log.front().map_or(inner.offset + 1, |e| e.offset);
+        if cursor < oldest {
+            return None;
+        }
+        // Log offsets are consecutive, so the first entry is found by arithmetic.
+        let skip = usize::try_from(cursor - oldest).unwrap_or(usize::MAX);
+        let mut next = cursor;
+        for e in inner.log.iter().skip(skip).take(max) {
+            each(replayed_of(e));
+            next = e.offset + 1;
+        }
+        Some(next)
     }
 
     /// The oldest offset the log still holds (`offset + 1` when it is empty).
@@ -266,6 +324,7 @@ impl RoomHistory {
             });
         }
         inner.series.retain(|_, m| !m.is_empty());
+        inner.series_count = inner.series_count.saturating_sub(dropped);
         if inner.series.is_empty() {
             // Nothing of the room is within the retention window any more.
             self.forget_log(&mut inner.log);
@@ -285,6 +344,7 @@ impl RoomHistory {
             Some(s) => s,
             None => {
                 self.reserve_series()?;
+                inner.series_count += 1;
                 by_metric
                     .entry(r.key.metric.clone())
                     .or_insert_with(|| Series::new(r.key.clone(), r.ts, r.value))

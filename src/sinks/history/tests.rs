@@ -88,6 +88,39 @@ fn series_cap_is_global_and_refuses_with_series_limit() {
 }
 
 #[test]
+fn room_and_device_caps_refuse_new_series_and_free_up_when_series_expire() {
+    let h = History::in_memory(HistoryConfig {
+        max_series: 100,
+        ..cfg()
+    });
+    let room = h.room(&Arc::from("r"));
+    let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+    let caps = SeriesCaps {
+        per_room: 3,
+        per_device: 2,
+    };
+    room.record_capped(&rec(&a, "m1", 1, 1.0), caps).unwrap();
+    room.record_capped(&rec(&a, "m2", 1, 1.0), caps).unwrap();
+    let err = room
+        .record_capped(&rec(&a, "m3", 1, 1.0), caps)
+        .unwrap_err();
+    assert!(matches!(err, HistoryError::DeviceSeriesLimit { max: 2 }));
+    // An existing series always records.
+    room.record_capped(&rec(&a, "m1", 2, 1.0), caps).unwrap();
+    room.record_capped(&rec(&b, "m1", 1, 1.0), caps).unwrap();
+    let err = room
+        .record_capped(&rec(&b, "m2", 1, 1.0), caps)
+        .unwrap_err();
+    assert!(matches!(err, HistoryError::RoomSeriesLimit { max: 3 }));
+    assert_eq!(h.series_count(), 3);
+    // Once the series expire, the room's budget is back.
+    h.prune(1_000_000);
+    room.record_capped(&rec(&b, "m2", 1_000_000, 1.0), caps)
+        .unwrap();
+    assert_eq!(h.series_count(), 1);
+}
+
+#[test]
 fn replay_since_is_exact_within_the_log() {
     let h = History::in_memory(cfg());
     let room = h.room(&Arc::from("r"));

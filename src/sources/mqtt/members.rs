@@ -168,6 +168,7 @@ impl HubSink {
 
 impl BridgeSink for HubSink {
     fn readings(&mut self, msg: BridgedMessage) -> Result<usize, String> {
+        let latest = self.hub.latest_ts(chrono::Utc::now().timestamp_millis());
         let mut items = Vec::with_capacity(msg.readings.len());
         for r in &msg.readings {
             // The checks `protocol::parse` makes of a WebSocket reading; metric, value
@@ -182,6 +183,13 @@ impl BridgeSink for HubSink {
                 return Err(format!(
                     "ts of `{}` is outside the years 1970 to 9999",
                     r.metric
+                ));
+            }
+            if r.ts.is_some_and(|ts| ts > latest) {
+                return Err(format!(
+                    "ts of `{}` is more than {} ms ahead of the hub's clock (limits.max_future_ms)",
+                    r.metric,
+                    self.hub.limits().max_future_ms
                 ));
             }
             items.push(r.clone());
@@ -358,6 +366,18 @@ mod tests {
         m.readings[0].ts = None;
         m.readings[0].unit = Some("u".repeat(33));
         assert!(sink.readings(m).unwrap_err().contains("unit"));
+    }
+
+    #[tokio::test]
+    async fn a_timestamp_far_ahead_of_the_hubs_clock_is_refused() {
+        let (hub, mut sink) = sink();
+        let now = chrono::Utc::now().timestamp_millis();
+        let ahead = hub.limits().max_future_ms as i64;
+        let err = sink
+            .readings(msg(Some(now + ahead + 60_000), false))
+            .unwrap_err();
+        assert!(err.contains("limits.max_future_ms"), "{err}");
+        assert_eq!(sink.readings(msg(Some(now + 60_000), false)), Ok(1));
     }
 
     #[test]
