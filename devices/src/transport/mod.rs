@@ -45,6 +45,8 @@ pub(crate) struct DeviceCtx {
     /// confirmed before it closes.
     pub drain: Duration,
     pub shutdown: watch::Receiver<bool>,
+    /// Tokens for a hub in token mode (WebSocket only).
+    pub auth: Option<crate::auth::TokenSource>,
 }
 
 /// The protocol crate's token bucket, on tokio's clock (pausable in tests), sized so that
