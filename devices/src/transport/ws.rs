@@ -412,9 +412,11 @@ pub(crate) async fn run_device(
                             report_refusal(a, &dev, &format!("the hub closed the connection with {code} {reason:?}"));
                         }
                         lost = true;
-                        // Expired: reconnecting with a fresh token may work at once; a
-                        // refused refresh will not.
-                        refused = code == close::POLICY_VIOLATION;
+                        // Expired: reconnecting at once with a freshly minted token
+                        // works; with the same given token (or a refused refresh) it
+                        // cannot, so that waits like a refusal.
+                        refused = code == close::POLICY_VIOLATION
+                            || !auth.as_ref().is_some_and(TokenSource::mints);
                     }
                     Inbox::RateLimited => {
                         // Some readings were refused: send everything unconfirmed again
