@@ -806,3 +806,51 @@ async fn a_wrong_secret_is_refused_clearly_and_not_retried_in_a_loop() {
     assert!(!text.contains(&token), "the error never shows the token");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_token_file_is_sent_as_the_refresh() {
+    // Arrange: one token for every device in a file, expiring in 4 s.
+    let app = spawn_app_with(token_hub).await;
+    let device_token = |ttl| {
+        minter(AUTH_SECRET, Duration::from_secs(ttl))
+            .token(&telehub_sim::TokenRequest {
+                client: "climate-1",
+                role: telehub_protocol::role::Role::Device,
+                room: "secure-b",
+            })
+            .expect("token")
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("sim.token");
+    // A device token for climate-1 in secure-b: the scenario's one device.
+    std::fs::write(&path, format!("{}\n", device_token(4))).expect("write");
+    let scenario = Scenario::from_toml(
+        "name = \"rot\"\nseed = 1\n[[rooms]]\nname = \"secure-b\"\n[[rooms.devices]]\nkind = \"climate\"\nrate = 5.0\n",
+        "rot",
+    )
+    .expect("scenario");
+    let mut opts = options(
+        format!("ws://{}", app.addr),
+        BackoffConfig {
+            initial: Duration::from_millis(50),
+            max: Duration::from_millis(500),
+        },
+    );
+    opts.auth = Some(telehub_sim::TokenSource::file(&path).expect("token file"));
+
+    // Act: rotate the file after the hub's warning, before the old token's exp.
+    let sim = SimRun::start(scenario, opts);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    std::fs::write(&path, device_token(3600)).expect("rotate");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let summary = sim.finish().await;
+
+    // Assert: the connection outlived the first token, refreshed from the file.
+    let t = summary.totals;
+    assert_eq!(t.auth_refused, 0, "{t:?}");
+    assert_eq!(t.reconnects, 0, "{t:?}");
+    assert_eq!(t.token_refreshes, 1, "{t:?}");
+    assert!(t.acked > 20, "{t:?}");
+    assert_eq!(summary.lost(), 0);
+    app.stop().await;
+}

@@ -350,13 +350,23 @@ pub(crate) async fn run_device(
                             // same token. The next second brings a later `exp`.
                             refresh_at = Some(Instant::now() + REFRESH_MIN_GAP);
                         }
+                        Ok(_) if a.renewable() => {
+                            // The token file still holds the same token: look again
+                            // each second until the operator rotates it (or `exp`).
+                            if a.first_stale_warning() {
+                                tracing::warn!(room = %dev.spec.room, device = %dev.spec.id,
+                                    "the hub says the token expires soon, and the token file still \
+                                     holds the same token: rewrite it with a fresh one, or the hub \
+                                     closes the connection when it expires");
+                            }
+                            refresh_at = Some(Instant::now() + REFRESH_MIN_GAP);
+                        }
                         Ok(_) => {
                             if a.first_stale_warning() {
                                 tracing::warn!(room = %dev.spec.room, device = %dev.spec.id,
-                                    "the hub says the token expires soon, but {} cannot be renewed{}: \
+                                    "the hub says the token expires soon, but {} cannot be renewed: \
                                      the hub will close the connection when it expires",
-                                    a.describe(),
-                                    if a.renewable() { " (the file still holds the same token)" } else { "" });
+                                    a.describe());
                             }
                         }
                         Err(error) => {
