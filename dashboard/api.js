@@ -1,11 +1,20 @@
 // REST calls to the hub. Every call resolves, never throws: `{ok, status, data, code,
 // error}`, where `code` is the hub's JSON error code. So a page can say "not available
 // yet" for an endpoint this hub does not have (404) as calmly as a network error.
+//
+// Signed in (auth.js), every call carries `Authorization: Bearer`; a 401 tells `auth`,
+// which shows the sign-in box. Images and downloads are fetched here too (as blobs), so
+// they carry the header: never a token in a URL.
 
-async function request(path, as = "json") {
+import { auth } from "./auth.js";
+
+async function request(path, as = "json", token = undefined) {
   let resp;
+  const headers = { accept: as === "json" ? "application/json" : "*/*" };
+  const bearer = token === undefined ? auth.token : token;
+  if (bearer) headers.authorization = `Bearer ${bearer}`;
   try {
-    resp = await fetch(path, { headers: { accept: as === "json" ? "application/json" : "*/*" }, cache: "no-store" });
+    resp = await fetch(path, { headers, cache: "no-store" });
   } catch (e) {
     return { ok: false, status: 0, error: "hub unreachable" };
   }
@@ -17,6 +26,8 @@ async function request(path, as = "json") {
       code = body?.error ?? null;
       if (body && body.message) error = `${body.error || resp.status}: ${body.message}`;
     } catch (_) { /* not JSON */ }
+    // A 401 to the token in use (not to one being checked) means sign in again.
+    if (resp.status === 401 && token === undefined && bearer === auth.token) auth.unauthorized(401, code || "unauthorized");
     return { ok: false, status: resp.status, code, error };
   }
   try {
@@ -31,6 +42,8 @@ const enc = encodeURIComponent;
 
 export const api = {
   rooms: () => request("/api/rooms"),
+  /** Asks the hub about a token before signing in with it (no side effects). */
+  checkToken: (token) => request("/api/rooms", "json", token),
   series: (room) => request(`/api/rooms/${enc(room)}/series`),
   history: (room, { metric, device, from, limit, step } = {}) => {
     const q = new URLSearchParams();

@@ -2,6 +2,10 @@
 // toggle, breadcrumbs), the notice banner, and `window.telehub` for tests and the
 // curious (state, perf counters).
 //
+// Token mode (auth.js): a probe of /api/rooms at start learns whether the hub wants a
+// token; while it does and none is held, the sign-in box replaces the view, and every
+// sign-in change (signed in, refused, expired, signed out) routes again.
+//
 // Routes:  #/                  the rooms of this hub
 //          #/rooms/{room}      one room, live
 
@@ -10,6 +14,8 @@ import { renderRoom } from "./room.js";
 import { newClientId } from "./ws.js";
 import { perf } from "./perf.js";
 import { el } from "./format.js";
+import { api } from "./api.js";
+import { auth, renderSignIn } from "./auth.js";
 
 /** This tab's client id: random per page load, so two tabs never replace each other. */
 export const CLIENT_ID = newClientId();
@@ -20,6 +26,7 @@ const connEl = document.getElementById("conn");
 const noticeEl = document.getElementById("notice");
 const crumbsEl = document.getElementById("crumbs");
 const themeBtn = document.getElementById("theme");
+const accountEl = document.getElementById("account");
 
 let current = null; // the mounted view: { destroy(), state? }
 
@@ -76,6 +83,16 @@ function route() {
   current = null;
   ui.notice(null);
   view.replaceChildren();
+  updateAccount();
+  if (auth.required && !auth.token) {
+    document.title = "Sign in · telehub";
+    ui.crumbs([{ label: "Sign in" }]);
+    ui.setConn("offline", "Signed out");
+    current = renderSignIn(view, { verify: (token) => api.checkToken(token) });
+    current.focus();
+    routed = true;
+    return;
+  }
   const r = parseRoute();
   if (r.name === "room") {
     if (!ROOM_ID.test(r.room)) {
@@ -123,13 +140,26 @@ themeBtn.addEventListener("click", () => {
 });
 dark.addEventListener("change", themeChanged);
 
+function updateAccount() {
+  accountEl.hidden = !auth.token;
+  accountEl.querySelector(".account-name").textContent = auth.token ? auth.user() : "";
+}
+document.getElementById("signout").addEventListener("click", () => auth.signOut());
+// Every change of the sign-in state but a renewal (the sockets carry on) re-renders.
+auth.onChange((reason) => { if (reason === "renewed") updateAccount(); else route(); });
+
 window.telehub = {
   clientId: CLIENT_ID,
   perf,
   get view() { return current?.state ?? null; },
+  /** The client id the room's socket uses (`sub.<tab>` when signed in). */
+  get client() { return current?.conn?.client ?? null; },
   theme: effectiveTheme,
 };
 
 window.addEventListener("hashchange", route);
 themeChanged();
-route();
+auth.load();
+// Does this hub want a token (401)? With auth.mode = "none" the answer is a room list
+// and nothing changes; a held token that the hub refuses is forgotten here.
+api.rooms().then(() => route());

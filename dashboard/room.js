@@ -495,6 +495,16 @@ export function renderRoom(root, room, { ui, clientId }) {
       };
       tick();
       countdown = setInterval(tick, 1000);
+    } else if (s.state === "refused") {
+      // 1008 forbidden: a good token without this room (unauthorized and 4001 take the
+      // page to the sign-in box instead).
+      ui.setConn("offline", "Not allowed", `${s.code} ${s.reason || ""}`.trim());
+      if (s.reason === "forbidden") {
+        ui.notice(`Your token does not give access to room ${room} (the hub closed the connection: ${s.code} forbidden).`, "error",
+          [{ label: "All rooms", onclick: () => { location.hash = "#/"; } }]);
+      }
+    } else if (s.state === "signed-out") {
+      ui.setConn("offline", "Signed out");
     } else if (s.state === "replaced") {
       ui.setConn("offline", "Paused: opened elsewhere");
       ui.notice("This room was opened by another connection with this page's id, so this page stopped to let it have the room.", "warn",

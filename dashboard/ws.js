@@ -6,6 +6,14 @@
 // are dropped here. Close 1013 (slow consumer) and 1001 (hub stopping) reconnect the same
 // way; close 4000 (replaced by a newer connection with our id) stops for good, so two
 // tabs never fight over one id.
+//
+// Token mode (auth.js): the first frame is `{"type":"auth","token":...}` (browsers cannot
+// set headers on a WebSocket), the client id is `sub.<random>`, `token_expiring` goes to
+// `auth` (which asks the user for a fresh token, sent here as another `auth` frame), and
+// a close 1008 (`unauthorized`/`forbidden`) or 4001 (`token expired`) stops reconnecting:
+// retrying with the same token cannot help.
+
+import { auth } from "./auth.js";
 
 const BACKOFF_START_MS = 250;
 const BACKOFF_MAX_MS = 8000;
@@ -15,6 +23,8 @@ const STABLE_MS = 5000;
 export const CLOSE_GOING_AWAY = 1001;
 export const CLOSE_SLOW_CONSUMER = 1013;
 export const CLOSE_REPLACED = 4000;
+export const CLOSE_POLICY = 1008;
+export const CLOSE_TOKEN_EXPIRED = 4001;
 
 /** A random client id valid per the protocol's id rule (`A-Za-z0-9_.-`, 1..64). */
 export function newClientId() {
@@ -31,7 +41,9 @@ export class RoomConnection {
    */
   constructor(room, client, handlers) {
     this.room = room;
+    this.baseClient = client;
     this.client = client;
+    this.unrenew = null;
     this.h = handlers;
     this.ws = null;
     this.offset = null; // last offset seen (null: nothing seen yet)
@@ -45,6 +57,9 @@ export class RoomConnection {
 
   start() {
     this.stopped = false;
+    this.unrenew?.();
+    // A fresh token from the expiry banner: send it on this socket.
+    this.unrenew = auth.onRenew((token) => { this.send({ type: "auth", token }); });
     this.connect();
   }
 
@@ -52,6 +67,8 @@ export class RoomConnection {
   stop() {
     this.stopped = true;
     clearTimeout(this.timer);
+    this.unrenew?.();
+    this.unrenew = null;
     if (this.ws) {
       const ws = this.ws;
       this.ws = null;
@@ -78,6 +95,13 @@ export class RoomConnection {
   connect() {
     if (this.stopped) return;
     clearTimeout(this.timer);
+    if (auth.required && !auth.token) {
+      // The hub would wait 5 s for a token and close: wait for the sign-in instead.
+      this.stopped = true;
+      this.setStatus({ state: "signed-out" });
+      return;
+    }
+    this.client = auth.clientId(this.baseClient);
     this.setStatus({ state: this.attempt === 0 ? "connecting" : "reconnecting", attempt: this.attempt });
     let ws;
     try {
@@ -88,10 +112,17 @@ export class RoomConnection {
     }
     this.ws = ws;
     let welcomed = false;
-    ws.onopen = () => { this.openedAt = performance.now(); };
+    ws.onopen = () => {
+      this.openedAt = performance.now();
+      if (auth.token) ws.send(JSON.stringify({ type: "auth", token: auth.token }));
+    };
     ws.onmessage = (ev) => {
       let msg;
       try { msg = JSON.parse(ev.data); } catch (_) { return; }
+      if (msg.type === "token_expiring") {
+        auth.expiring(msg.exp);
+        return;
+      }
       if (msg.type === "welcome") {
         welcomed = true;
         this.onWelcome(msg);
@@ -113,6 +144,12 @@ export class RoomConnection {
       if (ev.code === CLOSE_REPLACED) {
         this.stopped = true;
         this.setStatus({ state: "replaced" });
+        return;
+      }
+      if (ev.code === CLOSE_POLICY || ev.code === CLOSE_TOKEN_EXPIRED) {
+        this.stopped = true;
+        this.setStatus({ state: "refused", code: ev.code, reason: ev.reason });
+        auth.closedBySocket(ev.code, ev.reason);
         return;
       }
       let why = "connection lost";

@@ -241,7 +241,8 @@ fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
         #[cfg(feature = "demo")]
         let demo = if demo {
             let addr = demo_address(listener.local_addr()?);
-            Some(tokio::spawn(run_demo(addr, stopped(stop_rx.clone()))))
+            let auth = demo_tokens(&settings);
+            Some(tokio::spawn(run_demo(addr, auth, stopped(stop_rx.clone()))))
         } else {
             None
         };
@@ -268,16 +269,36 @@ fn demo_address(mut addr: SocketAddr) -> SocketAddr {
     addr
 }
 
+/// With `[auth] mode = "token"`, the demo devices carry tokens the hub mints for them with
+/// its own HS key (as `telehub token` would): each one only its own id, in its own room.
+#[cfg(feature = "demo")]
+fn demo_tokens(settings: &Settings) -> Option<telehub_sim::TokenSource> {
+    if settings.auth.mode != telehub::AuthMode::Token {
+        return None;
+    }
+    let settings = settings.clone();
+    Some(telehub_sim::TokenSource::custom(move |req| {
+        let ttl = std::time::Duration::from_secs(3600);
+        telehub::mint_token(&settings, req.client, "device", vec![req.room.to_string()], ttl)
+            .map_err(|e| e.to_string())
+    }))
+}
+
 /// Runs the built-in demo scenario in-process until the hub stops.
 #[cfg(feature = "demo")]
-async fn run_demo(addr: SocketAddr, stop: impl std::future::Future<Output = ()>) {
+async fn run_demo(
+    addr: SocketAddr,
+    auth: Option<telehub_sim::TokenSource>,
+    stop: impl std::future::Future<Output = ()>,
+) {
     let scenario = telehub_sim::demo_scenario();
     let rooms: Vec<String> = scenario.rooms.iter().map(|r| r.name.clone()).collect();
     tracing::info!(
         rooms = %rooms.join(", "),
         "demo: simulated devices connecting; open http://{addr}/ to watch them"
     );
-    let opts = telehub_sim::RunOptions::websocket(format!("ws://{addr}"));
+    let mut opts = telehub_sim::RunOptions::websocket(format!("ws://{addr}"));
+    opts.auth = auth;
     if let Err(e) = telehub_sim::run(scenario, opts, stop).await {
         tracing::warn!(error = %e, "demo devices stopped");
     }

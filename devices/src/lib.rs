@@ -12,6 +12,7 @@
 //!
 //! The library prints nothing; the `telehub-sim` binary does.
 
+pub mod auth;
 pub mod backoff;
 pub mod bench;
 pub mod clock;
@@ -26,6 +27,7 @@ pub mod stats;
 mod transport;
 pub mod wsclient;
 
+pub use auth::{AuthError, MintOptions, TokenRequest, TokenSource};
 pub use backoff::BackoffConfig;
 pub use clock::ClockConfig;
 pub use device::{DeviceSummary, SeqStart};

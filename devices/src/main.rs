@@ -13,7 +13,9 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use telehub_sim::bench::idle::{run_idle, IdleOptions, IdleReport};
 use telehub_sim::bench::{run_bench, BenchOptions, BenchReport, LoadShape};
-use telehub_sim::{ClockConfig, Kind, RunOptions, Scenario, SeqStart, SimStats, Summary};
+use telehub_sim::{
+    ClockConfig, Kind, MintOptions, RunOptions, Scenario, SeqStart, SimStats, Summary, TokenSource,
+};
 
 /// Simulated IoT devices for telehub, and its load generator.
 #[derive(Parser)]
@@ -81,6 +83,71 @@ struct RunArgs {
     /// No live status line.
     #[arg(long, short)]
     quiet: bool,
+    #[command(flatten)]
+    auth: AuthArgs,
+}
+
+/// Tokens for a hub with `[auth] mode = "token"`.
+#[derive(Args)]
+struct AuthArgs {
+    /// One token (JWT) for every connection; never printed. It cannot be renewed, so the
+    /// hub closes connections when it expires.
+    #[arg(long, value_name = "JWT", conflicts_with_all = ["token_file", "auth_secret", "auth_secret_file"])]
+    token: Option<String>,
+    /// A file holding one token for every connection, read again on every connection and
+    /// every refresh: rotate the token by rewriting the file.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["auth_secret", "auth_secret_file"])]
+    token_file: Option<PathBuf>,
+    /// Mint a token per connection (sub = its id, its role, rooms = [its room]) signed with
+    /// this HS256 secret of the hub's [[auth.keys]]; refreshed before it expires.
+    #[arg(long, value_name = "SECRET", conflicts_with = "auth_secret_file")]
+    auth_secret: Option<String>,
+    /// As --auth-secret, read from a file (a trailing newline is ignored, as the hub does),
+    /// which keeps the secret out of the process list.
+    #[arg(long, value_name = "PATH")]
+    auth_secret_file: Option<PathBuf>,
+    /// `kid` of minted tokens: the hub key's `kid` ("" leaves it out).
+    #[arg(long, value_name = "KID", default_value = "main")]
+    auth_kid: String,
+    /// `iss` of minted tokens: the hub's `auth.issuer` ("" leaves it out).
+    #[arg(long, value_name = "ISS", default_value = "telehub")]
+    auth_issuer: String,
+    /// `aud` of minted tokens: the hub's `auth.audience` ("" leaves it out).
+    #[arg(long, value_name = "AUD", default_value = "telehub")]
+    auth_audience: String,
+    /// Lifetime of minted tokens (e.g. 10m, 1h); at least 2 s.
+    #[arg(long, value_name = "TTL", value_parser = parse_duration, default_value = "1h")]
+    token_ttl: Duration,
+}
+
+impl AuthArgs {
+    /// The token source the flags ask for, if any.
+    fn source(&self) -> anyhow::Result<Option<TokenSource>> {
+        if let Some(t) = &self.token {
+            return Ok(Some(TokenSource::fixed(t.clone())?));
+        }
+        if let Some(path) = &self.token_file {
+            return Ok(Some(TokenSource::file(path)?));
+        }
+        let secret = match (&self.auth_secret, &self.auth_secret_file) {
+            (Some(s), _) => s.clone().into_bytes(),
+            (None, Some(path)) => {
+                let mut bytes = std::fs::read(path)
+                    .with_context(|| format!("reading --auth-secret-file {}", path.display()))?;
+                while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                    bytes.pop();
+                }
+                bytes
+            }
+            (None, None) => return Ok(None),
+        };
+        let mut opts = MintOptions::new(secret);
+        opts.kid = Some(self.auth_kid.clone()).filter(|k| !k.is_empty());
+        opts.issuer = self.auth_issuer.clone();
+        opts.audience = self.auth_audience.clone();
+        opts.ttl = self.token_ttl;
+        Ok(Some(TokenSource::mint(opts)?))
+    }
 }
 
 #[derive(Args)]
@@ -111,6 +178,8 @@ struct BenchArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    auth: AuthArgs,
 }
 
 fn parse_kind(s: &str) -> Result<Kind, String> {
@@ -255,6 +324,7 @@ async fn cmd_run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(n) = args.seq_start {
         opts.seq_start = SeqStart::Fixed(n);
     }
+    opts.auth = args.auth.source()?;
     opts.check()?;
     let stats = SimStats::new();
     opts.stats = stats.clone();
@@ -297,8 +367,13 @@ async fn status_line(stats: SimStats) {
         let now = stats.snapshot();
         let dt = last_at.elapsed().as_secs_f64().max(1e-3);
         let rate = (now.generated - last.generated) as f64 / dt;
+        let refused = if now.auth_refused > 0 {
+            format!(" | token refused {}", now.auth_refused)
+        } else {
+            String::new()
+        };
         print!(
-            "\r\x1b[2Kdevices {}/{} connected | {:.1} readings/s | confirmed {} | reconnects {} | buffered {} | dropped {}",
+            "\r\x1b[2Kdevices {}/{} connected | {:.1} readings/s | confirmed {} | reconnects {} | buffered {} | dropped {}{refused}",
             now.connected, now.devices, rate, now.acked, now.reconnects, now.buffered, now.dropped
         );
         let _ = std::io::stdout().flush();
@@ -329,6 +404,12 @@ fn print_summary(s: &Summary) {
         "  commands:  {} answered ({} reboots); hub errors {} ({} rate_limited)",
         t.commands, t.reboots, t.hub_errors, t.rate_limited
     );
+    if t.auth_refused > 0 || t.token_refreshes > 0 {
+        println!(
+            "  tokens:    {} refreshed; {} connections refused for their token",
+            t.token_refreshes, t.auth_refused
+        );
+    }
     let lost = s.lost();
     if lost > 0 {
         println!(
@@ -338,6 +419,7 @@ fn print_summary(s: &Summary) {
 }
 
 async fn cmd_bench(args: BenchArgs) -> anyhow::Result<()> {
+    let auth = args.auth.source()?;
     if let Some(n) = args.idle {
         let report = run_idle(IdleOptions {
             url: args.url,
@@ -345,6 +427,7 @@ async fn cmd_bench(args: BenchArgs) -> anyhow::Result<()> {
             per_room: args.idle_per_room,
             hold: args.idle_hold,
             pid: args.pid,
+            auth,
         })
         .await?;
         if args.json {
@@ -376,6 +459,7 @@ async fn cmd_bench(args: BenchArgs) -> anyhow::Result<()> {
         duration: args.duration,
         warmup: args.warmup,
         pid: args.pid,
+        auth,
     })
     .await?;
     if args.json {

@@ -12,6 +12,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::auth::TokenSource;
 use crate::backoff::BackoffConfig;
 use crate::clock::{wall_ms, Clock, ClockConfig};
 use crate::device::{Device, DeviceSummary, SeqStart};
@@ -59,6 +60,9 @@ pub struct RunOptions {
     pub drain: Duration,
     /// Counters to update while running (clone one to watch it from outside).
     pub stats: SimStats,
+    /// Tokens for a hub with `[auth] mode = "token"` (WebSocket only; MQTT devices are
+    /// authenticated by their broker).
+    pub auth: Option<TokenSource>,
 }
 
 impl RunOptions {
@@ -73,6 +77,7 @@ impl RunOptions {
             send_rate: DEFAULT_SEND_RATE,
             drain: DEFAULT_DRAIN,
             stats: SimStats::new(),
+            auth: None,
         }
     }
 
@@ -80,6 +85,7 @@ impl RunOptions {
     pub fn check(&self) -> Result<(), RunError> {
         match &self.transport {
             Transport::WebSocket(url) => HubUrl::parse(url).map(drop).map_err(RunError::from),
+            Transport::Mqtt(_) if self.auth.is_some() => Err(RunError::AuthOverMqtt),
             Transport::Mqtt(url) => BrokerUrl::parse(url)
                 .map(drop)
                 .ok_or_else(|| RunError::BrokerUrl(url.clone())),
@@ -129,6 +135,9 @@ pub enum RunError {
     /// The broker URL is unusable.
     #[error("invalid MQTT broker url {0:?}: expected mqtt://host[:port]")]
     BrokerUrl(String),
+    /// Tokens were given for MQTT devices, which the broker authenticates.
+    #[error("tokens are for WebSocket devices: MQTT devices are authenticated by their broker")]
+    AuthOverMqtt,
     /// The scenario has no devices.
     #[error("scenario {0:?} has no devices")]
     NoDevices(String),
@@ -156,6 +165,7 @@ pub async fn run(
             "mqtt",
         ),
     };
+    opts.check()?;
     let specs = scenario.devices();
     if specs.is_empty() {
         return Err(RunError::NoDevices(scenario.name));
@@ -177,6 +187,7 @@ pub async fn run(
         seed: scenario.seed,
         drain: opts.drain,
         shutdown: stop_rx,
+        auth: opts.auth.clone(),
     };
     let started = Instant::now();
     let mut tasks = JoinSet::new();

@@ -28,6 +28,8 @@ struct Counters {
     reboots: AtomicU64,
     hub_errors: AtomicU64,
     rate_limited: AtomicU64,
+    auth_refused: AtomicU64,
+    token_refreshes: AtomicU64,
 }
 
 /// The counters at one moment.
@@ -61,6 +63,11 @@ pub struct StatsSnapshot {
     pub hub_errors: u64,
     /// Of those, `rate_limited`.
     pub rate_limited: u64,
+    /// Connections the hub refused for their token (HTTP 401/403 on the upgrade, close
+    /// 1008 after a refresh, or 4001 when a token expired unrefreshed).
+    pub auth_refused: u64,
+    /// Fresh tokens sent in answer to `token_expiring`.
+    pub token_refreshes: u64,
 }
 
 impl SimStats {
@@ -87,6 +94,8 @@ impl SimStats {
             reboots: c.reboots.load(Relaxed),
             hub_errors: c.hub_errors.load(Relaxed),
             rate_limited: c.rate_limited.load(Relaxed),
+            auth_refused: c.auth_refused.load(Relaxed),
+            token_refreshes: c.token_refreshes.load(Relaxed),
         }
     }
 
@@ -123,6 +132,12 @@ impl SimStats {
     }
     pub(crate) fn reboot(&self) {
         self.0.reboots.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn auth_refused(&self) {
+        self.0.auth_refused.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn token_refresh(&self) {
+        self.0.token_refreshes.fetch_add(1, Relaxed);
     }
     pub(crate) fn hub_error(&self, rate_limited: bool) {
         self.0.hub_errors.fetch_add(1, Relaxed);

@@ -8,7 +8,11 @@
 use std::net::{IpAddr, SocketAddr};
 
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::header::AUTHORIZATION;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self};
 use tokio_tungstenite::WebSocketStream;
 
 /// A WebSocket client connection.
@@ -41,6 +45,20 @@ pub enum ConnectError {
         /// OS error.
         error: std::io::Error,
     },
+    /// The hub refused the token: HTTP 401 (missing, malformed, expired or badly signed)
+    /// or 403 (valid, but not for this room, role or client id).
+    #[error("the hub at {addr} refused the token: HTTP {status} {code}")]
+    Refused {
+        /// Address dialled.
+        addr: SocketAddr,
+        /// 401 or 403.
+        status: u16,
+        /// The JSON body's `error` (`unauthorized`, `forbidden`, `origin_not_allowed`).
+        code: String,
+    },
+    /// The token has characters an HTTP header cannot carry (a JWT never has).
+    #[error("the token is not a JWT: it has characters an HTTP header cannot carry")]
+    BadToken,
     /// The WebSocket handshake failed (includes the hub refusing with 400/503).
     #[error("websocket handshake with {addr}: {error}")]
     Handshake {
@@ -49,6 +67,13 @@ pub enum ConnectError {
         /// tungstenite's error; for an HTTP refusal it carries the status.
         error: Box<tokio_tungstenite::tungstenite::Error>,
     },
+}
+
+impl ConnectError {
+    /// The hub refused the credentials (401/403): retrying soon will not help.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, ConnectError::Refused { .. })
+    }
 }
 
 /// Where a hub listens, parsed from `ws://host:port` (also `http://`; a trailing path is
@@ -131,13 +156,15 @@ pub fn small_config(read_buffer: usize) -> WebSocketConfig {
         .max_frame_size(Some(1 << 20))
 }
 
-/// Open `ws://{hub}{path_and_query}` to the already-resolved `addr`, from `bind` if given.
+/// Open `ws://{hub}{path_and_query}` to the already-resolved `addr`, from `bind` if given,
+/// with `Authorization: Bearer {bearer}` if given (marked sensitive, never logged).
 pub async fn connect(
     hub: &HubUrl,
     addr: SocketAddr,
     path_and_query: &str,
     bind: Option<IpAddr>,
     config: WebSocketConfig,
+    bearer: Option<&str>,
 ) -> Result<WsStream, ConnectError> {
     let tcp_err = |error| ConnectError::Tcp { addr, error };
     let socket = if addr.is_ipv4() {
@@ -152,13 +179,47 @@ pub async fn connect(
     let stream = socket.connect(addr).await.map_err(tcp_err)?;
     stream.set_nodelay(true).map_err(tcp_err)?;
     let url = format!("ws://{}{}", hub.authority(), path_and_query);
-    let (ws, _response) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
-        .await
-        .map_err(|e| ConnectError::Handshake {
-            addr,
-            error: Box::new(e),
-        })?;
+    let handshake = |e: tungstenite::Error| ConnectError::Handshake {
+        addr,
+        error: Box::new(e),
+    };
+    let mut request = url.into_client_request().map_err(handshake)?;
+    if let Some(token) = bearer {
+        let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| ConnectError::BadToken)?;
+        value.set_sensitive(true);
+        request.headers_mut().insert(AUTHORIZATION, value);
+    }
+    let (ws, _response) =
+        tokio_tungstenite::client_async_with_config(request, stream, Some(config))
+            .await
+            .map_err(|e| refusal(addr, &e).unwrap_or_else(|| handshake(e)))?;
     Ok(ws)
+}
+
+/// A 401/403 answer to the upgrade, with the JSON body's `error` code.
+fn refusal(addr: SocketAddr, e: &tungstenite::Error) -> Option<ConnectError> {
+    let tungstenite::Error::Http(resp) = e else {
+        return None;
+    };
+    let status = resp.status().as_u16();
+    if status != 401 && status != 403 {
+        return None;
+    }
+    let code = resp
+        .body()
+        .as_deref()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+        .and_then(|v| v["error"].as_str().map(str::to_string))
+        .unwrap_or_else(|| {
+            if status == 401 {
+                "unauthorized"
+            } else {
+                "forbidden"
+            }
+            .into()
+        });
+    Some(ConnectError::Refused { addr, status, code })
 }
 
 #[cfg(test)]

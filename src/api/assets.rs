@@ -40,6 +40,7 @@ const ASSETS: &[Asset] = &[
     asset!("style.css", CSS),
     asset!("app.js", JS),
     asset!("api.js", JS),
+    asset!("auth.js", JS),
     asset!("chart.js", JS),
     asset!("format.js", JS),
     asset!("home.js", JS),

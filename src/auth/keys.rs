@@ -171,8 +171,10 @@ pub(crate) struct Expect<'a> {
 
 fn validation(alg: Algorithm, expect: &Expect) -> Validation {
     let mut v = Validation::new(alg);
-    // The hub closes a connection at `exp` to the second: no leeway either way.
+    // The hub closes a connection at `exp` to the second: no leeway either way, and
+    // (RFC 7519 4.1.4) a token is valid only before `exp`, not during its second.
     v.leeway = 0;
+    v.reject_tokens_expiring_in_less_than = 1;
     let mut required = vec!["exp", "sub"];
     if !expect.issuer.is_empty() {
         v.set_issuer(&[expect.issuer]);

@@ -567,5 +567,20 @@ async fn an_open_hub_ignores_auth_frames() {
         .await;
     let (code, _) = dash.next_error().await;
     assert_eq!(code, "unknown_device");
+}
+
+#[tokio::test]
+async fn a_token_is_refused_from_the_second_of_its_exp() {
+    // RFC 7519 4.1.4: the token is valid only *before* `exp`. A token whose `exp` is the
+    // current second was accepted (jsonwebtoken rejects only `exp < now`), and the
+    // session then closed it at once with 4001: a client reconnecting after a 4001 with
+    // the same token looped until the second ended.
+    let app = token_hub().await;
+    let url = app.ws_url("greenhouse-1", "t1", "role=device");
+    let at_exp = sign(Some("main"), SECRET, &claims("t1", "device", &["*"], 0));
+    assert_eq!(
+        refused_bearer(&url, &at_exp).await,
+        (401, "unauthorized".into())
+    );
     app.stop().await;
 }

@@ -49,6 +49,19 @@ impl Device {
         metrics: &[(&'static str, &'static str, f64)],
         interval: Duration,
     ) -> Device {
+        Device::spawn_with_token(addr, room, id, metrics, interval, None)
+    }
+
+    /// As [`Device::spawn`], with `Authorization: Bearer {token}` on every connection
+    /// (a hub in token mode).
+    fn spawn_with_token(
+        addr: SocketAddr,
+        room: &str,
+        id: &str,
+        metrics: &[(&'static str, &'static str, f64)],
+        interval: Duration,
+        token: Option<String>,
+    ) -> Device {
         let url = format!("ws://{addr}/ws/{room}/{id}?role=device");
         let metrics = metrics.to_vec();
         let commands = Arc::new(Mutex::new(Vec::new()));
@@ -65,7 +78,11 @@ impl Device {
                     if *stopped.borrow() {
                         return;
                     }
-                    let Ok(mut ws) = Client::connect(url.as_str()).await else {
+                    let connected = match &token {
+                        Some(t) => Client::connect_bearer(url.as_str(), t).await,
+                        None => Client::connect(url.as_str()).await,
+                    };
+                    let Ok(mut ws) = connected else {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                         continue;
                     };
@@ -714,6 +731,375 @@ async fn page_closed_as_a_slow_consumer_reconnects_and_carries_on() {
     assert!(page.errors().is_empty(), "page errors: {:?}", page.errors());
 
     steady.stop().await;
+    drop(browser);
+    app.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// `[auth] mode = "token"`: the sign-in box, live data with a token, refusals, expiry.
+
+const AUTH_SECRET: &str = "browser-test-secret-at-least-32-bytes";
+
+fn token_hub(s: &mut telehub::Settings) {
+    s.auth.mode = telehub::AuthMode::Token;
+    s.auth.keys = vec![telehub::KeyConfig {
+        kid: "main".into(),
+        algorithm: telehub::KeyAlgorithm::HS256,
+        secret: Some(telehub::Secret::from(AUTH_SECRET.to_string())),
+        secret_file: None,
+        public_key_file: None,
+    }];
+}
+
+/// A token for `sub` with `role` and `rooms`, valid for `ttl_s` seconds, signed with
+/// `secret`.
+fn jwt(secret: &str, sub: &str, role: &str, rooms: &[&str], ttl_s: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    let claims = json!({"sub": sub, "role": role, "rooms": rooms, "exp": now + ttl_s,
+                        "iss": "telehub", "aud": "telehub"});
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    h.kid = Some("main".into());
+    jsonwebtoken::encode(
+        &h,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("sign")
+}
+
+/// Types `token` into the sign-in box with the keyboard and presses Enter.
+async fn type_token_and_enter(page: &crate::cdp::Page, input: &str, token: &str) {
+    page.eval(&format!("document.querySelector('{input}').focus()"))
+        .await;
+    page.call("Input.insertText", json!({"text": token})).await;
+    for kind in ["keyDown", "keyUp"] {
+        page.call(
+            "Input.dispatchKeyEvent",
+            json!({"type": kind, "key": "Enter", "code": "Enter", "windowsVirtualKeyCode": 13,
+                   "text": if kind == "keyDown" { "\r" } else { "" }}),
+        )
+        .await;
+    }
+}
+
+const SIGNIN_BOX: &str = "!!document.querySelector('#signin-token')";
+const SIGNIN_MSG: &str = "document.querySelector('#signin-msg')?.textContent ?? ''";
+const STORED: &str = "[sessionStorage.getItem('telehub.token'), Object.keys(localStorage).filter(k => localStorage.getItem(k).includes('eyJ')).length, location.href]";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_in_with_a_token_shows_live_data_and_a_refused_token_says_so() {
+    let _one = BROWSER_TESTS.lock().await;
+    // Arrange: a token-mode hub, a device publishing with its device token.
+    let app = crate::helpers::spawn_app_with(token_hub).await;
+    let device = Device::spawn_with_token(
+        app.addr,
+        "greenhouse-1",
+        "climate-1",
+        CLIMATE,
+        Duration::from_millis(100),
+        Some(jwt(
+            AUTH_SECRET,
+            "climate-1",
+            "device",
+            &["greenhouse-*"],
+            3600,
+        )),
+    );
+    let browser = Browser::launch().await;
+    let page = browser.new_page(1280, 860).await;
+
+    // Act: open the room; the hub wants a token, so the page asks for one.
+    page.goto(&format!("http://{}/#/rooms/greenhouse-1", app.addr))
+        .await;
+    page.wait_for(SIGNIN_BOX, WAIT, "the sign-in box").await;
+    let focused = page.eval("document.activeElement?.id").await;
+    assert_eq!(focused, "signin-token", "the token field has the focus");
+    print_screenshot("sign-in", &page.screenshot_to_dir("auth-signin").await);
+
+    // A token signed with another secret is refused, with the hub's answer.
+    let forged = jwt(
+        "a-different-secret-that-is-32-bytes-long",
+        "alice",
+        "dashboard",
+        &["greenhouse-*"],
+        3600,
+    );
+    type_token_and_enter(&page, "#signin-token", &forged).await;
+    let msg = page
+        .wait_for(
+            &format!(
+                "(() => {{ const t = {SIGNIN_MSG}; return t.includes('refused') ? t : ''; }})()"
+            ),
+            WAIT,
+            "the refusal of a forged token",
+        )
+        .await;
+    assert!(msg.as_str().unwrap().contains("401"), "{msg}");
+    assert_eq!(
+        page.eval("document.querySelector('#signin-msg').getAttribute('role')")
+            .await,
+        "alert"
+    );
+    assert_eq!(
+        page.eval(STORED).await[0],
+        Value::Null,
+        "a refused token is not kept"
+    );
+    print_screenshot(
+        "sign-in, refused",
+        &page.screenshot_to_dir("auth-signin-refused").await,
+    );
+
+    // A device token is not a dashboard's: said before the hub is even asked.
+    page.eval("document.querySelector('#signin-token').value = ''")
+        .await;
+    let dev_token = jwt(AUTH_SECRET, "climate-1", "device", &["greenhouse-*"], 3600);
+    type_token_and_enter(&page, "#signin-token", &dev_token).await;
+    page.wait_for(
+        &format!("{SIGNIN_MSG}.includes('device token')"),
+        WAIT,
+        "the device-token message",
+    )
+    .await;
+
+    // The right token: the room with live values.
+    page.eval("document.querySelector('#signin-token').value = ''")
+        .await;
+    let token = jwt(AUTH_SECRET, "alice", "dashboard", &["greenhouse-*"], 3600);
+    type_token_and_enter(&page, "#signin-token", &token).await;
+    let first = page
+        .wait_for(
+            &value_js("climate-1", "temperature"),
+            WAIT,
+            "a live temperature",
+        )
+        .await;
+    page.wait_for(
+        &format!("{} !== {first}", value_js("climate-1", "temperature")),
+        WAIT,
+        "the temperature to change",
+    )
+    .await;
+    page.wait_for(
+        "document.querySelector('#conn').dataset.state === 'live'",
+        WAIT,
+        "the connection to be live",
+    )
+    .await;
+
+    // Assert: the token is in sessionStorage only (not localStorage, not the URL), the
+    // page connected as `alice.<tab>`, and the header says who is signed in.
+    let stored = page.eval(STORED).await;
+    assert_eq!(stored[0], json!(token), "kept in sessionStorage");
+    assert_eq!(stored[1], 0, "nothing token-like in localStorage");
+    assert!(!stored[2].as_str().unwrap().contains("eyJ"), "{stored}");
+    let who = page
+        .eval("[document.querySelector('#account').hidden, document.querySelector('.account-name').textContent, window.telehub.client]")
+        .await;
+    assert_eq!(who[0], false);
+    assert_eq!(who[1], "alice");
+    assert!(
+        who[2].as_str().unwrap().starts_with("alice."),
+        "a dashboard token connects as sub.<tab>: {who}"
+    );
+    print_screenshot(
+        "room, signed in",
+        &page.screenshot_to_dir("auth-room").await,
+    );
+    let (status, body) = app.get("/api/rooms").await;
+    assert_eq!(status, 401, "REST without a token is still refused: {body}");
+
+    // The home page lists the token's rooms through REST with the bearer token.
+    page.eval("location.hash = '#/'").await;
+    page.wait_for(
+        r#"document.querySelector('[data-room="greenhouse-1"] [data-stat="devices"] .stat-num')?.textContent === '1'"#,
+        WAIT,
+        "the greenhouse-1 room on the home page",
+    )
+    .await;
+
+    // A room outside the token: the page says so instead of retrying.
+    page.eval("location.hash = '#/rooms/kitchen'").await;
+    let notice = page
+        .wait_for(
+            r#"(() => { const t = document.querySelector('#notice').textContent; return t.includes('does not give access') ? t : ''; })()"#,
+            WAIT,
+            "the forbidden-room notice",
+        )
+        .await;
+    println!("forbidden room: {notice}");
+    print_screenshot(
+        "room outside the token",
+        &page.screenshot_to_dir("auth-forbidden-room").await,
+    );
+
+    // Sign out: the token is gone and the sign-in box is back.
+    page.eval("location.hash = '#/rooms/greenhouse-1'").await;
+    page.wait_for(
+        &value_js("climate-1", "temperature"),
+        WAIT,
+        "the room again",
+    )
+    .await;
+    page.set_color_scheme("dark").await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    print_screenshot(
+        "room, signed in, dark",
+        &page.screenshot_to_dir("auth-room-dark").await,
+    );
+    page.eval("document.querySelector('#signout').click()")
+        .await;
+    page.wait_for(SIGNIN_BOX, WAIT, "the sign-in box after signing out")
+        .await;
+    assert_eq!(page.eval(STORED).await[0], Value::Null);
+    assert!(page
+        .eval(SIGNIN_MSG)
+        .await
+        .as_str()
+        .unwrap()
+        .contains("Signed out"));
+    print_screenshot(
+        "signed out, dark",
+        &page.screenshot_to_dir("auth-signed-out-dark").await,
+    );
+    page.set_viewport(390, 760, true).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    print_screenshot(
+        "sign-in, phone",
+        &page.screenshot_to_dir("auth-signin-phone").await,
+    );
+    assert!(page.errors().is_empty(), "page errors: {:?}", page.errors());
+
+    device.stop().await;
+    drop(browser);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiring_token_is_renewed_from_the_banner_and_an_expired_one_signs_out() {
+    let _one = BROWSER_TESTS.lock().await;
+    // Arrange
+    let app = crate::helpers::spawn_app_with(token_hub).await;
+    let device = Device::spawn_with_token(
+        app.addr,
+        "greenhouse-1",
+        "climate-1",
+        CLIMATE,
+        Duration::from_millis(100),
+        Some(jwt(
+            AUTH_SECRET,
+            "climate-1",
+            "device",
+            &["greenhouse-*"],
+            3600,
+        )),
+    );
+    let browser = Browser::launch().await;
+    let page = browser.new_page(1280, 860).await;
+    page.goto(&format!("http://{}/#/rooms/greenhouse-1", app.addr))
+        .await;
+    page.wait_for(SIGNIN_BOX, WAIT, "the sign-in box").await;
+
+    // Act: sign in with a token that expires in 8 s; the hub says `token_expiring` at
+    // once and the page asks for a fresh token without leaving the room.
+    let short = jwt(AUTH_SECRET, "alice", "dashboard", &["greenhouse-*"], 8);
+    type_token_and_enter(&page, "#signin-token", &short).await;
+    page.wait_for(
+        &value_js("climate-1", "temperature"),
+        WAIT,
+        "a live temperature",
+    )
+    .await;
+    page.wait_for(
+        "!document.querySelector('#auth-banner').hidden && !!document.querySelector('#renew-token')",
+        WAIT,
+        "the expiry banner",
+    )
+    .await;
+    print_screenshot(
+        "token expiring banner",
+        &page.screenshot_to_dir("auth-expiring").await,
+    );
+    let fresh = jwt(AUTH_SECRET, "alice", "dashboard", &["greenhouse-*"], 3600);
+    type_token_and_enter(&page, "#renew-token", &fresh).await;
+    page.wait_for(
+        "document.querySelector('#auth-banner').hidden",
+        WAIT,
+        "the banner to go once renewed",
+    )
+    .await;
+
+    // Assert: past the first token's exp, the same connection is still live (no
+    // reconnect) and values keep coming; the fresh token replaced the old one.
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let after = page
+        .eval(&format!(
+            "[document.querySelector('#conn').dataset.state, window.telehub.view.reconnects, window.telehub.view.closes, sessionStorage.getItem('telehub.token') === {}, {}]",
+            json!(fresh),
+            value_js("climate-1", "temperature")
+        ))
+        .await;
+    assert_eq!(after[0], "live", "{after}");
+    assert_eq!(after[1], 0, "no reconnect: {after}");
+    assert_eq!(after[2], json!([]), "no close: {after}");
+    assert_eq!(after[3], true, "{after}");
+    page.wait_for(
+        &format!("{} !== {}", value_js("climate-1", "temperature"), after[4]),
+        WAIT,
+        "values to keep changing after the first token's exp",
+    )
+    .await;
+
+    // Without a renewal the token runs out: the hub closes with 4001 and the page asks
+    // to sign in again, saying why.
+    page.eval("document.querySelector('#signout').click()")
+        .await;
+    page.wait_for(SIGNIN_BOX, WAIT, "the sign-in box").await;
+    let brief = jwt(AUTH_SECRET, "alice", "dashboard", &["greenhouse-*"], 4);
+    type_token_and_enter(&page, "#signin-token", &brief).await;
+    page.wait_for(
+        &value_js("climate-1", "temperature"),
+        WAIT,
+        "a live temperature",
+    )
+    .await;
+    let expired = page
+        .wait_for(
+            &format!(
+                "(() => {{ const t = {SIGNIN_MSG}; return t.includes('expired') ? t : ''; }})()"
+            ),
+            WAIT,
+            "the expired message",
+        )
+        .await;
+    println!("expired: {expired}");
+    assert_eq!(page.eval(STORED).await[0], Value::Null);
+    print_screenshot(
+        "token expired",
+        &page.screenshot_to_dir("auth-expired").await,
+    );
+    page.set_viewport(390, 760, true).await;
+    // And the banner at phone width, in the dark theme.
+    page.set_color_scheme("dark").await;
+    let short = jwt(AUTH_SECRET, "alice", "dashboard", &["greenhouse-*"], 20);
+    type_token_and_enter(&page, "#signin-token", &short).await;
+    page.wait_for(
+        "!document.querySelector('#auth-banner').hidden",
+        WAIT,
+        "the expiry banner on a phone",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    print_screenshot(
+        "token expiring banner, phone, dark",
+        &page.screenshot_to_dir("auth-expiring-phone-dark").await,
+    );
+    assert!(page.errors().is_empty(), "page errors: {:?}", page.errors());
+
+    device.stop().await;
     drop(browser);
     app.stop().await;
 }

@@ -2,7 +2,9 @@
 //! real, on loopback: dashboards receive exactly what the simulator reports sending,
 //! commands reach simulated devices and their acks come back, a hub killed mid-run and
 //! restarted loses none of the readings generated while it was down, and the bench's
-//! load and idle modes measure a live hub.
+//! load and idle modes measure a live hub; and against a hub in token mode, minted
+//! tokens connect, are refreshed past their expiry, and a wrong secret is refused once
+//! and clearly, not in a loop.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
@@ -577,6 +579,7 @@ async fn bench_measures_a_live_hub_without_loss() {
         duration: Duration::from_millis(1500),
         warmup: Duration::from_millis(300),
         pid: Some(std::process::id()),
+        auth: None,
     })
     .await
     .expect("bench runs");
@@ -586,6 +589,7 @@ async fn bench_measures_a_live_hub_without_loss() {
         per_room: 10,
         hold: Duration::from_millis(200),
         pid: Some(std::process::id()),
+        auth: None,
     })
     .await
     .expect("idle runs");
@@ -626,4 +630,227 @@ fn own_rss_kib() -> u64 {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|kib| kib.parse().ok())
         .expect("VmRSS in /proc/self/status")
+}
+
+// ---------------------------------------------------------------------------------------
+// `[auth] mode = "token"`: the simulator's tokens.
+
+const AUTH_SECRET: &str = "sim-test-secret-at-least-32-bytes-long";
+
+fn token_hub(s: &mut telehub::Settings) {
+    s.auth.mode = telehub::AuthMode::Token;
+    s.auth.keys = vec![telehub::KeyConfig {
+        kid: "main".into(),
+        algorithm: telehub::KeyAlgorithm::HS256,
+        secret: Some(telehub::Secret::from(AUTH_SECRET.to_string())),
+        secret_file: None,
+        public_key_file: None,
+    }];
+}
+
+fn minter(secret: &str, ttl: Duration) -> telehub_sim::TokenSource {
+    let mut m = telehub_sim::MintOptions::new(secret);
+    m.ttl = ttl;
+    telehub_sim::TokenSource::mint(m).expect("token source")
+}
+
+/// A dashboard in `room` with its own minted token.
+async fn token_dashboard(app: &crate::helpers::TestApp, room: &str, client: &str) -> Client {
+    let token = minter(AUTH_SECRET, Duration::from_secs(3600))
+        .token(&telehub_sim::TokenRequest {
+            client,
+            role: telehub_protocol::role::Role::Dashboard,
+            room,
+        })
+        .expect("dashboard token");
+    let mut c = Client::connect_bearer(&app.ws_url(room, client, "role=dashboard"), &token)
+        .await
+        .expect("dashboard connects with its token");
+    c.recv_type("welcome").await;
+    c
+}
+
+const AUTH_SCENARIO: &str = r#"
+name = "auth"
+seed = 7
+
+[[rooms]]
+name = "secure-a"
+
+[[rooms.devices]]
+kind = "climate"
+count = 2
+rate = 5.0
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minted_tokens_connect_publish_and_are_refreshed_past_their_expiry() {
+    // Arrange: a token-mode hub; devices whose tokens live 3 s, so the hub sends
+    // `token_expiring` at once and closes with 4001 at `exp` unless they refresh.
+    let app = spawn_app_with(token_hub).await;
+    let mut dash = token_dashboard(&app, "secure-a", "watcher").await;
+    let scenario = Scenario::from_toml(AUTH_SCENARIO, "auth").expect("scenario");
+    let stats = SimStats::new();
+    let mut opts = options(
+        format!("ws://{}", app.addr),
+        BackoffConfig {
+            initial: Duration::from_millis(50),
+            max: Duration::from_millis(500),
+        },
+    );
+    opts.stats = stats.clone();
+    opts.auth = Some(minter(AUTH_SECRET, Duration::from_secs(3)));
+
+    // Act: run well past the first tokens' expiry.
+    let started = Instant::now();
+    let sim = SimRun::start(scenario, opts);
+    let mut seen = Seen::default();
+    let mut late = HashMap::<String, u64>::new();
+    while started.elapsed() < Duration::from_secs(8) {
+        match dash.poll_json(Duration::from_secs(2)).await {
+            Polled::Json(v) => {
+                if v["type"] == "reading" && started.elapsed() > Duration::from_secs(5) {
+                    *late
+                        .entry(v["device"].as_str().unwrap_or_default().into())
+                        .or_default() += 1;
+                }
+                seen.take(v);
+            }
+            Polled::Quiet => panic!("the dashboard heard nothing for 2 s"),
+            Polled::Closed => panic!("the dashboard's connection closed"),
+        }
+    }
+    let summary = sim.finish().await;
+
+    // Assert: both devices published, still did after their first token expired, on the
+    // connection they opened first (no reconnect, no refusal), refreshing on the way.
+    let t = summary.totals;
+    assert_eq!(t.auth_refused, 0, "{t:?}");
+    assert_eq!(t.reconnects, 0, "{t:?}");
+    assert_eq!(t.connect_failures, 0, "{t:?}");
+    assert!(
+        t.token_refreshes >= 2 * 3,
+        "about one refresh a second each: {t:?}"
+    );
+    assert_eq!(
+        late.len(),
+        2,
+        "readings after the first exp from both devices: {late:?}"
+    );
+    assert!(seen.duplicates().is_empty());
+    assert!(summary.lost() == 0, "{summary:?}");
+    assert!(
+        !seen.other.iter().any(|v| v["type"] == "error"),
+        "{:?}",
+        seen.other
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_secret_is_refused_clearly_and_not_retried_in_a_loop() {
+    // Arrange
+    let app = spawn_app_with(token_hub).await;
+    let wrong = minter(
+        "some-other-secret-that-is-32-bytes-long",
+        Duration::from_secs(3600),
+    );
+    let scenario = Scenario::from_toml(AUTH_SCENARIO, "auth").expect("scenario");
+    let stats = SimStats::new();
+    let mut opts = options(
+        format!("ws://{}", app.addr),
+        BackoffConfig {
+            initial: Duration::from_millis(10),
+            max: Duration::from_millis(50),
+        },
+    );
+    opts.stats = stats.clone();
+    opts.auth = Some(wrong.clone());
+
+    // Act: a run of 3 s, where a fast backoff would retry dozens of times.
+    let sim = SimRun::start(scenario, opts);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let summary = sim.finish().await;
+
+    // Assert: each device tried once and was refused; none connected.
+    let t = summary.totals;
+    assert_eq!(t.auth_refused, 2, "{t:?}");
+    assert_eq!(t.connect_failures, 2, "{t:?}");
+    assert_eq!(t.acked, 0, "{t:?}");
+    assert!(summary.devices.iter().all(|d| d.acked == 0));
+    // The error a refused connection reports names the status and the hub's reason.
+    let hub = telehub_sim::wsclient::HubUrl::parse(&format!("ws://{}", app.addr)).expect("url");
+    let token = wrong
+        .token(&telehub_sim::TokenRequest {
+            client: "t1",
+            role: telehub_protocol::role::Role::Device,
+            room: "secure-a",
+        })
+        .expect("token");
+    let err = telehub_sim::wsclient::connect(
+        &hub,
+        app.addr,
+        "/ws/secure-a/t1?role=device",
+        None,
+        telehub_sim::wsclient::small_config(4096),
+        Some(&token),
+    )
+    .await
+    .expect_err("refused");
+    assert!(err.is_refusal(), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("refused the token: HTTP 401 unauthorized"),
+        "{text}"
+    );
+    assert!(!text.contains(&token), "the error never shows the token");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_token_file_is_sent_as_the_refresh() {
+    // Arrange: one token for every device in a file, expiring in 4 s.
+    let app = spawn_app_with(token_hub).await;
+    let device_token = |ttl| {
+        minter(AUTH_SECRET, Duration::from_secs(ttl))
+            .token(&telehub_sim::TokenRequest {
+                client: "climate-1",
+                role: telehub_protocol::role::Role::Device,
+                room: "secure-b",
+            })
+            .expect("token")
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("sim.token");
+    // A device token for climate-1 in secure-b: the scenario's one device.
+    std::fs::write(&path, format!("{}\n", device_token(4))).expect("write");
+    let scenario = Scenario::from_toml(
+        "name = \"rot\"\nseed = 1\n[[rooms]]\nname = \"secure-b\"\n[[rooms.devices]]\nkind = \"climate\"\nrate = 5.0\n",
+        "rot",
+    )
+    .expect("scenario");
+    let mut opts = options(
+        format!("ws://{}", app.addr),
+        BackoffConfig {
+            initial: Duration::from_millis(50),
+            max: Duration::from_millis(500),
+        },
+    );
+    opts.auth = Some(telehub_sim::TokenSource::file(&path).expect("token file"));
+
+    // Act: rotate the file after the hub's warning, before the old token's exp.
+    let sim = SimRun::start(scenario, opts);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    std::fs::write(&path, device_token(3600)).expect("rotate");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let summary = sim.finish().await;
+
+    // Assert: the connection outlived the first token, refreshed from the file.
+    let t = summary.totals;
+    assert_eq!(t.auth_refused, 0, "{t:?}");
+    assert_eq!(t.reconnects, 0, "{t:?}");
+    assert_eq!(t.token_refreshes, 1, "{t:?}");
+    assert!(t.acked > 20, "{t:?}");
+    assert_eq!(summary.lost(), 0);
+    app.stop().await;
 }

@@ -11,10 +11,12 @@ use std::time::Duration;
 
 use futures_util::{stream, StreamExt};
 use serde::Serialize;
+use telehub_protocol::role::Role;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::{procfs, raise_fd_limit, BenchError, CONNECT_CONCURRENCY};
+use crate::auth::TokenSource;
 use crate::wsclient::{self, HubUrl};
 
 /// Connections per source address: well under the ~28,000 ephemeral ports Linux gives
@@ -40,6 +42,8 @@ pub struct IdleOptions {
     pub hold: Duration,
     /// Hub pid, for RSS.
     pub pid: Option<u32>,
+    /// Tokens for a hub in token mode (each dashboard gets its own).
+    pub auth: Option<TokenSource>,
 }
 
 /// The results.
@@ -112,8 +116,11 @@ pub async fn run_idle(opts: IdleOptions) -> Result<IdleReport, BenchError> {
     let results: Vec<Result<JoinHandle<bool>, String>> = stream::iter(0..opts.connections)
         .map(|i| {
             let stop = stop_rx.clone();
-            let path = format!("/ws/idle-{}/idle-{i}?role=dashboard", i / opts.per_room);
+            let (room, client) = (format!("idle-{}", i / opts.per_room), format!("idle-{i}"));
+            let path = format!("/ws/{room}/{client}?role=dashboard");
+            let token = super::token_for(opts.auth.as_ref(), &room, &client, Role::Dashboard);
             async move {
+                let token = token.map_err(|e| format!("{path}: {e}"))?;
                 let ws = tokio::time::timeout(
                     Duration::from_secs(10),
                     wsclient::connect(
@@ -122,6 +129,7 @@ pub async fn run_idle(opts: IdleOptions) -> Result<IdleReport, BenchError> {
                         &path,
                         Some(source_addr(i, addrs)),
                         wsclient::small_config(IDLE_READ_BUFFER),
+                        token.as_deref(),
                     ),
                 )
                 .await

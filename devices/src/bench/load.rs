@@ -11,13 +11,16 @@ use futures_util::{stream, SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use telehub_protocol::inbound::{ReadingItem, ToHub};
 use telehub_protocol::outbound::Peek;
+use telehub_protocol::role::Role;
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::report::{report, BenchReport, Measured};
 use super::timing::{SendTimes, Shared};
-use super::{check, procfs, raise_fd_limit, BenchError, BenchOptions, CONNECT_CONCURRENCY, DRAIN};
+use super::{
+    check, procfs, raise_fd_limit, token_for, BenchError, BenchOptions, CONNECT_CONCURRENCY, DRAIN,
+};
 use crate::clock::wall_ms;
 use crate::wsclient::{self, HubUrl, WsStream};
 
@@ -52,12 +55,19 @@ fn new_histogram() -> Histogram<u64> {
 async fn open(
     hub: &HubUrl,
     addr: SocketAddr,
-    path: String,
+    (path, token): (String, Option<String>),
     read_buffer: usize,
 ) -> Result<WsStream, BenchError> {
     let mut ws = tokio::time::timeout(
         Duration::from_secs(10),
-        wsclient::connect(hub, addr, &path, None, wsclient::small_config(read_buffer)),
+        wsclient::connect(
+            hub,
+            addr,
+            &path,
+            None,
+            wsclient::small_config(read_buffer),
+            token.as_deref(),
+        ),
     )
     .await
     .map_err(|_| BenchError::Setup {
@@ -215,21 +225,27 @@ pub async fn run_bench(opts: BenchOptions) -> Result<BenchReport, BenchError> {
     let (stop_tx, stop_rx) = watch::channel(false);
 
     // Dashboards first, so none misses the start.
-    let dash_paths: Vec<String> = (0..rooms)
-        .flat_map(|r| {
-            (0..opts.dashboards as usize)
-                .map(move |s| format!("/ws/bench-{r}/dash-{s}?role=dashboard"))
-        })
-        .collect();
+    let auth = opts.auth.as_ref();
+    let mut dash_paths = Vec::with_capacity(rooms * opts.dashboards as usize);
+    for r in 0..rooms {
+        for s in 0..opts.dashboards as usize {
+            let (room, client) = (format!("bench-{r}"), format!("dash-{s}"));
+            let token = token_for(auth, &room, &client, Role::Dashboard)?;
+            dash_paths.push((format!("/ws/{room}/{client}?role=dashboard"), token));
+        }
+    }
     let dash_streams = open_all(&hub, addr, dash_paths, DASHBOARD_READ_BUFFER).await?;
     let mut dash_tasks = Vec::with_capacity(dash_streams.len());
     for ws in dash_streams {
         dash_tasks.push(tokio::spawn(dashboard(ws, shared.clone(), stop_rx.clone())));
     }
 
-    let dev_paths: Vec<String> = (0..total_devices)
-        .map(|g| format!("/ws/bench-{}/dev-{g}?role=device", g / per_room))
-        .collect();
+    let mut dev_paths = Vec::with_capacity(total_devices);
+    for g in 0..total_devices {
+        let (room, client) = (format!("bench-{}", g / per_room), format!("dev-{g}"));
+        let token = token_for(auth, &room, &client, Role::Device)?;
+        dev_paths.push((format!("/ws/{room}/{client}?role=device"), token));
+    }
     let dev_streams = open_all(&hub, addr, dev_paths, 4 * 1024).await?;
     let period = Duration::from_secs_f64(1.0 / opts.rate_hz);
     let (dev_stop_tx, dev_stop_rx) = watch::channel(false);
@@ -316,7 +332,7 @@ pub async fn run_bench(opts: BenchOptions) -> Result<BenchReport, BenchError> {
 async fn open_all(
     hub: &HubUrl,
     addr: SocketAddr,
-    paths: Vec<String>,
+    paths: Vec<(String, Option<String>)>,
     read_buffer: usize,
 ) -> Result<Vec<WsStream>, BenchError> {
     let results: Vec<Result<WsStream, BenchError>> = stream::iter(paths)

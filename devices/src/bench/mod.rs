@@ -28,6 +28,10 @@ mod timing;
 
 use std::time::Duration;
 
+use telehub_protocol::role::Role;
+
+use crate::auth::{AuthError, TokenRequest, TokenSource};
+
 use crate::wsclient::ConnectError;
 
 pub use load::run_bench;
@@ -78,6 +82,22 @@ pub struct BenchOptions {
     pub warmup: Duration,
     /// The hub's pid, to read its RSS and CPU time.
     pub pid: Option<u32>,
+    /// Tokens for a hub in token mode: devices and dashboards alike need one (mint them
+    /// with [`TokenSource::mint`] so each gets its own `sub`, role and room). A bench
+    /// window is short, so its connections do not refresh.
+    pub auth: Option<TokenSource>,
+}
+
+/// The bearer token of one bench connection, if the bench has a token source.
+pub(crate) fn token_for(
+    auth: Option<&TokenSource>,
+    room: &str,
+    client: &str,
+    role: Role,
+) -> Result<Option<String>, BenchError> {
+    auth.map(|a| a.token(&TokenRequest { client, role, room }))
+        .transpose()
+        .map_err(BenchError::from)
 }
 
 /// Why the bench could not run.
@@ -86,6 +106,9 @@ pub enum BenchError {
     /// Bad URL, or a connection failed during setup.
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    /// No token could be had for a connection.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     /// A connection did not welcome us in time.
     #[error("{what}: {message}")]
     Setup {

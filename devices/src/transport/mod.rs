@@ -49,6 +49,8 @@ pub(crate) struct DeviceCtx {
     /// confirmed before it closes.
     pub drain: Duration,
     pub shutdown: watch::Receiver<bool>,
+    /// Tokens for a hub in token mode (WebSocket only).
+    pub auth: Option<crate::auth::TokenSource>,
 }
 
 /// The protocol crate's token bucket, on tokio's clock (pausable in tests), sized so that
@@ -217,12 +219,27 @@ impl Schedule {
     /// Schedule the next connection attempt after a backoff delay, which it returns;
     /// none once shutdown was asked for.
     pub(crate) fn retry_later(&mut self) -> Option<Duration> {
+        self.retry_after_at_least(Duration::ZERO)
+    }
+
+    /// The hub refused the device's token: retry after the backoff delay, but not sooner
+    /// than `min` (a refused token does not become valid by retrying at once).
+    pub(crate) fn retry_after_at_least(&mut self, min: Duration) -> Option<Duration> {
         if self.drain_until.is_some() {
             return None;
         }
-        let delay = self.backoff.next_delay();
+        let delay = self.backoff.next_delay().max(min);
         self.retry_at = Some(Instant::now() + delay);
         Some(delay)
+    }
+
+    /// A connection that was up was closed for its token: like [`Schedule::dropped`],
+    /// waiting at least `min` before the next attempt.
+    pub(crate) fn dropped_refused(&mut self, min: Duration) {
+        if self.connected_at.elapsed() >= STABLE_AFTER {
+            self.backoff.reset();
+        }
+        self.retry_after_at_least(min);
     }
 
     /// A `reboot` command: no sampling and no connecting for `pause`.
@@ -266,6 +283,7 @@ mod tests {
             seed: 1,
             drain,
             shutdown,
+            auth: None,
         };
         (Device::new(spec, 1, 1, 16, SimStats::new()), ctx, tx)
     }

@@ -7,6 +7,13 @@
 //! the device matches each `accepted` to the message it answers ([`InFlight`]) and confirms
 //! only that message's granted prefix. When the connection drops it backs off, reconnects, and
 //! resends everything unconfirmed with the original `ts` and `seq`.
+//!
+//! With a [`TokenSource`] (a hub in token mode) each connection carries
+//! `Authorization: Bearer` with a token for the device's id and room, and answers the
+//! hub's `token_expiring` with a fresh `auth` frame. A refused token (HTTP 401/403 on the
+//! upgrade, close 1008 after a refresh) is logged and retried only every
+//! [`REFUSED_RETRY`]: a new token may come (a rotated `--token-file`), a tight loop
+//! would only fill the hub's refusal counter.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -14,13 +21,15 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use telehub_protocol::codes::ErrorCode;
+use telehub_protocol::codes::{close, ErrorCode};
 use telehub_protocol::inbound::{ReadingItem, ToHub};
 use telehub_protocol::outbound::ServerMessage;
+use telehub_protocol::role::Role;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use super::{sleep_opt, DeviceCtx, Due, Schedule, TokenBucket, CONNECT_TIMEOUT, MAX_BATCH};
+use crate::auth::{AuthError, TokenRequest, TokenSource};
 use crate::command::Effect;
 use crate::device::{Device, DeviceSummary};
 use crate::outbox::Reading;
@@ -32,6 +41,11 @@ const DEVICE_READ_BUFFER: usize = 4 * 1024;
 const RATE_LIMITED_PAUSE: Duration = Duration::from_secs(1);
 /// How long a clean close may take before the socket is simply dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// After the hub refused a device's token, wait at least this long before trying again.
+pub(crate) const REFUSED_RETRY: Duration = Duration::from_secs(30);
+/// At most one refresh per this long: the hub warns at once when `exp` is under 30 s
+/// away, so a short-lived token would otherwise be refreshed in a tight loop.
+const REFRESH_MIN_GAP: Duration = Duration::from_secs(1);
 
 /// Encode readings as one protocol message: `reading` for one, `readings` for more.
 pub(crate) fn encode_readings(readings: &[Reading]) -> String {
@@ -84,6 +98,10 @@ enum Inbox {
     Reply(String, Effect),
     RateLimited,
     Closed,
+    /// `token_expiring`: send a fresh token before `exp`.
+    TokenExpiring(u64),
+    /// Closed for the token: 1008 (`unauthorized`/`forbidden`) or 4001 (`token expired`).
+    AuthClosed(u16, String),
 }
 
 fn handle_frame(
@@ -93,6 +111,14 @@ fn handle_frame(
 ) -> Inbox {
     let text = match msg {
         Some(Ok(Message::Text(t))) => t,
+        Some(Ok(Message::Close(Some(frame))))
+            if matches!(
+                u16::from(frame.code),
+                close::POLICY_VIOLATION | close::TOKEN_EXPIRED
+            ) =>
+        {
+            return Inbox::AuthClosed(u16::from(frame.code), frame.reason.to_string())
+        }
         Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return Inbox::Closed,
         Some(Ok(_)) => return Inbox::Nothing,
     };
@@ -119,6 +145,7 @@ fn handle_frame(
             let (ack, effect) = dev.handle_command(&cmd);
             Inbox::Reply(ack.to_ws_text(), effect)
         }
+        ServerMessage::TokenExpiring(t) => Inbox::TokenExpiring(t.exp),
         _ => Inbox::Nothing,
     }
 }
@@ -157,7 +184,11 @@ async fn flush(
     Ok(retry)
 }
 
-async fn connect_device(hub: Arc<HubUrl>, path: String) -> Result<WsStream, ConnectError> {
+async fn connect_device(
+    hub: Arc<HubUrl>,
+    path: String,
+    token: Option<String>,
+) -> Result<WsStream, ConnectError> {
     let addr = hub.resolve().await?;
     let attempt = wsclient::connect(
         &hub,
@@ -165,6 +196,7 @@ async fn connect_device(hub: Arc<HubUrl>, path: String) -> Result<WsStream, Conn
         &path,
         None,
         wsclient::small_config(DEVICE_READ_BUFFER),
+        token.as_deref(),
     );
     match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
         Ok(r) => r,
@@ -191,6 +223,32 @@ async fn finish_connecting(
     }
 }
 
+/// The token for this device's next connection or refresh (`None` without auth).
+fn device_token(auth: Option<&TokenSource>, dev: &Device) -> Result<Option<String>, AuthError> {
+    auth.map(|a| {
+        a.token(&TokenRequest {
+            client: &dev.spec.id,
+            role: Role::Device,
+            room: &dev.spec.room,
+        })
+    })
+    .transpose()
+}
+
+/// Logs a refused token: the run's first refusal as a warning (the command line shows
+/// it), the others at debug level; all are counted in the stats.
+fn report_refusal(auth: &TokenSource, dev: &Device, what: &str) {
+    let retry_s = REFUSED_RETRY.as_secs();
+    if auth.first_refusal() {
+        tracing::warn!(room = %dev.spec.room, device = %dev.spec.id, credentials = auth.describe(),
+            "token refused: {what}; check the token, or --auth-secret/--auth-kid/--auth-issuer/\
+             --auth-audience against the hub's [auth] (retrying every {retry_s} s; \
+             further refusals are counted in the summary)");
+    } else {
+        tracing::debug!(room = %dev.spec.room, device = %dev.spec.id, "token refused: {what}");
+    }
+}
+
 /// Run one device over WebSocket until shutdown (and drain), then report.
 pub(crate) async fn run_device(mut dev: Device, hub: Arc<HubUrl>, ctx: DeviceCtx) -> DeviceSummary {
     let path = format!(
@@ -203,28 +261,105 @@ pub(crate) async fn run_device(mut dev: Device, hub: Arc<HubUrl>, ctx: DeviceCtx
     let mut flush_at: Option<Instant> = None;
     let mut bucket = TokenBucket::new(ctx.send_rate);
     let mut inflight = InFlight::default();
+    // Token mode: the token of the connection being opened or open, when a refresh is
+    // due, and when the last one was sent.
+    let auth = ctx.auth.clone();
+    let mut token: Option<String> = None;
+    let mut refresh_at: Option<Instant> = None;
+    let mut refreshed_at: Option<Instant> = None;
 
     // A connection being opened counts as online: it may finish and drain in time.
     while !schedule.finished(ws.is_none() && connecting.is_none(), dev.unconfirmed()) {
         let mut want_flush = false;
         let mut lost = false;
+        let mut refused = false;
         tokio::select! {
             due = schedule.next(&mut dev, &ctx.clock) => match due {
-                Due::Connect => {
-                    connecting = Some(connect_device(hub.clone(), path.clone()).boxed());
-                }
+                Due::Connect => match device_token(auth.as_ref(), &dev) {
+                    Ok(t) => {
+                        token = t;
+                        connecting = Some(
+                            connect_device(hub.clone(), path.clone(), token.clone()).boxed(),
+                        );
+                    }
+                    Err(error) => {
+                        dev.stats().connect_failure();
+                        if let Some(a) = &auth {
+                            report_refusal(a, &dev, &format!("no token: {error}"));
+                        }
+                        schedule.retry_after_at_least(REFUSED_RETRY);
+                    }
+                },
                 Due::Sampled | Due::Shutdown => want_flush = true,
                 Due::DrainOver | Due::Booted => {}
             },
+            _ = sleep_opt(refresh_at), if refresh_at.is_some() && ws.is_some() => {
+                refresh_at = None;
+                if let (Some(a), Some(s)) = (&auth, ws.as_mut()) {
+                    match device_token(Some(a), &dev) {
+                        Ok(Some(fresh)) if token.as_deref() != Some(fresh.as_str()) => {
+                            refreshed_at = Some(Instant::now());
+                            let frame = ToHub::auth(&fresh).to_json();
+                            token = Some(fresh);
+                            if s.send(Message::text(frame)).await.is_ok() {
+                                dev.stats().token_refresh();
+                                tracing::debug!(room = %dev.spec.room, device = %dev.spec.id, "token refreshed");
+                            } else {
+                                lost = true;
+                            }
+                        }
+                        Ok(_) if a.mints() => {
+                            // Minted within the same second as the current one: the
+                            // same token. The next second brings a later `exp`.
+                            refresh_at = Some(Instant::now() + REFRESH_MIN_GAP);
+                        }
+                        Ok(_) if a.renewable() => {
+                            // The token file still holds the same token: look again
+                            // each second until the operator rotates it (or `exp`).
+                            if a.first_stale_warning() {
+                                tracing::warn!(room = %dev.spec.room, device = %dev.spec.id,
+                                    "the hub says the token expires soon, and the token file still \
+                                     holds the same token: rewrite it with a fresh one, or the hub \
+                                     closes the connection when it expires");
+                            }
+                            refresh_at = Some(Instant::now() + REFRESH_MIN_GAP);
+                        }
+                        Ok(_) => {
+                            if a.first_stale_warning() {
+                                tracing::warn!(room = %dev.spec.room, device = %dev.spec.id,
+                                    "the hub says the token expires soon, but {} cannot be renewed: \
+                                     the hub will close the connection when it expires",
+                                    a.describe());
+                            }
+                        }
+                        Err(error) => {
+                            if a.first_stale_warning() {
+                                tracing::warn!(room = %dev.spec.room, device = %dev.spec.id, %error,
+                                    "cannot refresh the token");
+                            }
+                        }
+                    }
+                }
+            }
             res = finish_connecting(&mut connecting), if connecting.is_some() => {
                 connecting = None;
                 match res {
                     Ok(stream) => {
                         tracing::debug!(room = %dev.spec.room, device = %dev.spec.id, "connected");
                         ws = Some(stream);
+                        refresh_at = None;
+                        refreshed_at = None;
                         dev.connected();
                         schedule.connected();
                         want_flush = true;
+                    }
+                    Err(error) if error.is_refusal() => {
+                        dev.stats().connect_failure();
+                        dev.stats().auth_refused();
+                        if let Some(a) = &auth {
+                            report_refusal(a, &dev, &error.to_string());
+                        }
+                        schedule.retry_after_at_least(REFUSED_RETRY);
                     }
                     Err(error) => {
                         dev.stats().connect_failure();
@@ -238,6 +373,23 @@ pub(crate) async fn run_device(mut dev: Device, hub: Arc<HubUrl>, ctx: DeviceCtx
                 match handle_frame(&mut dev, &mut inflight, msg) {
                     Inbox::Nothing => {}
                     Inbox::Closed => lost = true,
+                    Inbox::TokenExpiring(exp) => {
+                        tracing::debug!(room = %dev.spec.room, device = %dev.spec.id, exp, "token expiring");
+                        let soonest = refreshed_at.map_or_else(Instant::now, |t| t + REFRESH_MIN_GAP);
+                        refresh_at = Some(soonest.max(Instant::now()));
+                    }
+                    Inbox::AuthClosed(code, reason) => {
+                        dev.stats().auth_refused();
+                        if let Some(a) = &auth {
+                            report_refusal(a, &dev, &format!("the hub closed the connection with {code} {reason:?}"));
+                        }
+                        lost = true;
+                        // Expired: reconnecting at once with a freshly minted token
+                        // works; with the same given token (or a refused refresh) it
+                        // cannot, so that waits like a refusal.
+                        refused = code == close::POLICY_VIOLATION
+                            || !auth.as_ref().is_some_and(TokenSource::mints);
+                    }
                     Inbox::RateLimited => {
                         // Some readings were refused: send everything unconfirmed again
                         // after a pause (the hub drops the ones it already has). The
@@ -284,9 +436,14 @@ pub(crate) async fn run_device(mut dev: Device, hub: Arc<HubUrl>, ctx: DeviceCtx
             tracing::debug!(room = %dev.spec.room, device = %dev.spec.id, "connection lost");
             ws = None;
             flush_at = None;
+            refresh_at = None;
             inflight.0.clear();
             dev.disconnected();
-            schedule.dropped();
+            if refused {
+                schedule.dropped_refused(REFUSED_RETRY);
+            } else {
+                schedule.dropped();
+            }
         }
     }
     if let Some(mut s) = ws.take() {
