@@ -279,8 +279,14 @@ fn demo_tokens(settings: &Settings) -> Option<telehub_sim::TokenSource> {
     let settings = settings.clone();
     Some(telehub_sim::TokenSource::custom(move |req| {
         let ttl = std::time::Duration::from_secs(3600);
-        telehub::mint_token(&settings, req.client, "device", vec![req.room.to_string()], ttl)
-            .map_err(|e| e.to_string())
+        telehub::mint_token(
+            &settings,
+            req.client,
+            "device",
+            vec![req.room.to_string()],
+            ttl,
+        )
+        .map_err(|e| e.to_string())
     }))
 }
 

@@ -61,8 +61,12 @@ pub struct Welcome<'a> {
     pub offset: u64,
     /// Names the offset sequence; a new epoch means the offsets started over.
     pub epoch: Cow<'a, str>,
-    /// Everyone else in the room.
+    /// The other members whose presence this client receives: the devices, and with
+    /// `?presence=all` the dashboards too.
     pub members: Cow<'a, [MemberInfo<'a>]>,
+    /// How many other dashboards are in the room (listed in `members` only with
+    /// `?presence=all`).
+    pub dashboards: u64,
     /// With `since`: whether every reading after it is replayed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recovered: Option<bool>,
@@ -271,6 +275,8 @@ struct Any<'a> {
     #[serde(borrow, default)]
     members: Option<Vec<MemberInfo<'a>>>,
     #[serde(default)]
+    dashboards: Option<u64>,
+    #[serde(default)]
     recovered: Option<bool>,
     #[serde(borrow, default)]
     series: Option<Vec<SnapshotEntry<'a>>>,
@@ -329,6 +335,8 @@ impl<'de: 'a, 'a> Deserialize<'de> for ServerMessage<'a> {
                 offset: need(f.offset, "offset")?,
                 epoch: text(f.epoch, "epoch")?,
                 members: Cow::Owned(need(f.members, "members")?),
+                // Hubs before the count sent every member instead.
+                dashboards: f.dashboards.unwrap_or(0),
                 recovered: f.recovered,
             }),
             "snapshot" => ServerMessage::Snapshot(Snapshot {
@@ -427,11 +435,12 @@ mod tests {
             offset: 1042,
             epoch: b("k3f9a2"),
             members: Cow::Borrowed(&members),
+            dashboards: 2,
             recovered: Some(true),
         });
         assert_eq!(
             welcome.to_json(),
-            r#"{"type":"welcome","room":"greenhouse","client":"dash-1","role":"dashboard","offset":1042,"epoch":"k3f9a2","members":[{"client":"t1","role":"device","via":"ws"}],"recovered":true}"#
+            r#"{"type":"welcome","room":"greenhouse","client":"dash-1","role":"dashboard","offset":1042,"epoch":"k3f9a2","members":[{"client":"t1","role":"device","via":"ws"}],"dashboards":2,"recovered":true}"#
         );
         let accepted = ServerMessage::Accepted(Accepted { seq: 17, count: 1 });
         assert_eq!(
@@ -443,8 +452,8 @@ mod tests {
     #[test]
     fn every_message_round_trips() {
         let texts = [
-            r#"{"type":"welcome","room":"greenhouse","client":"dash-1","role":"dashboard","offset":1042,"epoch":"k3f9a2","members":[{"client":"t1","role":"device","via":"ws"},{"client":"m","role":"device","via":"mqtt"}],"recovered":true}"#,
-            r#"{"type":"welcome","room":"g","client":"d","role":"device","offset":0,"epoch":"e","members":[]}"#,
+            r#"{"type":"welcome","room":"greenhouse","client":"dash-1","role":"dashboard","offset":1042,"epoch":"k3f9a2","members":[{"client":"t1","role":"device","via":"ws"},{"client":"m","role":"device","via":"mqtt"}],"dashboards":1,"recovered":true}"#,
+            r#"{"type":"welcome","room":"g","client":"d","role":"device","offset":0,"epoch":"e","members":[],"dashboards":0}"#,
             r#"{"type":"snapshot","series":[{"device":"t1","metric":"temperature","value":21.5,"unit":"°C","ts":1764000000000,"offset":1042},{"device":"t2","metric":"h","value":40.0,"ts":1,"offset":2}]}"#,
             r#"{"type":"presence","event":"join","client":"t1","role":"device","via":"ws"}"#,
             r#"{"type":"reading","room":"r","device":"d","metric":"m","value":1e+300,"unit":"a\\b\n","ts":5,"seq":18446744073709551615,"offset":18446744073709551615}"#,

@@ -23,7 +23,9 @@ use std::time::Duration;
 
 use crate::config::LimitsConfig;
 use crate::hub::mailbox::{Close, Mailbox};
-use crate::hub::room::{CatchUpStep, Member, Published, Room, RoomJoinError, RoomSummary, Since};
+use crate::hub::room::{
+    CatchUpStep, Member, Presence, Published, Room, RoomJoinError, RoomSummary, Since,
+};
 use crate::metrics::{Metrics, Rejection};
 use crate::sinks::history::{History, SeriesCaps};
 use telehub_protocol::inbound::{AckIn, CommandIn, ProtoError, ReadingIn};
@@ -185,6 +187,7 @@ impl Hub {
         client: &str,
         role: Role,
         via: Via,
+        presence: Presence,
         since: Option<Since<'_>>,
     ) -> Result<Membership, JoinError> {
         let mailbox = Arc::new(Mailbox::with_close_depth(
@@ -202,6 +205,7 @@ impl Hub {
             let member = Member {
                 role,
                 via,
+                presence,
                 conn,
                 mailbox: mailbox.clone(),
             };

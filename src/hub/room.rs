@@ -27,9 +27,24 @@ use telehub_protocol::role::{Role, Via};
 pub(crate) struct Member {
     pub role: Role,
     pub via: Via,
+    /// Whose joins and leaves it is told of.
+    pub presence: Presence,
     /// Distinguishes this connection from an older or newer one with the same client id.
     pub conn: u64,
     pub mailbox: Arc<Mailbox>,
+}
+
+/// Whose `presence` a member receives (`?presence=` on the upgrade). Devices' joins and
+/// leaves go to everyone; dashboards' only to members that ask for `all`, so a room with
+/// N viewers costs O(N) presence frames to fill, not O(N²). Everyone learns how many
+/// dashboards there are from `welcome` (and `/api/rooms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Presence {
+    /// Devices' presence only (the default).
+    #[default]
+    Devices,
+    /// Every member's presence, dashboards included.
+    All,
 }
 
 /// A room and its lock.
@@ -225,10 +240,16 @@ impl Room {
             st.subscribers.retain(|(conn, _)| *conn != old.conn);
             st.catching_up.retain(|c| c.conn != old.conn);
         }
+        let all = member.presence == Presence::All;
+        let dashboards = st
+            .members
+            .iter()
+            .filter(|(c, m)| *c != client && m.role == Role::Dashboard)
+            .count();
         let others: Vec<MemberInfo> = st
             .members
             .iter()
-            .filter(|(c, _)| *c != client)
+            .filter(|(c, m)| *c != client && (all || m.role == Role::Device))
             .map(|(c, m)| MemberInfo {
                 client: c,
                 role: m.role,
@@ -262,6 +283,7 @@ impl Room {
             st.offset,
             &self.epoch,
             &others,
+            dashboards,
             recovered,
         );
         member
@@ -269,7 +291,7 @@ impl Room {
             .push_all(std::iter::once(welcome).chain(snapshot));
         let join = frames::presence("join", client, member.role, member.via);
         for (c, m) in st.members.iter() {
-            if c != client {
+            if c != client && (member.role == Role::Device || m.presence == Presence::All) {
                 deliver(&m.mailbox, join.clone(), metrics);
             }
         }
@@ -354,7 +376,9 @@ impl Room {
         st.pending.forget_connection(conn);
         let leave = frames::presence("leave", client, role, via);
         for m in st.members.values() {
-            deliver(&m.mailbox, leave.clone(), metrics);
+            if role == Role::Device || m.presence == Presence::All {
+                deliver(&m.mailbox, leave.clone(), metrics);
+            }
         }
         if st.members.is_empty() {
             st.empty_since = Some(Instant::now());

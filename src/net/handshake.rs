@@ -31,7 +31,7 @@ use tracing::debug;
 
 use crate::api::error::error_response;
 use crate::auth::{Answer, Authorizer, Refusal};
-use crate::hub::room::Since;
+use crate::hub::room::{Presence, Since};
 use crate::hub::Hub;
 use crate::metrics::Rejection;
 use crate::shutdown::{Completion, Shutdown};
@@ -61,6 +61,7 @@ pub(crate) fn accept_key(key: &[u8]) -> String {
 /// The query of a WebSocket request, validated.
 struct Query {
     role: Role,
+    presence: Presence,
     since: Option<u64>,
     epoch: Option<String>,
     acks: bool,
@@ -69,6 +70,7 @@ struct Query {
 fn parse_query(raw: Option<&str>) -> Result<Query, (Rejection, String)> {
     let mut q = Query {
         role: Role::Dashboard,
+        presence: Presence::Devices,
         since: None,
         epoch: None,
         acks: false,
@@ -102,6 +104,18 @@ fn parse_query(raw: Option<&str>) -> Result<Query, (Rejection, String)> {
                     ));
                 }
                 q.epoch = Some(v.into_owned());
+            }
+            "presence" => {
+                q.presence = match v.as_ref() {
+                    "devices" => Presence::Devices,
+                    "all" => Presence::All,
+                    _ => {
+                        return Err((
+                            Rejection::InvalidQuery,
+                            "presence must be `devices` or `all`".into(),
+                        ))
+                    }
+                }
             }
             "acks" => {
                 q.acks = match v.as_ref() {
@@ -232,6 +246,7 @@ pub(crate) fn decide(ctx: &WsContext, head: &Head) -> Result<Accepted, Refused> 
                     room: room.to_string(),
                     client: client.to_string(),
                     role: query.role,
+                    presence: query.presence,
                     since: query.since,
                     epoch: query.epoch,
                 }),
@@ -255,7 +270,7 @@ pub(crate) fn decide(ctx: &WsContext, head: &Head) -> Result<Accepted, Refused> 
         epoch: query.epoch.as_deref(),
     });
     let membership = hub
-        .join(room, client, query.role, Via::Ws, since)
+        .join(room, client, query.role, Via::Ws, query.presence, since)
         .map_err(|e| {
             refused(Refused::new(
                 e.rejection(),

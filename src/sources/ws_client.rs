@@ -28,7 +28,7 @@ use tracing::debug;
 
 use crate::auth::{time_left, Answer, Authorizer, Grant, Refusal};
 use crate::hub::mailbox::{Close, Mailbox, Push};
-use crate::hub::room::Since;
+use crate::hub::room::{Presence, Since};
 use crate::hub::{Hub, JoinError, Membership};
 use crate::net::ws::codec::{self, Decoder, Message};
 use crate::net::ws::frames::{self, Frame};
@@ -83,6 +83,7 @@ pub(crate) struct PendingJoin {
     pub(crate) room: String,
     pub(crate) client: String,
     pub(crate) role: Role,
+    pub(crate) presence: Presence,
     pub(crate) since: Option<u64>,
     pub(crate) epoch: Option<String>,
 }
@@ -398,7 +399,14 @@ async fn await_auth(
                 offset,
                 epoch: pending.epoch.as_deref(),
             });
-            match hub.join(&pending.room, &pending.client, pending.role, Via::Ws, since) {
+            match hub.join(
+                &pending.room,
+                &pending.client,
+                pending.role,
+                Via::Ws,
+                pending.presence,
+                since,
+            ) {
                 Ok(membership) => return Some((membership, grant)),
                 Err(e) => {
                     hub.metrics().rejected(e.rejection());

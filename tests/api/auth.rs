@@ -235,8 +235,6 @@ async fn first_frame_auth_sends_nothing_before_and_joins_after() {
         .await;
     let welcome = dash.recv_type("welcome").await;
     assert_eq!(welcome["client"], "alice.tab1");
-    let presence = dev.recv_type("presence").await;
-    assert_eq!(presence["client"], "alice.tab1");
     dev.reading("temperature", 20.0, 1).await;
     assert_eq!(dash.recv_type("reading").await["value"], 20.0);
     app.stop().await;

@@ -135,6 +135,7 @@ async fn bad_names_and_roles_get_400_before_any_upgrade() {
         ("r", "bad!client", "", "invalid_client"),
         ("r", "c", "role=admin", "invalid_role"),
         ("r", "c", "since=-4", "invalid_query"),
+        ("r", "c", "presence=some", "invalid_query"),
     ] {
         let url = app.ws_url(&room.replace(' ', "%20"), client, query);
         let (status, body) = refused(&url).await;

@@ -15,12 +15,12 @@ async fn welcome_lists_the_room_and_presence_announces_arrivals_and_departures()
     assert_eq!(welcome["offset"], 0);
     assert!(welcome["epoch"].as_str().is_some_and(|e| !e.is_empty()));
     assert_eq!(welcome["members"], json!([]));
+    assert_eq!(welcome["dashboards"], 0);
 
     let (dev, welcome) = app.connect("lab", "t1", "device").await;
-    assert_eq!(
-        welcome["members"],
-        json!([{"client":"dash-1","role":"dashboard","via":"ws"}])
-    );
+    // Dashboards are counted, not listed, unless a member asks for `presence=all`.
+    assert_eq!(welcome["members"], json!([]));
+    assert_eq!(welcome["dashboards"], 1);
     let join = dash.recv_type("presence").await;
     assert_eq!(
         join,
@@ -33,6 +33,60 @@ async fn welcome_lists_the_room_and_presence_announces_arrivals_and_departures()
     app.stop().await;
 }
 
+/// Presence is not quadratic: a dashboard's join and leave go only to members that asked
+/// for `presence=all`; everyone else gets the devices' presence and a count in `welcome`.
+#[tokio::test]
+async fn dashboards_hear_of_other_dashboards_only_with_presence_all() {
+    let app = spawn_app().await;
+    let (_dev, _) = app.connect("hall", "t1", "device").await;
+    let (mut watcher, welcome) = app
+        .connect_query("hall", "ops", "role=dashboard&presence=all")
+        .await;
+    assert_eq!(
+        welcome["members"],
+        json!([{"client":"t1","role":"device","via":"ws"}])
+    );
+    let (mut plain, welcome) = app.connect("hall", "wall", "dashboard").await;
+    assert_eq!(
+        welcome["members"],
+        json!([{"client":"t1","role":"device","via":"ws"}])
+    );
+    assert_eq!(welcome["dashboards"], 1);
+    let join = watcher.recv_type("presence").await;
+    assert_eq!(
+        join,
+        json!({"type":"presence","event":"join","client":"wall","role":"dashboard","via":"ws"})
+    );
+    let (third, welcome) = app
+        .connect_query("hall", "lobby", "role=dashboard&presence=all")
+        .await;
+    assert_eq!(welcome["dashboards"], 2);
+    let listed: Vec<&str> = welcome["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter_map(|m| m["client"].as_str())
+        .collect();
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    for who in ["t1", "ops", "wall"] {
+        assert!(listed.contains(&who), "{who} missing from {listed:?}");
+    }
+    let join = watcher.recv_type("presence").await;
+    assert_eq!(
+        (join["event"].as_str(), join["client"].as_str()),
+        (Some("join"), Some("lobby"))
+    );
+    drop(third);
+    let leave = watcher.recv_type("presence").await;
+    assert_eq!(
+        (leave["event"].as_str(), leave["client"].as_str()),
+        (Some("leave"), Some("lobby"))
+    );
+    // The plain dashboard heard of neither dashboard's arrival nor of the leave.
+    plain.expect_silence(300).await;
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn readings_reach_every_dashboard_of_the_room_and_no_one_else() {
     let app = spawn_app().await;
@@ -40,7 +94,7 @@ async fn readings_reach_every_dashboard_of_the_room_and_no_one_else() {
     let (mut a2, _) = app.connect("a", "d2", "dashboard").await;
     let (mut b1, _) = app.connect("b", "d1", "dashboard").await;
     let (mut dev, _) = app.connect("a", "sensor", "device").await;
-    let _ = a1.recv_type("presence").await;
+    // Each dashboard hears of the device only: dashboards' own joins are not sent.
     let _ = a1.recv_type("presence").await;
     let _ = a2.recv_type("presence").await;
 

@@ -60,6 +60,7 @@ pub(crate) fn welcome(
     offset: u64,
     epoch: &str,
     members: &[MemberInfo],
+    dashboards: usize,
     recovered: Option<bool>,
 ) -> Frame {
     frame(&ServerMessage::Welcome(Welcome {
@@ -69,6 +70,7 @@ pub(crate) fn welcome(
         offset,
         epoch: Cow::Borrowed(epoch),
         members: Cow::Borrowed(members),
+        dashboards: dashboards as u64,
         recovered,
     }))
 }
@@ -242,9 +244,10 @@ mod tests {
                 1042,
                 "k3f9a2",
                 &members,
+                3,
                 Some(true),
             ),
-            welcome("g", "d", Role::Device, 0, "e", &[], None),
+            welcome("g", "d", Role::Device, 0, "e", &[], 0, None),
             snapshot_frame(&series),
             snapshot_frame(&[]),
             presence("join", "t1", Role::Device, Via::Ws),
@@ -285,8 +288,8 @@ mod tests {
             )),
         ];
         let golden = [
-            r#"{"type":"welcome","room":"greenhouse","client":"dash-1","role":"dashboard","offset":1042,"epoch":"k3f9a2","members":[{"client":"t1","role":"device","via":"ws"},{"client":"m\"q","role":"device","via":"mqtt"}],"recovered":true}"#,
-            r#"{"type":"welcome","room":"g","client":"d","role":"device","offset":0,"epoch":"e","members":[]}"#,
+            r#"{"type":"welcome","room":"greenhouse","client":"dash-1","role":"dashboard","offset":1042,"epoch":"k3f9a2","members":[{"client":"t1","role":"device","via":"ws"},{"client":"m\"q","role":"device","via":"mqtt"}],"dashboards":3,"recovered":true}"#,
+            r#"{"type":"welcome","room":"g","client":"d","role":"device","offset":0,"epoch":"e","members":[],"dashboards":0}"#,
             r#"{"type":"snapshot","series":[{"device":"t1","metric":"temperature","value":21.5,"unit":"°C","ts":1764000000000,"offset":1042},{"device":"t2","metric":"h","value":40.0,"ts":1,"offset":2}]}"#,
             r#"{"type":"snapshot","series":[]}"#,
             r#"{"type":"presence","event":"join","client":"t1","role":"device","via":"ws"}"#,

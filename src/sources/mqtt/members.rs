@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use super::ingest::{BridgeSink, BridgedAck, BridgedMessage};
 use super::link::BridgeLink;
 use crate::hub::mailbox::{Close, CommandLetter, Letter, Mailbox, Taken};
+use crate::hub::room::Presence;
 use crate::hub::{Hub, Membership, ReadingTap};
 use telehub_protocol::ids::{MAX_UNIT_LEN, TS_RANGE};
 use telehub_protocol::inbound::{AckIn, ReadingIn};
@@ -118,7 +119,14 @@ impl HubSink {
         }
         let membership = self
             .hub
-            .join(room, device, Role::Device, Via::Mqtt, None)
+            .join(
+                room,
+                device,
+                Role::Device,
+                Via::Mqtt,
+                Presence::Devices,
+                None,
+            )
             .map_err(|e| e.to_string())?;
         let drain = tokio::spawn(drain_commands(
             membership.mailbox().clone(),
