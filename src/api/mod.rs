@@ -25,7 +25,7 @@ use warp::http::{header, HeaderValue};
 use warp::reply::Response;
 
 use self::error::ApiError;
-use crate::auth::{Access, Authorizer};
+use crate::auth::{Access, Authorizer, Refusal};
 use crate::hub::Hub;
 use crate::render::plot::Format;
 use crate::sinks::history::RoomHistory;
@@ -148,11 +148,23 @@ fn api_bridges(
     bridges: Bridges,
     auth: Authorizer,
 ) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    let counter = auth.clone();
     warp::path!("api" / "bridges")
         .and(warp::get())
         .and(auth::access(auth))
-        .map(move |_: Access| {
-            warp::reply::json(&serde_json::json!({ "bridges": bridges.statuses() }))
+        .and_then(move |access: Access| {
+            let (bridges, counter) = (bridges.clone(), counter.clone());
+            async move {
+                // Broker addresses, client ids and errors are an operator's business: a
+                // bridge's client id lets whoever reaches the broker take over its session.
+                if !access.is_admin() {
+                    let refused = counter.refuse(Refusal::NotAdmin);
+                    return Err(warp::reject::custom(auth::Denied(refused)));
+                }
+                Ok(warp::reply::json(
+                    &serde_json::json!({ "bridges": bridges.statuses() }),
+                ))
+            }
         })
 }
 

@@ -82,7 +82,8 @@ impl Grant {
             || (self.role == TokenRole::Dashboard
                 && client
                     .strip_prefix(self.sub.as_str())
-                    .is_some_and(|rest| rest.len() > 1 && rest.starts_with('.')));
+                    .and_then(|rest| rest.strip_prefix('.'))
+                    .is_some_and(|tab| !tab.is_empty() && !tab.contains('.')));
         if own {
             Ok(())
         } else {

@@ -10,7 +10,7 @@
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 
-use super::claims::{Claims, Grant};
+use super::claims::{Claims, Grant, TokenRole};
 use super::Refusal;
 use crate::config::{KeyAlgorithm, KeyConfig};
 
@@ -175,6 +175,8 @@ fn validation(alg: Algorithm, expect: &Expect) -> Validation {
     // (RFC 7519 4.1.4) a token is valid only before `exp`, not during its second.
     v.leeway = 0;
     v.reject_tokens_expiring_in_less_than = 1;
+    // A token that is not valid yet is not valid (jsonwebtoken skips `nbf` by default).
+    v.validate_nbf = true;
     let mut required = vec!["exp", "sub"];
     if !expect.issuer.is_empty() {
         v.set_issuer(&[expect.issuer]);
@@ -209,7 +211,9 @@ pub(crate) fn verify(keys: &[Key], expect: &Expect, token: &str) -> Result<Grant
         match jsonwebtoken::decode::<Claims>(token, &key.decoding, &v) {
             Ok(data) => {
                 let c = data.claims;
-                if c.sub.is_empty() {
+                // A dashboard connects as `sub` or `sub.TAB`: a dot in its `sub` would let
+                // `john` connect as `john.doe`, another user's id.
+                if c.sub.is_empty() || (c.role == TokenRole::Dashboard && c.sub.contains('.')) {
                     return Err(Refusal::InvalidClaims);
                 }
                 return Ok(Grant {

@@ -187,6 +187,14 @@ pub(crate) enum Access {
 }
 
 impl Access {
+    /// Open hub, or an admin token.
+    pub(crate) fn is_admin(&self) -> bool {
+        match self {
+            Access::Open => true,
+            Access::Token(g) => g.is_admin(),
+        }
+    }
+
     pub(crate) fn may_read(&self, room: &str) -> bool {
         match self {
             Access::Open => true,

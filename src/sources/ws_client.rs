@@ -50,6 +50,11 @@ const MAX_ITEM_ERRORS: usize = 3;
 pub(crate) const AUTH_FRAME_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long before its token's `exp` a connection is sent `token_expiring`.
 const EXPIRY_WARNING: Duration = Duration::from_secs(30);
+/// Refreshes (`auth` frames on a live connection) verified at most this often.
+const REFRESH_MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// The furthest a token's expiry is armed; a later `exp` (up to `u64::MAX` seconds) would
+/// overflow the clock.
+const MAX_TOKEN_LIFE: Duration = Duration::from_secs(86_400 * 365 * 30);
 
 /// A first-frame `auth` or a refresh was refused: no token, or a bad one.
 const CLOSE_UNAUTHORIZED: Close = Close {
@@ -94,12 +99,16 @@ struct TokenClock {
     /// When `token_expiring` is due; `None` once sent.
     warn_at: Option<Instant>,
     expires_at: Instant,
+    /// When this token replaced the one before (refreshes are verified at most once per
+    /// [`REFRESH_MIN_INTERVAL`]).
+    renewed: Option<Instant>,
 }
 
 impl TokenClock {
     fn new(grant: Grant) -> TokenClock {
         let now = Instant::now();
-        let expires_at = now + time_left(grant.exp).unwrap_or_default();
+        let left = time_left(grant.exp).unwrap_or_default().min(MAX_TOKEN_LIFE);
+        let expires_at = now + left;
         let warn_at = expires_at
             .checked_sub(EXPIRY_WARNING)
             .map_or(now, |t| t.max(now));
@@ -107,6 +116,7 @@ impl TokenClock {
             grant,
             warn_at: Some(warn_at),
             expires_at,
+            renewed: None,
         }
     }
 }
@@ -534,12 +544,20 @@ impl Reader<'_> {
                 }
             }
             ClientMessage::Auth(a) => {
-                self.bucket.take(1);
                 // Without `[auth] mode = "token"` a token has nothing to unlock: ignored,
                 // so a dashboard that always signs in works against an open hub too.
                 let Some(current) = &self.token else {
                     return;
                 };
+                // A signature check costs far more than a reading: past the rate limit,
+                // or within a second of the last refresh, the frame is dropped unverified.
+                let now = Instant::now();
+                let too_soon = current
+                    .renewed
+                    .is_some_and(|t| now.duration_since(t) < REFRESH_MIN_INTERVAL);
+                if granted == 0 || too_soon {
+                    return self.throttled(ErrorCode::RateLimited, None);
+                }
                 let m = self.membership;
                 match self.auth.verify(&a.token) {
                     Err(_) => self.mailbox.close(CLOSE_UNAUTHORIZED),
@@ -547,7 +565,9 @@ impl Reader<'_> {
                         let fits = current.grant.renewed_by(&fresh)
                             && fresh.may_join(&m.room().name, m.client(), m.role()).is_ok();
                         if fits {
-                            self.token = Some(Box::new(TokenClock::new(fresh)));
+                            let mut clock = TokenClock::new(fresh);
+                            clock.renewed = Some(now);
+                            self.token = Some(Box::new(clock));
                             self.rearm = true;
                         } else {
                             self.auth.refuse(Refusal::ForbiddenRefresh);

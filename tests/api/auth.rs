@@ -582,3 +582,86 @@ async fn a_token_is_refused_from_the_second_of_its_exp() {
     );
     app.stop().await;
 }
+
+/// Review findings: a token not valid yet (`nbf`) is refused; a dashboard `sub` with a
+/// dot is refused and a dashboard may not take another user's dotted id; `/api/bridges`
+/// (broker addresses and client ids) is for admins only; a token with an absurd `exp`
+/// does not bring its session down.
+#[tokio::test]
+async fn not_yet_valid_dotted_and_absurd_tokens_and_bridges_need_admin() {
+    let app = token_hub().await;
+    let url = app.ws_url("greenhouse-1", "t1", "role=device");
+    let mut c = claims("t1", "device", &["greenhouse-*"], 3600);
+    c["nbf"] = json!(now() + 600);
+    assert_eq!(
+        refused_bearer(&url, &sign(Some("main"), SECRET, &c)).await,
+        (401, "unauthorized".into())
+    );
+    // `john` may be `john` or `john.TAB`, never `john.doe.TAB` (user `john.doe`'s tab);
+    // and a dashboard `sub` cannot hold a dot at all.
+    let john = tok("john", "dashboard", &["greenhouse-*"]);
+    let url = app.ws_url("greenhouse-1", "john.doe.tab1", "role=dashboard");
+    assert_eq!(refused_bearer(&url, &john).await, (403, "forbidden".into()));
+    let dotted = tok("john.doe", "dashboard", &["greenhouse-*"]);
+    let url = app.ws_url("greenhouse-1", "john.doe", "role=dashboard");
+    assert_eq!(
+        refused_bearer(&url, &dotted).await,
+        (401, "unauthorized".into())
+    );
+    let url = app.ws_url("greenhouse-1", "john.tab1", "role=dashboard");
+    let _ok = Client::connect_bearer(&url, &john)
+        .await
+        .expect("john's own tab");
+
+    let (status, _) = http_get(app.addr, "/api/bridges", &bearer(&john)).await;
+    assert_eq!(status, 403);
+    let (status, _) = http_get(
+        app.addr,
+        "/api/bridges",
+        &bearer(&tok("root", "admin", &[])),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // exp far past what a clock can hold: accepted, and the session keeps working.
+    let far = sign(
+        Some("main"),
+        SECRET,
+        &json!({"sub":"t2","role":"device","rooms":["greenhouse-*"],"exp": u64::MAX / 2,
+                "iss":"telehub","aud":"telehub"}),
+    );
+    let url = app.ws_url("greenhouse-1", "t2", "role=device");
+    let mut dev = Client::connect_bearer(&url, &far).await.expect("far exp");
+    let _ = dev.recv_type("welcome").await;
+    dev.send_json(json!({"type":"reading","metric":"x","value":1.0}))
+        .await;
+    dev.expect_silence(300).await;
+    app.stop().await;
+}
+
+/// A client with a valid token cannot make the hub verify signatures in a loop: refreshes
+/// are verified at most once a second, and past the rate limit not at all.
+#[tokio::test]
+async fn a_flood_of_auth_frames_is_throttled_not_verified() {
+    let app = token_hub().await;
+    let token = tok("t1", "device", &["greenhouse-*"]);
+    let url = app.ws_url("greenhouse-1", "t1", "role=device");
+    let mut dev = Client::connect_bearer(&url, &token)
+        .await
+        .expect("connects");
+    let _ = dev.recv_type("welcome").await;
+    for _ in 0..200 {
+        dev.send_json(json!({"type":"auth","token": token})).await;
+    }
+    // The connection survives (a valid refresh, then dropped duplicates) and says so once.
+    let (code, _) = crate::helpers::next_error(&mut dev).await;
+    assert_eq!(code, "rate_limited");
+    let (_, metrics) = http_get(app.addr, "/metrics", &bearer(&tok("root", "admin", &[]))).await;
+    let suppressed: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("telehub_errors_suppressed_total{code=\"rate_limited\"}"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(suppressed >= 190, "suppressed {suppressed}\n");
+    app.stop().await;
+}
