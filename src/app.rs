@@ -109,7 +109,7 @@ pub async fn run(
         auth: auth.clone(),
     });
     for bridge in bridges {
-        let sink = HubSink::new(hub.clone(), bridge.link());
+        let sink = HubSink::new(hub.clone(), bridge.link()).protect_ws_members(auth.enabled());
         let mut stop_bridge = shutdown.clone();
         let done = completion.clone();
         tokio::spawn(async move {

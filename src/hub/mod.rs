@@ -243,6 +243,13 @@ impl Hub {
             .is_some_and(|held| held != role)
     }
 
+    /// Whether `client` is in `room` on its own WebSocket (for a bridge that must not
+    /// evict a device holding a token for that id).
+    pub(crate) fn held_over_ws(&self, room: &str, client: &str) -> bool {
+        let room = self.rooms().get(room).cloned();
+        room.and_then(|r| r.via_of(client)) == Some(Via::Ws)
+    }
+
     /// The room called `name`, created if the hub has room for one more.
     fn room_for(&self, name: &str) -> Result<Arc<Room>, JoinError> {
         let mut rooms = self.rooms();

@@ -210,6 +210,11 @@ impl Room {
         self.lock().members.get(client).map(|m| m.role)
     }
 
+    /// How `client` is connected, if it is.
+    pub(crate) fn via_of(&self, client: &str) -> Option<Via> {
+        self.lock().members.get(client).map(|m| m.via)
+    }
+
     /// Adds a member, replacing (close 4000) an older connection with the same client id.
     /// The welcome is queued first, under the lock, so no reading can precede it. Returns
     /// whether the member is catching up (see [`Room::catch_up`]).

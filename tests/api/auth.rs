@@ -665,3 +665,59 @@ async fn a_flood_of_auth_frames_is_throttled_not_verified() {
     assert!(suppressed >= 190, "suppressed {suppressed}\n");
     app.stop().await;
 }
+
+/// In token mode a bridged MQTT device never evicts a WebSocket device that proved its id
+/// with a token: the broker's word is refused (counted as rejected), the WebSocket device
+/// stays connected and its readings flow.
+#[tokio::test]
+async fn a_bridged_device_cannot_evict_a_token_holding_websocket_device() {
+    let broker = telehub_testkit::mosquitto::Mosquitto::start();
+    let port = broker.port;
+    let app = spawn_app_with(move |s: &mut Settings| {
+        token_mode(s);
+        let text = format!(
+            "[[bridges]]\nname = \"b\"\nurl = \"mqtt://127.0.0.1:{port}\"\nclient_id = \"auth-evict\"\n"
+        );
+        s.mqtt = toml::from_str(&text).expect("bridge config");
+    })
+    .await;
+    let admin = bearer(&tok("root", "admin", &[]));
+    let bridge = |body: &str| -> Value {
+        let v: Value = serde_json::from_str(body).expect("JSON");
+        v["bridges"][0].clone()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = http_get(app.addr, "/api/bridges", &admin).await;
+        if bridge(&body)["subscribed"] == true {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let url = app.ws_url("lab", "t1", "role=device");
+    let mut dev = Client::connect_bearer(&url, &tok("t1", "device", &["lab"]))
+        .await
+        .expect("device connects");
+    let _ = dev.recv_type("welcome").await;
+    let sensor = telehub_testkit::mqtt::TestClient::connect(port, "auth-evict-sensor");
+    sensor.publish("telehub/lab/t1/temperature", "9").await;
+    loop {
+        let (_, body) = http_get(app.addr, "/api/bridges", &admin).await;
+        if bridge(&body)["rejected"] == 1 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Still connected: no close 4000, and the hub still lists it over its WebSocket.
+    dev.expect_silence(300).await;
+    let (_, body) = http_get(app.addr, "/api/rooms", &admin).await;
+    let rooms: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(
+        rooms["rooms"][0]["devices"],
+        json!([{"client":"t1","via":"ws"}]),
+        "{rooms}"
+    );
+    app.stop().await;
+}

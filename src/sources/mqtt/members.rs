@@ -61,6 +61,9 @@ pub(crate) struct HubSink {
     /// Last timestamp per (room, device, metric) this bridge published, for retained
     /// messages.
     last_ts: HashMap<(Arc<str>, Arc<str>, String), i64>,
+    /// Token mode: a WebSocket device proved its id with a token, and the broker's word
+    /// is not enough to take it over (no replace-and-reclaim every `REJOIN_AFTER`).
+    protect_ws: bool,
 }
 
 impl HubSink {
@@ -71,7 +74,14 @@ impl HubSink {
             devices: HashMap::new(),
             taken: HashMap::new(),
             last_ts: HashMap::new(),
+            protect_ws: false,
         }
+    }
+
+    /// Never evict a member connected over its own WebSocket (token mode).
+    pub(crate) fn protect_ws_members(mut self, protect: bool) -> HubSink {
+        self.protect_ws = protect;
+        self
     }
 
     /// The device's membership, joining it first if needed.
@@ -107,6 +117,11 @@ impl HubSink {
                 ));
             }
             self.taken.remove(&key);
+        }
+        if self.protect_ws && self.hub.held_over_ws(room, device) {
+            return Err(format!(
+                "device id `{device}` in room `{room}` is held by a WebSocket connection with a token"
+            ));
         }
         if self.devices.len() >= MAX_BRIDGED_DEVICES {
             self.devices
