@@ -182,7 +182,7 @@ async fn serve_connection<R>(
             return Either::Left(std::future::ready(Ok(resp)));
         }
         if req.uri().path().starts_with("/ws/") {
-            let resp = handshake::handle(req, &ws, guard.clone());
+            let resp = handshake::handle::<TcpStream, _>(req, &ws, guard.clone());
             return Either::Left(std::future::ready(Ok(resp)));
         }
         let mut routes = routes.clone();
