@@ -424,8 +424,9 @@ const MAX_HANDSHAKE_BYTES: usize = 8 * 1024;
 const MAX_HANDSHAKE_HEADERS: usize = 32;
 /// How long a refused client's remaining bytes are read (and dropped) before the close.
 const LINGER: Duration = Duration::from_millis(500);
-/// How long a client may take to send its handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send its handshake (and, on a TLS listener, to finish
+/// the TLS handshake before that).
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the first bytes of a fresh connection say.
 pub(crate) enum Sniffed {
