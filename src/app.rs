@@ -23,6 +23,7 @@ use crate::hub::{Hub, ReadingTap};
 use crate::metrics::Metrics;
 use crate::net::handshake::WsContext;
 use crate::net::listener;
+use crate::net::tls::Tls;
 use crate::shutdown::{self, Completion, Shutdown};
 use crate::sinks::history::History;
 use crate::sources::mqtt::{Bridge, Bridges, HubSink};
@@ -43,6 +44,9 @@ pub enum ServerError {
     /// An `[[auth.keys]]` entry cannot be used (its file went away since validation).
     #[error("{0}")]
     Auth(String),
+    /// `[server.tls]` cannot be set up (its files changed since validation).
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// Runs the hub on `listener` until `stop` resolves, then shuts down gracefully: every
@@ -53,7 +57,13 @@ pub async fn run(
     stop: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let addr = listener.local_addr()?;
-    info!("listening on http://{addr}");
+    // Before the log line: tests and scripts take it to mean the hub is ready.
+    let tls = match &settings.server.tls {
+        Some(cfg) => Some(Arc::new(Tls::new(cfg).map_err(ServerError::Tls)?)),
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    info!("listening on {scheme}://{addr}");
     let max_connections = listener::connection_cap(settings.limits.max_connections);
     // One registry for the hub, completed below with the collectors of the stages that
     // keep their own counts, before anything is served.
@@ -128,6 +138,9 @@ pub async fn run(
     ));
 
     tokio::spawn(sweep(hub.clone(), shutdown.clone(), completion.clone()));
+    if let Some(tls) = &tls {
+        reload_on_sighup(tls.clone(), shutdown.clone());
+    }
     {
         let mut shutdown = shutdown.clone();
         let completion = completion.clone();
@@ -147,6 +160,7 @@ pub async fn run(
             hub: hub.clone(),
             shutdown: shutdown.clone(),
             completion: completion.clone(),
+            tls,
         },
     )
     .await;
@@ -170,6 +184,34 @@ pub async fn run(
     info!("stopped");
     Ok(())
 }
+
+/// SIGHUP reloads `[server.tls]`'s certificate and key (a bad file keeps the old ones).
+#[cfg(unix)]
+fn reload_on_sighup(tls: Arc<Tls>, mut shutdown: Shutdown) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => return warn!(error = %e, "cannot listen for SIGHUP; TLS reload is off"),
+    };
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                got = hup.recv() => match got {
+                    Some(()) => {
+                        // Blocking file reads, but small and rare: off the runtime anyway.
+                        let tls = tls.clone();
+                        let _ = tokio::task::spawn_blocking(move || tls.reload()).await;
+                    }
+                    None => return,
+                },
+                _ = shutdown.recv() => return,
+            }
+        }
+    });
+}
+
+#[cfg(not(unix))]
+fn reload_on_sighup(_tls: Arc<Tls>, _shutdown: Shutdown) {}
 
 /// Periodically frees rooms that stayed empty and commands that were never answered.
 async fn sweep(hub: Hub, mut shutdown: Shutdown, _completion: Completion) {

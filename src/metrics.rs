@@ -48,10 +48,12 @@ pub(crate) enum Rejection {
     BadRequest,
     /// The handshake request is over its size or header-count limit (431).
     HeadersTooLarge,
+    /// `[server.tls]`: the TLS handshake failed or timed out (the connection is closed).
+    TlsHandshake,
 }
 
 impl Rejection {
-    pub(crate) const ALL: [Rejection; 16] = [
+    pub(crate) const ALL: [Rejection; 17] = [
         Rejection::InvalidRoom,
         Rejection::InvalidClient,
         Rejection::InvalidRole,
@@ -68,6 +70,7 @@ impl Rejection {
         Rejection::RequestTimeout,
         Rejection::BadRequest,
         Rejection::HeadersTooLarge,
+        Rejection::TlsHandshake,
     ];
 
     /// The `error` code of the JSON body, also the metric label.
@@ -89,6 +92,7 @@ impl Rejection {
             Rejection::RequestTimeout => "request_timeout",
             Rejection::BadRequest => "bad_request",
             Rejection::HeadersTooLarge => "headers_too_large",
+            Rejection::TlsHandshake => "tls_handshake",
         }
     }
 }

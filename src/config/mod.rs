@@ -53,6 +53,21 @@ pub struct ServerConfig {
     /// Serve the browser dashboard from this folder, read live from disk (for editing
     /// the page); `None` serves the copy compiled into the binary.
     pub dashboard_dir: Option<PathBuf>,
+    /// `[server.tls]`: serve https and wss on the listener; `None` (the default) is
+    /// plain http and ws.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[server.tls]`: the certificate chain and key the listener presents, both PEM, read
+/// at start (a bad one stops start-up naming its key) and again on SIGHUP.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The server certificate first, then any intermediates (PEM).
+    pub cert_file: PathBuf,
+    /// The private key of the first certificate (PEM: PKCS#8, RSA or SEC1).
+    pub key_file: PathBuf,
 }
 
 /// `[limits]`: nothing a client sends can grow memory without bound.
@@ -103,6 +118,7 @@ impl Default for ServerConfig {
             shutdown_grace_ms: 5_000,
             ping_interval_ms: 30_000,
             dashboard_dir: None,
+            tls: None,
         }
     }
 }
@@ -240,6 +256,15 @@ impl Settings {
                 },
             }
         })?;
+        // The certificate and key are read and matched now, so a bad one is a config
+        // error (exit 2) naming `server.tls.cert_file` or `server.tls.key_file`.
+        if let Some(tls) = &settings.server.tls {
+            crate::net::tls::load(tls).map_err(|(key, message)| ConfigError::Key {
+                source_name: source_name.to_string(),
+                key: key.to_string(),
+                message,
+            })?;
+        }
         settings
             .auth
             .validate()
@@ -486,6 +511,22 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("qos"), "{err}");
+    }
+
+    #[test]
+    fn server_tls_files_are_checked_at_load_naming_the_key() {
+        let err = load(
+            "[server.tls]\ncert_file = \"/nonexistent/cert.pem\"\nkey_file = \"/nonexistent/key.pem\"\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("test.toml"), "{err}");
+        assert!(err.contains("server.tls.cert_file"), "{err}");
+        let err = load("[server.tls]\ncert_file = \"c.pem\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("key_file"), "{err}");
     }
 
     #[test]

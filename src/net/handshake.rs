@@ -34,6 +34,7 @@ use crate::auth::{Answer, Authorizer, Refusal};
 use crate::hub::room::{Presence, Since};
 use crate::hub::Hub;
 use crate::metrics::Rejection;
+use crate::net::transport::Transport;
 use crate::shutdown::{Completion, Shutdown};
 use crate::sources::ws_client::{self, PendingJoin, SessionOptions, Socket, Start};
 use telehub_protocol::ids::valid_id;
@@ -335,7 +336,7 @@ fn refusal_response(r: &Refused) -> warp::reply::Response {
 /// keep-alive connection; fresh connections take [`serve_raw`]). `conn_guard` is the
 /// accept loop's connection count token, moved into the session so it is released when
 /// the WebSocket closes rather than when the HTTP exchange ends.
-pub(crate) fn handle<G: Send + Sync + 'static>(
+pub(crate) fn handle<S: Transport, G: Send + Sync + 'static>(
     mut req: Request<Incoming>,
     ctx: &Arc<WsContext>,
     conn_guard: G,
@@ -379,11 +380,11 @@ pub(crate) fn handle<G: Send + Sync + 'static>(
             Ok(u) => u,
             Err(e) => return debug!(error = %e, "upgrade failed"),
         };
-        // Take the TCP stream back from hyper so the session owns plain halves with no
-        // boxing or buffering in between.
-        let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        // Take the stream (TCP, or TLS over TCP) back from hyper so the session owns its
+        // halves with no boxing or buffering in between.
+        let parts = match upgraded.downcast::<TokioIo<S>>() {
             Ok(p) => p,
-            Err(_) => return debug!("upgraded connection is not a TCP stream"),
+            Err(_) => return debug!("upgraded connection is not the stream it was accepted as"),
         };
         // The session runs as a task of its own so that this task's state (the pending
         // upgrade) is freed: an idle connection then costs only the session's future.
@@ -406,8 +407,8 @@ pub(crate) fn handle<G: Send + Sync + 'static>(
     resp
 }
 
-async fn run_session<G: Send + Sync + 'static>(
-    stream: TcpStream,
+async fn run_session<S: Transport, G: Send + Sync + 'static>(
+    stream: S,
     already_read: Bytes,
     accepted: Accepted,
     ctx: Arc<WsContext>,
@@ -415,7 +416,7 @@ async fn run_session<G: Send + Sync + 'static>(
 ) {
     let _completion = ctx.completion.clone();
     let _conn_guard = conn_guard;
-    let (read, write) = stream.into_split();
+    let (read, write) = stream.into_halves();
     let socket = Socket {
         read,
         write,
@@ -438,8 +439,9 @@ const MAX_HANDSHAKE_BYTES: usize = 8 * 1024;
 const MAX_HANDSHAKE_HEADERS: usize = 32;
 /// How long a refused client's remaining bytes are read (and dropped) before the close.
 const LINGER: Duration = Duration::from_millis(500);
-/// How long a client may take to send its handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send its handshake (and, on a TLS listener, to finish
+/// the TLS handshake before that).
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the first bytes of a fresh connection say.
 pub(crate) enum Sniffed {

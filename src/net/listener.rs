@@ -5,6 +5,11 @@
 //! The first stage of the data flow. The cap is the configured `limits.max_connections`,
 //! lowered to fit under the open-file limit (raised to its hard limit at start); a
 //! connection past it is answered `503 server_full` and closed.
+//!
+//! With `[server.tls]` every connection first completes a TLS handshake (within the
+//! handshake timeout; a failure is counted as `tls_handshake`), then hyper serves the
+//! TLS stream as it serves TCP, `/ws/...` upgrades included. Plain connections take a
+//! task of their own type ([`serve_connection`]), untouched by TLS.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,12 +25,14 @@ use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tower_service::Service;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::api::error::error_response;
 use crate::hub::Hub;
 use crate::metrics::Rejection;
 use crate::net::handshake::{self, WsContext};
+use crate::net::tls::Tls;
+use crate::net::transport::Transport;
 use crate::shutdown::{Completion, Shutdown};
 
 /// File descriptors kept free for the hub's own use (logs, database, broker links)
@@ -66,6 +73,8 @@ pub(crate) struct Handlers<R> {
     pub(crate) hub: Hub,
     pub(crate) shutdown: Shutdown,
     pub(crate) completion: Completion,
+    /// `[server.tls]`: every connection is TLS; `None` serves plain TCP.
+    pub(crate) tls: Option<Arc<Tls>>,
 }
 
 /// Counts open TCP connections against the cap; the count drops when the last clone of
@@ -138,14 +147,54 @@ where
         };
         let over_cap = open.fetch_add(1, Ordering::Relaxed) >= max_connections;
         let guard = Arc::new(ConnGuard { open: open.clone() });
-        tokio::spawn(serve_connection(stream, peer, over_cap, guard, h.clone()));
+        match &h.tls {
+            Some(tls) => tokio::spawn(serve_tls(
+                stream,
+                peer,
+                over_cap,
+                guard,
+                tls.clone(),
+                h.clone(),
+            )),
+            None => tokio::spawn(serve_connection(stream, peer, over_cap, guard, h.clone())),
+        };
     }
 
     open
 }
 
-/// Serves one TCP connection with hyper: WebSocket upgrades to [`handshake::handle`],
-/// everything else to warp, and a 503 for everything once the hub is at its cap.
+/// Takes the TLS handshake of one connection (within [`handshake::HANDSHAKE_TIMEOUT`]),
+/// then serves the decrypted stream with hyper like any other. A handshake that fails
+/// or times out is counted (`tls_handshake`), logged at debug, and the socket closed.
+async fn serve_tls<R>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    over_cap: bool,
+    guard: Arc<ConnGuard>,
+    tls: Arc<Tls>,
+    h: Handlers<R>,
+) where
+    R: Routes,
+{
+    let _ = stream.set_nodelay(true);
+    let accepted =
+        tokio::time::timeout(handshake::HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream)).await;
+    drop(tls);
+    match accepted {
+        Ok(Ok(stream)) => serve_http(stream, peer, over_cap, guard, h).await,
+        Ok(Err(e)) => {
+            h.hub.metrics().rejected(Rejection::TlsHandshake);
+            debug!(%peer, error = %e, "TLS handshake failed");
+        }
+        Err(_) => {
+            h.hub.metrics().rejected(Rejection::TlsHandshake);
+            debug!(%peer, "TLS handshake timed out");
+        }
+    }
+}
+
+/// Serves one plain TCP connection: a fresh `GET /ws/` on the direct path
+/// ([`handshake::serve_raw`]), anything else with hyper ([`serve_http`]).
 async fn serve_connection<R>(
     stream: TcpStream,
     peer: SocketAddr,
@@ -155,22 +204,39 @@ async fn serve_connection<R>(
 ) where
     R: Routes,
 {
+    let _ = stream.set_nodelay(true);
+    match handshake::sniff(&stream).await {
+        handshake::Sniffed::WebSocket => {
+            return handshake::serve_raw(stream, h.ws.clone(), guard, over_cap).await
+        }
+        handshake::Sniffed::TimedOut => return handshake::time_out(stream, &h.ws).await,
+        handshake::Sniffed::Gone => return,
+        handshake::Sniffed::Other => {}
+    }
+    serve_http(stream, peer, over_cap, guard, h).await
+}
+
+/// Serves one connection (TCP or TLS) with hyper: WebSocket upgrades to
+/// [`handshake::handle`], everything else to warp, and a 503 for everything once the hub
+/// is at its cap.
+async fn serve_http<S, R>(
+    stream: S,
+    peer: SocketAddr,
+    over_cap: bool,
+    guard: Arc<ConnGuard>,
+    h: Handlers<R>,
+) where
+    S: Transport,
+    R: Routes,
+{
     let Handlers {
         ws,
         routes,
         hub,
         mut shutdown,
         completion: _completion,
+        tls: _,
     } = h;
-    let _ = stream.set_nodelay(true);
-    match handshake::sniff(&stream).await {
-        handshake::Sniffed::WebSocket => {
-            return handshake::serve_raw(stream, ws.clone(), guard, over_cap).await
-        }
-        handshake::Sniffed::TimedOut => return handshake::time_out(stream, &ws).await,
-        handshake::Sniffed::Gone => return,
-        handshake::Sniffed::Other => {}
-    }
     let service = service_fn(move |req: Request<Incoming>| {
         if over_cap {
             hub.metrics().rejected(Rejection::ServerFull);
@@ -182,7 +248,7 @@ async fn serve_connection<R>(
             return Either::Left(std::future::ready(Ok(resp)));
         }
         if req.uri().path().starts_with("/ws/") {
-            let resp = handshake::handle(req, &ws, guard.clone());
+            let resp = handshake::handle::<S, _>(req, &ws, guard.clone());
             return Either::Left(std::future::ready(Ok(resp)));
         }
         let mut routes = routes.clone();

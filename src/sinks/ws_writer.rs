@@ -12,9 +12,9 @@ use std::io::IoSlice;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
 
 use crate::hub::mailbox::{Close, Letter, Taken};
+use crate::net::transport::WsWrite;
 use crate::net::ws::codec;
 use crate::net::ws::frames::{self, Frame};
 
@@ -26,7 +26,7 @@ const MAX_IOVECS: usize = 64;
 
 /// Writes the rest of a frame already begun, then the close frame, then ends our side of
 /// the TCP stream; gives up after [`CLOSE_WRITE_TIMEOUT`] on a peer that does not read.
-pub(crate) async fn send_close(io: &mut OwnedWriteHalf, out: &mut Unsent, close: Close) {
+pub(crate) async fn send_close<W: WsWrite>(io: &mut W, out: &mut Unsent, close: Close) {
     let frame = codec::close(close.code, close.reason);
     let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, async {
         out.write(io).await?;
@@ -80,16 +80,20 @@ impl Unsent {
         self.frames.is_empty()
     }
 
-    /// Writes every frame, [`MAX_IOVECS`] to a `writev`.
-    pub(crate) async fn write(&mut self, io: &mut OwnedWriteHalf) -> std::io::Result<()> {
+    /// Writes every frame, [`MAX_IOVECS`] to a `writev`, then flushes a stream that
+    /// buffers (TLS); plain TCP has nothing to flush and skips it.
+    pub(crate) async fn write<W: WsWrite>(&mut self, io: &mut W) -> std::io::Result<()> {
         while !self.is_empty() {
             self.write_some(io).await?;
+        }
+        if io.unflushed() {
+            io.flush().await?;
         }
         Ok(())
     }
 
     /// One `writev` of up to [`MAX_IOVECS`] frames.
-    async fn write_some(&mut self, io: &mut OwnedWriteHalf) -> std::io::Result<()> {
+    async fn write_some<W: WsWrite>(&mut self, io: &mut W) -> std::io::Result<()> {
         let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
         let mut n = 0;
         for (i, l) in self.frames.iter().take(MAX_IOVECS).enumerate() {

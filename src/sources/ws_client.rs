@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -30,6 +29,7 @@ use crate::auth::{time_left, Answer, Authorizer, Grant, Refusal};
 use crate::hub::mailbox::{Close, Mailbox, Push};
 use crate::hub::room::{Presence, Since};
 use crate::hub::{Hub, JoinError, Membership};
+use crate::net::transport::{WsRead, WsWrite};
 use crate::net::ws::codec::{self, Decoder, Message};
 use crate::net::ws::frames::{self, Frame};
 use crate::shutdown::Shutdown;
@@ -139,15 +139,15 @@ pub(crate) struct SessionOptions {
 }
 
 /// The two halves of an upgraded connection, and any bytes read past the handshake.
-pub(crate) struct Socket {
-    pub read: OwnedReadHalf,
-    pub write: OwnedWriteHalf,
+pub(crate) struct Socket<R, W> {
+    pub read: R,
+    pub write: W,
     pub already_read: Bytes,
 }
 
 /// Runs the connection until either side closes it or the hub shuts down.
-pub(crate) async fn run(
-    socket: Socket,
+pub(crate) async fn run<R: WsRead, W: WsWrite>(
+    socket: Socket<R, W>,
     start: Start,
     hub: Hub,
     auth: Authorizer,
@@ -273,7 +273,7 @@ pub(crate) async fn run(
                     }
                 }
             }
-            res = out.write(&mut write), if !out.is_empty() => {
+            res = out.write(&mut write), if !out.is_empty() || write.unflushed() => {
                 if res.is_err() {
                     break;
                 }
@@ -345,18 +345,14 @@ pub(crate) async fn run(
 }
 
 /// The socket's read and write halves and its decoder, as the auth phase borrows them.
-type Io<'a> = (
-    &'a mut OwnedReadHalf,
-    &'a mut OwnedWriteHalf,
-    &'a mut Decoder,
-);
+type Io<'a, R, W> = (&'a mut R, &'a mut W, &'a mut Decoder);
 
 /// Token mode, no `Authorization` header: waits for the first frame's `auth`, sending
 /// nothing, and joins the room once its token grants it. Any other first frame, a bad
 /// token or none within [`AUTH_FRAME_TIMEOUT`] closes with 1008; `None` means the
 /// connection is over.
-async fn await_auth(
-    (read, write, decoder): Io<'_>,
+async fn await_auth<R: WsRead, W: WsWrite>(
+    (read, write, decoder): Io<'_, R, W>,
     pending: PendingJoin,
     hub: &Hub,
     auth: &Authorizer,

@@ -16,3 +16,4 @@ mod lifecycle;
 mod mqtt;
 mod rooms;
 mod simulator;
+mod tls;

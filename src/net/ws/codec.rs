@@ -16,7 +16,8 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 use std::io;
-use tokio::net::tcp::OwnedReadHalf;
+
+use crate::net::transport::WsRead;
 
 use telehub_protocol::codes::close;
 
@@ -177,21 +178,16 @@ impl Decoder {
         }
     }
 
-    /// Reads until a whole message is in, waiting for readability first so that an idle
-    /// connection holds no buffer.
-    pub(crate) async fn next(&mut self, io: &mut OwnedReadHalf) -> Result<Message, ReadError> {
+    /// Reads until a whole message is in. On plain TCP it waits for readability first,
+    /// so that an idle connection holds no buffer ([`WsRead`]).
+    pub(crate) async fn next<R: WsRead>(&mut self, io: &mut R) -> Result<Message, ReadError> {
         loop {
             if let Some(msg) = self.decode()? {
                 return Ok(msg);
             }
             let want = self.bytes_wanted().max(MIN_READ);
-            io.readable().await?;
-            self.buf.reserve(want);
-            match io.try_read_buf(&mut self.buf) {
-                Ok(0) => return Err(ReadError::Eof),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e.into()),
+            if io.read_into(&mut self.buf, want).await? == 0 {
+                return Err(ReadError::Eof);
             }
         }
     }

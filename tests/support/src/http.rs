@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::WAIT;
@@ -43,7 +43,17 @@ pub async fn try_get(
     path: &str,
     extra_headers: &str,
 ) -> anyhow::Result<Response> {
-    let mut s = TcpStream::connect(addr).await?;
+    let s = TcpStream::connect(addr).await?;
+    exchange(s, addr, path, extra_headers).await
+}
+
+/// [`try_get`] on a stream already open (a TLS one, say).
+pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    addr: SocketAddr,
+    path: &str,
+    extra_headers: &str,
+) -> anyhow::Result<Response> {
     let req =
         format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra_headers}\r\n");
     s.write_all(req.as_bytes()).await?;

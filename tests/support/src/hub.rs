@@ -23,7 +23,7 @@ pub const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// At most this many log lines are kept for failure messages.
 const LOG_LINES: usize = 2_000;
 /// The line src/server.rs logs once it is bound.
-const LISTENING: &str = "listening on http://";
+const LISTENING: &str = "listening on ";
 
 /// Where the `telehub` binary is, for callers without `CARGO_BIN_EXE_telehub` (examples,
 /// the devices crate's tests): `$TELEHUB_BIN` if set, else the `telehub` in the cargo
@@ -232,6 +232,17 @@ impl Hub {
         }
     }
 
+    /// Sends SIGHUP (with `[server.tls]`: reload the certificate and key).
+    pub fn sighup(&self) {
+        if let Some(pid) = self.pid() {
+            let ok = Command::new("kill")
+                .args(["-HUP", &pid.to_string()])
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "kill -HUP {pid} failed");
+        }
+    }
+
     /// Waits (without blocking the runtime) until the process exits, within
     /// [`STOP_TIMEOUT`]; then it is killed and the test fails.
     pub async fn wait_exit(&mut self) -> ExitStatus {
@@ -301,8 +312,10 @@ fn drain(
 /// The address in a `listening on http://ADDR` log line, whatever surrounds it (level,
 /// timestamp, colour codes).
 fn listening_addr(line: &str) -> Option<SocketAddr> {
-    line.split(LISTENING)
-        .nth(1)?
+    let rest = line.split(LISTENING).nth(1)?;
+    // `http://` or, with `[server.tls]`, `https://`.
+    rest.strip_prefix("http://")
+        .or_else(|| rest.strip_prefix("https://"))?
         .split(|c: char| c.is_whitespace() || c == '\x1b')
         .next()?
         .parse()
@@ -323,6 +336,10 @@ mod tests {
         assert_eq!(
             listening_addr("INFO listening on http://[::1]:8080 extra"),
             Some("[::1]:8080".parse().unwrap())
+        );
+        assert_eq!(
+            listening_addr("INFO listening on https://127.0.0.1:9"),
+            Some("127.0.0.1:9".parse().unwrap())
         );
         assert_eq!(listening_addr("INFO history in memory only"), None);
     }

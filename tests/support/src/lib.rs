@@ -7,6 +7,7 @@
 //! - [`ws`]: a WebSocket client with a timeout on every wait.
 //! - [`mqtt`]: an MQTT client that plays sensors and devices.
 //! - [`http`]: a raw HTTP/1.1 GET.
+//! - [`tls`]: rustls clients trusting a test's own CA, for a hub with `[server.tls]`.
 //!
 //! It does not depend on `telehub` (the root crate takes it as a dev-dependency).
 
@@ -14,6 +15,7 @@ pub mod http;
 pub mod hub;
 pub mod mosquitto;
 pub mod mqtt;
+pub mod tls;
 pub mod ws;
 
 use std::time::Duration;

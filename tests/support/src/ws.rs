@@ -71,6 +71,28 @@ impl Client {
         Ok(Client { ws })
     }
 
+    /// Opens `wss://...` trusting only the CA certificate(s) in `ca_pem`, with extra
+    /// request headers (`Authorization`, ...).
+    pub async fn connect_tls(
+        url: &str,
+        ca_pem: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Client, WsError> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+        let mut req = url.into_client_request()?;
+        for (name, value) in headers {
+            let name = HeaderName::from_bytes(name.as_bytes()).expect("a header name");
+            let value = HeaderValue::from_str(value).expect("a header value");
+            req.headers_mut().insert(name, value);
+        }
+        let connector = tokio_tungstenite::Connector::Rustls(crate::tls::client_config(ca_pem));
+        let (ws, _) =
+            tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector))
+                .await?;
+        Ok(Client { ws })
+    }
+
     /// Opens `url` with `Authorization: Bearer {token}`.
     pub async fn connect_bearer(url: &str, token: &str) -> Result<Client, WsError> {
         Client::connect_with_headers(url, &[("authorization", &format!("Bearer {token}"))]).await
