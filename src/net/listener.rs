@@ -22,7 +22,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tower_service::Service;
 use tracing::{debug, info, warn};
@@ -254,7 +254,12 @@ async fn serve_http<S, R>(
         let mut routes = routes.clone();
         Either::Right(routes.call(req))
     });
+    // Without a timer hyper's header timeout does nothing: a client that sends part of a
+    // request (or leaves a kept-alive connection idle) would hold its connection slot
+    // for ever, and enough of them fill the hub. The same bound as a WebSocket handshake.
     let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(handshake::HANDSHAKE_TIMEOUT)
         .keep_alive(!over_cap)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();

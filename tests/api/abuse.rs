@@ -575,3 +575,28 @@ async fn a_replay_overtaken_by_the_log_trim_is_closed_as_a_slow_consumer() {
     }
     app.stop().await;
 }
+
+/// A plain HTTP request that stalls (not a WebSocket path, so hyper reads it) is not kept
+/// for ever: hyper's header timeout runs on a timer, so the connection is closed (or
+/// answered) within the handshake timeout instead of holding its connection slot.
+#[tokio::test]
+async fn a_stalled_plain_http_request_does_not_hold_its_connection_for_ever() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app().await;
+    let mut s = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("connect");
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    // Closed (EOF, perhaps after a 408) well within twice the handshake timeout; before
+    // the fix the read never ended.
+    let read =
+        tokio::time::timeout(std::time::Duration::from_secs(25), s.read_to_end(&mut buf)).await;
+    assert!(
+        read.is_ok(),
+        "the hub kept a stalled HTTP request open for 25 s"
+    );
+    app.stop().await;
+}
