@@ -30,6 +30,7 @@ use tracing::{debug, info, warn};
 use crate::api::error::error_response;
 use crate::hub::Hub;
 use crate::metrics::Rejection;
+use crate::net::direct;
 use crate::net::handshake::{self, WsContext};
 use crate::net::tls::Tls;
 use crate::net::transport::Transport;
@@ -163,7 +164,7 @@ where
     open
 }
 
-/// Takes the TLS handshake of one connection (within [`handshake::HANDSHAKE_TIMEOUT`]),
+/// Takes the TLS handshake of one connection (within [`direct::HANDSHAKE_TIMEOUT`]),
 /// then serves the decrypted stream with hyper like any other. A handshake that fails
 /// or times out is counted (`tls_handshake`), logged at debug, and the socket closed.
 async fn serve_tls<R>(
@@ -178,7 +179,7 @@ async fn serve_tls<R>(
 {
     let _ = stream.set_nodelay(true);
     let accepted =
-        tokio::time::timeout(handshake::HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream)).await;
+        tokio::time::timeout(direct::HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream)).await;
     drop(tls);
     match accepted {
         Ok(Ok(stream)) => serve_http(stream, peer, over_cap, guard, h).await,
@@ -194,7 +195,7 @@ async fn serve_tls<R>(
 }
 
 /// Serves one plain TCP connection: a fresh `GET /ws/` on the direct path
-/// ([`handshake::serve_raw`]), anything else with hyper ([`serve_http`]).
+/// ([`direct::serve_raw`]), anything else with hyper ([`serve_http`]).
 async fn serve_connection<R>(
     stream: TcpStream,
     peer: SocketAddr,
@@ -205,13 +206,13 @@ async fn serve_connection<R>(
     R: Routes,
 {
     let _ = stream.set_nodelay(true);
-    match handshake::sniff(&stream).await {
-        handshake::Sniffed::WebSocket => {
-            return handshake::serve_raw(stream, h.ws.clone(), guard, over_cap).await
+    match direct::sniff(&stream).await {
+        direct::Sniffed::WebSocket => {
+            return direct::serve_raw(stream, h.ws.clone(), guard, over_cap).await
         }
-        handshake::Sniffed::TimedOut => return handshake::time_out(stream, &h.ws).await,
-        handshake::Sniffed::Gone => return,
-        handshake::Sniffed::Other => {}
+        direct::Sniffed::TimedOut => return direct::time_out(stream, &h.ws).await,
+        direct::Sniffed::Gone => return,
+        direct::Sniffed::Other => {}
     }
     serve_http(stream, peer, over_cap, guard, h).await
 }
@@ -259,7 +260,7 @@ async fn serve_http<S, R>(
     // for ever, and enough of them fill the hub. The same bound as a WebSocket handshake.
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(handshake::HANDSHAKE_TIMEOUT)
+        .header_read_timeout(direct::HANDSHAKE_TIMEOUT)
         .keep_alive(!over_cap)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();

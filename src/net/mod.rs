@@ -4,6 +4,7 @@
 //! listener first terminates TLS ([`tls`]); [`transport`] is what lets the rest run on
 //! either stream at no cost to plain TCP.
 
+pub(crate) mod direct;
 pub(crate) mod handshake;
 pub(crate) mod listener;
 pub(crate) mod tls;
