@@ -47,14 +47,14 @@ pub(crate) fn accept_key(key: &[u8]) -> String {
 }
 
 /// The query of a WebSocket request, validated.
-struct Query {
+pub(crate) struct Query {
     role: Role,
     since: Option<u64>,
     epoch: Option<String>,
     acks: bool,
 }
 
-fn parse_query(raw: Option<&str>) -> Result<Query, (Rejection, String)> {
+pub(crate) fn parse_query(raw: Option<&str>) -> Result<Query, (Rejection, String)> {
     let mut q = Query {
         role: Role::Dashboard,
         since: None,
@@ -331,9 +331,9 @@ async fn run_session<G: Send + Sync + 'static>(
 }
 
 /// Largest handshake request accepted on the direct path (431 past it).
-const MAX_HANDSHAKE_BYTES: usize = 8 * 1024;
+pub(crate) const MAX_HANDSHAKE_BYTES: usize = 8 * 1024;
 /// Headers read from a handshake request at most.
-const MAX_HANDSHAKE_HEADERS: usize = 32;
+pub(crate) const MAX_HANDSHAKE_HEADERS: usize = 32;
 /// How long a client may take to send its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 

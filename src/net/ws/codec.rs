@@ -197,8 +197,15 @@ impl Decoder {
         }
     }
 
+    /// Bytes that arrived, appended as a read would (for tests and the fuzz targets,
+    /// which drive [`Decoder::decode`] without a socket).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn feed(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
     /// Decodes one message from the buffer if a whole one is there.
-    fn decode(&mut self) -> Result<Option<Message>, ReadError> {
+    pub(crate) fn decode(&mut self) -> Result<Option<Message>, ReadError> {
         loop {
             let Some(head) = parse_head(&self.buf)? else {
                 self.release_if_empty();
