@@ -230,6 +230,9 @@ impl Decoder {
                     }
                     let code =
                         (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                    if code.is_some_and(|c| !close_code_allowed(c)) {
+                        return Err(ReadError::Protocol("close code not allowed on the wire"));
+                    }
                     if std::str::from_utf8(payload.get(2..).unwrap_or(&[])).is_err() {
                         return Err(ReadError::InvalidUtf8);
                     }
@@ -270,6 +273,14 @@ impl Decoder {
             self.buf = BytesMut::new();
         }
     }
+}
+
+/// Close codes a peer may send (RFC 6455 section 7.4): the defined 1000-1003 and
+/// 1007-1011, 1012-1014 registered with IANA since, and 3000-4999 for libraries and
+/// applications. 1004-1006 and 1015 are reserved or must never be on the wire, and the
+/// rest is unassigned: a close carrying one is a protocol error (1002), not echoed.
+fn close_code_allowed(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 fn finish(opcode: u8, payload: BytesMut) -> Result<Message, ReadError> {
@@ -467,6 +478,42 @@ mod tests {
         ]
         .concat();
         assert!(decode_all(&two_starts, 64)[0].is_err());
+    }
+
+    /// Found by the `ws_decoder` fuzz target (`docs/TESTING.md`): a close frame with code
+    /// 996 was accepted and would have been echoed to the client.
+    #[test]
+    fn fuzz_regression_close_code_996_is_a_protocol_error() {
+        let crash = [
+            0x88, 0x85, 0x12, 0x38, 0x56, 0x78, 0x11, 0xdc, 0x01, 0x34, 0x77,
+        ];
+        let mut d = Decoder::new(125, Bytes::new());
+        d.feed(&crash);
+        let err = d.decode().expect_err("close code 996 is refused");
+        assert_eq!(err.close_code(), Some(close::PROTOCOL_ERROR));
+        for code in [
+            0u16,
+            999,
+            1004,
+            1005,
+            1006,
+            1015,
+            1016,
+            2999,
+            5000,
+            u16::MAX,
+        ] {
+            let frame = client_frame(true, OP_CLOSE, &code.to_be_bytes());
+            assert!(decode_all(&frame, 64)[0].is_err(), "{code}");
+        }
+        for code in [1000u16, 1001, 1003, 1007, 1011, 1013, 1014, 3000, 4999] {
+            let frame = client_frame(true, OP_CLOSE, &code.to_be_bytes());
+            assert_eq!(
+                decode_all(&frame, 64),
+                vec![Ok(Message::Close(Some(code)))],
+                "{code}"
+            );
+        }
     }
 
     #[test]
