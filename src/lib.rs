@@ -65,3 +65,170 @@ pub mod history {
     pub use crate::sinks::history::room::RoomHistory;
     pub use crate::sinks::history::{History, HistoryConfig, HistoryError, Record};
 }
+
+/// Entry points for the fuzz targets in `fuzz/` (see `docs/TESTING.md`): for fuzz targets
+/// only, not an API. Behind the `fuzzing` feature, off by default; each function is a thin
+/// wrapper over the hub's own `pub(crate)` code, so the fuzzers exercise exactly what a
+/// client's bytes reach.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    use crate::net::handshake;
+    use crate::net::ws::codec;
+
+    pub use crate::sources::mqtt::payload::PayloadFormat;
+    pub use crate::sources::mqtt::template::{Captures, TemplateError, TopicTemplate};
+
+    /// The RFC 6455 frame decoder of `/ws/` sessions, fed from memory instead of a socket.
+    /// For fuzz targets only.
+    pub struct WsDecoder(codec::Decoder);
+
+    /// A complete client message, as the decoder yields it. For fuzz targets only.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum WsMessage {
+        Text(String),
+        /// A binary message's length (the hub keeps no binary payloads).
+        Binary(usize),
+        Ping(Vec<u8>),
+        Pong,
+        Close(Option<u16>),
+    }
+
+    /// Why decoding stopped: the close code the hub answers with, and the reason.
+    /// For fuzz targets only.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct WsError {
+        pub close_code: Option<u16>,
+        pub reason: String,
+    }
+
+    impl WsDecoder {
+        /// A decoder for messages of at most `max_message` bytes. For fuzz targets only.
+        pub fn new(max_message: usize) -> WsDecoder {
+            WsDecoder(codec::Decoder::new(max_message, bytes::Bytes::new()))
+        }
+
+        /// Appends bytes as one socket read would. For fuzz targets only.
+        pub fn feed(&mut self, bytes: &[u8]) {
+            self.0.feed(bytes);
+        }
+
+        /// The next whole message in what was fed, if there is one. For fuzz targets only.
+        pub fn decode(&mut self) -> Result<Option<WsMessage>, WsError> {
+            let msg = self.0.decode().map_err(|e| WsError {
+                close_code: e.close_code(),
+                reason: e.to_string(),
+            })?;
+            Ok(msg.map(|m| match m {
+                codec::Message::Text(t) => WsMessage::Text(t),
+                codec::Message::Binary(n) => WsMessage::Binary(n),
+                codec::Message::Ping(p) => WsMessage::Ping(p.to_vec()),
+                codec::Message::Pong => WsMessage::Pong,
+                codec::Message::Close(c) => WsMessage::Close(c),
+            }))
+        }
+    }
+
+    /// What the direct handshake path decides about a request head, short of joining a
+    /// room (which needs a running hub). For fuzz targets only.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum HandshakeOutcome {
+        /// httparse wants more bytes and the request is still under the size limit.
+        Partial,
+        /// The HTTP status the hub answers with, and the rejection code of its JSON body.
+        Refused { status: u16, code: &'static str },
+        /// Valid: the `Sec-WebSocket-Accept` value, and the room and client ids.
+        Accept {
+            accept_key: String,
+            room: String,
+            client: String,
+        },
+        /// Not HTTP: the connection is dropped without an answer.
+        Malformed,
+    }
+
+    /// Parses a handshake request head with the direct path's own functions
+    /// (`head_status`, `with_head`) and applies the checks of `handshake::decide`
+    /// that come before joining: the path, the ids, the query and the upgrade headers.
+    /// For fuzz targets only.
+    pub fn handshake(buf: &[u8]) -> HandshakeOutcome {
+        use crate::metrics::Rejection;
+        use telehub_protocol::ids::valid_id;
+        let refused = |why: Rejection, status: u16| HandshakeOutcome::Refused {
+            status,
+            code: why.as_str(),
+        };
+        use crate::net::direct::{head_status, with_head, HeadStatus};
+        match head_status(buf) {
+            HeadStatus::Complete(_) => {}
+            HeadStatus::Partial => return HandshakeOutcome::Partial,
+            HeadStatus::TooLarge => return refused(Rejection::HeadersTooLarge, 431),
+            HeadStatus::Malformed(_) => return HandshakeOutcome::Malformed,
+        }
+        with_head(buf, |head| {
+            let Ok(head) = head else {
+                return HandshakeOutcome::Malformed;
+            };
+            let upgrade =
+                head.get && head.connection_upgrade && head.upgrade_websocket && head.version_13;
+            let mut parts = head.path.trim_start_matches("/ws/").split('/');
+            let (room, client) = match (parts.next(), parts.next(), parts.next()) {
+                (Some(r), Some(c), None) => (r, c),
+                _ => return refused(Rejection::NotFound, 404),
+            };
+            if !valid_id(room) {
+                return refused(Rejection::InvalidRoom, 400);
+            }
+            if !valid_id(client) {
+                return refused(Rejection::InvalidClient, 400);
+            }
+            if let Err((why, _)) = handshake::parse_query(head.query) {
+                return refused(why, 400);
+            }
+            match head.key.filter(|_| upgrade) {
+                Some(key) => HandshakeOutcome::Accept {
+                    accept_key: handshake::accept_key(key),
+                    room: room.to_string(),
+                    client: client.to_string(),
+                },
+                None => refused(Rejection::UpgradeRequired, 426),
+            }
+        })
+    }
+
+    /// One reading read from an MQTT payload, before the topic applies. For fuzz targets
+    /// only.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct PayloadItem {
+        pub metric: Option<String>,
+        pub device: Option<String>,
+        pub value: f64,
+        pub unit: Option<String>,
+        pub ts: Option<i64>,
+        pub seq: Option<u64>,
+    }
+
+    /// Decodes an MQTT payload in `format`; `Err` holds the logged reason. For fuzz
+    /// targets only.
+    pub fn mqtt_payload(
+        payload: &[u8],
+        format: PayloadFormat,
+        now_ms: i64,
+    ) -> Result<Vec<PayloadItem>, String> {
+        crate::sources::mqtt::payload::decode(payload, format, now_ms)
+            .map(|items| {
+                items
+                    .into_iter()
+                    .map(|i| PayloadItem {
+                        metric: i.metric,
+                        device: i.device,
+                        value: i.value,
+                        unit: i.unit,
+                        ts: i.ts,
+                        seq: i.seq,
+                    })
+                    .collect()
+            })
+            .map_err(|e| e.to_string())
+    }
+}

@@ -138,11 +138,12 @@ pub mod close {
     pub const REASON_TOKEN_EXPIRED: &str = "token expired";
 
     /// Whether a peer may send `code` in a close frame (RFC 6455 section 7.4): 1000 to
-    /// 1003, 1007 to 1011, and the registered and private range 3000 to 4999. 1005, 1006
-    /// and 1015 are for reporting only and never go on the wire; a close frame with any
-    /// other code is a protocol error (the hub answers 1002).
+    /// 1003 and 1007 to 1011, 1012 to 1014 registered with IANA since, and the registered
+    /// and private range 3000 to 4999. 1005, 1006 and 1015 are for reporting only and
+    /// never go on the wire; a close frame with any other code is a protocol error (the
+    /// hub answers 1002).
     pub const fn valid_to_receive(code: u16) -> bool {
-        matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999)
+        matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
     }
 
     /// Every (code, reason) the hub sends; [`NORMAL`] goes without a reason.

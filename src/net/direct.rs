@@ -21,9 +21,9 @@ use super::handshake::{decide, lists, run_session, Head, Refused, WsContext};
 use crate::metrics::Rejection;
 
 /// Largest handshake request accepted on the direct path (431 past it).
-const MAX_HANDSHAKE_BYTES: usize = 8 * 1024;
+pub(crate) const MAX_HANDSHAKE_BYTES: usize = 8 * 1024;
 /// Headers read from a handshake request at most.
-const MAX_HANDSHAKE_HEADERS: usize = 32;
+pub(crate) const MAX_HANDSHAKE_HEADERS: usize = 32;
 /// How long a refused client's remaining bytes are read (and dropped) before the close.
 const LINGER: Duration = Duration::from_millis(500);
 /// How long a client may take to send its handshake (and, on a TLS listener, to finish
@@ -112,6 +112,64 @@ async fn refuse_raw(stream: &mut TcpStream, ctx: &WsContext, r: &Refused) {
     .await;
 }
 
+/// How far a buffer holds a handshake request head.
+pub(crate) enum HeadStatus {
+    /// A complete head of this many bytes.
+    Complete(usize),
+    /// More bytes are needed, and the head is still under [`MAX_HANDSHAKE_BYTES`].
+    Partial,
+    /// Over [`MAX_HANDSHAKE_BYTES`] or [`MAX_HANDSHAKE_HEADERS`] (431).
+    TooLarge,
+    /// Not HTTP/1.1 (400).
+    Malformed(String),
+}
+
+/// Where `buf` stands as a handshake request head, with the direct path's limits.
+pub(crate) fn head_status(buf: &[u8]) -> HeadStatus {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HANDSHAKE_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => HeadStatus::Complete(n),
+        Ok(httparse::Status::Partial) if buf.len() < MAX_HANDSHAKE_BYTES => HeadStatus::Partial,
+        Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
+            HeadStatus::TooLarge
+        }
+        Err(e) => HeadStatus::Malformed(e.to_string()),
+    }
+}
+
+/// Hands `f` what [`decide`] reads of a complete request head (or why it does not parse).
+pub(crate) fn with_head<R>(buf: &[u8], f: impl FnOnce(Result<&Head<'_>, String>) -> R) -> R {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HANDSHAKE_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    if let Err(e) = req.parse(buf) {
+        return f(Err(e.to_string()));
+    }
+    let target = req.path.unwrap_or("/");
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    let find = |name: &'static str| {
+        req.headers
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+    };
+    let head = Head {
+        get: req.method == Some("GET"),
+        path,
+        query,
+        connection_upgrade: find("connection").any(|h| lists(h.value, "upgrade")),
+        upgrade_websocket: find("upgrade").any(|h| lists(h.value, "websocket")),
+        version_13: find("sec-websocket-version").any(|h| h.value == b"13"),
+        key: find("sec-websocket-key").next().map(|h| h.value),
+        authorization: find("authorization").next().map(|h| h.value),
+        origin: find("origin").next().map(|h| h.value),
+        host: find("host").next().map(|h| h.value),
+    };
+    f(Ok(&head))
+}
+
 /// The direct path: reads and answers the handshake of a fresh connection itself
 /// (httparse on a buffer freed before the session starts), then runs the session. Keeps
 /// hyper's per-connection buffers and task out of every WebSocket's life.
@@ -127,13 +185,13 @@ pub(crate) async fn serve_raw<G: Send + Sync + 'static>(
             if stream.read_buf(&mut buf).await? == 0 {
                 return Err(std::io::ErrorKind::UnexpectedEof.into());
             }
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HANDSHAKE_HEADERS];
-            let mut req = httparse::Request::new(&mut headers);
-            match req.parse(&buf) {
-                Ok(httparse::Status::Complete(n)) => return Ok(Some(n)),
-                Ok(httparse::Status::Partial) if buf.len() < MAX_HANDSHAKE_BYTES => {}
-                Ok(httparse::Status::Partial) => return Ok(None),
-                Err(e) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+            match head_status(&buf) {
+                HeadStatus::Complete(n) => return Ok(Some(n)),
+                HeadStatus::Partial => {}
+                HeadStatus::TooLarge => return Ok(None),
+                HeadStatus::Malformed(e) => {
+                    return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+                }
             }
         }
     })
@@ -161,47 +219,27 @@ pub(crate) async fn serve_raw<G: Send + Sync + 'static>(
         Ok(Err(e)) => return debug!(error = %e, "handshake ended"),
         Err(_) => return time_out(stream, &ctx).await,
     };
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HANDSHAKE_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    if let Err(e) = req.parse(&buf[..end]) {
-        let r = malformed(format!("malformed HTTP request: {e}"));
-        return refuse_raw(&mut stream, &ctx, &r).await;
-    }
-    let target = req.path.unwrap_or("/");
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (target, None),
-    };
-    let find = |name: &'static str| {
-        req.headers
-            .iter()
-            .filter(move |h| h.name.eq_ignore_ascii_case(name))
-    };
-    let head = Head {
-        get: req.method == Some("GET"),
-        path,
-        query,
-        connection_upgrade: find("connection").any(|h| lists(h.value, "upgrade")),
-        upgrade_websocket: find("upgrade").any(|h| lists(h.value, "websocket")),
-        version_13: find("sec-websocket-version").any(|h| h.value == b"13"),
-        key: find("sec-websocket-key").next().map(|h| h.value),
-        authorization: find("authorization").next().map(|h| h.value),
-        origin: find("origin").next().map(|h| h.value),
-        host: find("host").next().map(|h| h.value),
-    };
-    let decision = if over_cap {
-        ctx.hub.metrics().rejected(Rejection::ServerFull);
-        Err(Refused::new(
-            Rejection::ServerFull,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the hub is at its connection limit; try again later",
-        ))
-    } else {
-        decide(&ctx, &head)
-    };
+    // Refusals `decide` made are counted there; a head that does not parse again is
+    // counted here, and its client's remaining bytes drained before the close.
+    let decision = with_head(&buf[..end], |head| match head {
+        Err(e) => Err((malformed(format!("malformed HTTP request: {e}")), true)),
+        Ok(_) if over_cap => {
+            ctx.hub.metrics().rejected(Rejection::ServerFull);
+            Err((
+                Refused::new(
+                    Rejection::ServerFull,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the hub is at its connection limit; try again later",
+                ),
+                false,
+            ))
+        }
+        Ok(head) => decide(&ctx, head).map_err(|r| (r, false)),
+    });
     let accepted = match decision {
         Ok(a) => a,
-        Err(r) => {
+        Err((r, true)) => return refuse_raw(&mut stream, &ctx, &r).await,
+        Err((r, false)) => {
             let _ = stream.write_all(raw_refusal(&r).as_bytes()).await;
             let _ = stream.shutdown().await;
             return;

@@ -57,7 +57,7 @@ pub(crate) fn accept_key(key: &[u8]) -> String {
 }
 
 /// The query of a WebSocket request, validated.
-struct Query {
+pub(crate) struct Query {
     role: Role,
     presence: Presence,
     since: Option<u64>,
@@ -65,7 +65,7 @@ struct Query {
     acks: bool,
 }
 
-fn parse_query(raw: Option<&str>) -> Result<Query, (Rejection, String)> {
+pub(crate) fn parse_query(raw: Option<&str>) -> Result<Query, (Rejection, String)> {
     let mut q = Query {
         role: Role::Dashboard,
         presence: Presence::Devices,

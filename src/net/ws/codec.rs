@@ -200,8 +200,15 @@ impl Decoder {
         }
     }
 
+    /// Bytes that arrived, appended as a read would (for tests and the fuzz targets,
+    /// which drive [`Decoder::decode`] without a socket).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn feed(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
     /// Decodes one message from the buffer if a whole one is there.
-    fn decode(&mut self) -> Result<Option<Message>, ReadError> {
+    pub(crate) fn decode(&mut self) -> Result<Option<Message>, ReadError> {
         loop {
             let Some(head) = parse_head(&self.buf)? else {
                 self.release_if_empty();
@@ -468,9 +475,45 @@ mod tests {
         assert!(decode_all(&two_starts, 64)[0].is_err());
     }
 
+    /// Found by the `ws_decoder` fuzz target (`docs/TESTING.md`): a close frame with code
+    /// 996 was accepted and would have been echoed to the client.
+    #[test]
+    fn fuzz_regression_close_code_996_is_a_protocol_error() {
+        let crash = [
+            0x88, 0x85, 0x12, 0x38, 0x56, 0x78, 0x11, 0xdc, 0x01, 0x34, 0x77,
+        ];
+        let mut d = Decoder::new(125, Bytes::new());
+        d.feed(&crash);
+        let err = d.decode().expect_err("close code 996 is refused");
+        assert_eq!(err.close_code(), Some(close::PROTOCOL_ERROR));
+        for code in [
+            0u16,
+            999,
+            1004,
+            1005,
+            1006,
+            1015,
+            1016,
+            2999,
+            5000,
+            u16::MAX,
+        ] {
+            let frame = client_frame(true, OP_CLOSE, &code.to_be_bytes());
+            assert!(decode_all(&frame, 64)[0].is_err(), "{code}");
+        }
+        for code in [1000u16, 1001, 1003, 1007, 1011, 1013, 1014, 3000, 4999] {
+            let frame = client_frame(true, OP_CLOSE, &code.to_be_bytes());
+            assert_eq!(
+                decode_all(&frame, 64),
+                vec![Ok(Message::Close(Some(code)))],
+                "{code}"
+            );
+        }
+    }
+
     #[test]
     fn close_codes_the_rfc_forbids_on_the_wire_are_refused_and_never_sent() {
-        for bad in [0u16, 999, 1004, 1005, 1006, 1012, 1015, 2999, 5000, 65535] {
+        for bad in [0u16, 999, 1004, 1005, 1006, 1015, 2999, 5000, 65535] {
             let frame = client_frame(true, OP_CLOSE, &bad.to_be_bytes());
             assert_eq!(
                 decode_all(&frame, 64)[0].as_ref().unwrap_err(),

@@ -3,4 +3,6 @@
 //! as frames shared by every recipient.
 
 pub(crate) mod codec;
+#[cfg(test)]
+mod codec_props;
 pub(crate) mod frames;
