@@ -32,7 +32,9 @@ impl TokenRole {
 }
 
 /// The claims telehub reads (and `telehub token` writes). `iss` and `aud` are checked
-/// by the JWT library against `[auth]`, so they only appear here to be written.
+/// by the JWT library against `[auth]`, so they only appear here to be written: they
+/// are not read back, which also lets `aud` be a JSON array (RFC 7519 4.1.3) as other
+/// issuers write it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Claims {
     pub(crate) sub: String,
@@ -42,9 +44,9 @@ pub(crate) struct Claims {
     pub(crate) rooms: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) iat: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
     pub(crate) iss: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
     pub(crate) aud: Option<String>,
 }
 

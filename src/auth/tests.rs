@@ -102,6 +102,13 @@ fn expiry_issuer_audience_and_claims_are_checked() {
     let mut c = claims(now() + 60);
     c["aud"] = "other".into();
     assert_eq!(a.verify(&sign(c)), Err(Refusal::InvalidClaims));
+    // RFC 7519 allows `aud` to be an array: it passes when it names the hub's audience.
+    let mut c = claims(now() + 60);
+    c["aud"] = serde_json::json!(["other", "telehub"]);
+    assert!(a.verify(&sign(c)).is_ok(), "an aud array naming the hub");
+    let mut c = claims(now() + 60);
+    c["aud"] = serde_json::json!(["other", "another"]);
+    assert_eq!(a.verify(&sign(c)), Err(Refusal::InvalidClaims));
     let mut c = claims(now() + 60);
     c.as_object_mut().unwrap().remove("exp");
     assert_eq!(a.verify(&sign(c)), Err(Refusal::InvalidClaims));

@@ -206,6 +206,42 @@ async fn untrusted_and_plain_http_clients_are_refused_and_the_hub_carries_on() {
     );
 }
 
+/// A client that opens TCP and starts a ClientHello it never finishes (slowloris on TLS)
+/// is closed once the handshake timeout (10 s) passes, and counted; a client that
+/// arrives meanwhile is served.
+#[tokio::test]
+async fn a_client_hello_that_never_completes_is_closed_after_the_handshake_timeout() {
+    let (hub, ca, _files) = tls_hub("");
+    let mut s = tokio::net::TcpStream::connect(hub.addr())
+        .await
+        .expect("connect");
+    // A TLS record header announcing a 512-byte handshake record, then nothing.
+    s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .await
+        .expect("write");
+    let started = std::time::Instant::now();
+
+    let health = tls::get(hub.addr(), "/healthz", "", &ca.pem)
+        .await
+        .expect("healthz while a handshake hangs");
+    assert_eq!(health.status, 200);
+
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(WAIT * 2, s.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "the hub kept a stalled TLS handshake open");
+    assert!(
+        started.elapsed() >= Duration::from_secs(9),
+        "closed before the handshake timeout: {:?}",
+        started.elapsed()
+    );
+    let m = metrics(&hub, &ca).await;
+    assert!(
+        m.lines()
+            .any(|l| l == "telehub_connections_rejected_total{reason=\"tls_handshake\"} 1"),
+        "the stalled handshake is counted:\n{m}"
+    );
+}
+
 /// The certificate a new TLS connection is shown.
 async fn served_cert(hub: &Hub, ca: &Ca) -> Vec<u8> {
     let s = tls::connect(hub.addr(), tls::client_config(&ca.pem))
