@@ -97,8 +97,8 @@ pub async fn run(
     let bridge_states = Bridges::new(bridges.iter().map(|b| b.state()).collect());
     metrics.register_collector(bridge_states.clone());
     let refused = metrics.auth_refused(&crate::auth::refusal_labels());
-    let auth =
-        Authorizer::new(&settings.auth, refused).map_err(|e| ServerError::Auth(e.to_string()))?;
+    let auth = Authorizer::new(&settings.auth, addr, refused)
+        .map_err(|e| ServerError::Auth(e.to_string()))?;
     if !auth.enabled() && !addr.ip().is_loopback() {
         warn!(
             %addr,

@@ -40,6 +40,8 @@ pub(crate) enum Rejection {
     Forbidden,
     /// An `Origin` that may not open WebSockets here (403).
     OriginNotAllowed,
+    /// A `Host` the hub does not answer to (403, `auth.allowed_hosts`).
+    HostNotAllowed,
     /// A token in the query string (400).
     TokenInQuery,
     /// The request stayed incomplete past the handshake timeout (408).
@@ -53,7 +55,7 @@ pub(crate) enum Rejection {
 }
 
 impl Rejection {
-    pub(crate) const ALL: [Rejection; 17] = [
+    pub(crate) const ALL: [Rejection; 18] = [
         Rejection::InvalidRoom,
         Rejection::InvalidClient,
         Rejection::InvalidRole,
@@ -66,6 +68,7 @@ impl Rejection {
         Rejection::Unauthorized,
         Rejection::Forbidden,
         Rejection::OriginNotAllowed,
+        Rejection::HostNotAllowed,
         Rejection::TokenInQuery,
         Rejection::RequestTimeout,
         Rejection::BadRequest,
@@ -88,6 +91,7 @@ impl Rejection {
             Rejection::Unauthorized => "unauthorized",
             Rejection::Forbidden => "forbidden",
             Rejection::OriginNotAllowed => "origin_not_allowed",
+            Rejection::HostNotAllowed => "host_not_allowed",
             Rejection::TokenInQuery => "token_in_query",
             Rejection::RequestTimeout => "request_timeout",
             Rejection::BadRequest => "bad_request",

@@ -15,6 +15,7 @@
 pub(crate) mod claims;
 pub(crate) mod keys;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,6 +60,8 @@ pub(crate) enum Refusal {
     NotAdmin,
     #[error("this Origin may not open WebSockets on this hub")]
     OriginNotAllowed,
+    #[error("this hub does not answer to that Host name (auth.allowed_hosts)")]
+    HostNotAllowed,
 }
 
 /// The answer class of a [`Refusal`].
@@ -70,6 +73,8 @@ pub(crate) enum Answer {
     Forbidden,
     /// HTTP 403 `origin_not_allowed`.
     OriginNotAllowed,
+    /// HTTP 403 `host_not_allowed`.
+    HostNotAllowed,
     /// HTTP 400 `token_in_query`.
     TokenInQuery,
 }
@@ -79,7 +84,7 @@ impl Answer {
     pub(crate) fn status(self) -> u16 {
         match self {
             Answer::Unauthorized => 401,
-            Answer::Forbidden | Answer::OriginNotAllowed => 403,
+            Answer::Forbidden | Answer::OriginNotAllowed | Answer::HostNotAllowed => 403,
             Answer::TokenInQuery => 400,
         }
     }
@@ -90,13 +95,14 @@ impl Answer {
             Answer::Unauthorized => "unauthorized",
             Answer::Forbidden => "forbidden",
             Answer::OriginNotAllowed => "origin_not_allowed",
+            Answer::HostNotAllowed => "host_not_allowed",
             Answer::TokenInQuery => "token_in_query",
         }
     }
 }
 
 impl Refusal {
-    pub(crate) const ALL: [Refusal; 14] = [
+    pub(crate) const ALL: [Refusal; 15] = [
         Refusal::MissingToken,
         Refusal::MalformedToken,
         Refusal::ExpiredToken,
@@ -111,6 +117,7 @@ impl Refusal {
         Refusal::ForbiddenRefresh,
         Refusal::NotAdmin,
         Refusal::OriginNotAllowed,
+        Refusal::HostNotAllowed,
     ];
 
     /// The metric label.
@@ -130,6 +137,7 @@ impl Refusal {
             Refusal::ForbiddenRefresh => "forbidden_refresh",
             Refusal::NotAdmin => "not_admin",
             Refusal::OriginNotAllowed => "origin_not_allowed",
+            Refusal::HostNotAllowed => "host_not_allowed",
         }
     }
 
@@ -148,6 +156,7 @@ impl Refusal {
             | Refusal::ForbiddenRefresh
             | Refusal::NotAdmin => Answer::Forbidden,
             Refusal::OriginNotAllowed => Answer::OriginNotAllowed,
+            Refusal::HostNotAllowed => Answer::HostNotAllowed,
             Refusal::TokenInQuery => Answer::TokenInQuery,
         }
     }
@@ -174,6 +183,7 @@ struct Inner {
     issuer: String,
     audience: String,
     allowed_origins: Vec<String>,
+    hosts: HostRule,
     public_metrics: bool,
     /// By [`Refusal::index`].
     refused: Vec<Counter>,
@@ -204,10 +214,29 @@ impl Access {
 }
 
 impl Authorizer {
-    /// Builds the authorizer from `[auth]`, counting refusals into `refused` (one counter
-    /// per [`refusal_labels`] entry, or none at all in tests).
-    pub(crate) fn new(cfg: &AuthConfig, refused: Vec<Counter>) -> Result<Authorizer, KeyError> {
+    /// Builds the authorizer from `[auth]` for a hub listening on `listen`, counting
+    /// refusals into `refused` (one counter per [`refusal_labels`] entry, or none at all
+    /// in tests).
+    pub(crate) fn new(
+        cfg: &AuthConfig,
+        listen: SocketAddr,
+        refused: Vec<Counter>,
+    ) -> Result<Authorizer, KeyError> {
         let keys = keys::load(&cfg.keys)?;
+        let hosts = if cfg.allowed_hosts.iter().any(|h| h == "*") {
+            HostRule::Any
+        } else if !cfg.allowed_hosts.is_empty() {
+            HostRule::Listed(
+                cfg.allowed_hosts
+                    .iter()
+                    .map(|h| h.to_ascii_lowercase())
+                    .collect(),
+            )
+        } else if listen.ip().is_loopback() {
+            HostRule::Localhost
+        } else {
+            HostRule::Any
+        };
         Ok(Authorizer {
             inner: Arc::new(Inner {
                 mode: cfg.mode,
@@ -215,6 +244,7 @@ impl Authorizer {
                 issuer: cfg.issuer.clone(),
                 audience: cfg.audience.clone(),
                 allowed_origins: cfg.allowed_origins.clone(),
+                hosts,
                 public_metrics: cfg.public_metrics,
                 refused,
             }),
@@ -306,6 +336,38 @@ impl Authorizer {
         }
     }
 
+    /// The DNS rebinding check, in every mode, of every request and upgrade: the `Host`
+    /// header must name the hub (`auth.allowed_hosts`). IP literals and requests without
+    /// `Host` (HTTP/1.0 scripts; browsers always send one) pass.
+    pub(crate) fn check_host(&self, host: Option<&[u8]>) -> Result<(), Refusal> {
+        let Some(host) = host else {
+            return Ok(());
+        };
+        let Ok(host) = std::str::from_utf8(host) else {
+            return Err(self.refuse(Refusal::HostNotAllowed));
+        };
+        let name = host_name(host.trim()).trim_end_matches('.');
+        if name.parse::<std::net::IpAddr>().is_ok() {
+            return Ok(());
+        }
+        let allowed = match &self.inner.hosts {
+            HostRule::Any => true,
+            HostRule::Localhost => {
+                let name = name.as_bytes();
+                let suffix = b".localhost";
+                name.eq_ignore_ascii_case(b"localhost")
+                    || name.len() > suffix.len()
+                        && name[name.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+            }
+            HostRule::Listed(names) => names.iter().any(|n| n.eq_ignore_ascii_case(name)),
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(self.refuse(Refusal::HostNotAllowed))
+        }
+    }
+
     /// The cross-site WebSocket hijacking check, in every mode: an upgrade with an
     /// `Origin` must come from `allowed_origins` (exact match), or, when that is empty,
     /// from the hub's own origin (`http(s)://` + `Host`). No `Origin` (devices, scripts)
@@ -337,6 +399,26 @@ impl Authorizer {
         } else {
             Err(self.refuse(Refusal::OriginNotAllowed))
         }
+    }
+}
+
+/// `auth.allowed_hosts` as the hub applies it.
+enum HostRule {
+    Any,
+    /// `localhost` and `*.localhost` (the default on a loopback listener).
+    Localhost,
+    /// Lower-cased names.
+    Listed(Vec<String>),
+}
+
+/// The name of a `Host` header: without its port, brackets kept off an IPv6 literal.
+fn host_name(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
     }
 }
 

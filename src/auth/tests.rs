@@ -4,6 +4,8 @@ use super::*;
 use crate::config::{KeyAlgorithm, KeyConfig, Secret};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 
+const LOOPBACK: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8080);
 const SECRET_A: &str = "a-secret-of-at-least-thirty-two-bytes!!";
 const SECRET_B: &str = "another-secret-of-at-least-32-bytes....";
 
@@ -26,7 +28,7 @@ fn authorizer(keys: Vec<KeyConfig>) -> Authorizer {
     let counters = (0..Refusal::ALL.len())
         .map(|_| Counter::default())
         .collect();
-    Authorizer::new(&cfg, counters).expect("keys load")
+    Authorizer::new(&cfg, LOOPBACK, counters).expect("keys load")
 }
 
 fn now() -> u64 {
@@ -163,7 +165,7 @@ fn origins_match_exactly_or_the_host() {
         allowed_origins: vec!["https://dash.example".into()],
         ..AuthConfig::default()
     };
-    let listed = Authorizer::new(&cfg, Vec::new()).unwrap();
+    let listed = Authorizer::new(&cfg, LOOPBACK, Vec::new()).unwrap();
     assert_eq!(
         listed.check_origin(Some(b"https://dash.example"), host),
         Ok(())
@@ -172,6 +174,55 @@ fn origins_match_exactly_or_the_host() {
         listed.check_origin(Some(b"https://dash.example.evil"), host),
         Err(Refusal::OriginNotAllowed)
     );
+}
+
+#[test]
+fn hosts_are_checked_against_dns_rebinding() {
+    let local = authorizer(vec![hs("k", KeyAlgorithm::HS256, SECRET_A)]);
+    for ok in [
+        &b"localhost:8080"[..],
+        b"LOCALHOST",
+        b"dash.localhost:8080",
+        b"127.0.0.1:8080",
+        b"[::1]:8080",
+        b"10.0.0.5",
+    ] {
+        assert_eq!(local.check_host(Some(ok)), Ok(()), "{ok:?}");
+    }
+    assert_eq!(local.check_host(None), Ok(()));
+    for bad in [
+        &b"evil.example:8080"[..],
+        b"localhost.evil.example",
+        b"xlocalhost",
+        b".localhost",
+        b"\xff\xfe",
+    ] {
+        assert_eq!(
+            local.check_host(Some(bad)),
+            Err(Refusal::HostNotAllowed),
+            "{bad:?}"
+        );
+    }
+    let wide: std::net::SocketAddr = "0.0.0.0:8080".parse().unwrap();
+    let open = Authorizer::new(&AuthConfig::default(), wide, Vec::new()).unwrap();
+    assert_eq!(open.check_host(Some(b"hub.lan:8080")), Ok(()));
+    let cfg = AuthConfig {
+        allowed_hosts: vec!["Hub.Example".into()],
+        ..AuthConfig::default()
+    };
+    let listed = Authorizer::new(&cfg, wide, Vec::new()).unwrap();
+    assert_eq!(listed.check_host(Some(b"hub.example:443")), Ok(()));
+    assert_eq!(listed.check_host(Some(b"hub.example.")), Ok(()));
+    assert_eq!(
+        listed.check_host(Some(b"localhost")),
+        Err(Refusal::HostNotAllowed)
+    );
+    let cfg = AuthConfig {
+        allowed_hosts: vec!["*".into()],
+        ..AuthConfig::default()
+    };
+    let any = Authorizer::new(&cfg, LOOPBACK, Vec::new()).unwrap();
+    assert_eq!(any.check_host(Some(b"evil.example")), Ok(()));
 }
 
 #[test]

@@ -23,6 +23,12 @@ pub struct AuthConfig {
     /// empty: only the hub's own origin (the `Host` header's). Requests without `Origin`
     /// (devices, scripts) are not affected.
     pub allowed_origins: Vec<String>,
+    /// Host names (the `Host` header without its port, any case) the hub answers to, in
+    /// every mode, against DNS rebinding: a page on `evil.example` whose name is made to
+    /// resolve to the hub would otherwise pass the same-origin check. `"*"`: any. IP
+    /// literals always pass (rebinding needs a name). Empty: on a loopback listener only
+    /// `localhost` and `*.localhost`; on any other listener every name.
+    pub allowed_hosts: Vec<String>,
     /// Serve `/metrics` without a token (else it needs an `admin` token in token mode).
     pub public_metrics: bool,
     /// The keys tokens are verified with (several during a rotation).
@@ -36,6 +42,7 @@ impl Default for AuthConfig {
             issuer: "telehub".into(),
             audience: "telehub".into(),
             allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
             public_metrics: false,
             keys: Vec::new(),
         }

@@ -258,6 +258,7 @@ pub(crate) fn decide(ctx: &WsContext, head: &Head) -> Result<Accepted, Refused> 
                 Answer::Unauthorized => (Rejection::Unauthorized, StatusCode::UNAUTHORIZED),
                 Answer::Forbidden => (Rejection::Forbidden, StatusCode::FORBIDDEN),
                 Answer::OriginNotAllowed => (Rejection::OriginNotAllowed, StatusCode::FORBIDDEN),
+                Answer::HostNotAllowed => (Rejection::HostNotAllowed, StatusCode::FORBIDDEN),
                 Answer::TokenInQuery => (Rejection::TokenInQuery, StatusCode::BAD_REQUEST),
             };
             return Err(refused(Refused::new(why, status, r.to_string())));
@@ -294,6 +295,7 @@ fn authorize(
     role: Role,
 ) -> Result<Option<crate::auth::Grant>, Refusal> {
     let auth = &ctx.auth;
+    auth.check_host(head.host)?;
     auth.check_origin(head.origin, head.host)?;
     if !auth.enabled() {
         return Ok(None);

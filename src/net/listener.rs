@@ -252,6 +252,16 @@ async fn serve_http<S, R>(
             let resp = handshake::handle::<S, _>(req, &ws, guard.clone());
             return Either::Left(std::future::ready(Ok(resp)));
         }
+        // Upgrades check `Host` in the handshake; every other request here.
+        let host = req.headers().get(hyper::header::HOST).map(|h| h.as_bytes());
+        if let Err(refusal) = ws.auth.check_host(host) {
+            let resp = error_response(
+                StatusCode::FORBIDDEN,
+                refusal.answer().code(),
+                &refusal.to_string(),
+            );
+            return Either::Left(std::future::ready(Ok(resp)));
+        }
         let mut routes = routes.clone();
         Either::Right(routes.call(req))
     });

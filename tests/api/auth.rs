@@ -340,6 +340,65 @@ async fn a_foreign_origin_is_403_in_every_mode() {
     app.stop().await;
 }
 
+/// One raw request with its own `Host` (and `Origin`), as a browser whose page name was
+/// rebound to the hub would send it: the status and the body.
+async fn raw_request(app: &TestApp, path: &str, host: &str, extra: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra}\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    tokio::time::timeout(crate::helpers::WAIT, s.read_to_end(&mut buf))
+        .await
+        .expect("answered in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {text:?}"));
+    (status, text)
+}
+
+#[tokio::test]
+async fn a_rebound_host_name_is_403_on_rest_and_upgrades_of_a_loopback_hub() {
+    let app = spawn_app_with(|_| {}).await;
+    let port = app.addr.port();
+    let evil = format!("evil.example:{port}");
+    let (status, body) = raw_request(&app, "/api/rooms", &evil, "").await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("host_not_allowed"), "{body}");
+    // The same-origin check alone would pass this upgrade: Origin and Host agree.
+    let upgrade = format!(
+        "Origin: http://{evil}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    );
+    let (status, body) = raw_request(&app, "/ws/lab/spy?role=dashboard", &evil, &upgrade).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("host_not_allowed"), "{body}");
+    // The names a local user types pass.
+    for host in [format!("localhost:{port}"), format!("127.0.0.1:{port}")] {
+        let (status, body) = raw_request(&app, "/api/rooms", &host, "").await;
+        assert_eq!(status, 200, "{host}: {body}");
+    }
+    let (_, metrics) = app.get("/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "telehub_auth_refused_total{reason=\"host_not_allowed\"} 2"),
+        "{metrics}"
+    );
+    app.stop().await;
+    // Named in auth.allowed_hosts, a proxied name passes.
+    let app = spawn_app_with(|s| s.auth.allowed_hosts = vec!["hub.example".into()]).await;
+    let (status, body) = raw_request(&app, "/api/rooms", "hub.example", "").await;
+    assert_eq!(status, 200, "{body}");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn rest_needs_a_token_and_shows_only_its_rooms() {
     let app = token_hub().await;
