@@ -57,6 +57,9 @@ pub struct ServerConfig {
     /// plain http and ws.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
+    /// Threads (single-threaded runtimes) the hub runs on; each room's sessions live on
+    /// one of them, so a delivery never crosses threads. 0 (the default) is one per core.
+    pub threads: usize,
 }
 
 /// `[server.tls]`: the certificate chain and key the listener presents, both PEM, read
@@ -119,6 +122,7 @@ impl Default for ServerConfig {
             ping_interval_ms: 30_000,
             dashboard_dir: None,
             tls: None,
+            threads: 0,
         }
     }
 }
@@ -316,6 +320,12 @@ impl Settings {
         }
         if !(l.rate_burst.is_finite() && l.rate_burst >= 1.0) {
             return Err(("limits.rate_burst", "must be at least 1".into()));
+        }
+        if self.server.threads > crate::runtimes::MAX_THREADS {
+            return Err((
+                "server.threads",
+                format!("must be at most {}", crate::runtimes::MAX_THREADS),
+            ));
         }
         if self.server.ping_interval_ms < 100 {
             return Err(("server.ping_interval_ms", "must be at least 100".into()));

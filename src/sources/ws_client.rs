@@ -83,6 +83,16 @@ pub(crate) enum Start {
     AwaitAuth(PendingJoin),
 }
 
+impl Start {
+    /// The room the session is in, or will be once its token grants it.
+    pub(crate) fn room(&self) -> &str {
+        match self {
+            Start::Joined(m, _) => &m.room().name,
+            Start::AwaitAuth(p) => &p.room,
+        }
+    }
+}
+
 /// A join decided at the upgrade but made only after a first-frame `auth`.
 pub(crate) struct PendingJoin {
     pub(crate) room: String,

@@ -15,5 +15,6 @@ mod http;
 mod lifecycle;
 mod mqtt;
 mod rooms;
+mod runtimes;
 mod simulator;
 mod tls;
