@@ -73,6 +73,10 @@ pub struct TlsConfig {
     pub key_file: PathBuf,
 }
 
+/// `limits.dashboard_linger_ms` at most: a dashboard is for people, and a second of
+/// added latency is more than any batching is worth.
+pub(crate) const MAX_LINGER_MS: u64 = 1_000;
+
 /// `[limits]`: nothing a client sends can grow memory without bound.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -91,6 +95,10 @@ pub struct LimitsConfig {
     pub outbound_queue: usize,
     /// Items in one `readings` batch at most (`batch_too_large` past it).
     pub max_batch: usize,
+    /// How long a dashboard's writer holds frames after the first one arrives, so that
+    /// one write carries several (like Kafka's `linger.ms`); 0 (the default) writes at
+    /// once. Trades up to this much latency for fewer syscalls per delivery.
+    pub dashboard_linger_ms: u64,
     /// Sustained readings (and other messages) per second per connection.
     pub rate_per_sec: f64,
     /// Burst allowance above `rate_per_sec`, in messages.
@@ -140,6 +148,7 @@ impl Default for LimitsConfig {
             max_frame_bytes: 64 * 1024,
             outbound_queue: 1_024,
             max_batch: 256,
+            dashboard_linger_ms: 0,
             rate_per_sec: 200.0,
             rate_burst: 400.0,
             max_pending_commands: 256,
@@ -315,6 +324,12 @@ impl Settings {
         if l.max_frame_bytes < 256 {
             return Err(("limits.max_frame_bytes", "must be at least 256".into()));
         }
+        if l.dashboard_linger_ms > MAX_LINGER_MS {
+            return Err((
+                "limits.dashboard_linger_ms",
+                format!("must be at most {MAX_LINGER_MS}"),
+            ));
+        }
         if !(l.rate_per_sec.is_finite() && l.rate_per_sec > 0.0) {
             return Err(("limits.rate_per_sec", "must be a positive number".into()));
         }
@@ -422,6 +437,24 @@ mod tests {
             .to_string();
         assert!(err.contains("test.toml"), "{err}");
         assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn linger_and_threads_are_bounded_and_named() {
+        let err = load("[limits]\ndashboard_linger_ms = 1001\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("limits.dashboard_linger_ms"), "{err}");
+        let err = load("[server]\nthreads = 257\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.threads"), "{err}");
+        let s = load(
+            "[limits]\ndashboard_linger_ms = 5\n[server]\nthreads = 4\n",
+            &[],
+        )
+        .expect("valid");
+        assert_eq!((s.limits.dashboard_linger_ms, s.server.threads), (5, 4));
     }
 
     #[test]

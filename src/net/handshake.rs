@@ -238,6 +238,10 @@ pub(crate) fn decide(ctx: &WsContext, head: &Head) -> Result<Accepted, Refused> 
     let opts = SessionOptions {
         acks: query.acks,
         ping_interval: ctx.ping_interval,
+        linger: match query.role {
+            Role::Dashboard => Duration::from_millis(hub.limits().dashboard_linger_ms),
+            Role::Device => Duration::ZERO,
+        },
     };
     let grant = match authorize(ctx, head, room, client, query.role) {
         Ok(Some(grant)) => Some(grant),

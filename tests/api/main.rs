@@ -13,6 +13,7 @@ mod errors;
 mod history;
 mod http;
 mod lifecycle;
+mod linger;
 mod mqtt;
 mod rooms;
 mod runtimes;
