@@ -142,7 +142,7 @@ fn default_listen() -> SocketAddr {
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
-            max_connections: 16_384,
+            max_connections: 65_536,
             max_rooms: 1_024,
             max_members_per_room: 1_024,
             max_frame_bytes: 64 * 1024,
