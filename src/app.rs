@@ -24,6 +24,7 @@ use crate::metrics::Metrics;
 use crate::net::handshake::WsContext;
 use crate::net::listener;
 use crate::net::tls::Tls;
+use crate::runtimes::Runtimes;
 use crate::shutdown::{self, Completion, Shutdown};
 use crate::sinks::history::History;
 use crate::sources::mqtt::{Bridge, Bridges, HubSink};
@@ -47,6 +48,9 @@ pub enum ServerError {
     /// `[server.tls]` cannot be set up (its files changed since validation).
     #[error("{0}")]
     Tls(String),
+    /// A worker runtime (`server.threads`) cannot be started.
+    #[error("cannot start a worker runtime: {0}")]
+    Runtime(std::io::Error),
 }
 
 /// Runs the hub on `listener` until `stop` resolves, then shuts down gracefully: every
@@ -106,6 +110,8 @@ pub async fn run(
              publish as any device and read every room; set [auth] mode = \"token\""
         );
     }
+    let runtimes = Runtimes::start(settings.server.threads).map_err(ServerError::Runtime)?;
+    info!(threads = runtimes.placement().threads(), "runtimes");
     let hub = Hub::with_metrics(settings.limits.clone(), history.clone(), metrics);
     hub.set_taps(taps);
     let (trigger, shutdown) = shutdown::channel();
@@ -117,6 +123,7 @@ pub async fn run(
         completion: completion.clone(),
         ping_interval: Duration::from_millis(settings.server.ping_interval_ms),
         auth: auth.clone(),
+        runtimes: runtimes.placement().clone(),
     });
     for bridge in bridges {
         let sink = HubSink::new(hub.clone(), bridge.link()).protect_ws_members(auth.enabled());
@@ -181,6 +188,8 @@ pub async fn run(
     if let Err(e) = tokio::task::spawn_blocking(move || closing.close()).await {
         warn!(error = %e, "history flush failed");
     }
+    // Off the home runtime: joining the worker threads blocks until they have stopped.
+    let _ = tokio::task::spawn_blocking(move || drop(runtimes)).await;
     info!("stopped");
     Ok(())
 }

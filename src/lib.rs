@@ -38,6 +38,7 @@ pub(crate) mod hub;
 pub(crate) mod metrics;
 pub(crate) mod net;
 pub(crate) mod render;
+pub(crate) mod runtimes;
 pub(crate) mod shutdown;
 pub(crate) mod sinks;
 pub(crate) mod sources;

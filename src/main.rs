@@ -106,6 +106,9 @@ struct ServeArgs {
     /// hub over its own WebSocket endpoint, so the dashboard shows live data at once.
     #[arg(long)]
     demo: bool,
+    /// Threads to run on, overriding `server.threads` (0: one per core; at most 256).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(0..=256))]
+    threads: Option<u16>,
 }
 
 fn main() -> ExitCode {
@@ -117,6 +120,7 @@ fn main() -> ExitCode {
             no_persist: args.no_persist || cli.serve.no_persist,
             dashboard_dir: args.dashboard_dir.or(cli.serve.dashboard_dir),
             demo: args.demo || cli.serve.demo,
+            threads: args.threads.or(cli.serve.threads),
         },
         Some(Command::Plot(args)) => return plot(args),
         Some(Command::Token(args)) => return token(args, cli.serve.config),
@@ -138,6 +142,9 @@ fn main() -> ExitCode {
     }
     if args.no_persist {
         settings.history.persist = false;
+    }
+    if let Some(threads) = args.threads {
+        settings.server.threads = usize::from(threads);
     }
     if let Some(dir) = args.dashboard_dir {
         settings.server.dashboard_dir = Some(dir);
@@ -225,7 +232,11 @@ fn plot(args: PlotArgs) -> ExitCode {
 }
 
 fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
+    // The home runtime; `telehub::run` starts the others (`server.threads`).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
     runtime.block_on(async move {
         let listener = TcpListener::bind(settings.server.listen)
             .await

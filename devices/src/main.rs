@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use telehub_sim::bench::churn::{run_churn, ChurnOptions};
 use telehub_sim::bench::idle::{run_idle, IdleOptions, IdleReport};
 use telehub_sim::bench::{run_bench, BenchOptions, BenchReport, LoadShape};
 use telehub_sim::{
@@ -175,6 +176,13 @@ struct BenchArgs {
     /// With --idle: how long to hold the connections open.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     idle_hold: Duration,
+    /// Instead of the load run: open and close this many dashboards a second (W6),
+    /// each welcomed then closed, for --churn-for.
+    #[arg(long, value_name = "PER_SEC")]
+    churn: Option<f64>,
+    /// With --churn: for how long.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    churn_for: Duration,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -420,6 +428,41 @@ fn print_summary(s: &Summary) {
 
 async fn cmd_bench(args: BenchArgs) -> anyhow::Result<()> {
     let auth = args.auth.source()?;
+    if let Some(rate) = args.churn {
+        let report = run_churn(ChurnOptions {
+            url: args.url,
+            rate,
+            duration: args.churn_for,
+            pid: args.pid,
+            auth,
+        })
+        .await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            println!(
+                "churn: {} started, {} welcomed and closed, {} failed{}, {} skipped (in flight)",
+                report.started,
+                report.completed,
+                report.failed,
+                report
+                    .first_error
+                    .as_deref()
+                    .map(|e| format!(" (first: {e})"))
+                    .unwrap_or_default(),
+                report.skipped
+            );
+            if let (Some(b), Some(a), Some(fb), Some(fa)) = (
+                report.rss_before_kib,
+                report.rss_after_kib,
+                report.fds_before,
+                report.fds_after,
+            ) {
+                println!("hub: RSS {b} -> {a} KiB, open fds {fb} -> {fa}");
+            }
+        }
+        return Ok(());
+    }
     if let Some(n) = args.idle {
         let report = run_idle(IdleOptions {
             url: args.url,

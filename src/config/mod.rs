@@ -57,6 +57,9 @@ pub struct ServerConfig {
     /// plain http and ws.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
+    /// Threads (single-threaded runtimes) the hub runs on; each room's sessions live on
+    /// one of them, so a delivery never crosses threads. 0 (the default) is one per core.
+    pub threads: usize,
 }
 
 /// `[server.tls]`: the certificate chain and key the listener presents, both PEM, read
@@ -69,6 +72,10 @@ pub struct TlsConfig {
     /// The private key of the first certificate (PEM: PKCS#8, RSA or SEC1).
     pub key_file: PathBuf,
 }
+
+/// `limits.dashboard_linger_ms` at most: a dashboard is for people, and a second of
+/// added latency is more than any batching is worth.
+pub(crate) const MAX_LINGER_MS: u64 = 1_000;
 
 /// `[limits]`: nothing a client sends can grow memory without bound.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -88,6 +95,10 @@ pub struct LimitsConfig {
     pub outbound_queue: usize,
     /// Items in one `readings` batch at most (`batch_too_large` past it).
     pub max_batch: usize,
+    /// How long a dashboard's writer holds frames after the first one arrives, so that
+    /// one write carries several (like Kafka's `linger.ms`); 0 (the default) writes at
+    /// once. Trades up to this much latency for fewer syscalls per delivery.
+    pub dashboard_linger_ms: u64,
     /// Sustained readings (and other messages) per second per connection.
     pub rate_per_sec: f64,
     /// Burst allowance above `rate_per_sec`, in messages.
@@ -119,6 +130,7 @@ impl Default for ServerConfig {
             ping_interval_ms: 30_000,
             dashboard_dir: None,
             tls: None,
+            threads: 0,
         }
     }
 }
@@ -130,12 +142,13 @@ fn default_listen() -> SocketAddr {
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
-            max_connections: 16_384,
+            max_connections: 65_536,
             max_rooms: 1_024,
             max_members_per_room: 1_024,
             max_frame_bytes: 64 * 1024,
             outbound_queue: 1_024,
             max_batch: 256,
+            dashboard_linger_ms: 0,
             rate_per_sec: 200.0,
             rate_burst: 400.0,
             max_pending_commands: 256,
@@ -311,11 +324,23 @@ impl Settings {
         if l.max_frame_bytes < 256 {
             return Err(("limits.max_frame_bytes", "must be at least 256".into()));
         }
+        if l.dashboard_linger_ms > MAX_LINGER_MS {
+            return Err((
+                "limits.dashboard_linger_ms",
+                format!("must be at most {MAX_LINGER_MS}"),
+            ));
+        }
         if !(l.rate_per_sec.is_finite() && l.rate_per_sec > 0.0) {
             return Err(("limits.rate_per_sec", "must be a positive number".into()));
         }
         if !(l.rate_burst.is_finite() && l.rate_burst >= 1.0) {
             return Err(("limits.rate_burst", "must be at least 1".into()));
+        }
+        if self.server.threads > crate::runtimes::MAX_THREADS {
+            return Err((
+                "server.threads",
+                format!("must be at most {}", crate::runtimes::MAX_THREADS),
+            ));
         }
         if self.server.ping_interval_ms < 100 {
             return Err(("server.ping_interval_ms", "must be at least 100".into()));
@@ -412,6 +437,24 @@ mod tests {
             .to_string();
         assert!(err.contains("test.toml"), "{err}");
         assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn linger_and_threads_are_bounded_and_named() {
+        let err = load("[limits]\ndashboard_linger_ms = 1001\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("limits.dashboard_linger_ms"), "{err}");
+        let err = load("[server]\nthreads = 257\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.threads"), "{err}");
+        let s = load(
+            "[limits]\ndashboard_linger_ms = 5\n[server]\nthreads = 4\n",
+            &[],
+        )
+        .expect("valid");
+        assert_eq!((s.limits.dashboard_linger_ms, s.server.threads), (5, 4));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use super::handshake::{decide, lists, run_session, Head, Refused, WsContext};
+use super::handshake::{decide, lists, spawn_session, Head, Refused, WsContext};
 use crate::metrics::Rejection;
 
 /// Largest handshake request accepted on the direct path (431 past it).
@@ -255,7 +255,7 @@ pub(crate) async fn serve_raw<G: Send + Sync + 'static>(
     let already_read = Bytes::copy_from_slice(&buf[end..]);
     // A task of its own: the accept task (hyper's connection future included) ends here,
     // so an idle connection costs only the session's own, smaller future.
-    tokio::spawn(run_session(stream, already_read, accepted, ctx, conn_guard));
+    spawn_session(stream, already_read, accepted, ctx, conn_guard);
 }
 
 /// A refusal as raw HTTP/1.1, closing the connection.

@@ -32,6 +32,7 @@ use crate::hub::room::{Presence, Since};
 use crate::hub::Hub;
 use crate::metrics::Rejection;
 use crate::net::transport::Transport;
+use crate::runtimes::Placement;
 use crate::shutdown::{Completion, Shutdown};
 use crate::sources::ws_client::{self, PendingJoin, SessionOptions, Socket, Start};
 use telehub_protocol::ids::valid_id;
@@ -45,6 +46,8 @@ pub(crate) struct WsContext {
     pub ping_interval: Duration,
     /// Origins and tokens (`[auth]`).
     pub auth: Authorizer,
+    /// Where each room's sessions run (`server.threads`).
+    pub runtimes: Arc<Placement>,
 }
 
 /// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key` (RFC 6455 section 4.2.2).
@@ -235,6 +238,10 @@ pub(crate) fn decide(ctx: &WsContext, head: &Head) -> Result<Accepted, Refused> 
     let opts = SessionOptions {
         acks: query.acks,
         ping_interval: ctx.ping_interval,
+        linger: match query.role {
+            Role::Dashboard => Duration::from_millis(hub.limits().dashboard_linger_ms),
+            Role::Device => Duration::ZERO,
+        },
     };
     let grant = match authorize(ctx, head, room, client, query.role) {
         Ok(Some(grant)) => Some(grant),
@@ -387,13 +394,13 @@ pub(crate) fn handle<S: Transport, G: Send + Sync + 'static>(
         };
         // The session runs as a task of its own so that this task's state (the pending
         // upgrade) is freed: an idle connection then costs only the session's future.
-        tokio::spawn(run_session(
+        spawn_session(
             parts.io.into_inner(),
             parts.read_buf,
             accepted,
             ctx,
             conn_guard,
-        ));
+        );
     });
     let mut resp = warp::reply::Response::default();
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -404,6 +411,38 @@ pub(crate) fn handle<S: Transport, G: Send + Sync + 'static>(
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
     resp
+}
+
+/// Starts an accepted session on its room's runtime ([`crate::runtimes`]): a plain
+/// socket moves there; a TLS stream, or a socket that cannot move, runs here.
+pub(super) fn spawn_session<S: Transport, G: Send + Sync + 'static>(
+    stream: S,
+    already_read: Bytes,
+    accepted: Accepted,
+    ctx: Arc<WsContext>,
+    conn_guard: G,
+) {
+    let Some(worker) = ctx.runtimes.worker_for(accepted.start.room()) else {
+        tokio::spawn(run_session(stream, already_read, accepted, ctx, conn_guard));
+        return;
+    };
+    match stream.detach() {
+        Err(stream) => {
+            tokio::spawn(run_session(stream, already_read, accepted, ctx, conn_guard));
+        }
+        Ok(Err(e)) => debug!(error = %e, "cannot move a connection to its runtime"),
+        Ok(Ok(std)) => {
+            let worker = worker.clone();
+            worker.spawn(async move {
+                match S::attach(std) {
+                    Ok(stream) => {
+                        run_session(stream, already_read, accepted, ctx, conn_guard).await
+                    }
+                    Err(e) => debug!(error = %e, "cannot register a connection on its runtime"),
+                }
+            });
+        }
+    }
 }
 
 pub(super) async fn run_session<S: Transport, G: Send + Sync + 'static>(

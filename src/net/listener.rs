@@ -36,9 +36,10 @@ use crate::net::tls::Tls;
 use crate::net::transport::Transport;
 use crate::shutdown::{Completion, Shutdown};
 
-/// File descriptors kept free for the hub's own use (logs, database, broker links)
-/// when the connection cap is derived from the open-file limit.
-const RESERVED_FDS: usize = 256;
+/// File descriptors kept free for the hub's own use (logs, the database and its WAL,
+/// broker links, each runtime's epoll and wake-up fds, a plot's files) when the
+/// connection cap is derived from the open-file limit. About 30 are in use at start.
+const RESERVED_FDS: usize = 128;
 
 /// The warp routes as a hyper service, as every connection's task needs them.
 pub(crate) trait Routes:

@@ -44,6 +44,19 @@ pub(crate) trait Transport: AsyncRead + AsyncWrite + Send + Unpin + 'static {
     type Write: WsWrite;
     /// The two halves a session owns.
     fn into_halves(self) -> (Self::Read, Self::Write);
+    /// Takes the stream off the runtime it was accepted on, so that another runtime
+    /// ([`crate::runtimes`]) can [`Transport::attach`] it; `Err` gives back a stream
+    /// that must stay where it is (TLS), `Ok(Err)` is a socket epoll would not let go.
+    fn detach(self) -> Result<io::Result<std::net::TcpStream>, Self>
+    where
+        Self: Sized,
+    {
+        Err(self)
+    }
+    /// Registers a [`Transport::detach`]ed stream with the current runtime.
+    fn attach(stream: std::net::TcpStream) -> io::Result<Self>
+    where
+        Self: Sized;
 }
 
 impl WsRead for OwnedReadHalf {
@@ -67,6 +80,12 @@ impl Transport for TcpStream {
     type Write = OwnedWriteHalf;
     fn into_halves(self) -> (OwnedReadHalf, OwnedWriteHalf) {
         self.into_split()
+    }
+    fn detach(self) -> Result<io::Result<std::net::TcpStream>, Self> {
+        Ok(self.into_std())
+    }
+    fn attach(stream: std::net::TcpStream) -> io::Result<TcpStream> {
+        TcpStream::from_std(stream)
     }
 }
 
@@ -137,6 +156,11 @@ impl WsWrite for TlsWrite {
 impl Transport for Tls {
     type Read = ReadHalf<Tls>;
     type Write = TlsWrite;
+    fn attach(_: std::net::TcpStream) -> io::Result<Tls> {
+        Err(io::Error::other(
+            "a TLS session stays on the runtime it was accepted on",
+        ))
+    }
     fn into_halves(self) -> (ReadHalf<Tls>, TlsWrite) {
         let (read, write) = tokio::io::split(self);
         (

@@ -33,6 +33,7 @@ use crate::net::transport::{WsRead, WsWrite};
 use crate::net::ws::codec::{self, Decoder, Message};
 use crate::net::ws::frames::{self, Frame};
 use crate::shutdown::Shutdown;
+use crate::sinks::linger::Linger;
 use crate::sinks::ws_writer::{send_close, Unsent};
 use telehub_protocol::codes::{close, ErrorCode};
 use telehub_protocol::inbound::{ClientMessage, ProtoError, ReadingIn};
@@ -81,6 +82,16 @@ pub(crate) enum Start {
     Joined(Membership, Option<Grant>),
     /// Token mode without `Authorization`: the room waits for the first frame's token.
     AwaitAuth(PendingJoin),
+}
+
+impl Start {
+    /// The room the session is in, or will be once its token grants it.
+    pub(crate) fn room(&self) -> &str {
+        match self {
+            Start::Joined(m, _) => &m.room().name,
+            Start::AwaitAuth(p) => &p.room,
+        }
+    }
 }
 
 /// A join decided at the upgrade but made only after a first-frame `auth`.
@@ -136,6 +147,8 @@ pub(crate) struct SessionOptions {
     pub acks: bool,
     /// Ping an idle client this often; drop it after two silent intervals.
     pub ping_interval: Duration,
+    /// `limits.dashboard_linger_ms` for a dashboard, zero for a device.
+    pub linger: Duration,
 }
 
 /// The two halves of an upgraded connection, and any bytes read past the handshake.
@@ -192,6 +205,7 @@ pub(crate) async fn run<R: WsRead, W: WsWrite>(
         rearm: false,
     };
     let mut out = Unsent::default();
+    let mut linger = Linger::new(opts.linger);
     // One timer serves the pings, the idle limit, the token's expiry and the wait for a
     // close answer.
     let mut next_ping = Instant::now() + opts.ping_interval;
@@ -203,7 +217,7 @@ pub(crate) async fn run<R: WsRead, W: WsWrite>(
     let mut peer_closed = false;
     let mut close_sent = false;
     loop {
-        if out.is_empty() && !close_sent {
+        if out.is_empty() && !close_sent && !linger.holding() {
             let taken = mailbox.take();
             let close = taken.close;
             out.fill(taken);
@@ -292,7 +306,10 @@ pub(crate) async fn run<R: WsRead, W: WsWrite>(
                     timer.as_mut().reset(Instant::now() + CLOSE_ECHO_TIMEOUT);
                 }
             }
-            _ = mailbox.ready(), if out.is_empty() && !close_sent => {}
+            _ = mailbox.ready(), if out.is_empty() && !close_sent && !linger.holding() => {
+                linger.hold();
+            }
+            _ = linger.elapsed(), if linger.holding() => {}
             _ = shutdown.recv(), if !shutting_down => {
                 shutting_down = true;
                 mailbox.close(Close::GOING_AWAY);

@@ -621,6 +621,37 @@ async fn bench_measures_a_live_hub_without_loss() {
     app.stop().await;
 }
 
+#[tokio::test]
+async fn churn_opens_and_closes_connections_and_the_hub_keeps_no_descriptor() {
+    // Arrange: a hub process of its own, so its descriptors are its connections' only.
+    let hub = crate::helpers::hub_process().start();
+
+    // Act: 200 dashboards, each welcomed then closed, at 100 a second.
+    let report = telehub_sim::bench::churn::run_churn(telehub_sim::bench::churn::ChurnOptions {
+        url: format!("ws://{}", hub.addr()),
+        rate: 100.0,
+        duration: Duration::from_secs(2),
+        pid: hub.pid(),
+        auth: None,
+    })
+    .await
+    .expect("churn runs");
+
+    // Assert
+    assert!(report.started >= 150, "{report:?}");
+    assert_eq!(report.completed, report.started, "{report:?}");
+    assert_eq!((report.failed, report.skipped), (0, 0), "{report:?}");
+    let (before, after) = (
+        report.fds_before.expect("fds"),
+        report.fds_after.expect("fds"),
+    );
+    assert!(
+        after <= before,
+        "the hub holds {after} fds after the churn, {before} before"
+    );
+    assert!(report.rss_after_kib.is_some());
+}
+
 /// This process's resident set size, from /proc/self/status (VmRSS, in KiB).
 fn own_rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");

@@ -3,7 +3,8 @@
 //! Opens N dashboard connections that only read, spread over rooms (`--idle-per-room`
 //! each, so presence traffic stays small) and over source addresses 127.0.0.1 to
 //! 127.0.0.K (one address has about 28,000 ephemeral ports; each address gets its own).
-//! It reads the hub's RSS before, with all N open (after a settle pause), holds them, and
+//! Each connection counts as open once its `welcome` arrived. It reads the hub's RSS
+//! before, with all N open (after a settle pause), holds them, and
 //! after closing them; the memory per connection is the RSS delta divided by N.
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -14,6 +15,7 @@ use serde::Serialize;
 use telehub_protocol::role::Role;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
 
 use super::{procfs, raise_fd_limit, BenchError, CONNECT_CONCURRENCY};
 use crate::auth::TokenSource;
@@ -135,6 +137,7 @@ pub async fn run_idle(opts: IdleOptions) -> Result<IdleReport, BenchError> {
                 .await
                 .map_err(|_| format!("{path}: connect timed out"))?
                 .map_err(|e| format!("{path}: {e}"))?;
+                let ws = welcomed(ws).await.map_err(|e| format!("{path}: {e}"))?;
                 Ok(tokio::spawn(hold(ws, stop)))
             }
         })
@@ -183,6 +186,26 @@ pub async fn run_idle(opts: IdleOptions) -> Result<IdleReport, BenchError> {
         rss_after_kib: rss_after,
         bytes_per_connection,
     })
+}
+
+/// Waits for the hub's `welcome` (within 10 s), so `connect_secs` is the time until
+/// every dashboard was welcomed (workload W5), not only upgraded.
+pub(crate) async fn welcomed(mut ws: wsclient::WsStream) -> Result<wsclient::WsStream, String> {
+    let wait = async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) if t.contains("\"welcome\"") => return Ok(()),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(e.to_string()),
+                None => return Err("closed before the welcome".to_string()),
+            }
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(10), wait).await {
+        Ok(Ok(())) => Ok(ws),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err("no welcome within 10 s".to_string()),
+    }
 }
 
 /// Keep one idle connection open, reading whatever comes (presence, pings) until told to

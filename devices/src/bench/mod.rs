@@ -18,8 +18,10 @@
 //! The files: this one holds the options, their checks and the errors; `load` opens the
 //! connections and runs the dashboard and device tasks; `timing` is the send-time ring
 //! and the measured window; `report` turns the counts into a [`BenchReport`]; [`procfs`]
-//! reads the hub's RSS and CPU time.
+//! reads the hub's RSS and CPU time; [`churn`] is `--churn RATE`, connections opened
+//! and closed at a steady rate (W6).
 
+pub mod churn;
 pub mod idle;
 mod load;
 pub mod procfs;
