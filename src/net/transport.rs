@@ -44,6 +44,8 @@ pub(crate) trait Transport: AsyncRead + AsyncWrite + Send + Unpin + 'static {
     type Write: WsWrite;
     /// The two halves a session owns.
     fn into_halves(self) -> (Self::Read, Self::Write);
+    /// The TCP socket underneath (for socket options).
+    fn tcp(&self) -> &TcpStream;
 }
 
 impl WsRead for OwnedReadHalf {
@@ -67,6 +69,9 @@ impl Transport for TcpStream {
     type Write = OwnedWriteHalf;
     fn into_halves(self) -> (OwnedReadHalf, OwnedWriteHalf) {
         self.into_split()
+    }
+    fn tcp(&self) -> &TcpStream {
+        self
     }
 }
 
@@ -137,6 +142,9 @@ impl WsWrite for TlsWrite {
 impl Transport for Tls {
     type Read = ReadHalf<Tls>;
     type Write = TlsWrite;
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
     fn into_halves(self) -> (ReadHalf<Tls>, TlsWrite) {
         let (read, write) = tokio::io::split(self);
         (
