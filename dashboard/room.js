@@ -50,9 +50,13 @@ export function renderRoom(root, room, { ui, clientId }) {
     historyAvailable: null,
     lastCsv: null, // {url, status, bytes} of the last CSV download
     window: "5m",
+    skipped: 0, // readings the hub coalesced away since this tab last caught up
   };
   let destroyed = false;
   const timers = [];
+  // "catching up (N readings skipped)" while the hub coalesces this tab's readings.
+  const catchingUp = el("span", { class: "pill warn", role: "status", hidden: true, dataset: { testid: "catching-up" } });
+  let caughtUpTimer = null;
 
   // ---- layout ----------------------------------------------------------------------
   const onlineCount = el("span", { class: "pill", dataset: { testid: "online-count" } }, "0 devices online");
@@ -73,7 +77,7 @@ export function renderRoom(root, room, { ui, clientId }) {
     el("div", { class: "room-head pad" },
       el("div", { class: "room-title" },
         el("h1", {}, el("span", { class: "muted prefix" }, "Room "), room),
-        onlineCount),
+        onlineCount, catchingUp),
       el("div", { class: "room-tools" }, windowGroup, csvBtn)),
     el("div", { class: "room-grid" },
       el("section", { class: "panel charts-panel", "aria-labelledby": "charts-h" },
@@ -437,6 +441,19 @@ export function renderRoom(root, room, { ui, clientId }) {
           updatePresence(msg.client);
         }
         break;
+      case "skipped":
+        // The latest value of every series came just before this; the charts get the
+        // skipped range from history once the tab has been live for a moment.
+        state.skipped += msg.count || 0;
+        catchingUp.textContent = `catching up (${state.skipped} readings skipped)`;
+        catchingUp.hidden = false;
+        clearTimeout(caughtUpTimer);
+        caughtUpTimer = setTimeout(() => {
+          catchingUp.hidden = true;
+          state.skipped = 0;
+          if (!destroyed) backfill([...state.metrics.keys()], true);
+        }, 3000);
+        break;
       case "ack":
         settleCommand(msg.id, msg.ok, msg.ok ? msg.result : msg.result, null);
         break;
@@ -576,6 +593,7 @@ export function renderRoom(root, room, { ui, clientId }) {
       destroyed = true;
       conn.stop();
       for (const t of timers) clearInterval(t);
+      clearTimeout(caughtUpTimer);
       clearInterval(countdown);
       if (cardsRaf) cancelAnimationFrame(cardsRaf);
       clearTimeout(cardsTimer);

@@ -84,7 +84,9 @@ export class RoomConnection {
 
   url() {
     const proto = location.protocol === "https:" ? "wss:" : "ws:";
-    const q = new URLSearchParams({ role: "dashboard" });
+    // A tab that falls behind (a phone on a train) gets each series' newest value and a
+    // `skipped` count instead of being closed and reconnecting into the same overload.
+    const q = new URLSearchParams({ role: "dashboard", overflow: "latest" });
     if (this.offset !== null && this.epoch) {
       q.set("since", String(this.offset));
       q.set("epoch", this.epoch);

@@ -147,6 +147,7 @@ pub(crate) struct Metrics {
     readings_in: Counter,
     frames_out: Counter,
     slow_consumers: Counter,
+    readings_skipped: Counter,
     duplicates: Counter,
     commands: Counter,
     /// By [`ErrorCode::index`].
@@ -199,6 +200,10 @@ impl Metrics {
         let slow_consumers = counter(
             "telehub_slow_consumer_disconnects",
             "Connections closed with 1013 because their queue filled",
+        );
+        let readings_skipped = counter(
+            "telehub_readings_skipped",
+            "Readings replaced by a newer one of their series before an overflow=latest dashboard was sent them",
         );
         let duplicates = counter(
             "telehub_duplicate_readings",
@@ -260,6 +265,7 @@ impl Metrics {
             readings_in,
             frames_out,
             slow_consumers,
+            readings_skipped,
             duplicates,
             commands,
             errors,
@@ -323,6 +329,11 @@ impl Metrics {
 
     pub(crate) fn slow_consumer(&self) {
         self.slow_consumers.inc();
+    }
+
+    /// A coalescing dashboard will never be sent one reading (its series' latest replaced it).
+    pub(crate) fn reading_skipped(&self) {
+        self.readings_skipped.inc();
     }
 
     pub(crate) fn duplicates(&self, n: usize) {
@@ -403,6 +414,11 @@ mod tests {
                 "telehub_slow_consumer_disconnects_total",
                 "counter",
                 "Connections closed with 1013 because their queue filled.",
+            ),
+            (
+                "telehub_readings_skipped_total",
+                "counter",
+                "Readings replaced by a newer one of their series before an overflow=latest dashboard was sent them.",
             ),
             (
                 "telehub_duplicate_readings_total",

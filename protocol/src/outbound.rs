@@ -38,6 +38,21 @@ pub enum ServerMessage<'a> {
     Error(ErrorMsg<'a>),
     /// The connection's token expires at `exp` (sent 30 s before): send a fresh `auth`.
     TokenExpiring(TokenExpiring),
+    /// A dashboard with `overflow=latest` fell behind: `count` readings between
+    /// `from_offset` and `to_offset` were never sent to it (their series' latest were).
+    Skipped(Skipped),
+}
+
+/// `skipped`: what a coalescing dashboard did not see, sent right after the latest
+/// readings that replaced them. The range can be fetched from the history API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Skipped {
+    /// The lowest offset of a reading not sent.
+    pub from_offset: u64,
+    /// The highest offset of a reading not sent.
+    pub to_offset: u64,
+    /// Readings not sent (readings of other series in the range were).
+    pub count: u64,
 }
 
 /// `token_expiring`: the token's `exp` (seconds since the epoch, as in the JWT); without
@@ -233,6 +248,7 @@ impl<'a> ServerMessage<'a> {
             ServerMessage::Accepted(_) => "accepted",
             ServerMessage::Error(_) => "error",
             ServerMessage::TokenExpiring(_) => "token_expiring",
+            ServerMessage::Skipped(_) => "skipped",
         }
     }
 }
@@ -247,6 +263,7 @@ const KINDS: &[&str] = &[
     "accepted",
     "error",
     "token_expiring",
+    "skipped",
 ];
 
 /// A string that borrows from the input unless it holds escapes.
@@ -314,6 +331,10 @@ struct Any<'a> {
     message: Option<Text<'a>>,
     #[serde(default)]
     exp: Option<u64>,
+    #[serde(default)]
+    from_offset: Option<u64>,
+    #[serde(default)]
+    to_offset: Option<u64>,
 }
 
 fn need<T, E: de::Error>(v: Option<T>, field: &'static str) -> Result<T, E> {
@@ -381,6 +402,11 @@ impl<'de: 'a, 'a> Deserialize<'de> for ServerMessage<'a> {
             }),
             "token_expiring" => ServerMessage::TokenExpiring(TokenExpiring {
                 exp: need(f.exp, "exp")?,
+            }),
+            "skipped" => ServerMessage::Skipped(Skipped {
+                from_offset: need(f.from_offset, "from_offset")?,
+                to_offset: need(f.to_offset, "to_offset")?,
+                count: need(f.count, "count")? as u64,
             }),
             other => return Err(de::Error::unknown_variant(other, KINDS)),
         })

@@ -119,6 +119,34 @@ pub struct LimitsConfig {
     /// (`invalid_field` past it): a far-future point would never leave the retention
     /// window, so its series would never expire.
     pub max_future_ms: u64,
+    /// What a dashboard gets when its queue fills, unless it asks with `?overflow=`:
+    /// `close` (1013 `slow consumer`) or `latest` (the newest undelivered reading per
+    /// series, then a `skipped` count).
+    pub default_overflow: Overflow,
+}
+
+/// What happens to a dashboard whose outbound queue is full (`limits.default_overflow`,
+/// `?overflow=` on the upgrade).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Overflow {
+    /// Close it with 1013 `slow consumer`; it recovers from history with `?since=`.
+    #[default]
+    Close,
+    /// Keep only the newest undelivered reading per series until it drains, then send
+    /// those and a `skipped` count; commands, acks and presence are still queued whole.
+    Latest,
+}
+
+impl Overflow {
+    /// Parses a `?overflow=` value.
+    pub fn parse(s: &str) -> Option<Overflow> {
+        match s {
+            "close" => Some(Overflow::Close),
+            "latest" => Some(Overflow::Latest),
+            _ => None,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -157,6 +185,7 @@ impl Default for LimitsConfig {
             max_series_per_room: 2_000,
             max_series_per_device: 256,
             max_future_ms: 86_400_000,
+            default_overflow: Overflow::Close,
         }
     }
 }

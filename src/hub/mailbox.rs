@@ -12,9 +12,17 @@
 //!
 //! The mailbox also carries the close decision: a room that finds the queue full, a newer
 //! connection that replaces this one, or a shutdown sets a [`Close`] and wakes the writer.
+//!
+//! A dashboard with `overflow=latest` is not closed when readings fill its queue: from then
+//! until its writer next takes the queue, each reading only replaces the newest one of its
+//! series ([`Coalesced`], one slot per series, none per reading). The writer then gets the
+//! queue, those latest readings in offset order and one `skipped` frame, so nothing is
+//! reordered within a series. Other letters (presence, acks, errors, alerts) are never
+//! coalesced: they have a queue's worth of room of their own, and past it the mailbox is
+//! full as in `close` mode.
 
-use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::Notify;
@@ -22,7 +30,8 @@ use tokio::sync::Notify;
 use serde_json::value::RawValue;
 use telehub_protocol::codes::close;
 
-use crate::net::ws::frames::Frame;
+use crate::config::Overflow;
+use crate::net::ws::frames::{self, Frame};
 
 /// What the hub hands a member.
 #[derive(Debug, Clone)]
@@ -118,6 +127,11 @@ impl Close {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Push {
     Queued,
+    /// `overflow=latest` and the queue is full of readings: the reading is kept as its
+    /// series' latest; `skipped` says it replaced an older one that will never be sent.
+    Coalesced {
+        skipped: bool,
+    },
     /// The queue is at capacity; the frame was not queued.
     Full,
     /// The connection is closing; the frame was dropped.
@@ -133,6 +147,67 @@ struct State {
     extra: usize,
     /// `Letter::Command`s in `queue`, so a sink with nothing to encode skips the walk.
     commands: usize,
+    /// Readings in `queue` (counted for `overflow=latest` only, where readings and the
+    /// other letters each have `capacity`).
+    readings: usize,
+    /// `overflow=latest` once readings overflowed: the newest undelivered reading per
+    /// series, until the writer takes them. Boxed: nothing for a connection that never
+    /// fell behind.
+    latest: Option<Box<Coalesced>>,
+}
+
+/// One device's series in [`Coalesced`]: metric -> (offset, frame).
+type Slots = HashMap<Box<str>, (u64, Frame)>;
+
+/// The newest reading of each series a coalescing dashboard has not been sent, and what
+/// it will never be sent. Bounded by the room's series (`limits.max_series_per_room`).
+#[derive(Default)]
+struct Coalesced {
+    /// device -> metric -> (offset, frame).
+    series: HashMap<Arc<str>, Slots>,
+    /// Readings replaced before they were sent.
+    skipped: u64,
+    /// The lowest and highest offsets among them.
+    from_offset: u64,
+    to_offset: u64,
+}
+
+impl Coalesced {
+    /// Keeps `frame` as the latest of (device, metric); true if it replaced one.
+    fn keep(&mut self, device: &Arc<str>, metric: &str, offset: u64, frame: Frame) -> bool {
+        let metrics = match self.series.get_mut(device.as_ref()) {
+            Some(m) => m,
+            None => self.series.entry(device.clone()).or_default(),
+        };
+        let old = match metrics.get_mut(metric) {
+            Some(slot) => std::mem::replace(slot, (offset, frame)).0,
+            None => {
+                metrics.insert(metric.into(), (offset, frame));
+                return false;
+            }
+        };
+        if self.skipped == 0 {
+            self.from_offset = old;
+        }
+        self.skipped += 1;
+        self.from_offset = self.from_offset.min(old);
+        self.to_offset = self.to_offset.max(old);
+        true
+    }
+
+    /// The latest readings in offset order, then the `skipped` frame if any was.
+    fn into_frames(self) -> impl Iterator<Item = Frame> {
+        let mut latest: Vec<(u64, Frame)> = self
+            .series
+            .into_values()
+            .flatten()
+            .map(|(_, v)| v)
+            .collect();
+        latest.sort_unstable_by_key(|(offset, _)| *offset);
+        let skipped = (self.skipped > 0)
+            .then(|| frames::skipped_frame(self.from_offset, self.to_offset, self.skipped));
+        latest.into_iter().map(|(_, f)| f).chain(skipped)
+    }
 }
 
 /// What [`Mailbox::take`] hands a sink.
@@ -153,6 +228,8 @@ pub(crate) struct Mailbox {
     /// Wakes a writer blocked on a full socket when it must give up and close at once.
     urgent: Notify,
     capacity: usize,
+    /// What a full queue does to readings.
+    overflow: Overflow,
     /// Where the queue's depth goes when a close is decided (`/metrics`'s
     /// `telehub_outbound_queue_depth_at_close`); none for a mailbox outside a hub.
     depth_at_close: Option<Histogram>,
@@ -165,8 +242,14 @@ impl Mailbox {
             ready: Notify::new(),
             urgent: Notify::new(),
             capacity,
+            overflow: Overflow::Close,
             depth_at_close: None,
         }
+    }
+
+    /// The same mailbox with `overflow` for its readings.
+    pub(crate) fn overflowing(self, overflow: Overflow) -> Mailbox {
+        Mailbox { overflow, ..self }
     }
 
     /// A mailbox that reports its depth when it is closed to `depth_at_close` (a shared
@@ -190,7 +273,8 @@ impl Mailbox {
         if s.close.is_some() {
             return Push::Closed;
         }
-        if s.queue.len() >= self.capacity + s.extra {
+        // With `latest`, readings do not count against the other letters' capacity.
+        if s.queue.len() - s.readings >= self.capacity + s.extra {
             return Push::Full;
         }
         let was_empty = s.queue.is_empty();
@@ -204,6 +288,42 @@ impl Mailbox {
             self.ready.notify_one();
         }
         Push::Queued
+    }
+
+    /// Queues the frame of a reading of (device, metric) at `offset`. Like [`push`] for
+    /// `overflow=close`; with `latest`, once readings fill the queue the reading is kept
+    /// as its series' latest instead ([`Push::Coalesced`]) until the writer takes it.
+    ///
+    /// [`push`]: Mailbox::push
+    pub(crate) fn push_reading(
+        &self,
+        frame: Frame,
+        device: &Arc<str>,
+        metric: &str,
+        offset: u64,
+    ) -> Push {
+        if self.overflow == Overflow::Close {
+            return self.push(frame);
+        }
+        let mut s = self.lock();
+        if s.close.is_some() {
+            return Push::Closed;
+        }
+        if s.latest.is_none() && s.readings < self.capacity + s.extra {
+            let was_empty = s.queue.is_empty();
+            s.queue.push_back(Letter::Frame(frame));
+            s.readings += 1;
+            drop(s);
+            if was_empty {
+                self.ready.notify_one();
+            }
+            return Push::Queued;
+        }
+        let skipped = s
+            .latest
+            .get_or_insert_with(Box::default)
+            .keep(device, metric, offset, frame);
+        Push::Coalesced { skipped }
     }
 
     /// Queues frames regardless of capacity: used once, at join, for the welcome and the
@@ -231,6 +351,7 @@ impl Mailbox {
         let depth = s.queue.len();
         if !close.flush_first {
             s.queue = VecDeque::new();
+            s.latest = None;
         }
         drop(s);
         if let Some(h) = &self.depth_at_close {
@@ -249,15 +370,27 @@ impl Mailbox {
 
     /// Takes every queued letter (the whole queue, leaving none of its memory behind, so
     /// an idle connection holds no queue) and the close decision, if any.
+    ///
+    /// A coalescing dashboard's latest readings come after the queue (they are newer than
+    /// every reading in it), then its `skipped` frame; the next reading is queued again.
     pub(crate) fn take(&self) -> Taken {
         let mut s = self.lock();
         // The writer drains the join's replay here: from now on the capacity is plain.
         s.extra = 0;
-        Taken {
+        s.readings = 0;
+        let mut taken = Taken {
             letters: std::mem::take(&mut s.queue),
             commands: std::mem::take(&mut s.commands),
             close: s.close,
+        };
+        let latest = s.latest.take();
+        drop(s);
+        if let Some(latest) = latest {
+            taken
+                .letters
+                .extend(latest.into_frames().map(Letter::Frame));
         }
+        taken
     }
 
     /// Waits until something was pushed or a close was decided.
@@ -316,6 +449,85 @@ mod tests {
         o.close(Close::SLOW_CONSUMER);
         o.close(Close::GOING_AWAY);
         assert_eq!((h.count(), h.sum()), (1, 2.0));
+    }
+
+    fn reading(device: &Arc<str>, metric: &str, offset: u64) -> Frame {
+        f(&format!(
+            r#"{{"device":"{device}","metric":"{metric}","offset":{offset}}}"#
+        ))
+    }
+
+    fn texts(t: Taken) -> Vec<String> {
+        t.letters
+            .iter()
+            .map(|l| match l {
+                Letter::Frame(fr) => frames::frame_text(fr).to_string(),
+                Letter::Command(_) => "command".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn latest_keeps_the_newest_reading_per_series_once_full_then_says_what_it_skipped() {
+        let o = Mailbox::new(2).overflowing(Overflow::Latest);
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        let push = |d: &Arc<str>, m: &str, off: u64| o.push_reading(reading(d, m, off), d, m, off);
+        assert_eq!(push(&a, "t", 1), Push::Queued);
+        assert_eq!(push(&b, "t", 2), Push::Queued);
+        assert_eq!(push(&a, "t", 3), Push::Coalesced { skipped: false });
+        assert_eq!(push(&a, "h", 4), Push::Coalesced { skipped: false });
+        assert_eq!(push(&a, "t", 5), Push::Coalesced { skipped: true });
+        assert_eq!(push(&b, "t", 6), Push::Coalesced { skipped: false });
+        assert_eq!(push(&a, "t", 7), Push::Coalesced { skipped: true });
+        // Other letters still have a queue's worth of room, and are never coalesced.
+        assert_eq!(o.push(f("presence")), Push::Queued);
+        let got = texts(o.take());
+        assert_eq!(
+            got,
+            [
+                r#"{"device":"a","metric":"t","offset":1}"#,
+                r#"{"device":"b","metric":"t","offset":2}"#,
+                "presence",
+                r#"{"device":"a","metric":"h","offset":4}"#,
+                r#"{"device":"b","metric":"t","offset":6}"#,
+                r#"{"device":"a","metric":"t","offset":7}"#,
+                r#"{"type":"skipped","from_offset":3,"to_offset":5,"count":2}"#,
+            ]
+        );
+        // Drained: the next reading is queued again, with no skipped frame.
+        assert_eq!(push(&a, "t", 8), Push::Queued);
+        assert_eq!(texts(o.take()).len(), 1);
+    }
+
+    #[test]
+    fn latest_still_closes_when_the_other_letters_alone_fill_the_queue() {
+        let o = Mailbox::new(2).overflowing(Overflow::Latest);
+        let a: Arc<str> = "a".into();
+        for off in 0..10 {
+            o.push_reading(reading(&a, "t", off), &a, "t", off);
+        }
+        assert_eq!(o.push(f("p1")), Push::Queued);
+        assert_eq!(o.push(f("p2")), Push::Queued);
+        assert_eq!(o.push(f("p3")), Push::Full);
+        // close mode: readings and the rest share the one capacity.
+        let c = Mailbox::new(2);
+        assert_eq!(
+            c.push_reading(reading(&a, "t", 1), &a, "t", 1),
+            Push::Queued
+        );
+        assert_eq!(c.push(f("p1")), Push::Queued);
+        assert_eq!(c.push_reading(reading(&a, "t", 2), &a, "t", 2), Push::Full);
+    }
+
+    #[test]
+    fn a_slow_consumer_close_forgets_the_coalesced_readings() {
+        let o = Mailbox::new(1).overflowing(Overflow::Latest);
+        let a: Arc<str> = "a".into();
+        for off in 0..3 {
+            o.push_reading(reading(&a, "t", off), &a, "t", off);
+        }
+        o.close(Close::REPLACED);
+        assert!(o.take().letters.is_empty());
     }
 
     #[tokio::test]

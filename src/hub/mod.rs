@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use crate::config::LimitsConfig;
+use crate::config::{LimitsConfig, Overflow};
 use crate::hub::mailbox::{Close, Mailbox};
 use crate::hub::room::{
     CatchUpStep, Member, Presence, Published, Room, RoomJoinError, RoomSummary, Since,
@@ -177,7 +177,10 @@ impl Hub {
         self.inner.rooms.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Joins `client` to `room_name` (creating the room if needed) with a fresh mailbox.
+    /// Joins `client` to `room_name` (creating the room if needed) with a fresh mailbox
+    /// whose readings overflow as `overflow` says.
+    // Each argument is a separate decision of the upgrade; a struct would only rename them.
+    #[allow(clippy::too_many_arguments)]
     /// The welcome (and for a dashboard the snapshot) is already queued in the returned
     /// membership's mailbox; a `since` replay follows page by page as the session calls
     /// [`Membership::catch_up`].
@@ -188,12 +191,16 @@ impl Hub {
         role: Role,
         via: Via,
         presence: Presence,
+        overflow: Overflow,
         since: Option<Since<'_>>,
     ) -> Result<Membership, JoinError> {
-        let mailbox = Arc::new(Mailbox::with_close_depth(
-            self.inner.limits.outbound_queue,
-            self.inner.metrics.queue_depth_at_close().clone(),
-        ));
+        let mailbox = Arc::new(
+            Mailbox::with_close_depth(
+                self.inner.limits.outbound_queue,
+                self.inner.metrics.queue_depth_at_close().clone(),
+            )
+            .overflowing(overflow),
+        );
         let conn = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
         let client: Arc<str> = client.into();
         // The hub-wide map is locked only to find or create the room; the join itself

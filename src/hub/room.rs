@@ -156,6 +156,25 @@ fn series_cap(e: &HistoryError) -> Option<(&'static str, usize)> {
     }
 }
 
+/// Queues a reading's `frame` for one dashboard: a full queue closes it as a slow
+/// consumer, or with `overflow=latest` keeps it as its series' latest.
+fn deliver_reading(
+    mailbox: &Mailbox,
+    frame: Frame,
+    series: (&Arc<str>, &str),
+    offset: u64,
+    metrics: &Metrics,
+) {
+    match mailbox.push_reading(frame, series.0, series.1, offset) {
+        Push::Full => {
+            mailbox.close(Close::SLOW_CONSUMER);
+            metrics.slow_consumer();
+        }
+        Push::Coalesced { skipped: true } => metrics.reading_skipped(),
+        _ => {}
+    }
+}
+
 /// Queues `frame` for one member; a full queue closes it as a slow consumer.
 fn deliver(mailbox: &Mailbox, frame: Frame, metrics: &Metrics) {
     if mailbox.push(frame) == Push::Full {
@@ -460,7 +479,13 @@ impl Room {
                 offset,
             });
             for (_, mailbox) in &st.subscribers {
-                deliver(mailbox, frame.clone(), metrics);
+                deliver_reading(
+                    mailbox,
+                    frame.clone(),
+                    (device, &item.metric),
+                    offset,
+                    metrics,
+                );
             }
             metrics.frames_out(st.subscribers.len());
             out.accepted += 1;

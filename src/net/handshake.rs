@@ -28,6 +28,7 @@ use tracing::debug;
 
 use crate::api::error::error_response;
 use crate::auth::{Answer, Authorizer, Refusal};
+use crate::config::Overflow;
 use crate::hub::room::{Presence, Since};
 use crate::hub::Hub;
 use crate::metrics::Rejection;
@@ -63,6 +64,8 @@ pub(crate) fn accept_key(key: &[u8]) -> String {
 pub(crate) struct Query {
     role: Role,
     presence: Presence,
+    /// `?overflow=`; `None`: `limits.default_overflow`.
+    overflow: Option<Overflow>,
     since: Option<u64>,
     epoch: Option<String>,
     acks: bool,
@@ -72,6 +75,7 @@ pub(crate) fn parse_query(raw: Option<&str>) -> Result<Query, (Rejection, String
     let mut q = Query {
         role: Role::Dashboard,
         presence: Presence::Devices,
+        overflow: None,
         since: None,
         epoch: None,
         acks: false,
@@ -117,6 +121,14 @@ pub(crate) fn parse_query(raw: Option<&str>) -> Result<Query, (Rejection, String
                         ))
                     }
                 }
+            }
+            "overflow" => {
+                q.overflow = Some(Overflow::parse(&v).ok_or_else(|| {
+                    (
+                        Rejection::InvalidQuery,
+                        "overflow must be `close` or `latest`".to_string(),
+                    )
+                })?)
             }
             "acks" => {
                 q.acks = match v.as_ref() {
@@ -235,6 +247,7 @@ pub(crate) fn decide(ctx: &WsContext, head: &Head) -> Result<Accepted, Refused> 
                 "this is a WebSocket endpoint: send a GET with Upgrade: websocket and Sec-WebSocket-Version: 13",
             ))
         })?;
+    let overflow = query.overflow.unwrap_or(hub.limits().default_overflow);
     let opts = SessionOptions {
         acks: query.acks,
         ping_interval: ctx.ping_interval,
@@ -242,6 +255,7 @@ pub(crate) fn decide(ctx: &WsContext, head: &Head) -> Result<Accepted, Refused> 
             Role::Dashboard => Duration::from_millis(hub.limits().dashboard_linger_ms),
             Role::Device => Duration::ZERO,
         },
+        coalescing: overflow == Overflow::Latest && query.role == Role::Dashboard,
     };
     let grant = match authorize(ctx, head, room, client, query.role) {
         Ok(Some(grant)) => Some(grant),
@@ -252,6 +266,7 @@ pub(crate) fn decide(ctx: &WsContext, head: &Head) -> Result<Accepted, Refused> 
                     client: client.to_string(),
                     role: query.role,
                     presence: query.presence,
+                    overflow,
                     since: query.since,
                     epoch: query.epoch,
                 }),
@@ -276,7 +291,15 @@ pub(crate) fn decide(ctx: &WsContext, head: &Head) -> Result<Accepted, Refused> 
         epoch: query.epoch.as_deref(),
     });
     let membership = hub
-        .join(room, client, query.role, Via::Ws, query.presence, since)
+        .join(
+            room,
+            client,
+            query.role,
+            Via::Ws,
+            query.presence,
+            overflow,
+            since,
+        )
         .map_err(|e| {
             refused(Refused::new(
                 e.rejection(),
@@ -454,6 +477,11 @@ pub(super) async fn run_session<S: Transport, G: Send + Sync + 'static>(
 ) {
     let _completion = ctx.completion.clone();
     let _conn_guard = conn_guard;
+    if accepted.opts.coalescing {
+        // Best effort: a socket that refuses keeps its autotuned buffer.
+        let _ = socket2::SockRef::from(stream.tcp())
+            .set_send_buffer_size(ws_client::COALESCING_SEND_BUFFER);
+    }
     let (read, write) = stream.into_halves();
     let socket = Socket {
         read,
@@ -479,5 +507,19 @@ mod tests {
             super::accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
             "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
+    }
+
+    #[test]
+    fn overflow_is_close_or_latest_and_unset_by_default() {
+        use super::{parse_query, Overflow};
+        assert_eq!(parse_query(None).ok().and_then(|q| q.overflow), None);
+        let latest = parse_query(Some("role=dashboard&overflow=latest"));
+        assert_eq!(latest.ok().and_then(|q| q.overflow), Some(Overflow::Latest));
+        let close = parse_query(Some("overflow=close"));
+        assert_eq!(close.ok().and_then(|q| q.overflow), Some(Overflow::Close));
+        let Err((_, message)) = parse_query(Some("overflow=newest")) else {
+            panic!("a bad overflow is refused");
+        };
+        assert_eq!(message, "overflow must be `close` or `latest`");
     }
 }

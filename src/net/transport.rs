@@ -57,6 +57,8 @@ pub(crate) trait Transport: AsyncRead + AsyncWrite + Send + Unpin + 'static {
     fn attach(stream: std::net::TcpStream) -> io::Result<Self>
     where
         Self: Sized;
+    /// The TCP socket underneath (for socket options).
+    fn tcp(&self) -> &TcpStream;
 }
 
 impl WsRead for OwnedReadHalf {
@@ -86,6 +88,9 @@ impl Transport for TcpStream {
     }
     fn attach(stream: std::net::TcpStream) -> io::Result<TcpStream> {
         TcpStream::from_std(stream)
+    }
+    fn tcp(&self) -> &TcpStream {
+        self
     }
 }
 
@@ -160,6 +165,9 @@ impl Transport for Tls {
         Err(io::Error::other(
             "a TLS session stays on the runtime it was accepted on",
         ))
+    }
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
     }
     fn into_halves(self) -> (ReadHalf<Tls>, TlsWrite) {
         let (read, write) = tokio::io::split(self);

@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use crate::auth::{time_left, Answer, Authorizer, Grant, Refusal};
+use crate::config::Overflow;
 use crate::hub::mailbox::{Close, Mailbox, Push};
 use crate::hub::room::{Presence, Since};
 use crate::hub::{Hub, JoinError, Membership};
@@ -100,6 +101,7 @@ pub(crate) struct PendingJoin {
     pub(crate) client: String,
     pub(crate) role: Role,
     pub(crate) presence: Presence,
+    pub(crate) overflow: Overflow,
     pub(crate) since: Option<u64>,
     pub(crate) epoch: Option<String>,
 }
@@ -149,7 +151,16 @@ pub(crate) struct SessionOptions {
     pub ping_interval: Duration,
     /// `limits.dashboard_linger_ms` for a dashboard, zero for a device.
     pub linger: Duration,
+    /// A dashboard with `overflow=latest`: its socket's send buffer is capped at
+    /// [`COALESCING_SEND_BUFFER`].
+    pub coalescing: bool,
 }
+
+/// The kernel send buffer of an `overflow=latest` dashboard's socket, in bytes (Linux
+/// doubles it). Left to autotuning it grows to megabytes (`net.ipv4.tcp_wmem`), and
+/// every byte of it is a reading older than the latest: coalescing is only worth
+/// anything if the backlog in front of it is small.
+pub(crate) const COALESCING_SEND_BUFFER: usize = 8 * 1024;
 
 /// The two halves of an upgraded connection, and any bytes read past the handshake.
 pub(crate) struct Socket<R, W> {
@@ -428,6 +439,7 @@ async fn await_auth<R: WsRead, W: WsWrite>(
                 pending.role,
                 Via::Ws,
                 pending.presence,
+                pending.overflow,
                 since,
             ) {
                 Ok(membership) => return Some((membership, grant)),

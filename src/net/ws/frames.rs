@@ -175,6 +175,18 @@ pub(crate) fn token_expiring_frame(exp: u64) -> Frame {
     ))
 }
 
+/// `skipped`: `count` readings from `from_offset` to `to_offset` a coalescing dashboard
+/// was not sent.
+pub(crate) fn skipped_frame(from_offset: u64, to_offset: u64, count: u64) -> Frame {
+    frame(&ServerMessage::Skipped(
+        telehub_protocol::outbound::Skipped {
+            from_offset,
+            to_offset,
+            count,
+        },
+    ))
+}
+
 /// `error`: `e` reported to its sender.
 pub(crate) fn error_frame(e: &ProtoError) -> Frame {
     frame(&ServerMessage::Error(ErrorMsg {

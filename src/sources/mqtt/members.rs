@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 
 use super::ingest::{BridgeSink, BridgedAck, BridgedMessage};
 use super::link::BridgeLink;
+use crate::config::Overflow;
 use crate::hub::mailbox::{Close, CommandLetter, Letter, Mailbox, Taken};
 use crate::hub::room::Presence;
 use crate::hub::{Hub, Membership, ReadingTap};
@@ -140,6 +141,7 @@ impl HubSink {
                 Role::Device,
                 Via::Mqtt,
                 Presence::Devices,
+                Overflow::Close,
                 None,
             )
             .map_err(|e| e.to_string())?;
