@@ -26,6 +26,8 @@ use crate::net::listener;
 use crate::net::tls::Tls;
 use crate::shutdown::{self, Completion, Shutdown};
 use crate::sinks::history::History;
+use crate::sources::http_devices::HttpDevices;
+use crate::sources::influx::{Influx, InfluxStats};
 use crate::sources::mqtt::{Bridge, Bridges, HubSink};
 
 /// How often empty rooms and stale commands are swept.
@@ -106,10 +108,17 @@ pub async fn run(
              publish as any device and read every room; set [auth] mode = \"token\""
         );
     }
+    // Line protocol's counters join the registry before the hub takes it.
+    let influx_stats = Arc::new(InfluxStats::default());
+    metrics.register_collector(crate::sources::influx::Stats(influx_stats.clone()));
     let hub = Hub::with_metrics(settings.limits.clone(), history.clone(), metrics);
     hub.set_taps(taps);
     let (trigger, shutdown) = shutdown::channel();
     let (completion, mut all_done) = mpsc::channel::<()>(1);
+    // Devices that post over HTTP, held between their requests.
+    let http_devices = HttpDevices::new(hub.clone(), influx_stats.devices_gauge());
+    let influx = Influx::new(settings.influx.clone(), http_devices.clone(), influx_stats);
+    tokio::spawn(http_devices.run(shutdown.clone(), completion.clone()));
 
     let ws = Arc::new(WsContext {
         hub: hub.clone(),
@@ -134,6 +143,7 @@ pub async fn run(
         hub.clone(),
         auth,
         bridge_states,
+        influx,
         settings.server.dashboard_dir.clone(),
     ));
 

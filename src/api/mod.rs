@@ -13,6 +13,7 @@ pub(crate) mod history;
 pub(crate) mod metrics;
 pub(crate) mod params;
 pub(crate) mod plot;
+pub(crate) mod write;
 
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -29,19 +30,23 @@ use crate::auth::{Access, Authorizer, Refusal};
 use crate::hub::Hub;
 use crate::render::plot::Format;
 use crate::sinks::history::RoomHistory;
+use crate::sources::influx::Influx;
 use crate::sources::mqtt::Bridges;
 use telehub_protocol::ids::valid_id;
 
 /// All HTTP routes of the hub; `dashboard_dir` serves the page from disk instead of the
-/// embedded copy. Every `/api` route and `/metrics` go through `auth` ([`auth`]);
-/// `/healthz` and the dashboard's files are open.
+/// embedded copy. Every `/api` route, the line-protocol writes ([`write`]) and
+/// `/metrics` go through `auth` ([`auth`]); `/healthz` and the dashboard's files are
+/// open.
 pub(crate) fn routes(
     hub: Hub,
     auth: Authorizer,
     bridges: Bridges,
+    influx: Influx,
     dashboard_dir: Option<PathBuf>,
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
     healthz()
+        .or(write::routes(influx, auth.clone()))
         .or(rooms(hub.clone(), auth.clone()))
         .or(room_history(hub.clone(), auth.clone()))
         .or(room_series(hub.clone(), auth.clone()))

@@ -17,9 +17,11 @@ use serde::{Deserialize, Serialize};
 
 mod auth;
 mod history;
+mod influx;
 
 pub use auth::{AuthConfig, AuthMode, KeyAlgorithm, KeyConfig, Secret};
 pub use history::HistoryConfig;
+pub(crate) use influx::InfluxConfig;
 
 /// Every setting of the hub. Each section has its own struct with defaults.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -35,6 +37,8 @@ pub struct Settings {
     pub mqtt: crate::sources::mqtt::MqttConfig,
     /// Tokens and allowed origins (see `src/auth/`); open (`mode = "none"`) by default.
     pub auth: AuthConfig,
+    /// InfluxDB line protocol in (`POST /api/v2/write`, `POST /write`).
+    pub influx: InfluxConfig,
 }
 
 /// `[server]`: the listening socket, logging and shutdown.
@@ -108,6 +112,9 @@ pub struct LimitsConfig {
     /// (`invalid_field` past it): a far-future point would never leave the retention
     /// window, so its series would never expire.
     pub max_future_ms: u64,
+    /// How long a device that reaches the hub over HTTP (line protocol, HTTP ingest)
+    /// stays in its room's presence (`"via":"http"`) after its last request.
+    pub http_device_idle_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -144,6 +151,7 @@ impl Default for LimitsConfig {
             max_series_per_room: 2_000,
             max_series_per_device: 256,
             max_future_ms: 86_400_000,
+            http_device_idle_ms: 60_000,
         }
     }
 }
@@ -320,6 +328,10 @@ impl Settings {
         if self.server.ping_interval_ms < 100 {
             return Err(("server.ping_interval_ms", "must be at least 100".into()));
         }
+        if l.http_device_idle_ms < 1_000 {
+            return Err(("limits.http_device_idle_ms", "must be at least 1000".into()));
+        }
+        self.influx.validate()?;
         self.history.validate()
     }
 }
