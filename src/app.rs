@@ -27,6 +27,7 @@ use crate::net::tls::Tls;
 use crate::shutdown::{self, Completion, Shutdown};
 use crate::sinks::history::History;
 use crate::sources::http_devices::HttpDevices;
+use crate::sources::http_ingest::HttpIngest;
 use crate::sources::influx::{Influx, InfluxStats};
 use crate::sources::mqtt::{Bridge, Bridges, HubSink};
 
@@ -118,6 +119,7 @@ pub async fn run(
     // Devices that post over HTTP, held between their requests.
     let http_devices = HttpDevices::new(hub.clone(), influx_stats.devices_gauge());
     let influx = Influx::new(settings.influx.clone(), http_devices.clone(), influx_stats);
+    let http_ingest = HttpIngest::new(http_devices.clone());
     tokio::spawn(http_devices.run(shutdown.clone(), completion.clone()));
 
     let ws = Arc::new(WsContext {
@@ -143,7 +145,7 @@ pub async fn run(
         hub.clone(),
         auth,
         bridge_states,
-        influx,
+        (influx, http_ingest),
         settings.server.dashboard_dir.clone(),
     ));
 

@@ -276,14 +276,14 @@ fn access(auth: &Authorizer, headers: &HeaderMap, query: &str) -> Result<Access,
 }
 
 /// Why a body was not read.
-enum BodyError {
+pub(crate) enum BodyError {
     TooLarge,
     /// The connection failed midway: a cut line could read as another value.
     Broken(warp::Error),
 }
 
 /// The whole body, refused once it is over `max` bytes.
-async fn read_body<S, B>(body: S, max: usize) -> Result<Vec<u8>, BodyError>
+pub(crate) async fn read_body<S, B>(body: S, max: usize) -> Result<Vec<u8>, BodyError>
 where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,

@@ -1,12 +1,14 @@
-//! Devices that reach the hub over HTTP requests (line protocol today): their room
-//! memberships (`via: http`), their rate buckets, and their leaving once idle.
+//! Devices that reach the hub over HTTP requests (line protocol, HTTP ingest): their
+//! room memberships (`via: http`), their rate buckets, the commands waiting for them to
+//! fetch, and their leaving once idle.
 //!
 //! A source stage beside [`super::ws_client`] and [`super::mqtt`]: a request has no
 //! connection to hold a [`Membership`], so this registry holds one per (room, device)
 //! from its first request until `limits.http_device_idle_ms` after its last. Readings go
-//! through [`Hub::publish`] like every other source's. A device's queue (presence and
-//! the like, which an HTTP device cannot be sent) is drained by one small task per
-//! device, so it never fills.
+//! through [`Hub::publish`] like every other source's. A device's queue is drained by one
+//! small task per device, so it never fills: commands are kept (at most
+//! [`MAX_QUEUED_COMMANDS`]) for the device's long poll, the rest (presence and the like,
+//! which a device that only makes requests cannot be sent) is dropped.
 //!
 //! A device id held by a WebSocket connection is not taken over by a request: the
 //! request's lines for it are refused ([`DeviceError::HeldOverWs`]).
@@ -16,9 +18,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::gauge::Gauge;
+use std::collections::VecDeque;
+
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::hub::mailbox::{Mailbox, Taken};
+use crate::hub::mailbox::{CommandLetter, Letter, Mailbox, Taken};
 use crate::hub::room::{Presence, Published};
 use crate::hub::{Hub, JoinError, Membership};
 use crate::shutdown::{Completion, Shutdown};
@@ -30,6 +35,10 @@ use telehub_protocol::role::{Role, Via};
 /// for that device (`too_many_http_devices`) until idle ones leave, so requests naming
 /// endless device ids cannot grow the registry.
 pub(crate) const MAX_HTTP_DEVICES: usize = 10_000;
+
+/// Commands kept for one device until it fetches them; past it the oldest is dropped
+/// (and times out unanswered, as it would for a device that never polls).
+pub(crate) const MAX_QUEUED_COMMANDS: usize = 64;
 
 /// How often idle devices are looked for.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -75,12 +84,28 @@ pub(crate) struct HttpDevice {
     membership: Membership,
     drain: JoinHandle<()>,
     state: Mutex<DeviceState>,
+    commands: Arc<Commands>,
 }
 
 struct DeviceState {
     last_seen: Instant,
     /// Line protocol's bucket (`influx.rate_per_sec`), made on the first write.
     lines: Option<TokenBucket>,
+    /// HTTP ingest's bucket (`limits.rate_per_sec`, as a WebSocket connection's).
+    readings: Option<TokenBucket>,
+}
+
+/// Commands for a device, waiting for its long poll.
+#[derive(Default)]
+struct Commands {
+    queue: Mutex<VecDeque<CommandLetter>>,
+    arrived: Notify,
+}
+
+impl Commands {
+    fn queue(&self) -> MutexGuard<'_, VecDeque<CommandLetter>> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl Drop for HttpDevice {
@@ -111,11 +136,61 @@ impl HttpDevice {
         }
     }
 
+    /// Takes up to `want` tokens from the device's HTTP-ingest bucket (`rate`, `burst`),
+    /// as a WebSocket connection's bucket does: how many were granted, and when the rest
+    /// would be there.
+    pub(crate) fn charge_readings(&self, want: usize, rate: f64, burst: f64) -> (usize, Duration) {
+        let mut s = self.state();
+        let now = Instant::now();
+        let bucket = s
+            .readings
+            .get_or_insert_with(|| TokenBucket::new_at(rate, burst, now));
+        let granted = bucket.take_at(want, now);
+        (granted, bucket.wait_for(want - granted, now))
+    }
+
     /// Publishes the device's readings through the hub's one seam; the device stays
     /// present for another `limits.http_device_idle_ms`.
     pub(crate) fn publish(&self, hub: &Hub, items: Vec<ReadingIn>) -> Published {
-        self.state().last_seen = Instant::now();
+        self.touch();
         hub.publish(&self.membership, items)
+    }
+
+    /// The device made a request: it stays present for another idle period.
+    pub(crate) fn touch(&self) {
+        self.state().last_seen = Instant::now();
+    }
+
+    /// The commands queued for the device, waiting up to `wait` for one if there are
+    /// none yet (a long poll). Taken commands are gone from the queue.
+    pub(crate) async fn commands(&self, wait: Duration) -> Vec<CommandLetter> {
+        self.touch();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let arrived = self.commands.arrived.notified();
+            {
+                let mut q = self.commands.queue();
+                if !q.is_empty() {
+                    return q.drain(..).collect();
+                }
+            }
+            if self.membership.mailbox().closing().is_some()
+                || tokio::time::timeout_at(deadline, arrived).await.is_err()
+            {
+                self.touch();
+                return Vec::new();
+            }
+        }
+    }
+
+    /// The device's answer to a command, routed to the dashboard that sent it.
+    pub(crate) fn ack(
+        &self,
+        hub: &Hub,
+        ack: &telehub_protocol::inbound::AckIn,
+    ) -> Result<(), telehub_protocol::inbound::ProtoError> {
+        self.touch();
+        hub.ack(&self.membership, ack)
     }
 }
 
@@ -175,7 +250,8 @@ impl HttpDevices {
             Presence::Devices,
             None,
         )?;
-        let drain = tokio::spawn(drain(membership.mailbox().clone()));
+        let commands = Arc::new(Commands::default());
+        let drain = tokio::spawn(drain(membership.mailbox().clone(), commands.clone()));
         tracing::info!(room, device, "device joined over http");
         let d = Arc::new(HttpDevice {
             membership,
@@ -183,7 +259,9 @@ impl HttpDevices {
             state: Mutex::new(DeviceState {
                 last_seen: Instant::now(),
                 lines: None,
+                readings: None,
             }),
+            commands,
         });
         devices.insert(key, d.clone());
         self.inner.held.set(devices.len() as i64);
@@ -220,11 +298,27 @@ impl HttpDevices {
     }
 }
 
-/// Empties a device's queue as it fills: nothing in it can reach a device that only
-/// makes requests. Ends when the member is closed (replaced, hub shutdown).
-async fn drain(mailbox: Arc<Mailbox>) {
+/// Empties a device's queue as it fills: commands wait for the device's long poll, the
+/// rest cannot reach a device that only makes requests. Ends when the member is closed
+/// (replaced, hub shutdown), waking a poll that waits.
+async fn drain(mailbox: Arc<Mailbox>, commands: Arc<Commands>) {
     loop {
-        let Taken { close, .. } = mailbox.take();
+        let Taken { letters, close, .. } = mailbox.take();
+        let mut got = false;
+        for letter in letters {
+            if let Letter::Command(cmd) = letter {
+                let mut q = commands.queue();
+                if q.len() >= MAX_QUEUED_COMMANDS {
+                    tracing::warn!(id = %cmd.id, "http device's command queue is full; oldest dropped");
+                    q.pop_front();
+                }
+                q.push_back(*cmd);
+                got = true;
+            }
+        }
+        if got || close.is_some() {
+            commands.arrived.notify_waiters();
+        }
         if close.is_some() {
             return;
         }

@@ -12,6 +12,7 @@ mod browser;
 mod errors;
 mod history;
 mod http;
+mod http_ingest;
 mod influx;
 mod lifecycle;
 mod mqtt;
