@@ -155,7 +155,7 @@ export function renderRoom(root, room, { ui, clientId }) {
     if (!d || !c) return;
     c.card.classList.toggle("offline", !d.online);
     c.badge.className = `badge ${d.online ? "online" : "offline"}`;
-    c.badge.textContent = d.online ? (d.via === "mqtt" ? "online · mqtt" : "online") : "offline";
+    c.badge.textContent = d.online ? (d.via === "mqtt" || d.via === "http" ? "online · " + d.via : "online") : "offline";
     let n = 0;
     for (const x of state.devices.values()) if (x.online) n += 1;
     onlineCount.textContent = `${n} of ${state.devices.size} device${state.devices.size === 1 ? "" : "s"} online`;

@@ -27,6 +27,9 @@ use crate::net::tls::Tls;
 use crate::runtimes::Runtimes;
 use crate::shutdown::{self, Completion, Shutdown};
 use crate::sinks::history::History;
+use crate::sources::http_devices::HttpDevices;
+use crate::sources::http_ingest::HttpIngest;
+use crate::sources::influx::{Influx, InfluxStats};
 use crate::sources::mqtt::{Bridge, Bridges, HubSink};
 
 /// How often empty rooms and stale commands are swept.
@@ -112,10 +115,18 @@ pub async fn run(
     }
     let runtimes = Runtimes::start(settings.server.threads).map_err(ServerError::Runtime)?;
     info!(threads = runtimes.placement().threads(), "runtimes");
+    // Line protocol's counters join the registry before the hub takes it.
+    let influx_stats = Arc::new(InfluxStats::default());
+    metrics.register_collector(crate::sources::influx::Stats(influx_stats.clone()));
     let hub = Hub::with_metrics(settings.limits.clone(), history.clone(), metrics);
     hub.set_taps(taps);
     let (trigger, shutdown) = shutdown::channel();
     let (completion, mut all_done) = mpsc::channel::<()>(1);
+    // Devices that post over HTTP, held between their requests.
+    let http_devices = HttpDevices::new(hub.clone(), influx_stats.devices_gauge());
+    let influx = Influx::new(settings.influx.clone(), http_devices.clone(), influx_stats);
+    let http_ingest = HttpIngest::new(http_devices.clone());
+    tokio::spawn(http_devices.run(shutdown.clone(), completion.clone()));
 
     let ws = Arc::new(WsContext {
         hub: hub.clone(),
@@ -141,6 +152,7 @@ pub async fn run(
         hub.clone(),
         auth,
         bridge_states,
+        (influx, http_ingest),
         settings.server.dashboard_dir.clone(),
     ));
 

@@ -197,6 +197,56 @@ pub mod fuzzing {
         })
     }
 
+    /// A field value of a line-protocol line. For fuzz targets only.
+    #[derive(Debug, Clone, PartialEq)]
+    pub enum InfluxValue {
+        Float(f64),
+        Int(i64),
+        UInt(u64),
+        Bool(bool),
+        Str(String),
+    }
+
+    /// One line-protocol line as the Influx source's parser reads it. For fuzz targets
+    /// only.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct InfluxLine {
+        pub measurement: String,
+        pub tags: Vec<(String, String)>,
+        pub fields: Vec<(String, InfluxValue)>,
+        pub timestamp: Option<i64>,
+    }
+
+    /// Parses one line (`src/sources/influx/line.rs`); `Err` holds the reason a client
+    /// is told. For fuzz targets only.
+    pub fn influx_line(line: &str) -> Result<InfluxLine, String> {
+        use crate::sources::influx::line::{parse, FieldValue};
+        let l = parse(line).map_err(|e| e.to_string())?;
+        Ok(InfluxLine {
+            measurement: l.measurement.into_owned(),
+            tags: l
+                .tags
+                .into_iter()
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+            fields: l
+                .fields
+                .into_iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        FieldValue::Float(f) => InfluxValue::Float(f),
+                        FieldValue::Int(i) => InfluxValue::Int(i),
+                        FieldValue::UInt(u) => InfluxValue::UInt(u),
+                        FieldValue::Bool(b) => InfluxValue::Bool(b),
+                        FieldValue::Str(s) => InfluxValue::Str(s.into_owned()),
+                    };
+                    (k.into_owned(), v)
+                })
+                .collect(),
+            timestamp: l.timestamp,
+        })
+    }
+
     /// One reading read from an MQTT payload, before the topic applies. For fuzz targets
     /// only.
     #[derive(Debug, Clone, PartialEq)]

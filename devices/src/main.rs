@@ -40,13 +40,24 @@ enum Command {
     Bench(BenchArgs),
 }
 
+/// How `run`'s devices reach the hub (`--transport`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum HubTransport {
+    Ws,
+    Http,
+}
+
 #[derive(Args)]
 struct RunArgs {
     /// Scenario file (devices/greenhouse.toml ...). Without one, --rooms × --devices.
     scenario: Option<PathBuf>,
-    /// Hub base URL for WebSocket devices.
+    /// Hub base URL for WebSocket (or, with `--transport http`, HTTP) devices.
     #[arg(long, default_value = "ws://127.0.0.1:8080")]
     url: String,
+    /// How devices reach the hub at --url: `ws` (a WebSocket each) or `http` (HTTP
+    /// ingest: readings by POST, commands by long poll).
+    #[arg(long, value_enum, default_value = "ws", conflicts_with = "mqtt")]
+    transport: HubTransport,
     /// Publish over MQTT to this broker instead (mqtt://127.0.0.1:1883).
     #[arg(long, value_name = "URL")]
     mqtt: Option<String>,
@@ -320,9 +331,10 @@ async fn shutdown_signal(duration: Option<Duration>) {
 
 async fn cmd_run(args: RunArgs) -> anyhow::Result<()> {
     let scenario = build_scenario(&args)?;
-    let mut opts = match &args.mqtt {
-        Some(url) => RunOptions::mqtt(url.clone()),
-        None => RunOptions::websocket(args.url.clone()),
+    let mut opts = match (&args.mqtt, args.transport) {
+        (Some(url), _) => RunOptions::mqtt(url.clone()),
+        (None, HubTransport::Ws) => RunOptions::websocket(args.url.clone()),
+        (None, HubTransport::Http) => RunOptions::http(args.url.clone()),
     };
     opts.buffer = args.buffer;
     opts.clock = ClockConfig {

@@ -38,6 +38,8 @@ pub enum Transport {
     WebSocket(String),
     /// MQTT to the broker at this URL (`mqtt://127.0.0.1:1883`).
     Mqtt(String),
+    /// HTTP ingest to the hub at this base URL (`http://127.0.0.1:8080`).
+    Http(String),
 }
 
 /// How to run a scenario.
@@ -84,11 +86,21 @@ impl RunOptions {
     /// Check the transport URL without connecting (`run` does this too).
     pub fn check(&self) -> Result<(), RunError> {
         match &self.transport {
-            Transport::WebSocket(url) => HubUrl::parse(url).map(drop).map_err(RunError::from),
+            Transport::WebSocket(url) | Transport::Http(url) => {
+                HubUrl::parse(url).map(drop).map_err(RunError::from)
+            }
             Transport::Mqtt(_) if self.auth.is_some() => Err(RunError::AuthOverMqtt),
             Transport::Mqtt(url) => BrokerUrl::parse(url)
                 .map(drop)
                 .ok_or_else(|| RunError::BrokerUrl(url.clone())),
+        }
+    }
+
+    /// Defaults for devices posting to the hub at `url` over HTTP ingest.
+    pub fn http(url: impl Into<String>) -> Self {
+        RunOptions {
+            transport: Transport::Http(url.into()),
+            ..RunOptions::websocket(String::new())
         }
     }
 
@@ -106,7 +118,7 @@ impl RunOptions {
 pub struct Summary {
     /// Scenario name.
     pub scenario: String,
-    /// "websocket" or "mqtt".
+    /// "websocket", "http" or "mqtt".
     pub transport: &'static str,
     /// Wall-clock seconds the run took.
     pub elapsed_secs: f64,
@@ -156,10 +168,12 @@ pub async fn run(
 ) -> Result<Summary, RunError> {
     enum Target {
         Ws(Arc<HubUrl>),
+        Http(Arc<HubUrl>),
         Mqtt(BrokerUrl),
     }
     let (target, transport_name) = match &opts.transport {
         Transport::WebSocket(url) => (Target::Ws(Arc::new(HubUrl::parse(url)?)), "websocket"),
+        Transport::Http(url) => (Target::Http(Arc::new(HubUrl::parse(url)?)), "http"),
         Transport::Mqtt(url) => (
             Target::Mqtt(BrokerUrl::parse(url).ok_or_else(|| RunError::BrokerUrl(url.clone()))?),
             "mqtt",
@@ -199,6 +213,11 @@ pub async fn run(
             Target::Ws(hub) => {
                 let hub = hub.clone();
                 tasks.spawn(async move { (index, transport::ws::run_device(dev, hub, ctx).await) })
+            }
+            Target::Http(hub) => {
+                let hub = hub.clone();
+                tasks
+                    .spawn(async move { (index, transport::http::run_device(dev, hub, ctx).await) })
             }
             Target::Mqtt(broker) => {
                 let broker = broker.clone();

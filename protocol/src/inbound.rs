@@ -184,27 +184,7 @@ pub fn parse(text: &str, max_batch: usize) -> Result<ClientMessage, ProtoError> 
         "reading" => Ok(ClientMessage::Readings(vec![reading(&fields)])),
         "readings" => {
             let raw = fields.items.ok_or_else(|| ProtoError::missing("items"))?;
-            let items: Vec<&RawValue> = serde_json::from_str(raw.get())
-                .map_err(|_| ProtoError::invalid("items", "must be an array of readings"))?;
-            if items.len() > max_batch {
-                return Err(ProtoError::new(
-                    ErrorCode::BatchTooLarge,
-                    format!(
-                        "a batch holds at most {max_batch} readings, this one has {}",
-                        items.len()
-                    ),
-                ));
-            }
-            let parsed = items
-                .iter()
-                .enumerate()
-                .map(|(i, raw)| {
-                    parse_object(raw.get())
-                        .and_then(|f| reading(&f))
-                        .map_err(|e| e.in_item(i))
-                })
-                .collect();
-            Ok(ClientMessage::Readings(parsed))
+            batch(raw.get(), max_batch).map(ClientMessage::Readings)
         }
         "command" => command(&fields).map(ClientMessage::Command),
         "ack" => ack(&fields).map(ClientMessage::Ack),
@@ -217,6 +197,52 @@ pub fn parse(text: &str, max_batch: usize) -> Result<ClientMessage, ProtoError> 
             ),
         )),
     }
+}
+
+/// The body of an HTTP readings post (`POST /api/rooms/{room}/devices/{device}/readings`):
+/// one reading object, a JSON array of them, or `{"items":[...]}`; each item is checked
+/// as a WebSocket `readings` item is. `max_batch` bounds the items.
+pub fn parse_readings_body(
+    text: &str,
+    max_batch: usize,
+) -> Result<Vec<Result<ReadingIn, ProtoError>>, ProtoError> {
+    if text.trim_start().starts_with('[') {
+        return batch(text, max_batch);
+    }
+    let fields = parse_object(text)?;
+    match fields.items {
+        Some(raw) => batch(raw.get(), max_batch),
+        None => Ok(vec![reading(&fields)]),
+    }
+}
+
+/// A JSON array of readings, each validated on its own.
+fn batch(text: &str, max_batch: usize) -> Result<Vec<Result<ReadingIn, ProtoError>>, ProtoError> {
+    let items: Vec<&RawValue> = serde_json::from_str(text).map_err(|e| {
+        if e.is_data() {
+            ProtoError::invalid("items", "must be an array of readings")
+        } else {
+            ProtoError::new(ErrorCode::InvalidJson, format!("malformed JSON: {e}"))
+        }
+    })?;
+    if items.len() > max_batch {
+        return Err(ProtoError::new(
+            ErrorCode::BatchTooLarge,
+            format!(
+                "a batch holds at most {max_batch} readings, this one has {}",
+                items.len()
+            ),
+        ));
+    }
+    Ok(items
+        .iter()
+        .enumerate()
+        .map(|(i, raw)| {
+            parse_object(raw.get())
+                .and_then(|f| reading(&f))
+                .map_err(|e| e.in_item(i))
+        })
+        .collect())
 }
 
 fn parse_object(text: &str) -> Result<Fields<'_>, ProtoError> {
@@ -512,6 +538,31 @@ pub struct MqttReading<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http_bodies_take_three_shapes_checked_like_a_batch() {
+        let metrics = |body: &str| -> Vec<Result<String, ErrorCode>> {
+            parse_readings_body(body, 2)
+                .expect("a body of readings")
+                .into_iter()
+                .map(|r| r.map(|r| r.metric).map_err(|e| e.code))
+                .collect()
+        };
+        assert_eq!(metrics(r#"{"metric":"a","value":1}"#), [Ok("a".into())]);
+        assert_eq!(
+            metrics(r#" [{"metric":"a","value":1},{"value":2}]"#),
+            [Ok("a".into()), Err(ErrorCode::MissingField)]
+        );
+        assert_eq!(
+            metrics(r#"{"items":[{"metric":"b","value":1}]}"#),
+            [Ok("b".into())]
+        );
+        let code = |body: &str| parse_readings_body(body, 2).map(|_| ()).unwrap_err().code;
+        assert_eq!(code("[1,2,3]"), ErrorCode::BatchTooLarge);
+        assert_eq!(code("[1,"), ErrorCode::InvalidJson);
+        assert_eq!(code("7"), ErrorCode::InvalidJson);
+        assert_eq!(code(r#"{"items":{"metric":"a"}}"#), ErrorCode::InvalidField);
+    }
 
     fn code_of(text: &str) -> ErrorCode {
         match parse(text, 10) {

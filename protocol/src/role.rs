@@ -41,7 +41,8 @@ impl fmt::Display for Role {
     }
 }
 
-/// How a member reaches the hub: its own WebSocket, or bridged from an MQTT broker.
+/// How a member reaches the hub: its own WebSocket, bridged from an MQTT broker, or
+/// HTTP requests (line protocol, HTTP ingest).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Via {
@@ -49,14 +50,18 @@ pub enum Via {
     Ws,
     /// A device on an MQTT broker, bridged in by the hub.
     Mqtt,
+    /// A device that posts over HTTP; present while it keeps posting
+    /// (`limits.http_device_idle_ms`).
+    Http,
 }
 
 impl Via {
-    /// The wire name: `ws` or `mqtt`.
+    /// The wire name: `ws`, `mqtt` or `http`.
     pub fn as_str(self) -> &'static str {
         match self {
             Via::Ws => "ws",
             Via::Mqtt => "mqtt",
+            Via::Http => "http",
         }
     }
 }
@@ -75,7 +80,7 @@ mod tests {
             );
         }
         assert_eq!(Role::parse("admin"), None);
-        for via in [Via::Ws, Via::Mqtt] {
+        for via in [Via::Ws, Via::Mqtt, Via::Http] {
             let json = format!("\"{}\"", via.as_str());
             assert_eq!(serde_json::to_string(&via).ok().as_deref(), Some(&*json));
             assert_eq!(serde_json::from_str::<Via>(&json).ok(), Some(via));

@@ -10,9 +10,11 @@ pub(crate) mod assets;
 pub(crate) mod auth;
 pub(crate) mod error;
 pub(crate) mod history;
+pub(crate) mod ingest;
 pub(crate) mod metrics;
 pub(crate) mod params;
 pub(crate) mod plot;
+pub(crate) mod write;
 
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -29,19 +31,26 @@ use crate::auth::{Access, Authorizer, Refusal};
 use crate::hub::Hub;
 use crate::render::plot::Format;
 use crate::sinks::history::RoomHistory;
+use crate::sources::http_ingest::HttpIngest;
+use crate::sources::influx::Influx;
 use crate::sources::mqtt::Bridges;
 use telehub_protocol::ids::valid_id;
 
 /// All HTTP routes of the hub; `dashboard_dir` serves the page from disk instead of the
-/// embedded copy. Every `/api` route and `/metrics` go through `auth` ([`auth`]);
-/// `/healthz` and the dashboard's files are open.
+/// embedded copy. Every `/api` route (HTTP ingest's in [`ingest`]), the line-protocol
+/// writes ([`write`]) and
+/// `/metrics` go through `auth` ([`auth`]); `/healthz` and the dashboard's files are
+/// open.
 pub(crate) fn routes(
     hub: Hub,
     auth: Authorizer,
     bridges: Bridges,
+    ingest: (Influx, HttpIngest),
     dashboard_dir: Option<PathBuf>,
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
     healthz()
+        .or(write::routes(ingest.0, auth.clone()))
+        .or(self::ingest::routes(ingest.1, auth.clone()))
         .or(rooms(hub.clone(), auth.clone()))
         .or(room_history(hub.clone(), auth.clone()))
         .or(room_series(hub.clone(), auth.clone()))

@@ -17,9 +17,11 @@ use serde::{Deserialize, Serialize};
 
 mod auth;
 mod history;
+mod influx;
 
 pub use auth::{AuthConfig, AuthMode, KeyAlgorithm, KeyConfig, Secret};
 pub use history::HistoryConfig;
+pub(crate) use influx::InfluxConfig;
 
 /// Every setting of the hub. Each section has its own struct with defaults.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -35,6 +37,8 @@ pub struct Settings {
     pub mqtt: crate::sources::mqtt::MqttConfig,
     /// Tokens and allowed origins (see `src/auth/`); open (`mode = "none"`) by default.
     pub auth: AuthConfig,
+    /// InfluxDB line protocol in (`POST /api/v2/write`, `POST /write`).
+    pub influx: InfluxConfig,
 }
 
 /// `[server]`: the listening socket, logging and shutdown.
@@ -123,6 +127,9 @@ pub struct LimitsConfig {
     /// `close` (1013 `slow consumer`) or `latest` (the newest undelivered reading per
     /// series, then a `skipped` count).
     pub default_overflow: Overflow,
+    /// How long a device that reaches the hub over HTTP (line protocol, HTTP ingest)
+    /// stays in its room's presence (`"via":"http"`) after its last request.
+    pub http_device_idle_ms: u64,
 }
 
 /// What happens to a dashboard whose outbound queue is full (`limits.default_overflow`,
@@ -186,6 +193,7 @@ impl Default for LimitsConfig {
             max_series_per_device: 256,
             max_future_ms: 86_400_000,
             default_overflow: Overflow::Close,
+            http_device_idle_ms: 60_000,
         }
     }
 }
@@ -374,6 +382,10 @@ impl Settings {
         if self.server.ping_interval_ms < 100 {
             return Err(("server.ping_interval_ms", "must be at least 100".into()));
         }
+        if l.http_device_idle_ms < 1_000 {
+            return Err(("limits.http_device_idle_ms", "must be at least 1000".into()));
+        }
+        self.influx.validate()?;
         self.history.validate()
     }
 }

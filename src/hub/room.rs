@@ -128,6 +128,8 @@ pub(crate) struct Published {
     pub series_limit: Option<(&'static str, usize)>,
     /// Readings refused because their `ts` is past `limits.max_future_ms` (set by the hub).
     pub future_ts: usize,
+    /// The room offsets of the first and last reading taken (they are consecutive).
+    pub offsets: Option<(u64, u64)>,
 }
 
 /// A room as `GET /api/rooms` lists it.
@@ -468,6 +470,7 @@ impl Room {
                 out.max_seq = Some(out.max_seq.map_or(seq, |m: u64| m.max(seq)));
             }
             st.offset = offset;
+            out.offsets = Some((out.offsets.map_or(offset, |o| o.0), offset));
             let frame = frames::reading_frame(&ReadingOut {
                 room: &self.name,
                 device,

@@ -12,6 +12,8 @@ mod browser;
 mod errors;
 mod history;
 mod http;
+mod http_ingest;
+mod influx;
 mod lifecycle;
 mod linger;
 mod mqtt;

@@ -11,7 +11,10 @@
 //!   are confirmed by the hub's `accepted`.
 //! - [`mqtt`]: MQTT to a broker, on the topics the hub's bridge reads; readings are QoS 1
 //!   publishes confirmed by the broker's PUBACK.
+//! - [`http`]: HTTP ingest (`POST .../readings` on a keep-alive connection, commands by
+//!   long poll); readings are confirmed by the answer.
 
+pub(crate) mod http;
 pub(crate) mod mqtt;
 pub(crate) mod ws;
 

@@ -1,6 +1,6 @@
-//! A raw HTTP/1.1 GET over a fresh connection (`Connection: close`), for the hub's REST
-//! endpoints, `/metrics` and the dashboard files: status, head and body as sent, with
-//! chunked transfer encoding undone.
+//! A raw HTTP/1.1 GET or POST over a fresh connection (`Connection: close`), for the
+//! hub's REST endpoints, its write endpoints, `/metrics` and the dashboard files: status,
+//! head and body as sent, with chunked transfer encoding undone.
 
 use std::net::SocketAddr;
 
@@ -49,26 +49,80 @@ pub async fn try_get(
 
 /// [`try_get`] on a stream already open (a TLS one, say).
 pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
-    mut s: S,
+    s: S,
     addr: SocketAddr,
     path: &str,
     extra_headers: &str,
 ) -> anyhow::Result<Response> {
     let req =
         format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra_headers}\r\n");
-    s.write_all(req.as_bytes()).await?;
+    send(s, path, req.into_bytes()).await
+}
+
+/// How a POST sends its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// `Content-Length`.
+    Length,
+    /// `Transfer-Encoding: chunked`, in chunks of at most 1,000 bytes (as a client
+    /// streaming a compressed body sends it).
+    Chunked,
+}
+
+/// Sends `POST path` with `extra_headers` (each line ending in `\r\n`) and `body`, and
+/// reads the whole response.
+pub async fn post(
+    addr: SocketAddr,
+    path: &str,
+    extra_headers: &str,
+    body: &[u8],
+    framing: Framing,
+) -> Response {
+    let head =
+        format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra_headers}");
+    let mut req = head.into_bytes();
+    match framing {
+        Framing::Length => {
+            req.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
+            req.extend_from_slice(body);
+        }
+        Framing::Chunked => {
+            req.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
+            for chunk in body.chunks(1_000) {
+                req.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                req.extend_from_slice(chunk);
+                req.extend_from_slice(b"\r\n");
+            }
+            req.extend_from_slice(b"0\r\n\r\n");
+        }
+    }
+    let s = TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("POST http://{addr}{path}: {e}"));
+    send(s, path, req)
+        .await
+        .unwrap_or_else(|e| panic!("POST http://{addr}{path}: {e:#}"))
+}
+
+/// Writes a whole request and reads the whole response.
+async fn send<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    path: &str,
+    req: Vec<u8>,
+) -> anyhow::Result<Response> {
+    s.write_all(&req).await?;
     let mut buf = Vec::new();
     tokio::time::timeout(WAIT, s.read_to_end(&mut buf)).await??;
     let split = buf
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| anyhow::anyhow!("GET {path}: no end of headers"))?;
+        .ok_or_else(|| anyhow::anyhow!("{path}: no end of headers"))?;
     let head = String::from_utf8_lossy(&buf[..split]).into_owned();
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("GET {path}: no status line in {head:?}"))?;
+        .ok_or_else(|| anyhow::anyhow!("{path}: no status line in {head:?}"))?;
     let mut r = Response {
         status,
         head,
