@@ -7,6 +7,7 @@
 // stalest first). Dense series are reduced to min/max per pixel column, so drawing costs
 // O(points in view) arithmetic but only O(width) path segments per line.
 
+import { niceTicks, timeStep, timeTicks, valueLabels } from "./axis.js";
 import { perf } from "./perf.js";
 
 /** Points kept per series: 15 minutes at 10 Hz with room to spare. */
@@ -139,6 +140,8 @@ export class LineChart {
    */
   constructor(canvas, opts) {
     this.canvas = canvas;
+    // For tests and the curious: the chart behind a canvas (its labelBoxes, series).
+    canvas.telehubChart = this;
     this.ctx = canvas.getContext("2d", { alpha: false });
     this.windowMs = opts.windowMs;
     this.unit = opts.unit || "";
@@ -293,8 +296,7 @@ export class LineChart {
       ranges.push([device, s, a, b]);
     }
 
-    const padL = 52, padR = 12, padT = 10, padB = 24;
-    const pw = Math.max(10, W - padL - padR);
+    const padR = 12, padT = 10, padB = 24;
     const ph = Math.max(10, H - padT - padB);
 
     if (!any) { lo = 0; hi = 1; }
@@ -302,9 +304,17 @@ export class LineChart {
     const yTicks = niceTicks(lo, hi, Math.max(2, Math.floor(ph / 40)));
     lo = Math.min(lo, yTicks[0]);
     hi = Math.max(hi, yTicks[yTicks.length - 1]);
+    // The value axis is as wide as its widest label: nothing is ever clipped.
+    const yLabels = valueLabels(yTicks);
+    let labelW = 0;
+    for (const l of yLabels) labelW = Math.max(labelW, ctx.measureText(l).width);
+    const padL = Math.ceil(Math.max(28, labelW + 12));
+    const pw = Math.max(10, W - padL - padR);
     const yOf = (v) => padT + ph - ((v - lo) / (hi - lo)) * ph;
     const pxPerMs = pw / this.windowMs;
     const xOf = (t) => padL + (t - tStart) * pxPerMs;
+    /** Where each label was drawn, in CSS pixels (tests check that all are inside). */
+    const boxes = (this.labelBoxes = []);
 
     // Grid and labels.
     ctx.strokeStyle = theme.grid;
@@ -313,22 +323,28 @@ export class LineChart {
     ctx.textAlign = "right";
     ctx.textBaseline = "middle";
     ctx.beginPath();
-    const decimals = tickDecimals(yTicks);
-    for (const t of yTicks) {
+    yTicks.forEach((t, i) => {
       const y = Math.round(yOf(t)) + 0.5;
       ctx.moveTo(padL, y);
       ctx.lineTo(padL + pw, y);
-      ctx.fillText(t.toFixed(decimals), padL - 6, y);
-    }
-    const step = timeStep(this.windowMs, pw);
-    ctx.textAlign = "center";
+      const w = ctx.measureText(yLabels[i]).width;
+      ctx.fillText(yLabels[i], padL - 6, y);
+      boxes.push({ text: yLabels[i], x0: padL - 6 - w, x1: padL - 6, y0: y - 7, y1: y + 7 });
+    });
+    ctx.textAlign = "left";
     ctx.textBaseline = "top";
-    const tz = new Date().getTimezoneOffset() * 60000;
-    for (let t = Math.ceil((tStart - tz) / step) * step + tz; t <= tEnd; t += step) {
+    let lastX1 = -Infinity;
+    for (const { t, label } of timeTicks(tStart, tEnd, timeStep(this.windowMs, pw))) {
       const x = Math.round(xOf(t)) + 0.5;
       ctx.moveTo(x, padT);
       ctx.lineTo(x, padT + ph);
-      if (x > padL + 16 && x < padL + pw - 16) ctx.fillText(timeLabel(t, step), x, padT + ph + 6);
+      // Centred under its tick, unless that would leave the canvas or overlap the last.
+      const w = ctx.measureText(label).width;
+      const x0 = x - w / 2;
+      if (x0 < padL - 4 || x0 + w > W - 2 || x0 < lastX1 + 8) continue;
+      ctx.fillText(label, x0, padT + ph + 6);
+      boxes.push({ text: label, x0, x1: x0 + w, y0: padT + ph + 6, y1: padT + ph + 20 });
+      lastX1 = x0 + w;
     }
     ctx.stroke();
     ctx.strokeStyle = theme.axis;
@@ -460,37 +476,4 @@ function rgba32(color) {
     rgbaCache.set(color, v);
   }
   return v;
-}
-
-/** About `count` round tick values covering [lo, hi]. */
-export function niceTicks(lo, hi, count) {
-  const span = hi - lo;
-  const raw = span / Math.max(1, count);
-  const mag = 10 ** Math.floor(Math.log10(raw));
-  const norm = raw / mag;
-  const step = (norm < 1.5 ? 1 : norm < 3 ? 2 : norm < 7 ? 5 : 10) * mag;
-  const ticks = [];
-  for (let t = Math.floor(lo / step) * step; t <= hi + step * 0.5; t += step) ticks.push(+t.toPrecision(12));
-  if (ticks.length < 2) ticks.push(ticks[0] + step);
-  return ticks;
-}
-
-function tickDecimals(ticks) {
-  const step = Math.abs(ticks[1] - ticks[0]);
-  return step >= 1 ? 0 : Math.min(6, Math.ceil(-Math.log10(step)));
-}
-
-const TIME_STEPS = [1e3, 2e3, 5e3, 10e3, 15e3, 30e3, 60e3, 120e3, 300e3, 600e3, 900e3, 1800e3, 3600e3, 7200e3, 3 * 3600e3, 6 * 3600e3];
-
-function timeStep(windowMs, px) {
-  const target = windowMs / Math.max(1, px / 90);
-  return TIME_STEPS.find((s) => s >= target) || TIME_STEPS[TIME_STEPS.length - 1];
-}
-
-function timeLabel(t, step) {
-  const d = new Date(t);
-  const hh = String(d.getHours()).padStart(2, "0");
-  const mm = String(d.getMinutes()).padStart(2, "0");
-  if (step >= 60e3) return `${hh}:${mm}`;
-  return `${hh}:${mm}:${String(d.getSeconds()).padStart(2, "0")}`;
 }

@@ -7,7 +7,8 @@
 
 import { api } from "./api.js";
 import { LineChart } from "./chart.js";
-import { el, fmtAge, fmtValue, colorFor } from "./format.js";
+import { colorFor, swatchColor } from "./colors.js";
+import { el, fmtAge, fmtValue } from "./format.js";
 import { perf } from "./perf.js";
 import { RoomConnection } from "./ws.js";
 
@@ -133,7 +134,7 @@ export function renderRoom(root, room, { ui, clientId }) {
       el("summary", {}, "Controls", el("span", { class: "sr-only" }, ` for ${name}`)), form);
     const card = el("article", { class: "card", role: "listitem", "aria-labelledby": `${id}-h`, dataset: { device: name } },
       el("header", { class: "card-head" },
-        el("span", { class: "swatch", style: `background:${colorFor(name)}`, "aria-hidden": "true" }),
+        el("span", { class: "swatch", style: `background:${swatchColor(name)}`, "aria-hidden": "true" }),
         el("h3", { id: `${id}-h` }, name),
         badge),
       dl, details, ackLine);
@@ -273,7 +274,7 @@ export function renderRoom(root, room, { ui, clientId }) {
     if (c.legendItems.has(name)) return;
     const box = el("input", { type: "checkbox", checked: true, onchange: () => c.chart.toggle(name, box.checked) });
     const li = el("li", {}, el("label", {}, box,
-      el("span", { class: "swatch", style: `background:${colorFor(name)}`, "aria-hidden": "true" }), name));
+      el("span", { class: "swatch", style: `background:${swatchColor(name)}`, "aria-hidden": "true" }), name));
     c.legendItems.set(name, li);
     const names = [...c.legendItems.keys()].sort();
     const next = names[names.indexOf(name) + 1];

@@ -20,15 +20,15 @@ use crate::cdp::Browser;
 use crate::helpers::{spawn_app, spawn_app_at, Client};
 
 /// One browser test at a time: each starts its own Chromium, and the machine is small.
-static BROWSER_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static BROWSER_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-const WAIT: Duration = Duration::from_secs(20);
+pub(crate) const WAIT: Duration = Duration::from_secs(20);
 
 // ---------------------------------------------------------------------------------------
 // Simulated devices: a real WebSocket client per device, sending a batch of readings on
 // every tick, answering commands with acks, and reconnecting when the hub goes away.
 
-struct Device {
+pub(crate) struct Device {
     /// Commands received, in order.
     commands: Arc<Mutex<Vec<Value>>>,
     /// Readings sent.
@@ -42,7 +42,7 @@ struct Device {
 impl Device {
     /// A device `id` in `room` sending `metrics` (name, unit, base value) every
     /// `interval`, with values that move (a slow sine per device plus a ramp).
-    fn spawn(
+    pub(crate) fn spawn(
         addr: SocketAddr,
         room: &str,
         id: &str,
@@ -134,7 +134,7 @@ impl Device {
         }
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         let _ = self.stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
     }
@@ -189,7 +189,7 @@ fn renderer_seconds(before: &Value, after: &Value) -> Value {
     Value::Object(out)
 }
 
-fn print_screenshot(what: &str, path: &std::path::Path) {
+pub(crate) fn print_screenshot(what: &str, path: &std::path::Path) {
     println!("screenshot ({what}): {}", path.display());
 }
 

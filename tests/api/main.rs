@@ -9,6 +9,7 @@ mod abuse;
 mod auth;
 mod backpressure;
 mod browser;
+mod dashboard;
 mod errors;
 mod history;
 mod http;
