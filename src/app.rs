@@ -38,6 +38,8 @@ pub enum ServerError {
     Listener(#[from] std::io::Error),
     #[error("cannot open history: {0}")]
     History(#[from] crate::sinks::store::StoreError),
+    #[error("cannot open the dashboard layouts: {0}")]
+    Layouts(#[from] crate::sinks::layouts::LayoutError),
     /// An MQTT bridge cannot be set up (bad config, unreadable CA file).
     #[error(transparent)]
     Bridge(#[from] crate::sources::mqtt::BridgeError),
@@ -79,6 +81,8 @@ pub async fn run(
         info!("history in memory only (persist = false)");
     }
     metrics.register_collector(history.collector());
+    let layouts = crate::sinks::layouts::Layouts::open(&settings.history)?;
+    metrics.register_collector(layouts.collector());
     // MQTT bridges: built (and their TLS set up) before anything is served, so a bad
     // one stops start-up; mirroring bridges tap WebSocket devices' readings.
     let mut bridges = Vec::new();
@@ -134,6 +138,7 @@ pub async fn run(
         hub.clone(),
         auth,
         bridge_states,
+        layouts,
         settings.server.dashboard_dir.clone(),
     ));
 

@@ -5,6 +5,7 @@
 //! - [`store`]: the SQLite file behind history, written in batches off the hot path.
 
 pub(crate) mod history;
+pub(crate) mod layouts;
 pub(crate) mod store;
 pub(crate) mod ws_writer;
 

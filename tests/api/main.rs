@@ -13,6 +13,7 @@ mod dashboard;
 mod errors;
 mod history;
 mod http;
+mod layout;
 mod lifecycle;
 mod mqtt;
 mod rooms;
