@@ -209,6 +209,13 @@ export class LineChart {
     return s;
   }
 
+  /** Draws `series` (shared with other charts, filled by its owner) as line `key`. */
+  attach(key, series) {
+    if (this.series.get(key) === series) return;
+    this.series.set(key, series);
+    this.invalidate();
+  }
+
   push(device, ts, value) {
     this.seriesFor(device).push(ts, value);
     this.dirty = true;

@@ -46,8 +46,10 @@ const ASSETS: &[Asset] = &[
     asset!("colors.js", JS),
     asset!("format.js", JS),
     asset!("home.js", JS),
+    asset!("layout.js", JS),
     asset!("perf.js", JS),
     asset!("room.js", JS),
+    asset!("timeline.js", JS),
     asset!("ws.js", JS),
 ];
 

@@ -236,3 +236,254 @@ async fn colours_follow_the_device_into_plots_and_axis_labels_fit() {
     drop(browser);
     app.stop().await;
 }
+
+/// The metrics of the panels shown, in order.
+const PANELS_JS: &str =
+    "[...document.querySelectorAll('figure.chart')].map(f => f.dataset.metric).join(',')";
+
+/// Clicks the button labelled `aria` in the panel of `metric`.
+fn click_js(metric: &str, aria: &str) -> String {
+    format!(
+        r#"(() => {{ const b = document.querySelector('figure.chart[data-metric="{metric}"] button[aria-label="{aria}"]');
+            if (!b) return false; b.click(); return true; }})()"#
+    )
+}
+
+/// The legend entries of the panel of `metric`.
+fn legend_js(metric: &str) -> String {
+    format!(
+        r#"[...document.querySelectorAll('figure.chart[data-metric="{metric}"] .legend li')].map(l => l.textContent).sort().join(',')"#
+    )
+}
+
+async fn click(page: &crate::cdp::Page, js: &str) {
+    assert_eq!(page.eval(js).await, json!(true), "{js}");
+}
+
+/// The "wall" layout of the test below: pressure (pinned), then a wide temperature
+/// chart with t1's humidity overlaid (a chart of several metrics names each line
+/// device · metric).
+async fn expect_saved_view(p: &crate::cdp::Page) {
+    p.wait_for(
+        &format!(
+            "{PANELS_JS} === 'pressure,temperature' && {} === 't1 · humidity,t1 · temperature,t2 · temperature'",
+            legend_js("temperature")
+        ),
+        WAIT,
+        "the saved layout",
+    )
+    .await;
+    let wide = p
+        .eval("document.querySelector('figure.chart[data-metric=\"temperature\"]').classList.contains('size-wide')")
+        .await;
+    assert_eq!(wide, json!(true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layout_edited_in_one_browser_is_saved_and_shown_in_another() {
+    let _one = BROWSER_TESTS.lock().await;
+    // Arrange: two devices with three metrics each.
+    let app = spawn_app().await;
+    let mut devices = Vec::new();
+    for (k, id) in ["t1", "t2"].into_iter().enumerate() {
+        let mut d = device(app.addr, "lab", id).await;
+        for (m, unit, base) in [
+            ("temperature", "°C", 21.0),
+            ("humidity", "%", 45.0),
+            ("pressure", "hPa", 1013.0),
+        ] {
+            feed(&mut d, m, unit, 60, 1000, |i| {
+                base + k as f64 + (i as f64 * 0.1).sin()
+            })
+            .await;
+        }
+        devices.push(d);
+    }
+    let browser = Browser::launch().await;
+    let page = browser.new_page(1280, 1000).await;
+    let url = format!("http://{}/#/rooms/lab", app.addr);
+    page.goto(&url).await;
+    page.wait_for(
+        &format!("{PANELS_JS} === 'humidity,pressure,temperature'"),
+        WAIT,
+        "one automatic chart per metric, by name",
+    )
+    .await;
+
+    // Act: move temperature to the front, hide humidity, pin pressure, overlay t1's
+    // humidity on the temperature chart and make it wide; save as the default "wall".
+    page.eval("document.querySelector('[data-testid=\"layout-bar\"] button').click()")
+        .await;
+    page.wait_for(
+        &click_js("temperature", "Move earlier: temperature"),
+        WAIT,
+        "edit buttons",
+    )
+    .await;
+    click(&page, &click_js("temperature", "Move earlier: temperature")).await;
+    assert_eq!(page.eval(PANELS_JS).await, "temperature,humidity,pressure");
+    click(&page, &click_js("humidity", "Hide humidity")).await;
+    click(&page, &click_js("pressure", "Pin pressure")).await;
+    assert_eq!(page.eval(PANELS_JS).await, "pressure,temperature");
+    let overlaid = page
+        .eval(
+            r#"(() => { const s = document.querySelector('figure.chart[data-metric="temperature"] select.overlay-pick');
+                s.value = 't1\u0000humidity'; s.dispatchEvent(new Event('change')); return true; })()"#,
+        )
+        .await;
+    assert_eq!(overlaid, json!(true));
+    click(
+        &page,
+        &click_js("temperature", "Change the size of temperature, humidity"),
+    )
+    .await;
+    page.wait_for(
+        &format!(
+            "{} === 't1 · humidity,t1 · temperature,t2 · temperature'",
+            legend_js("temperature")
+        ),
+        WAIT,
+        "the overlay in the temperature chart's legend",
+    )
+    .await;
+    print_screenshot(
+        "layout, editing",
+        &page.screenshot_to_dir("layout-editing").await,
+    );
+    page.eval("document.querySelector('#layout-name').value = 'wall'")
+        .await;
+    page.eval("[...document.querySelectorAll('.layout-edit button')].find(b => b.textContent === 'Save layout').click()").await;
+    page.wait_for(
+        "document.querySelector('[data-testid=\"layout-bar\"] [role=status]').textContent.includes('Saved')",
+        WAIT,
+        "the save",
+    )
+    .await;
+
+    // Assert: the hub has it, the URL names it, and a reload shows it.
+    let (status, body) = http_get(app.addr, "/api/rooms/lab/layout", "").await;
+    assert_eq!(status, 200);
+    let saved: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(saved["default"], "wall", "{saved}");
+    assert_eq!(
+        saved["layouts"][0]["hidden_metrics"],
+        json!(["humidity"]),
+        "{saved}"
+    );
+    assert!(page
+        .eval("location.hash")
+        .await
+        .as_str()
+        .unwrap()
+        .ends_with("?layout=wall"));
+    page.eval("window.beforeReload = true; location.reload(); true")
+        .await;
+    page.wait_for(
+        "!window.beforeReload && document.readyState === 'complete'",
+        WAIT,
+        "the reload",
+    )
+    .await;
+    expect_saved_view(&page).await;
+
+    // A second browser (its own context) opening the plain room URL gets the default.
+    let other = browser.new_context_page(1280, 1000).await;
+    other.goto(&url).await;
+    expect_saved_view(&other).await;
+    print_screenshot(
+        "layout, second browser",
+        &other.screenshot_to_dir("layout-second-browser").await,
+    );
+    // ?layout= picks a layout by name; an unknown name says so and shows the automatic one.
+    other.goto(&format!("{url}?layout=nope")).await;
+    other.wait_for(
+        &format!("{PANELS_JS} === 'humidity,pressure,temperature' && document.querySelector('#notice').textContent.includes('nope')"),
+        WAIT,
+        "the automatic layout and a notice",
+    )
+    .await;
+
+    // Reset to automatic: the layout is gone from the hub and the view is automatic.
+    page.eval("document.querySelector('[data-testid=\"layout-bar\"] button').click()")
+        .await;
+    page.eval("[...document.querySelectorAll('.layout-edit button')].find(b => b.textContent === 'Reset to automatic').click()").await;
+    page.wait_for(
+        &format!("{PANELS_JS} === 'humidity,pressure,temperature'"),
+        WAIT,
+        "the automatic view",
+    )
+    .await;
+    let (_, body) = http_get(app.addr, "/api/rooms/lab/layout", "").await;
+    let reset: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(reset["layouts"], json!([]), "{reset}");
+    for p in [&page, &other] {
+        assert!(p.errors().is_empty(), "page errors: {:?}", p.errors());
+    }
+    drop(devices);
+    drop(browser);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_door_sensor_shows_as_a_state_timeline_with_open_and_closed_spans() {
+    let _one = BROWSER_TESTS.lock().await;
+    // Arrange: a door that opened three times in the last five minutes, and a thermometer.
+    let app = spawn_app().await;
+    let mut door = device(app.addr, "hall", "door-1").await;
+    feed(&mut door, "open", "", 6, 50_000, |i| (i % 2) as f64).await;
+    let mut temp = device(app.addr, "hall", "t1").await;
+    feed(&mut temp, "temperature", "°C", 30, 4_000, |i| {
+        20.0 + i as f64 * 0.1
+    })
+    .await;
+    let browser = Browser::launch().await;
+    let page = browser.new_page(1280, 800).await;
+
+    // Act
+    page.goto(&format!("http://{}/#/rooms/hall", app.addr))
+        .await;
+
+    // Assert: the 0/1 series is a timeline naming its states; the other stays a line.
+    let spans = page
+        .wait_for(
+            r#"(() => { const f = document.querySelector('figure.chart[data-metric="open"][data-kind="timeline"]');
+                const ch = f?.querySelector('canvas').telehubChart;
+                if (!ch?.spans || ch.spans.length < 6) return null;
+                return ch.spans.map(s => s.label).join(','); })()"#,
+            WAIT,
+            "a state timeline of the door",
+        )
+        .await;
+    assert_eq!(spans, "closed,open,closed,open,closed,open", "{spans}");
+    let kinds = page
+        .eval("[...document.querySelectorAll('figure.chart')].map(f => f.dataset.metric + ':' + f.dataset.kind).join(',')")
+        .await;
+    assert_eq!(kinds, "open:timeline,temperature:timeseries");
+    let label = page
+        .eval("document.querySelector('figure.chart[data-metric=\"open\"] canvas').getAttribute('aria-label')")
+        .await;
+    assert!(
+        label
+            .as_str()
+            .unwrap()
+            .starts_with("State timeline of open"),
+        "{label}"
+    );
+    print_screenshot(
+        "state timeline",
+        &page.screenshot_to_dir("panel-timeline").await,
+    );
+
+    // A value other than 0 or 1 makes it a line chart.
+    feed(&mut door, "open", "", 1, 1, |_| 0.5).await;
+    page.wait_for(
+        "document.querySelector('figure.chart[data-metric=\"open\"]')?.dataset.kind === 'timeseries'",
+        WAIT,
+        "the door chart to become a line chart",
+    )
+    .await;
+    assert!(page.errors().is_empty(), "page errors: {:?}", page.errors());
+    drop((door, temp));
+    drop(browser);
+    app.stop().await;
+}
