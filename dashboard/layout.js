@@ -12,6 +12,8 @@ import { el } from "./format.js";
 
 const NAME = /^[A-Za-z0-9_.-]{1,64}$/;
 const SIZES = ["normal", "wide", "full"];
+const LAT = ["lat", "latitude"];
+const LON = ["lon", "lng", "longitude"];
 
 async function call(room, method, body) {
   const headers = { accept: "application/json" };
@@ -35,7 +37,8 @@ export const refKey = (r) => `${r.device ?? "*"}\u0000${r.metric}`;
 /**
  * What to draw, in order: layout panels (pinned first), then, when the layout is
  * automatic or has `auto`, one panel per metric that no panel shows and that is not
- * hidden, of the kind `autoKind(metric)` says (a state timeline for 0/1 series). Each spec: {id, kind, title, size, pinned, refs:[{metric, device?}], auto}.
+ * hidden, of the kind `autoKind(metric)` says (a state timeline for 0/1 series), and
+ * one GPS track for a `lat` and a `lon` metric. Each spec: {id, kind, title, size, pinned, refs:[{metric, device?}], auto}.
  */
 export function panelSpecs(layout, metrics, autoKind = () => "timeseries") {
   const specs = [];
@@ -51,7 +54,16 @@ export function panelSpecs(layout, metrics, autoKind = () => "timeseries") {
   }
   if (!layout || layout.auto !== false) {
     const hidden = new Set(layout?.hidden_metrics || []);
+    const free = (m) => m && !covered.has(m) && !hidden.has(m);
+    // Latitude and longitude together are one GPS track, where latitude would be.
+    const lat = metrics.find((m) => LAT.includes(m)), lon = metrics.find((m) => LON.includes(m));
+    const track = free(lat) && free(lon);
     for (const m of metrics) {
+      if (track && m === lat) {
+        specs.push({ id: "auto:track", kind: "track", title: "GPS track", size: "normal", pinned: false, refs: [{ metric: lat }, { metric: lon }], auto: true });
+        continue;
+      }
+      if (track && m === lon) continue;
       if (covered.has(m) || hidden.has(m)) continue;
       specs.push({ id: `auto:${m}`, kind: autoKind(m), size: "normal", pinned: false, refs: [{ metric: m }], auto: true });
     }
@@ -194,6 +206,7 @@ export class LayoutBar {
       p.series.push(ref);
     });
   }
+  setKind(i, kind) { this.edit((d) => { d.panels[i].kind = kind; }); }
   hideDevice(name) { this.edit((d) => { if (!d.hidden_devices.includes(name)) d.hidden_devices.push(name); }); }
 
   async save() {

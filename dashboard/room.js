@@ -9,6 +9,7 @@ import { api } from "./api.js";
 import { LineChart, Series } from "./chart.js";
 import { LayoutBar, panelSpecs } from "./layout.js";
 import { TimelineChart, isBinary } from "./timeline.js";
+import { GaugeChart, StatChart, TrackChart } from "./panels.js";
 import { colorFor, swatchColor } from "./colors.js";
 import { el, fmtAge, fmtValue } from "./format.js";
 import { perf } from "./perf.js";
@@ -29,6 +30,15 @@ const BACKFILL_STEP = "5s";
 const COMMAND_TIMEOUT_MS = 15000;
 const PLOT_REFRESH_MS = 15000;
 const CARD_REFRESH_MS = 200;
+
+/** The name of a panel's canvas, by kind. */
+const ARIA = {
+  timeseries: (t, per) => `Live chart of ${t}, one line per ${per}`,
+  timeline: (t, per) => `State timeline of ${t}, one row per ${per}`,
+  stat: (t) => `Latest value of ${t}, with its trend`,
+  gauge: (t) => `Gauge of ${t}`,
+  track: (t) => `GPS track of ${t}, one path per device`,
+};
 
 const COMMANDS = {
   set_interval: { label: "Set interval", arg: "ms", argLabel: "Interval (ms)", min: 20, step: 1, value: 1000 },
@@ -332,9 +342,7 @@ export function renderRoom(root, room, { ui, clientId, params = new URLSearchPar
     const unit = single ? state.metrics.get(first)?.unit || "" : "";
     const title = spec.title || [...metrics].join(", ");
     const id = `chart-${cssId(spec.id)}`;
-    const canvas = el("canvas", { role: "img", "aria-label": spec.kind === "timeline"
-      ? `State timeline of ${title}, one row per ${single ? "device" : "series"}`
-      : `Live chart of ${title}, one line per ${single ? "device" : "series"}`, dataset: { metric: first } });
+    const canvas = el("canvas", { role: "img", "aria-label": ARIA[spec.kind](title, single ? "device" : "series"), dataset: { metric: first } });
     const img = el("img", { class: "plot", alt: `Chart of ${first} rendered by the hub`, hidden: true });
     const imgNote = el("p", { class: "muted small plot-note", hidden: true });
     const legend = el("ul", { class: "legend", "aria-label": `Series in the ${title} chart` });
@@ -354,7 +362,7 @@ export function renderRoom(root, room, { ui, clientId, params = new URLSearchPar
     const keyOf = (dev, metric) => (single ? dev : `${dev} · ${metric}`);
     const opts = { windowMs: w.live ? w.ms : 15 * 60e3, unit, label: title, colorFor,
       metricOf: (key) => (single ? first : key.split(" · ").pop()) };
-    const chart = spec.kind === "timeline" ? new TimelineChart(canvas, opts) : new LineChart(canvas, opts);
+    const chart = makeChart(spec, canvas, opts);
     const wants = (dev, metric) => spec.refs.some((r) => r.metric === metric && (!r.device || r.device === dev));
     const p = { spec, fig, canvas, chart, img, imgNote, legend, legendItems: new Map(), unitEl, plotTimer: 0, wants, keyOf, metrics };
     if (editing) tools.prepend(...editTools(p, order));
@@ -366,16 +374,31 @@ export function renderRoom(root, room, { ui, clientId, params = new URLSearchPar
     return p;
   }
 
+  function makeChart(spec, canvas, opts) {
+    switch (spec.kind) {
+      case "timeline": return new TimelineChart(canvas, opts);
+      case "stat": return new StatChart(canvas, opts);
+      case "gauge": return new GaugeChart(canvas, { ...opts, min: spec.min, max: spec.max });
+      case "track": return new TrackChart(canvas, { ...opts, lat: spec.refs[0].metric, lon: spec.refs[1]?.metric });
+      default: return new LineChart(canvas, opts);
+    }
+  }
+
   function attach(p, dev, metric) {
     const key = p.keyOf(dev, metric);
     p.chart.attach(key, store.get(`${dev}\u0000${metric}`));
-    if (p.legendItems.has(key)) return;
-    const box = el("input", { type: "checkbox", checked: true, onchange: () => p.chart.toggle(key, box.checked) });
+    // A track's legend is per device (its path is one line of both series).
+    const track = p.spec.kind === "track";
+    const item = track ? dev : key;
+    if (p.legendItems.has(item)) return;
+    const box = el("input", { type: "checkbox", checked: true, onchange: () => {
+      for (const k of [...p.chart.series.keys()]) if (track ? k.startsWith(`${dev} · `) : k === key) p.chart.toggle(k, box.checked);
+    } });
     const li = el("li", {}, el("label", {}, box,
-      el("span", { class: "swatch", style: `background:${swatchColor(key)}`, "aria-hidden": "true" }), key));
-    p.legendItems.set(key, li);
+      el("span", { class: "swatch", style: `background:${swatchColor(item)}`, "aria-hidden": "true" }), item));
+    p.legendItems.set(item, li);
     const names = [...p.legendItems.keys()].sort();
-    const next = names[names.indexOf(key) + 1];
+    const next = names[names.indexOf(item) + 1];
     p.legend.insertBefore(li, next ? p.legendItems.get(next) : null);
   }
 
@@ -392,7 +415,11 @@ export function renderRoom(root, room, { ui, clientId, params = new URLSearchPar
       const [dev, metric] = k.split("\u0000");
       return !p.spec.refs.some((r) => r.metric === metric && r.device === dev);
     }).map((k) => el("option", { value: k }, k.replace("\u0000", " · "))));
+    const kinds = ["timeseries", "timeline", "stat", "gauge"].concat(p.spec.refs.length === 2 ? ["track"] : []);
+    const kind = el("select", { class: "kind-pick", "aria-label": `Kind of ${name}`, onchange: () => bar.setKind(i, kind.value) },
+      kinds.map((k) => el("option", { value: k, selected: k === p.spec.kind }, k)));
     return [
+      kind,
       b(p.spec.pinned ? "Unpin" : "Pin", p.spec.pinned ? "Unpin" : "Pin", () => bar.togglePin(i), { "aria-pressed": String(p.spec.pinned) }),
       b("←", "Move earlier:", () => bar.move(i, -1, order)),
       b("→", "Move later:", () => bar.move(i, +1, order)),

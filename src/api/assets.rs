@@ -47,6 +47,7 @@ const ASSETS: &[Asset] = &[
     asset!("format.js", JS),
     asset!("home.js", JS),
     asset!("layout.js", JS),
+    asset!("panels.js", JS),
     asset!("perf.js", JS),
     asset!("room.js", JS),
     asset!("timeline.js", JS),

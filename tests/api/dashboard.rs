@@ -487,3 +487,95 @@ async fn a_door_sensor_shows_as_a_state_timeline_with_open_and_closed_spans() {
     drop(browser);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gps_tracker_shows_a_track_and_a_layout_shows_stat_and_gauge_panels() {
+    let _one = BROWSER_TESTS.lock().await;
+    // Arrange: a tracker driving north-east at about 36 km/h, and a thermometer.
+    let app = spawn_app().await;
+    let mut gps = device(app.addr, "fleet", "gps-1").await;
+    feed(&mut gps, "lat", "°", 60, 2000, |i| {
+        52.3836 + i as f64 * 0.000127
+    })
+    .await;
+    feed(&mut gps, "lon", "°", 60, 2000, |i| {
+        4.9003 + i as f64 * 0.000208
+    })
+    .await;
+    feed(&mut gps, "speed", "km/h", 60, 2000, |_| 36.0).await;
+    let mut temp = device(app.addr, "fleet", "t1").await;
+    feed(&mut temp, "temperature", "°C", 60, 2000, |i| {
+        20.0 + i as f64 * 0.05
+    })
+    .await;
+    let layout = json!({"layouts": [{"name": "kinds", "panels": [
+        {"kind": "stat", "series": [{"metric": "temperature"}]},
+        {"kind": "gauge", "min": 0.0, "max": 40.0, "series": [{"metric": "temperature", "device": "t1"}]}]}]});
+    let (status, _) =
+        crate::layout::put(app.addr, "/api/rooms/fleet/layout", &layout.to_string(), "").await;
+    assert_eq!(status, 200);
+    let browser = Browser::launch().await;
+    let page = browser.new_page(1280, 800).await;
+
+    // Act
+    page.goto(&format!("http://{}/#/rooms/fleet", app.addr))
+        .await;
+
+    // Assert: lat and lon are one track panel (speed stays a chart), drawn with its points.
+    let track = page
+        .wait_for(
+            r#"(() => { const ch = document.querySelector('figure.chart[data-kind="track"] canvas')?.telehubChart;
+                const t = ch?.track; return t?.devices?.[0]?.points >= 50 ? t : null; })()"#,
+            WAIT,
+            "a GPS track",
+        )
+        .await;
+    assert_eq!(track["devices"][0]["device"], "gps-1", "{track}");
+    let latest = &track["latest"][0];
+    assert!(
+        (latest["lat"].as_f64().unwrap() - (52.3836 + 59.0 * 0.000127)).abs() < 1e-9,
+        "{track}"
+    );
+    let kmh = latest["speed_kmh"].as_f64().unwrap();
+    assert!(
+        (30.0..45.0).contains(&kmh),
+        "speed from the fixes: {kmh} km/h"
+    );
+    let kinds = page
+        .eval("[...document.querySelectorAll('figure.chart')].map(f => f.dataset.metric + ':' + f.dataset.kind).join(',')")
+        .await;
+    assert_eq!(kinds, "lat:track,speed:timeseries,temperature:timeseries");
+    print_screenshot("GPS track", &page.screenshot_to_dir("panel-track").await);
+
+    // A layout by URL: a stat and a gauge of the temperature, then the automatic rest.
+    page.goto(&format!("http://{}/#/rooms/fleet?layout=kinds", app.addr))
+        .await;
+    let stat = page
+        .wait_for(
+            r#"(() => { const ch = document.querySelector('figure.chart[data-kind="stat"] canvas')?.telehubChart;
+                const n = ch ? [...ch.series.values()].reduce((a, s) => a + s.length, 0) : 0;
+                return n >= 50 && !ch.dirty ? ch.stat : null; })()"#,
+            WAIT,
+            "the stat panel",
+        )
+        .await;
+    assert!(stat["text"].as_str().unwrap().ends_with("°C"), "{stat}");
+    assert_eq!(stat["trend"], "▲", "the temperature rises: {stat}");
+    let gauge = page
+        .wait_for(
+            r#"document.querySelector('figure.chart[data-kind="gauge"] canvas')?.telehubChart?.gauge ?? null"#,
+            WAIT,
+            "the gauge panel",
+        )
+        .await;
+    let f = gauge["fraction"].as_f64().unwrap();
+    assert!((0.5..0.6).contains(&f), "about 23 of 0..40: {gauge}");
+    print_screenshot(
+        "stat and gauge",
+        &page.screenshot_to_dir("panel-stat-gauge").await,
+    );
+    assert!(page.errors().is_empty(), "page errors: {:?}", page.errors());
+    drop((gps, temp));
+    drop(browser);
+    app.stop().await;
+}
