@@ -313,6 +313,7 @@ export function renderRoom(root, room, { ui, clientId, params = new URLSearchPar
     for (const p of panels) charts.append(p.fig);
     noCharts.hidden = panels.length > 0;
     applyCardLayout();
+    describePanels();
   }
   let materializeNext = false;
 
@@ -348,12 +349,16 @@ export function renderRoom(root, room, { ui, clientId, params = new URLSearchPar
     const legend = el("ul", { class: "legend", "aria-label": `Series in the ${title} chart` });
     const unitEl = el("span", { class: "muted" }, unit ? ` (${unit})` : "");
     const tools = el("div", { class: "chart-tools" });
+    // The chart as text, for screen readers: latest, min and max per line over the window.
+    const alt = el("p", { id: `${id}-alt`, class: "sr-only chart-alt" });
+    canvas.setAttribute("aria-describedby", alt.id);
     const fig = el("figure", { class: `chart size-${spec.size || "normal"}${spec.pinned ? " pinned" : ""}`, "aria-labelledby": `${id}-h`,
       dataset: { metric: first, panel: spec.id, kind: spec.kind } },
       el("figcaption", { class: "chart-head" },
         el("h3", { id: `${id}-h` }, title, unitEl, spec.pinned ? el("span", { class: "pin" }, "pinned") : null),
         tools),
       el("div", { class: "chart-box" }, canvas, img, imgNote),
+      alt,
       legend);
     tools.append(el("button", { type: "button", class: "btn small ghost", "aria-label": `Download ${first} as CSV`,
       onclick: () => downloadCsv(first) }, "CSV"));
@@ -364,7 +369,7 @@ export function renderRoom(root, room, { ui, clientId, params = new URLSearchPar
       metricOf: (key) => (single ? first : key.split(" · ").pop()) };
     const chart = makeChart(spec, canvas, opts);
     const wants = (dev, metric) => spec.refs.some((r) => r.metric === metric && (!r.device || r.device === dev));
-    const p = { spec, fig, canvas, chart, img, imgNote, legend, legendItems: new Map(), unitEl, plotTimer: 0, wants, keyOf, metrics };
+    const p = { spec, fig, canvas, chart, img, imgNote, legend, legendItems: new Map(), unitEl, plotTimer: 0, wants, keyOf, metrics, alt, title };
     if (editing) tools.prepend(...editTools(p, order));
     for (const r of spec.refs) {
       const devs = r.device ? [r.device] : [...(devicesOf.get(r.metric) || [])];
@@ -401,6 +406,29 @@ export function renderRoom(root, room, { ui, clientId, params = new URLSearchPar
     const next = names[names.indexOf(item) + 1];
     p.legend.insertBefore(li, next ? p.legendItems.get(next) : null);
   }
+
+  /** Refreshes each panel's text alternative (every few seconds: screen readers read it
+   *  on demand, and rewriting it on every reading would only cost). */
+  function describePanels() {
+    const w = WINDOWS.find((x) => x.key === state.window);
+    const since = Date.now() - (w.live ? w.ms : 15 * 60e3);
+    for (const p of panels) {
+      const parts = [];
+      for (const [key, s] of p.chart.series) {
+        if (!s.length) continue;
+        let lo = Infinity, hi = -Infinity;
+        for (let i = Math.max(s.start, s.lowerBound(since)); i < s.end; i++) { lo = Math.min(lo, s.v[i]); hi = Math.max(hi, s.v[i]); }
+        const u = p.chart.unit ? ` ${p.chart.unit}` : "";
+        const last = fmtValue(s.v[s.end - 1]);
+        parts.push(lo <= hi
+          ? `${key}: latest ${last}${u}, min ${fmtValue(lo)}, max ${fmtValue(hi)}`
+          : `${key}: latest ${last}${u}`);
+      }
+      const text = parts.length ? `${p.title} over the last ${w.live ? w.key : "15m"}. ${parts.sort().join("; ")}.` : `${p.title}: no readings yet.`;
+      if (p.alt.textContent !== text) p.alt.textContent = text;
+    }
+  }
+  timers.push(setInterval(describePanels, 3000));
 
   /** The editing buttons of a panel: pin, move, size, overlay another series, hide. */
   function editTools(p, order) {

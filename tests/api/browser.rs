@@ -30,7 +30,7 @@ pub(crate) const WAIT: Duration = Duration::from_secs(20);
 
 pub(crate) struct Device {
     /// Commands received, in order.
-    commands: Arc<Mutex<Vec<Value>>>,
+    pub(crate) commands: Arc<Mutex<Vec<Value>>>,
     /// Readings sent.
     sent: Arc<AtomicU64>,
     /// Connections made (1 after the first connect).

@@ -579,3 +579,157 @@ async fn a_gps_tracker_shows_a_track_and_a_layout_shows_stat_and_gauge_panels() 
     drop(browser);
     app.stop().await;
 }
+
+/// Presses `key` (with its DOM `code` and Windows key code) in `page`.
+async fn press(page: &crate::cdp::Page, key: &str, code: u32, text: &str) {
+    for kind in ["keyDown", "keyUp"] {
+        page.call(
+            "Input.dispatchKeyEvent",
+            json!({"type": kind, "key": key, "code": key, "windowsVirtualKeyCode": code,
+                   "text": if kind == "keyDown" { text } else { "" }}),
+        )
+        .await;
+    }
+}
+
+/// Presses Tab until `expr` (about `document.activeElement`) is true; panics after 120.
+async fn tab_to(page: &crate::cdp::Page, expr: &str, what: &str) -> usize {
+    for n in 1..=120 {
+        press(page, "Tab", 9, "").await;
+        if page.eval(expr).await == json!(true) {
+            return n;
+        }
+    }
+    panic!("Tab never reached {what}");
+}
+
+/// The focused element's outline, as the page shows it (focus must be visible).
+const FOCUS_RING: &str = "(() => { const cs = getComputedStyle(document.activeElement); \
+    return cs.outlineStyle !== 'none' && parseFloat(cs.outlineWidth) >= 2; })()";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyboard_only_sends_a_command_with_visible_focus_and_charts_have_text() {
+    let _one = BROWSER_TESTS.lock().await;
+    // Arrange
+    let app = spawn_app().await;
+    let dev = crate::browser::Device::spawn(
+        app.addr,
+        "desk",
+        "climate-1",
+        &[("temperature", "°C", 21.5)],
+        Duration::from_millis(200),
+    );
+    let browser = Browser::launch().await;
+    let page = browser.new_page(1280, 900).await;
+    page.goto(&format!("http://{}/#/rooms/desk", app.addr))
+        .await;
+    page.wait_for(
+        r#"document.querySelector('[data-device="climate-1"] [data-testid="presence"]')?.textContent.startsWith('online')"#,
+        WAIT,
+        "climate-1 online",
+    )
+    .await;
+
+    // Act: from the top of the page, with the keyboard only: Tab to the card's
+    // Controls, open them, Tab to the interval, type it, Tab to Send, press Enter.
+    page.eval("document.activeElement?.blur(); window.scrollTo(0, 0); true")
+        .await;
+    let presses = tab_to(
+        &page,
+        r#"document.activeElement?.matches('[data-device="climate-1"] summary')"#,
+        "the Controls of climate-1",
+    )
+    .await;
+    assert_eq!(
+        page.eval(FOCUS_RING).await,
+        json!(true),
+        "the focus is visible on Controls"
+    );
+    press(&page, "Enter", 13, "\r").await;
+    page.wait_for(
+        "document.querySelector('[data-device=\"climate-1\"] details').open",
+        WAIT,
+        "the Controls open",
+    )
+    .await;
+    tab_to(
+        &page,
+        "document.activeElement?.name === 'command'",
+        "the command picker",
+    )
+    .await;
+    assert_eq!(
+        page.eval(FOCUS_RING).await,
+        json!(true),
+        "the focus is visible on the picker"
+    );
+    assert_eq!(
+        page.eval("document.activeElement.value").await,
+        "set_interval"
+    );
+    tab_to(
+        &page,
+        "document.activeElement?.name === 'arg'",
+        "the interval field",
+    )
+    .await;
+    // Ctrl+A, then type over the default.
+    for kind in ["keyDown", "keyUp"] {
+        page.call(
+            "Input.dispatchKeyEvent",
+            json!({"type": kind, "key": "a", "code": "KeyA", "windowsVirtualKeyCode": 65,
+                   "modifiers": 2, "commands": ["selectAll"]}),
+        )
+        .await;
+    }
+    page.call("Input.insertText", json!({"text": "250"})).await;
+    tab_to(
+        &page,
+        "document.activeElement?.textContent === 'Send'",
+        "Send",
+    )
+    .await;
+    assert_eq!(
+        page.eval(FOCUS_RING).await,
+        json!(true),
+        "the focus is visible on Send"
+    );
+    press(&page, "Enter", 13, "\r").await;
+
+    // Assert: the device got the command and the card shows its ack.
+    page.wait_for(
+        r#"document.querySelector('[data-device="climate-1"] [data-testid="cmd-status"]').textContent.includes('acknowledged')"#,
+        WAIT,
+        "the ack on the card",
+    )
+    .await;
+    let got = dev.commands.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["name"], "set_interval");
+    assert_eq!(got[0]["args"], json!({"ms": 250}));
+    println!("{presses} Tab presses to the Controls");
+    print_screenshot(
+        "keyboard, command sent",
+        &page.screenshot_to_dir("keyboard-command").await,
+    );
+
+    // The chart has a text alternative: latest, min and max over the window.
+    let alt = page
+        .wait_for(
+            r#"(() => { const c = document.querySelector('canvas[data-metric="temperature"]');
+                const d = document.getElementById(c.getAttribute('aria-describedby'));
+                return d && d.textContent.includes('min') ? d.textContent : ''; })()"#,
+            WAIT,
+            "the chart's text alternative",
+        )
+        .await;
+    let alt = alt.as_str().unwrap();
+    assert!(
+        alt.contains("climate-1: latest") && alt.contains("max"),
+        "{alt}"
+    );
+    assert!(page.errors().is_empty(), "page errors: {:?}", page.errors());
+    dev.stop().await;
+    drop(browser);
+    app.stop().await;
+}
