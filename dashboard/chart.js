@@ -269,7 +269,8 @@ export class LineChart {
       grid: v("--chart-grid", "#e5e7eb"),
       axis: v("--chart-axis", "#6b7280"),
       text: v("--chart-text", "#374151"),
-      font: `12px ${cs.fontFamily || "system-ui, sans-serif"}`,
+      // Kiosk mode sets a larger size, for reading across a room.
+      font: `${v("--chart-font-size", "12px")} ${cs.fontFamily || "system-ui, sans-serif"}`,
     };
   }
 

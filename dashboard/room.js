@@ -10,6 +10,7 @@ import { LineChart, Series } from "./chart.js";
 import { LayoutBar, panelSpecs } from "./layout.js";
 import { TimelineChart, isBinary } from "./timeline.js";
 import { GaugeChart, StatChart, TrackChart } from "./panels.js";
+import { startKiosk } from "./kiosk.js";
 import { colorFor, swatchColor } from "./colors.js";
 import { el, fmtAge, fmtValue } from "./format.js";
 import { perf } from "./perf.js";
@@ -62,6 +63,8 @@ export function renderRoom(root, room, { ui, clientId, params = new URLSearchPar
     acks: [], // {id, device, name, ok, result, error}
     historyAvailable: null,
     lastCsv: null, // {url, status, bytes} of the last CSV download
+    lastReadingAt: 0, // when the last live reading arrived (Date.now())
+    kiosk: null, // kiosk mode's state: {wakeLock, stale}
     window: "5m",
   };
   let destroyed = false;
@@ -610,6 +613,7 @@ export function renderRoom(root, room, { ui, clientId, params = new URLSearchPar
     switch (msg.type) {
       case "reading":
         state.readings += 1;
+        state.lastReadingAt = Date.now();
         state.offset = conn.offset;
         applyReading(msg);
         break;
@@ -672,6 +676,7 @@ export function renderRoom(root, room, { ui, clientId, params = new URLSearchPar
 
   function onStatus(s) {
     state.conn = s.state;
+    kiosk?.update();
     clearInterval(countdown);
     if (s.state === "live") ui.setConn("live", "Live", `${room}`);
     else if (s.state === "connecting") ui.setConn("connecting", "Connecting…");
@@ -755,6 +760,8 @@ export function renderRoom(root, room, { ui, clientId, params = new URLSearchPar
   }
 
   // ---- start -----------------------------------------------------------------------
+  const kiosk = params.get("kiosk") === "1" ? startKiosk(() => ({ conn: state.conn, lastReadingAt: state.lastReadingAt })) : null;
+  state.kiosk = kiosk?.info ?? null;
   const conn = new RoomConnection(room, clientId, { onStatus, onWelcome, onMessage });
   conn.start();
   bar.load();
@@ -767,6 +774,7 @@ export function renderRoom(root, room, { ui, clientId, params = new URLSearchPar
     destroy() {
       destroyed = true;
       conn.stop();
+      kiosk?.stop();
       for (const t of timers) clearInterval(t);
       clearInterval(countdown);
       if (cardsRaf) cancelAnimationFrame(cardsRaf);

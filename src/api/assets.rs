@@ -46,6 +46,7 @@ const ASSETS: &[Asset] = &[
     asset!("colors.js", JS),
     asset!("format.js", JS),
     asset!("home.js", JS),
+    asset!("kiosk.js", JS),
     asset!("layout.js", JS),
     asset!("panels.js", JS),
     asset!("perf.js", JS),

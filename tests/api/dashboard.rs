@@ -733,3 +733,85 @@ async fn keyboard_only_sends_a_command_with_visible_focus_and_charts_have_text()
     drop(browser);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kiosk_mode_hides_controls_shows_staleness_and_recovers_after_a_hub_restart() {
+    let _one = BROWSER_TESTS.lock().await;
+    // Arrange
+    let hub = spawn_app().await;
+    let addr = hub.addr;
+    let dev = crate::browser::Device::spawn(
+        addr,
+        "plant",
+        "meter-1",
+        &[("power", "W", 1200.0)],
+        Duration::from_millis(100),
+    );
+    let browser = Browser::launch().await;
+    let page = browser.new_page(1920, 1080).await;
+
+    // Act
+    page.goto(&format!("http://{addr}/#/rooms/plant?kiosk=1"))
+        .await;
+
+    // Assert: kiosk look (no controls, large text), live, the Wake Lock asked for.
+    page.wait_for(
+        "document.documentElement.classList.contains('kiosk') && window.telehub.view?.conn === 'live' && window.telehub.view.readings > 5",
+        WAIT,
+        "a live kiosk page",
+    )
+    .await;
+    let look = page
+        .eval(
+            r#"[document.querySelector('.room-tools').offsetParent === null,
+                document.querySelector('[data-device="meter-1"] details.controls')?.offsetParent === null,
+                parseFloat(getComputedStyle(document.documentElement).fontSize)]"#,
+        )
+        .await;
+    assert_eq!(look[0], json!(true), "controls hidden: {look}");
+    assert_eq!(look[1], json!(true), "device controls hidden: {look}");
+    assert!(look[2].as_f64().unwrap() >= 24.0, "large text: {look}");
+    let wake = page
+        .wait_for(
+            "window.telehub.view.kiosk.wakeLock !== 'requesting' && window.telehub.view.kiosk.wakeLock",
+            WAIT,
+            "the Wake Lock answer",
+        )
+        .await;
+    println!("Wake Lock in headless Chromium: {wake}");
+    print_screenshot("kiosk", &page.screenshot_to_dir("kiosk").await);
+
+    // The hub goes away: the page says how old its data is.
+    hub.stop().await;
+    let banner = page
+        .wait_for(
+            "(() => { const b = document.querySelector('#kiosk-stale'); return b && !b.hidden && b.textContent.includes('old') ? b.textContent : ''; })()",
+            WAIT,
+            "the staleness banner",
+        )
+        .await;
+    println!("while the hub is down: {banner}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    print_screenshot(
+        "kiosk, hub down",
+        &page.screenshot_to_dir("kiosk-stale").await,
+    );
+    let before = page
+        .eval("window.telehub.view.readings")
+        .await
+        .as_u64()
+        .unwrap();
+
+    // It comes back by itself once the hub is back, and the banner goes.
+    let hub = crate::helpers::spawn_app_at(addr).await;
+    page.wait_for(
+        &format!("window.telehub.view.conn === 'live' && window.telehub.view.readings > {before} + 10 && document.querySelector('#kiosk-stale').hidden"),
+        WAIT,
+        "the kiosk page live again",
+    )
+    .await;
+    assert!(page.errors().is_empty(), "page errors: {:?}", page.errors());
+    dev.stop().await;
+    drop(browser);
+    hub.stop().await;
+}
