@@ -148,6 +148,7 @@ export class LineChart {
     this.label = opts.label;
     this.colorFor = opts.colorFor;
     this.series = new Map(); // device -> Series
+    this.view = null; // {from, to, series: Map(device -> Series)} while zoomed (zoom.js)
     this.hidden = new Set(); // devices toggled off in the legend
     this.dirty = true;
     this.drawnAt = 0;
@@ -284,13 +285,15 @@ export class LineChart {
     ctx.fillRect(0, 0, W, H);
     ctx.font = theme.font;
 
-    const tEnd = Date.now();
-    const tStart = tEnd - this.windowMs;
+    // Following now, or a range zoomed into (zoom.js), drawn from the series it fetched.
+    const tEnd = this.view ? this.view.to : Date.now();
+    const tStart = this.view ? this.view.from : tEnd - this.windowMs;
+    const span = tEnd - tStart;
 
     // Value range over what is in view.
     let lo = Infinity, hi = -Infinity, any = false;
     const ranges = [];
-    for (const [device, s] of this.series) {
+    for (const [device, s] of this.view?.series || this.series) {
       if (this.hidden.has(device) || !s.length) continue;
       const a = Math.max(s.start, s.lowerBound(tStart) - 1);
       const b = s.end;
@@ -319,7 +322,10 @@ export class LineChart {
     const padL = Math.ceil(Math.max(28, labelW + 12));
     const pw = Math.max(10, W - padL - padR);
     const yOf = (v) => padT + ph - ((v - lo) / (hi - lo)) * ph;
-    const pxPerMs = pw / this.windowMs;
+    const pxPerMs = pw / span;
+    // Fetched buckets are `step` apart: only a longer pause is a gap.
+    const gap = Math.max(GAP_MS, (this.view?.step || 0) * 2.5);
+    this.plot = { padL, pw, tStart, tEnd };
     const xOf = (t) => padL + (t - tStart) * pxPerMs;
     /** Where each label was drawn, in CSS pixels (tests check that all are inside). */
     const boxes = (this.labelBoxes = []);
@@ -342,7 +348,7 @@ export class LineChart {
     ctx.textAlign = "left";
     ctx.textBaseline = "top";
     let lastX1 = -Infinity;
-    for (const { t, label } of timeTicks(tStart, tEnd, timeStep(this.windowMs, pw))) {
+    for (const { t, label } of timeTicks(tStart, tEnd, timeStep(span, pw))) {
       const x = Math.round(xOf(t)) + 0.5;
       ctx.moveTo(x, padT);
       ctx.lineTo(x, padT + ph);
@@ -384,11 +390,11 @@ export class LineChart {
       const dpr = this.dpr;
       const lw = Math.round(pw * dpr), lh = Math.round(ph * dpr);
       const layer = this.pixelLayer(lw, lh);
-      const pxPerMsDev = lw / this.windowMs;
+      const pxPerMsDev = lw / span;
       const scaleY = (lh - 1) / (hi - lo);
       const half = Math.max(0.5, (ctx.lineWidth * dpr) / 2);
       for (const [device, s, a, b] of dense) {
-        segments += rasterColumns(layer.pix, lw, lh, s, a, b, tStart, pxPerMsDev, hi, scaleY, half, rgba32(this.colorFor(device)));
+        segments += rasterColumns(layer.pix, lw, lh, s, a, b, tStart, pxPerMsDev, hi, scaleY, half, rgba32(this.colorFor(device)), gap);
       }
       layer.ctx.putImageData(layer.image, 0, 0);
       ctx.drawImage(layer.canvas, padL, padT, pw, ph);
@@ -398,7 +404,7 @@ export class LineChart {
       if (b - a <= pw * 1.5) {
         ctx.strokeStyle = color;
         ctx.beginPath();
-        segments += traceAll(ctx, s, a, b, xOf, yOf);
+        segments += traceAll(ctx, s, a, b, xOf, yOf, gap);
         ctx.stroke();
       }
       ctx.fillStyle = color;
@@ -415,12 +421,12 @@ export class LineChart {
   }
 }
 
-function traceAll(ctx, s, a, b, xOf, yOf) {
+function traceAll(ctx, s, a, b, xOf, yOf, gap) {
   let prevT = -Infinity;
   for (let i = a; i < b; i++) {
     const t = s.ts[i];
     const x = xOf(t), y = yOf(s.v[i]);
-    if (t - prevT > GAP_MS) ctx.moveTo(x, y); else ctx.lineTo(x, y);
+    if (t - prevT > gap) ctx.moveTo(x, y); else ctx.lineTo(x, y);
     prevT = t;
   }
   return b - a;
@@ -434,7 +440,7 @@ function traceAll(ctx, s, a, b, xOf, yOf) {
  * and skips the canvas's path machinery entirely: with 50 lines of 10 Hz data, stroking
  * cost ~125 ms a chart in Chromium's software raster, this costs a few.
  */
-function rasterColumns(pix, w, h, s, a, b, tStart, pxPerMs, hi, scaleY, half, color) {
+function rasterColumns(pix, w, h, s, a, b, tStart, pxPerMs, hi, scaleY, half, color, gap) {
   let col = NaN, mn = 0, mx = 0, last = NaN, prevLast = NaN, prevT = -Infinity, n = 0;
   const flush = () => {
     if (col < 0 || col >= w) return;
@@ -449,7 +455,7 @@ function rasterColumns(pix, w, h, s, a, b, tStart, pxPerMs, hi, scaleY, half, co
     const t = s.ts[i];
     const x = Math.floor((t - tStart) * pxPerMs);
     const y = (hi - s.v[i]) * scaleY;
-    const breaks = t - prevT > GAP_MS;
+    const breaks = t - prevT > gap;
     prevT = t;
     if (x !== col || breaks) {
       if (col === col) flush();

@@ -11,6 +11,7 @@ import { LayoutBar, panelSpecs } from "./layout.js";
 import { TimelineChart, isBinary } from "./timeline.js";
 import { GaugeChart, StatChart, TrackChart } from "./panels.js";
 import { startKiosk } from "./kiosk.js";
+import { zoomable } from "./zoom.js";
 import { colorFor, swatchColor } from "./colors.js";
 import { el, fmtAge, fmtValue } from "./format.js";
 import { perf } from "./perf.js";
@@ -306,7 +307,7 @@ export function renderRoom(root, room, { ui, clientId, params = new URLSearchPar
 
   function buildPanels() {
     if (destroyed || !bar.loaded) return;
-    for (const p of panels) { p.chart.destroy(); clearInterval(p.plotTimer); p.fig.remove(); }
+    for (const p of panels) { p.chart.destroy(); p.zoom?.destroy(); clearInterval(p.plotTimer); p.fig.remove(); }
     const specs = panelSpecs(layout, [...state.metrics.keys()].sort(), autoKind);
     if (editing && materializeNext) { materializeNext = false; bar.materialize(specs); return buildPanels(); }
     const order = specs.filter((s) => !s.auto).map((s) => s.index);
@@ -378,6 +379,7 @@ export function renderRoom(root, room, { ui, clientId, params = new URLSearchPar
       const devs = r.device ? [r.device] : [...(devicesOf.get(r.metric) || [])];
       for (const dev of devs) if (store.has(`${dev}\u0000${r.metric}`)) attach(p, dev, r.metric);
     }
+    if (spec.kind === "timeseries") p.zoom = zoomable(p, room, tools);
     if (!w.live) showPlot(p);
     return p;
   }

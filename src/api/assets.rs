@@ -53,6 +53,7 @@ const ASSETS: &[Asset] = &[
     asset!("room.js", JS),
     asset!("timeline.js", JS),
     asset!("ws.js", JS),
+    asset!("zoom.js", JS),
 ];
 
 /// GET / (index.html) and GET /{file}: the dashboard, embedded or from `dir`.

@@ -815,3 +815,121 @@ async fn kiosk_mode_hides_controls_shows_staleness_and_recovers_after_a_hub_rest
     drop(browser);
     hub.stop().await;
 }
+
+async fn mouse(page: &crate::cdp::Page, kind: &str, x: f64, y: f64, clicks: u32) {
+    page.call(
+        "Input.dispatchMouseEvent",
+        json!({"type": kind, "x": x, "y": y, "button": "left", "buttons": if kind == "mouseReleased" { 0 } else { 1 },
+               "clickCount": clicks}),
+    )
+    .await;
+}
+
+/// The zoomed view of the `level` chart once its range has arrived from the hub.
+const ZOOMED_JS: &str = r#"(() => { const ch = document.querySelector('canvas[data-metric="level"]').telehubChart;
+    const v = ch.view; if (!v || v.loading || !v.fetched) return null;
+    let min = Infinity; for (const s of v.series.values()) if (s.length) min = Math.min(min, s.ts[s.start]);
+    return { from: v.from, to: v.to, step: v.fetched.step, points: v.points, oldest: min,
+             live_button: !document.querySelector('figure.chart[data-metric="level"] .chart-tools button.primary').hidden }; })()"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zooming_out_and_drag_zooming_into_the_last_hour_loads_the_range_from_rest() {
+    let _one = BROWSER_TESTS.lock().await;
+    // Arrange: an hour of readings, one every 10 s (the live chart holds 15 minutes).
+    let app = spawn_app().await;
+    let mut d = device(app.addr, "tank", "level-1").await;
+    feed(&mut d, "level", "cm", 360, 10_000, |i| {
+        100.0 + (i as f64 * 0.05).sin() * 20.0
+    })
+    .await;
+    let browser = Browser::launch().await;
+    let page = browser.new_page(1280, 800).await;
+    page.goto(&format!("http://{}/#/rooms/tank", app.addr))
+        .await;
+    page.wait_for(
+        "document.querySelector('canvas[data-metric=\"level\"]')?.telehubChart?.plot && [...document.querySelector('canvas[data-metric=\"level\"]').telehubChart.series.values()].some(s => s.length > 50)",
+        WAIT,
+        "the level chart with its 15 minutes",
+    )
+    .await;
+    let now = now_ms() as f64;
+
+    // Act: focus the chart and zoom out with the keyboard to 80 minutes.
+    page.eval("document.querySelector('canvas[data-metric=\"level\"]').focus(); true")
+        .await;
+    for _ in 0..4 {
+        press(&page, "-", 189, "-").await;
+    }
+
+    // Assert: the chart asked the hub for the range and draws points from 60 minutes ago,
+    // which the live series (15 minutes) do not have.
+    let out = page
+        .wait_for(
+            &format!("(() => {{ const z = {ZOOMED_JS}; return z && z.to - z.from > 70 * 60e3 ? z : null; }})()"),
+            WAIT,
+            "the zoomed-out range from REST",
+        )
+        .await;
+    println!("zoomed out: {out}");
+    assert!(out["points"].as_u64().unwrap() >= 300, "{out}");
+    assert!(out["oldest"].as_f64().unwrap() < now - 55.0 * 60e3, "{out}");
+    assert_eq!(out["live_button"], json!(true));
+    let asked = page
+        .eval("performance.getEntriesByType('resource').map(e => e.name).filter(n => n.includes('/history?') && n.includes('to=')).length")
+        .await;
+    assert!(
+        asked.as_u64().unwrap() >= 1,
+        "history requests with a range: {asked}"
+    );
+
+    // Drag across the middle of the plot: the chart zooms into that span, finer.
+    let r = page
+        .eval("(() => { const c = document.querySelector('canvas[data-metric=\"level\"]'); const b = c.getBoundingClientRect(); const p = c.telehubChart.plot; return [b.left + p.padL, p.pw, b.top + b.height / 2]; })()")
+        .await;
+    let (left, pw, y) = (
+        r[0].as_f64().unwrap(),
+        r[1].as_f64().unwrap(),
+        r[2].as_f64().unwrap(),
+    );
+    mouse(&page, "mousePressed", left + pw * 0.2, y, 1).await;
+    mouse(&page, "mouseMoved", left + pw * 0.3, y, 1).await;
+    mouse(&page, "mouseMoved", left + pw * 0.4, y, 1).await;
+    print_screenshot("drag-zoom", &page.screenshot_to_dir("zoom-drag").await);
+    mouse(&page, "mouseReleased", left + pw * 0.4, y, 1).await;
+    let zin = page
+        .wait_for(
+            &format!("(() => {{ const z = {ZOOMED_JS}; return z && z.to - z.from < 25 * 60e3 ? z : null; }})()"),
+            WAIT,
+            "the dragged range from REST",
+        )
+        .await;
+    println!("dragged: {zin}");
+    let span = zin["to"].as_f64().unwrap() - zin["from"].as_f64().unwrap();
+    assert!(
+        (12.0 * 60e3..20.0 * 60e3).contains(&span),
+        "a fifth of 80 minutes: {zin}"
+    );
+    assert!(
+        zin["to"].as_f64().unwrap() < now - 30.0 * 60e3,
+        "in the past: {zin}"
+    );
+    assert!(zin["points"].as_u64().unwrap() >= 60, "{zin}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    print_screenshot("zoomed", &page.screenshot_to_dir("zoom-in").await);
+
+    // Double-click: back to live.
+    mouse(&page, "mousePressed", left + pw * 0.5, y, 1).await;
+    mouse(&page, "mouseReleased", left + pw * 0.5, y, 1).await;
+    mouse(&page, "mousePressed", left + pw * 0.5, y, 2).await;
+    mouse(&page, "mouseReleased", left + pw * 0.5, y, 2).await;
+    page.wait_for(
+        "document.querySelector('canvas[data-metric=\"level\"]').telehubChart.view === null",
+        WAIT,
+        "live again",
+    )
+    .await;
+    assert!(page.errors().is_empty(), "page errors: {:?}", page.errors());
+    drop(d);
+    drop(browser);
+    app.stop().await;
+}
