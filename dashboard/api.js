@@ -45,11 +45,12 @@ export const api = {
   /** Asks the hub about a token before signing in with it (no side effects). */
   checkToken: (token) => request("/api/rooms", "json", token),
   series: (room) => request(`/api/rooms/${enc(room)}/series`),
-  history: (room, { metric, device, from, limit, step } = {}) => {
+  history: (room, { metric, device, from, to, limit, step } = {}) => {
     const q = new URLSearchParams();
     if (device) q.set("device", device);
     if (metric) q.set("metric", metric);
     if (from) q.set("from", from);
+    if (to) q.set("to", to);
     if (limit) q.set("limit", String(limit));
     if (step) q.set("step", step);
     return request(`/api/rooms/${enc(room)}/history?${q}`);

@@ -7,7 +7,7 @@
 // sign-in change (signed in, refused, expired, signed out) routes again.
 //
 // Routes:  #/                  the rooms of this hub
-//          #/rooms/{room}      one room, live
+//          #/rooms/{room}      one room, live; `?layout=NAME` shows a saved layout
 
 import { renderHome } from "./home.js";
 import { renderRoom } from "./room.js";
@@ -69,11 +69,11 @@ export const ui = {
 
 function parseRoute() {
   const hash = location.hash.replace(/^#/, "") || "/";
-  const m = hash.match(/^\/rooms\/([^/?]+)\/?$/);
+  const m = hash.match(/^\/rooms\/([^/?]+)\/?(?:\?(.*))?$/);
   if (m) {
     let room;
     try { room = decodeURIComponent(m[1]); } catch (_) { room = ""; }
-    return { name: "room", room };
+    return { name: "room", room, params: new URLSearchParams(m[2] || "") };
   }
   return { name: "home" };
 }
@@ -106,7 +106,7 @@ function route() {
     }
     document.title = `${r.room} · telehub`;
     ui.crumbs([{ label: "Rooms", href: "#/" }, { label: r.room }]);
-    current = renderRoom(view, r.room, { ui, clientId: CLIENT_ID });
+    current = renderRoom(view, r.room, { ui, clientId: CLIENT_ID, params: r.params });
   } else {
     document.title = "telehub";
     ui.crumbs([{ label: "Rooms" }]);

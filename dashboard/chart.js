@@ -7,6 +7,7 @@
 // stalest first). Dense series are reduced to min/max per pixel column, so drawing costs
 // O(points in view) arithmetic but only O(width) path segments per line.
 
+import { niceTicks, timeStep, timeTicks, valueLabels } from "./axis.js";
 import { perf } from "./perf.js";
 
 /** Points kept per series: 15 minutes at 10 Hz with room to spare. */
@@ -139,12 +140,15 @@ export class LineChart {
    */
   constructor(canvas, opts) {
     this.canvas = canvas;
+    // For tests and the curious: the chart behind a canvas (its labelBoxes, series).
+    canvas.telehubChart = this;
     this.ctx = canvas.getContext("2d", { alpha: false });
     this.windowMs = opts.windowMs;
     this.unit = opts.unit || "";
     this.label = opts.label;
     this.colorFor = opts.colorFor;
     this.series = new Map(); // device -> Series
+    this.view = null; // {from, to, series: Map(device -> Series)} while zoomed (zoom.js)
     this.hidden = new Set(); // devices toggled off in the legend
     this.dirty = true;
     this.drawnAt = 0;
@@ -206,6 +210,13 @@ export class LineChart {
     return s;
   }
 
+  /** Draws `series` (shared with other charts, filled by its owner) as line `key`. */
+  attach(key, series) {
+    if (this.series.get(key) === series) return;
+    this.series.set(key, series);
+    this.invalidate();
+  }
+
   push(device, ts, value) {
     this.seriesFor(device).push(ts, value);
     this.dirty = true;
@@ -259,7 +270,8 @@ export class LineChart {
       grid: v("--chart-grid", "#e5e7eb"),
       axis: v("--chart-axis", "#6b7280"),
       text: v("--chart-text", "#374151"),
-      font: `12px ${cs.fontFamily || "system-ui, sans-serif"}`,
+      // Kiosk mode sets a larger size, for reading across a room.
+      font: `${v("--chart-font-size", "12px")} ${cs.fontFamily || "system-ui, sans-serif"}`,
     };
   }
 
@@ -273,13 +285,15 @@ export class LineChart {
     ctx.fillRect(0, 0, W, H);
     ctx.font = theme.font;
 
-    const tEnd = Date.now();
-    const tStart = tEnd - this.windowMs;
+    // Following now, or a range zoomed into (zoom.js), drawn from the series it fetched.
+    const tEnd = this.view ? this.view.to : Date.now();
+    const tStart = this.view ? this.view.from : tEnd - this.windowMs;
+    const span = tEnd - tStart;
 
     // Value range over what is in view.
     let lo = Infinity, hi = -Infinity, any = false;
     const ranges = [];
-    for (const [device, s] of this.series) {
+    for (const [device, s] of this.view?.series || this.series) {
       if (this.hidden.has(device) || !s.length) continue;
       const a = Math.max(s.start, s.lowerBound(tStart) - 1);
       const b = s.end;
@@ -293,8 +307,7 @@ export class LineChart {
       ranges.push([device, s, a, b]);
     }
 
-    const padL = 52, padR = 12, padT = 10, padB = 24;
-    const pw = Math.max(10, W - padL - padR);
+    const padR = 12, padT = 10, padB = 24;
     const ph = Math.max(10, H - padT - padB);
 
     if (!any) { lo = 0; hi = 1; }
@@ -302,9 +315,20 @@ export class LineChart {
     const yTicks = niceTicks(lo, hi, Math.max(2, Math.floor(ph / 40)));
     lo = Math.min(lo, yTicks[0]);
     hi = Math.max(hi, yTicks[yTicks.length - 1]);
+    // The value axis is as wide as its widest label: nothing is ever clipped.
+    const yLabels = valueLabels(yTicks);
+    let labelW = 0;
+    for (const l of yLabels) labelW = Math.max(labelW, ctx.measureText(l).width);
+    const padL = Math.ceil(Math.max(28, labelW + 12));
+    const pw = Math.max(10, W - padL - padR);
     const yOf = (v) => padT + ph - ((v - lo) / (hi - lo)) * ph;
-    const pxPerMs = pw / this.windowMs;
+    const pxPerMs = pw / span;
+    // Fetched buckets are `step` apart: only a longer pause is a gap.
+    const gap = Math.max(GAP_MS, (this.view?.step || 0) * 2.5);
+    this.plot = { padL, pw, tStart, tEnd };
     const xOf = (t) => padL + (t - tStart) * pxPerMs;
+    /** Where each label was drawn, in CSS pixels (tests check that all are inside). */
+    const boxes = (this.labelBoxes = []);
 
     // Grid and labels.
     ctx.strokeStyle = theme.grid;
@@ -313,22 +337,28 @@ export class LineChart {
     ctx.textAlign = "right";
     ctx.textBaseline = "middle";
     ctx.beginPath();
-    const decimals = tickDecimals(yTicks);
-    for (const t of yTicks) {
+    yTicks.forEach((t, i) => {
       const y = Math.round(yOf(t)) + 0.5;
       ctx.moveTo(padL, y);
       ctx.lineTo(padL + pw, y);
-      ctx.fillText(t.toFixed(decimals), padL - 6, y);
-    }
-    const step = timeStep(this.windowMs, pw);
-    ctx.textAlign = "center";
+      const w = ctx.measureText(yLabels[i]).width;
+      ctx.fillText(yLabels[i], padL - 6, y);
+      boxes.push({ text: yLabels[i], x0: padL - 6 - w, x1: padL - 6, y0: y - 7, y1: y + 7 });
+    });
+    ctx.textAlign = "left";
     ctx.textBaseline = "top";
-    const tz = new Date().getTimezoneOffset() * 60000;
-    for (let t = Math.ceil((tStart - tz) / step) * step + tz; t <= tEnd; t += step) {
+    let lastX1 = -Infinity;
+    for (const { t, label } of timeTicks(tStart, tEnd, timeStep(span, pw))) {
       const x = Math.round(xOf(t)) + 0.5;
       ctx.moveTo(x, padT);
       ctx.lineTo(x, padT + ph);
-      if (x > padL + 16 && x < padL + pw - 16) ctx.fillText(timeLabel(t, step), x, padT + ph + 6);
+      // Centred under its tick, unless that would leave the canvas or overlap the last.
+      const w = ctx.measureText(label).width;
+      const x0 = x - w / 2;
+      if (x0 < padL - 4 || x0 + w > W - 2 || x0 < lastX1 + 8) continue;
+      ctx.fillText(label, x0, padT + ph + 6);
+      boxes.push({ text: label, x0, x1: x0 + w, y0: padT + ph + 6, y1: padT + ph + 20 });
+      lastX1 = x0 + w;
     }
     ctx.stroke();
     ctx.strokeStyle = theme.axis;
@@ -360,11 +390,11 @@ export class LineChart {
       const dpr = this.dpr;
       const lw = Math.round(pw * dpr), lh = Math.round(ph * dpr);
       const layer = this.pixelLayer(lw, lh);
-      const pxPerMsDev = lw / this.windowMs;
+      const pxPerMsDev = lw / span;
       const scaleY = (lh - 1) / (hi - lo);
       const half = Math.max(0.5, (ctx.lineWidth * dpr) / 2);
       for (const [device, s, a, b] of dense) {
-        segments += rasterColumns(layer.pix, lw, lh, s, a, b, tStart, pxPerMsDev, hi, scaleY, half, rgba32(this.colorFor(device)));
+        segments += rasterColumns(layer.pix, lw, lh, s, a, b, tStart, pxPerMsDev, hi, scaleY, half, rgba32(this.colorFor(device)), gap);
       }
       layer.ctx.putImageData(layer.image, 0, 0);
       ctx.drawImage(layer.canvas, padL, padT, pw, ph);
@@ -374,7 +404,7 @@ export class LineChart {
       if (b - a <= pw * 1.5) {
         ctx.strokeStyle = color;
         ctx.beginPath();
-        segments += traceAll(ctx, s, a, b, xOf, yOf);
+        segments += traceAll(ctx, s, a, b, xOf, yOf, gap);
         ctx.stroke();
       }
       ctx.fillStyle = color;
@@ -391,12 +421,12 @@ export class LineChart {
   }
 }
 
-function traceAll(ctx, s, a, b, xOf, yOf) {
+function traceAll(ctx, s, a, b, xOf, yOf, gap) {
   let prevT = -Infinity;
   for (let i = a; i < b; i++) {
     const t = s.ts[i];
     const x = xOf(t), y = yOf(s.v[i]);
-    if (t - prevT > GAP_MS) ctx.moveTo(x, y); else ctx.lineTo(x, y);
+    if (t - prevT > gap) ctx.moveTo(x, y); else ctx.lineTo(x, y);
     prevT = t;
   }
   return b - a;
@@ -410,7 +440,7 @@ function traceAll(ctx, s, a, b, xOf, yOf) {
  * and skips the canvas's path machinery entirely: with 50 lines of 10 Hz data, stroking
  * cost ~125 ms a chart in Chromium's software raster, this costs a few.
  */
-function rasterColumns(pix, w, h, s, a, b, tStart, pxPerMs, hi, scaleY, half, color) {
+function rasterColumns(pix, w, h, s, a, b, tStart, pxPerMs, hi, scaleY, half, color, gap) {
   let col = NaN, mn = 0, mx = 0, last = NaN, prevLast = NaN, prevT = -Infinity, n = 0;
   const flush = () => {
     if (col < 0 || col >= w) return;
@@ -425,7 +455,7 @@ function rasterColumns(pix, w, h, s, a, b, tStart, pxPerMs, hi, scaleY, half, co
     const t = s.ts[i];
     const x = Math.floor((t - tStart) * pxPerMs);
     const y = (hi - s.v[i]) * scaleY;
-    const breaks = t - prevT > GAP_MS;
+    const breaks = t - prevT > gap;
     prevT = t;
     if (x !== col || breaks) {
       if (col === col) flush();
@@ -460,37 +490,4 @@ function rgba32(color) {
     rgbaCache.set(color, v);
   }
   return v;
-}
-
-/** About `count` round tick values covering [lo, hi]. */
-export function niceTicks(lo, hi, count) {
-  const span = hi - lo;
-  const raw = span / Math.max(1, count);
-  const mag = 10 ** Math.floor(Math.log10(raw));
-  const norm = raw / mag;
-  const step = (norm < 1.5 ? 1 : norm < 3 ? 2 : norm < 7 ? 5 : 10) * mag;
-  const ticks = [];
-  for (let t = Math.floor(lo / step) * step; t <= hi + step * 0.5; t += step) ticks.push(+t.toPrecision(12));
-  if (ticks.length < 2) ticks.push(ticks[0] + step);
-  return ticks;
-}
-
-function tickDecimals(ticks) {
-  const step = Math.abs(ticks[1] - ticks[0]);
-  return step >= 1 ? 0 : Math.min(6, Math.ceil(-Math.log10(step)));
-}
-
-const TIME_STEPS = [1e3, 2e3, 5e3, 10e3, 15e3, 30e3, 60e3, 120e3, 300e3, 600e3, 900e3, 1800e3, 3600e3, 7200e3, 3 * 3600e3, 6 * 3600e3];
-
-function timeStep(windowMs, px) {
-  const target = windowMs / Math.max(1, px / 90);
-  return TIME_STEPS.find((s) => s >= target) || TIME_STEPS[TIME_STEPS.length - 1];
-}
-
-function timeLabel(t, step) {
-  const d = new Date(t);
-  const hh = String(d.getHours()).padStart(2, "0");
-  const mm = String(d.getMinutes()).padStart(2, "0");
-  if (step >= 60e3) return `${hh}:${mm}`;
-  return `${hh}:${mm}:${String(d.getSeconds()).padStart(2, "0")}`;
 }

@@ -1,12 +1,14 @@
 // Small formatting helpers shared by the views.
 
-/** A reading's value: up to 4 significant decimals, no trailing zeros. */
+/** A reading's value: 6 significant digits without trailing zeros (52.3836, 21.5),
+ *  with an SI prefix from a million up (1.23460M), scientific for the tiny. */
 export function fmtValue(v) {
   if (typeof v !== "number" || !Number.isFinite(v)) return "–";
   const a = Math.abs(v);
-  if (a !== 0 && (a >= 1e6 || a < 1e-3)) return v.toExponential(2);
-  const d = a >= 100 ? 1 : a >= 10 ? 2 : 3;
-  return String(+v.toFixed(d));
+  if (a !== 0 && (a >= 1e21 || a < 1e-4)) return v.toExponential(3);
+  const k = a >= 1e6 ? Math.floor(Math.log10(a) / 3) : 0;
+  const s = String(+(v / 10 ** (3 * k)).toPrecision(6));
+  return k ? `${s}${" kMGTPE"[k]}` : s;
 }
 
 /** "3 s", "4 min", "2 h" since `ts` (epoch ms). */
@@ -35,17 +37,4 @@ export function el(tag, attrs = {}, ...children) {
     e.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }
   return e;
-}
-
-/** A stable colour per device: a palette readable on light and dark, then golden-angle hues. */
-const PALETTE = ["#2563eb", "#e4572e", "#17a398", "#c2410c", "#8b5cf6", "#db2777", "#0891b2", "#65a30d", "#b45309", "#4f46e5"];
-const colors = new Map();
-export function colorFor(device) {
-  let c = colors.get(device);
-  if (!c) {
-    const i = colors.size;
-    c = i < PALETTE.length ? PALETTE[i] : `hsl(${Math.round((i * 137.508) % 360)} 65% 48%)`;
-    colors.set(device, c);
-  }
-  return c;
 }

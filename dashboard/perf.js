@@ -58,6 +58,8 @@ export const perf = {
           frameMsP95: pct(0.95),
           frameMsP99: pct(0.99),
           frameMsMax: sorted[sorted.length - 1] || 0,
+          // Frames that took longer than 50 ms (the "long frames" of a trace).
+          longFrames: sorted.filter((v) => v > 50).length,
           periodMs: period,
           dropped,
           messages: d.msgs,

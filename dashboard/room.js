@@ -6,8 +6,14 @@
 // once per animation frame (cards) and the charts draw in their own frame loop.
 
 import { api } from "./api.js";
-import { LineChart } from "./chart.js";
-import { el, fmtAge, fmtValue, colorFor } from "./format.js";
+import { LineChart, Series } from "./chart.js";
+import { LayoutBar, panelSpecs } from "./layout.js";
+import { TimelineChart, isBinary } from "./timeline.js";
+import { GaugeChart, StatChart, TrackChart } from "./panels.js";
+import { startKiosk } from "./kiosk.js";
+import { zoomable } from "./zoom.js";
+import { colorFor, swatchColor } from "./colors.js";
+import { el, fmtAge, fmtValue } from "./format.js";
 import { perf } from "./perf.js";
 import { RoomConnection } from "./ws.js";
 
@@ -27,13 +33,22 @@ const COMMAND_TIMEOUT_MS = 15000;
 const PLOT_REFRESH_MS = 15000;
 const CARD_REFRESH_MS = 200;
 
+/** The name of a panel's canvas, by kind. */
+const ARIA = {
+  timeseries: (t, per) => `Live chart of ${t}, one line per ${per}`,
+  timeline: (t, per) => `State timeline of ${t}, one row per ${per}`,
+  stat: (t) => `Latest value of ${t}, with its trend`,
+  gauge: (t) => `Gauge of ${t}`,
+  track: (t) => `GPS track of ${t}, one path per device`,
+};
+
 const COMMANDS = {
   set_interval: { label: "Set interval", arg: "ms", argLabel: "Interval (ms)", min: 20, step: 1, value: 1000 },
   set_setpoint: { label: "Set setpoint", arg: "value", argLabel: "Setpoint", step: "any", value: 21 },
   reboot: { label: "Reboot", arg: null },
 };
 
-export function renderRoom(root, room, { ui, clientId }) {
+export function renderRoom(root, room, { ui, clientId, params = new URLSearchParams() }) {
   const state = {
     room,
     clientId,
@@ -49,6 +64,8 @@ export function renderRoom(root, room, { ui, clientId }) {
     acks: [], // {id, device, name, ok, result, error}
     historyAvailable: null,
     lastCsv: null, // {url, status, bytes} of the last CSV download
+    lastReadingAt: 0, // when the last live reading arrived (Date.now())
+    kiosk: null, // kiosk mode's state: {wakeLock, stale}
     window: "5m",
     skipped: 0, // readings the hub coalesced away since this tab last caught up
   };
@@ -58,7 +75,19 @@ export function renderRoom(root, room, { ui, clientId }) {
   const catchingUp = el("span", { class: "pill warn", role: "status", hidden: true, dataset: { testid: "catching-up" } });
   let caughtUpTimer = null;
 
-  // ---- layout ----------------------------------------------------------------------
+  // ---- page layout -----------------------------------------------------------------
+  // The saved layout (layout.js) decides which panels show; until it has loaded nothing
+  // is drawn, so a wall screen never flashes the automatic view first.
+  const bar = new LayoutBar(room, {
+    wanted: params.get("layout"),
+    ui,
+    onChange: (l, ed, opts) => {
+      layout = l;
+      editing = ed;
+      if (opts?.materialize) materializeNext = true;
+      buildPanels();
+    },
+  });
   const onlineCount = el("span", { class: "pill", dataset: { testid: "online-count" } }, "0 devices online");
   const windowGroup = el("div", { class: "seg", role: "radiogroup", "aria-label": "Time window" },
     WINDOWS.map((w) => el("label", { class: "seg-opt" },
@@ -78,7 +107,7 @@ export function renderRoom(root, room, { ui, clientId }) {
       el("div", { class: "room-title" },
         el("h1", {}, el("span", { class: "muted prefix" }, "Room "), room),
         onlineCount, catchingUp),
-      el("div", { class: "room-tools" }, windowGroup, csvBtn)),
+      el("div", { class: "room-tools" }, windowGroup, csvBtn, bar.el)),
     el("div", { class: "room-grid" },
       el("section", { class: "panel charts-panel", "aria-labelledby": "charts-h" },
         el("h2", { id: "charts-h", class: "panel-h" }, "Charts"), historyNote, noCharts, charts),
@@ -137,15 +166,19 @@ export function renderRoom(root, room, { ui, clientId }) {
       el("summary", {}, "Controls", el("span", { class: "sr-only" }, ` for ${name}`)), form);
     const card = el("article", { class: "card", role: "listitem", "aria-labelledby": `${id}-h`, dataset: { device: name } },
       el("header", { class: "card-head" },
-        el("span", { class: "swatch", style: `background:${colorFor(name)}`, "aria-hidden": "true" }),
+        el("span", { class: "swatch", style: `background:${swatchColor(name)}`, "aria-hidden": "true" }),
         el("h3", { id: `${id}-h` }, name),
         badge),
       dl, details, ackLine);
-    cardEls.set(name, { card, badge, dl, rows: new Map(), via: null });
+    const hideBtn = el("button", { type: "button", class: "btn small", hidden: !editing, "aria-label": `Hide the card of ${name}`,
+      onclick: () => bar.hideDevice(name) }, "Hide");
+    card.querySelector(".card-head").append(hideBtn);
+    cardEls.set(name, { card, badge, dl, rows: new Map(), via: null, hideBtn });
     // Keep cards sorted by name.
     const after = [...cardEls.keys()].filter((k) => k > name).sort()[0];
     cards.insertBefore(card, after ? cardEls.get(after).card : null);
     noDevices.hidden = true;
+    if (layout) applyCardLayout();
     updatePresence(name);
   }
 
@@ -227,81 +260,244 @@ export function renderRoom(root, room, { ui, clientId }) {
   }, 1000));
 
   // ---- charts ----------------------------------------------------------------------
-  const chartEls = new Map(); // metric -> {fig, canvas, chart, img, imgNote, legend, legendItems}
+  // Every (device, metric) has one Series here; the charts draw these shared series, so
+  // a layout edit redraws panels without losing or copying any data.
+  const store = new Map(); // "device\u0000metric" -> Series
+  const devicesOf = new Map(); // metric -> Set(device)
+  let panels = []; // [{spec, fig, canvas, chart, img, imgNote, legend, legendItems, unitEl, plotTimer, wants}]
+  let layout = null; // the layout shown (null: automatic)
+  let editing = false;
   const backfilled = new Set();
+
+  function seriesOf(dev, metric) {
+    const k = `${dev}\u0000${metric}`;
+    let s = store.get(k);
+    if (!s) {
+      s = new Series();
+      store.set(k, s);
+      let ds = devicesOf.get(metric);
+      if (!ds) { ds = new Set(); devicesOf.set(metric, ds); }
+      ds.add(dev);
+      for (const p of panels) if (p.wants(dev, metric)) attach(p, dev, metric);
+    }
+    return s;
+  }
 
   function metricEntry(metric, unit) {
     let m = state.metrics.get(metric);
     if (!m) {
       m = { unit: unit || "" };
       state.metrics.set(metric, m);
-      makeChart(metric);
+      redrawPanels();
+      if (state.historyAvailable !== false && initialBackfillDone) backfill([metric]);
     } else if (unit && !m.unit) {
       m.unit = unit;
-      const c = chartEls.get(metric);
-      c.chart.setUnit(unit);
-      c.unitEl.textContent = ` (${unit})`;
+      for (const p of panels) {
+        if (!p.spec.refs.some((r) => r.metric === metric)) continue;
+        p.chart.setUnit(unit);
+        p.unitEl.textContent = p.metrics.size === 1 ? ` (${unit})` : "";
+      }
     }
     return m;
   }
 
-  function makeChart(metric) {
-    const unit = state.metrics.get(metric).unit;
-    const id = `chart-${cssId(metric)}`;
-    const canvas = el("canvas", { role: "img", "aria-label": `Live chart of ${metric}, one line per device`, dataset: { metric } });
-    const img = el("img", { class: "plot", alt: `Chart of ${metric} rendered by the hub`, hidden: true });
-    const imgNote = el("p", { class: "muted small plot-note", hidden: true });
-    const legend = el("ul", { class: "legend", "aria-label": `Devices in the ${metric} chart` });
-    const unitEl = el("span", { class: "muted" }, unit ? ` (${unit})` : "");
-    const fig = el("figure", { class: "chart", "aria-labelledby": `${id}-h`, dataset: { metric } },
-      el("figcaption", { class: "chart-head" },
-        el("h3", { id: `${id}-h` }, metric, unitEl),
-        el("button", { type: "button", class: "btn small ghost", "aria-label": `Download ${metric} as CSV`,
-          onclick: () => downloadCsv(metric) }, "CSV")),
-      el("div", { class: "chart-box" }, canvas, img, imgNote),
-      legend);
-    const names = [...chartEls.keys(), metric].sort();
-    const next = names[names.indexOf(metric) + 1];
-    charts.insertBefore(fig, next ? chartEls.get(next).fig : null);
-    noCharts.hidden = true;
-    const w = WINDOWS.find((x) => x.key === state.window);
-    const chart = new LineChart(canvas, { windowMs: w.live ? w.ms : 15 * 60e3, unit, label: metric, colorFor });
-    const c = { fig, canvas, chart, img, imgNote, legend, legendItems: new Map(), unitEl, plotTimer: 0 };
-    chartEls.set(metric, c);
-    if (!w.live) showPlot(metric);
-    if (state.historyAvailable !== false && initialBackfillDone) backfill([metric]);
+  // Panels are rebuilt (at most once a frame) when the layout or the set of metrics
+  // changes; the data stays in `store`.
+  let redrawRaf = 0;
+  function redrawPanels() {
+    if (redrawRaf) return;
+    redrawRaf = requestAnimationFrame(() => { redrawRaf = 0; buildPanels(); });
   }
 
-  function legendItem(metric, name) {
-    const c = chartEls.get(metric);
-    if (c.legendItems.has(name)) return;
-    const box = el("input", { type: "checkbox", checked: true, onchange: () => c.chart.toggle(name, box.checked) });
+  function buildPanels() {
+    if (destroyed || !bar.loaded) return;
+    for (const p of panels) { p.chart.destroy(); p.zoom?.destroy(); clearInterval(p.plotTimer); p.fig.remove(); }
+    const specs = panelSpecs(layout, [...state.metrics.keys()].sort(), autoKind);
+    if (editing && materializeNext) { materializeNext = false; bar.materialize(specs); return buildPanels(); }
+    const order = specs.filter((s) => !s.auto).map((s) => s.index);
+    panels = specs.map((spec) => makePanel(spec, order));
+    maybeTimeline = new Set(specs.filter((x) => x.auto && x.kind === "timeseries").map((x) => x.refs[0].metric)
+      .filter((m) => !nonBinary.has(m)));
+    for (const p of panels) charts.append(p.fig);
+    noCharts.hidden = panels.length > 0;
+    applyCardLayout();
+    describePanels();
+  }
+  let materializeNext = false;
+
+  // A metric whose values have all been 0 or 1 is drawn as a state timeline; the first
+  // other value makes it a line chart for good.
+  const nonBinary = new Set();
+  function autoKind(metric) {
+    if (nonBinary.has(metric)) return "timeseries";
+    const list = [...(devicesOf.get(metric) || [])].map((d) => store.get(`${d}\u0000${metric}`));
+    return isBinary(list) ? "timeline" : "timeseries";
+  }
+  let maybeTimeline = new Set(); // auto line charts of metrics that may be binary yet
+  function noteValue(metric, value) {
+    if (nonBinary.has(metric)) return;
+    if (value === 0 || value === 1) {
+      if (maybeTimeline.delete(metric)) redrawPanels();
+      return;
+    }
+    nonBinary.add(metric);
+    if (panels.some((p) => p.spec.auto && p.spec.kind === "timeline" && p.metrics.has(metric))) redrawPanels();
+  }
+
+  function makePanel(spec, order) {
+    const metrics = new Set(spec.refs.map((r) => r.metric));
+    const first = spec.refs[0].metric;
+    const single = metrics.size === 1;
+    const unit = single ? state.metrics.get(first)?.unit || "" : "";
+    const title = spec.title || [...metrics].join(", ");
+    const id = `chart-${cssId(spec.id)}`;
+    const canvas = el("canvas", { role: "img", "aria-label": ARIA[spec.kind](title, single ? "device" : "series"), dataset: { metric: first } });
+    const img = el("img", { class: "plot", alt: `Chart of ${first} rendered by the hub`, hidden: true });
+    const imgNote = el("p", { class: "muted small plot-note", hidden: true });
+    const legend = el("ul", { class: "legend", "aria-label": `Series in the ${title} chart` });
+    const unitEl = el("span", { class: "muted" }, unit ? ` (${unit})` : "");
+    const tools = el("div", { class: "chart-tools" });
+    // The chart as text, for screen readers: latest, min and max per line over the window.
+    const alt = el("p", { id: `${id}-alt`, class: "sr-only chart-alt" });
+    canvas.setAttribute("aria-describedby", alt.id);
+    const fig = el("figure", { class: `chart size-${spec.size || "normal"}${spec.pinned ? " pinned" : ""}`, "aria-labelledby": `${id}-h`,
+      dataset: { metric: first, panel: spec.id, kind: spec.kind } },
+      el("figcaption", { class: "chart-head" },
+        el("h3", { id: `${id}-h` }, title, unitEl, spec.pinned ? el("span", { class: "pin" }, "pinned") : null),
+        tools),
+      el("div", { class: "chart-box" }, canvas, img, imgNote),
+      alt,
+      legend);
+    tools.append(el("button", { type: "button", class: "btn small ghost", "aria-label": `Download ${first} as CSV`,
+      onclick: () => downloadCsv(first) }, "CSV"));
+    const w = WINDOWS.find((x) => x.key === state.window);
+    // One metric: a line per device, in the device's colour. Several: a line per series.
+    const keyOf = (dev, metric) => (single ? dev : `${dev} · ${metric}`);
+    const opts = { windowMs: w.live ? w.ms : 15 * 60e3, unit, label: title, colorFor,
+      metricOf: (key) => (single ? first : key.split(" · ").pop()) };
+    const chart = makeChart(spec, canvas, opts);
+    const wants = (dev, metric) => spec.refs.some((r) => r.metric === metric && (!r.device || r.device === dev));
+    const p = { spec, fig, canvas, chart, img, imgNote, legend, legendItems: new Map(), unitEl, plotTimer: 0, wants, keyOf, metrics, alt, title };
+    if (editing) tools.prepend(...editTools(p, order));
+    for (const r of spec.refs) {
+      const devs = r.device ? [r.device] : [...(devicesOf.get(r.metric) || [])];
+      for (const dev of devs) if (store.has(`${dev}\u0000${r.metric}`)) attach(p, dev, r.metric);
+    }
+    if (spec.kind === "timeseries") p.zoom = zoomable(p, room, tools);
+    if (!w.live) showPlot(p);
+    return p;
+  }
+
+  function makeChart(spec, canvas, opts) {
+    switch (spec.kind) {
+      case "timeline": return new TimelineChart(canvas, opts);
+      case "stat": return new StatChart(canvas, opts);
+      case "gauge": return new GaugeChart(canvas, { ...opts, min: spec.min, max: spec.max });
+      case "track": return new TrackChart(canvas, { ...opts, lat: spec.refs[0].metric, lon: spec.refs[1]?.metric });
+      default: return new LineChart(canvas, opts);
+    }
+  }
+
+  function attach(p, dev, metric) {
+    const key = p.keyOf(dev, metric);
+    p.chart.attach(key, store.get(`${dev}\u0000${metric}`));
+    // A track's legend is per device (its path is one line of both series).
+    const track = p.spec.kind === "track";
+    const item = track ? dev : key;
+    if (p.legendItems.has(item)) return;
+    const box = el("input", { type: "checkbox", checked: true, onchange: () => {
+      for (const k of [...p.chart.series.keys()]) if (track ? k.startsWith(`${dev} · `) : k === key) p.chart.toggle(k, box.checked);
+    } });
     const li = el("li", {}, el("label", {}, box,
-      el("span", { class: "swatch", style: `background:${colorFor(name)}`, "aria-hidden": "true" }), name));
-    c.legendItems.set(name, li);
-    const names = [...c.legendItems.keys()].sort();
-    const next = names[names.indexOf(name) + 1];
-    c.legend.insertBefore(li, next ? c.legendItems.get(next) : null);
+      el("span", { class: "swatch", style: `background:${swatchColor(item)}`, "aria-hidden": "true" }), item));
+    p.legendItems.set(item, li);
+    const names = [...p.legendItems.keys()].sort();
+    const next = names[names.indexOf(item) + 1];
+    p.legend.insertBefore(li, next ? p.legendItems.get(next) : null);
+  }
+
+  /** Refreshes each panel's text alternative (every few seconds: screen readers read it
+   *  on demand, and rewriting it on every reading would only cost). */
+  function describePanels() {
+    const w = WINDOWS.find((x) => x.key === state.window);
+    const since = Date.now() - (w.live ? w.ms : 15 * 60e3);
+    for (const p of panels) {
+      const parts = [];
+      for (const [key, s] of p.chart.series) {
+        if (!s.length) continue;
+        let lo = Infinity, hi = -Infinity;
+        for (let i = Math.max(s.start, s.lowerBound(since)); i < s.end; i++) { lo = Math.min(lo, s.v[i]); hi = Math.max(hi, s.v[i]); }
+        const u = p.chart.unit ? ` ${p.chart.unit}` : "";
+        const last = fmtValue(s.v[s.end - 1]);
+        parts.push(lo <= hi
+          ? `${key}: latest ${last}${u}, min ${fmtValue(lo)}, max ${fmtValue(hi)}`
+          : `${key}: latest ${last}${u}`);
+      }
+      const text = parts.length ? `${p.title} over the last ${w.live ? w.key : "15m"}. ${parts.sort().join("; ")}.` : `${p.title}: no readings yet.`;
+      if (p.alt.textContent !== text) p.alt.textContent = text;
+    }
+  }
+  timers.push(setInterval(describePanels, 3000));
+
+  /** The editing buttons of a panel: pin, move, size, overlay another series, hide. */
+  function editTools(p, order) {
+    const i = p.spec.index;
+    const name = p.spec.title || [...p.metrics].join(", ");
+    const b = (label, aria, onclick, extra = {}) => el("button", { type: "button", class: "btn small", "aria-label": `${aria} ${name}`, onclick, ...extra }, label);
+    const overlay = el("select", { class: "overlay-pick", "aria-label": `Overlay a series on ${name}`, onchange: () => {
+      const [dev, metric] = overlay.value.split("\u0000");
+      if (metric) bar.overlay(i, { metric, device: dev });
+    } }, el("option", { value: "" }, "+ series"),
+    [...store.keys()].sort().filter((k) => {
+      const [dev, metric] = k.split("\u0000");
+      return !p.spec.refs.some((r) => r.metric === metric && r.device === dev);
+    }).map((k) => el("option", { value: k }, k.replace("\u0000", " · "))));
+    const kinds = ["timeseries", "timeline", "stat", "gauge"].concat(p.spec.refs.length === 2 ? ["track"] : []);
+    const kind = el("select", { class: "kind-pick", "aria-label": `Kind of ${name}`, onchange: () => bar.setKind(i, kind.value) },
+      kinds.map((k) => el("option", { value: k, selected: k === p.spec.kind }, k)));
+    return [
+      kind,
+      b(p.spec.pinned ? "Unpin" : "Pin", p.spec.pinned ? "Unpin" : "Pin", () => bar.togglePin(i), { "aria-pressed": String(p.spec.pinned) }),
+      b("←", "Move earlier:", () => bar.move(i, -1, order)),
+      b("→", "Move later:", () => bar.move(i, +1, order)),
+      b("Size", "Change the size of", () => bar.resize(i)),
+      overlay,
+      b("Hide", "Hide", () => bar.hide(i)),
+    ];
+  }
+
+  /** Hidden and ordered device cards of the layout shown. */
+  function applyCardLayout() {
+    const hidden = new Set(layout?.hidden_devices || []);
+    const order = layout?.device_order || [];
+    const rank = (n) => { const k = order.indexOf(n); return k < 0 ? order.length : k; };
+    const names = [...cardEls.keys()].sort((a, b) => rank(a) - rank(b) || (a < b ? -1 : a > b ? 1 : 0));
+    for (const n of names) {
+      const c = cardEls.get(n);
+      c.card.hidden = hidden.has(n);
+      cards.append(c.card);
+      if (c.hideBtn) c.hideBtn.hidden = !editing;
+    }
   }
 
   function setWindow(key) {
     state.window = key;
     const w = WINDOWS.find((x) => x.key === key);
-    for (const [metric, c] of chartEls) {
+    for (const p of panels) {
       if (w.live) {
-        clearInterval(c.plotTimer);
-        c.img.hidden = true;
-        c.imgNote.hidden = true;
-        c.canvas.hidden = false;
-        c.chart.setWindow(w.ms);
+        clearInterval(p.plotTimer);
+        p.img.hidden = true;
+        p.imgNote.hidden = true;
+        p.canvas.hidden = false;
+        p.chart.setWindow(w.ms);
       } else {
-        showPlot(metric);
+        showPlot(p);
       }
     }
   }
 
-  async function showPlot(metric) {
-    const c = chartEls.get(metric);
+  async function showPlot(c) {
+    const metric = c.spec.refs[0].metric;
     c.canvas.hidden = true;
     c.img.hidden = false;
     clearInterval(c.plotTimer);
@@ -315,7 +511,7 @@ export function renderRoom(root, room, { ui, clientId }) {
         height: Math.max(200, Math.min(1200, Math.round(rect.height || 260))),
       });
       const res = await api.fetchBlob(url);
-      if (destroyed || state.window !== key) return;
+      if (destroyed || state.window !== key || !panels.includes(c)) return;
       if (res.ok) {
         const old = c.img.src;
         c.img.src = URL.createObjectURL(res.data);
@@ -331,14 +527,14 @@ export function renderRoom(root, room, { ui, clientId }) {
       }
     };
     await load();
-    c.plotTimer = setInterval(load, PLOT_REFRESH_MS);
+    if (panels.includes(c)) c.plotTimer = setInterval(load, PLOT_REFRESH_MS);
   }
 
   window.addEventListener("telehub-theme", onTheme);
   function onTheme() {
-    for (const [metric, c] of chartEls) {
-      c.chart.themeChanged();
-      if (!WINDOWS.find((w) => w.key === state.window).live) showPlot(metric);
+    for (const p of panels) {
+      p.chart.themeChanged();
+      if (!WINDOWS.find((w) => w.key === state.window).live) showPlot(p);
     }
   }
 
@@ -367,13 +563,12 @@ export function renderRoom(root, room, { ui, clientId }) {
         if (!arr) { arr = []; byDevice.set(p.device, arr); }
         arr.push({ ts: p.ts, value });
       }
-      const c = chartEls.get(metric);
-      if (!c) return;
       for (const [dev, pts] of byDevice) {
-        c.chart.merge(dev, pts);
-        legendItem(metric, dev);
+        seriesOf(dev, metric).merge(pts);
+        for (const pt of pts) noteValue(metric, pt.value);
         device(dev);
       }
+      for (const p of panels) if (p.metrics.has(metric)) p.chart.invalidate();
     }));
     if (destroyed || !todo.length) return;
     if (failed) {
@@ -414,9 +609,9 @@ export function renderRoom(root, room, { ui, clientId }) {
       d.metrics.set(r.metric, { value: r.value, unit: r.unit || prev?.unit || m.unit, ts: r.ts });
       markCell(r.device, r.metric);
     }
-    const c = chartEls.get(r.metric);
-    if (!c.legendItems.has(r.device)) legendItem(r.metric, r.device);
-    c.chart.push(r.device, r.ts, r.value);
+    seriesOf(r.device, r.metric).push(r.ts, r.value);
+    noteValue(r.metric, r.value);
+    for (const p of panels) if (p.metrics.has(r.metric) && p.wants(r.device, r.metric)) p.chart.invalidate();
   }
 
   function onMessage(msg) {
@@ -424,6 +619,7 @@ export function renderRoom(root, room, { ui, clientId }) {
     switch (msg.type) {
       case "reading":
         state.readings += 1;
+        state.lastReadingAt = Date.now();
         state.offset = conn.offset;
         applyReading(msg);
         break;
@@ -499,6 +695,7 @@ export function renderRoom(root, room, { ui, clientId }) {
 
   function onStatus(s) {
     state.conn = s.state;
+    kiosk?.update();
     clearInterval(countdown);
     if (s.state === "live") ui.setConn("live", "Live", `${room}`);
     else if (s.state === "connecting") ui.setConn("connecting", "Connecting…");
@@ -582,22 +779,28 @@ export function renderRoom(root, room, { ui, clientId }) {
   }
 
   // ---- start -----------------------------------------------------------------------
+  const kiosk = params.get("kiosk") === "1" ? startKiosk(() => ({ conn: state.conn, lastReadingAt: state.lastReadingAt })) : null;
+  state.kiosk = kiosk?.info ?? null;
   const conn = new RoomConnection(room, clientId, { onStatus, onWelcome, onMessage });
   conn.start();
+  bar.load();
   loadSeries();
 
   return {
     state,
     conn,
+    layouts: bar,
     destroy() {
       destroyed = true;
       conn.stop();
+      kiosk?.stop();
       for (const t of timers) clearInterval(t);
       clearTimeout(caughtUpTimer);
       clearInterval(countdown);
       if (cardsRaf) cancelAnimationFrame(cardsRaf);
       clearTimeout(cardsTimer);
-      for (const c of chartEls.values()) { c.chart.destroy(); clearInterval(c.plotTimer); }
+      for (const p of panels) { p.chart.destroy(); clearInterval(p.plotTimer); }
+      cancelAnimationFrame(redrawRaf);
       for (const p of pending.values()) clearTimeout(p.timer);
       window.removeEventListener("telehub-theme", onTheme);
     },

@@ -42,6 +42,8 @@ pub enum ServerError {
     Listener(#[from] std::io::Error),
     #[error("cannot open history: {0}")]
     History(#[from] crate::sinks::store::StoreError),
+    #[error("cannot open the dashboard layouts: {0}")]
+    Layouts(#[from] crate::sinks::layouts::LayoutError),
     /// An MQTT bridge cannot be set up (bad config, unreadable CA file).
     #[error(transparent)]
     Bridge(#[from] crate::sources::mqtt::BridgeError),
@@ -86,6 +88,8 @@ pub async fn run(
         info!("history in memory only (persist = false)");
     }
     metrics.register_collector(history.collector());
+    let layouts = crate::sinks::layouts::Layouts::open(&settings.history)?;
+    metrics.register_collector(layouts.collector());
     // MQTT bridges: built (and their TLS set up) before anything is served, so a bad
     // one stops start-up; mirroring bridges tap WebSocket devices' readings.
     let mut bridges = Vec::new();
@@ -153,6 +157,7 @@ pub async fn run(
         auth,
         bridge_states,
         (influx, http_ingest),
+        layouts,
         settings.server.dashboard_dir.clone(),
     ));
 

@@ -41,12 +41,19 @@ const ASSETS: &[Asset] = &[
     asset!("app.js", JS),
     asset!("api.js", JS),
     asset!("auth.js", JS),
+    asset!("axis.js", JS),
     asset!("chart.js", JS),
+    asset!("colors.js", JS),
     asset!("format.js", JS),
     asset!("home.js", JS),
+    asset!("kiosk.js", JS),
+    asset!("layout.js", JS),
+    asset!("panels.js", JS),
     asset!("perf.js", JS),
     asset!("room.js", JS),
+    asset!("timeline.js", JS),
     asset!("ws.js", JS),
+    asset!("zoom.js", JS),
 ];
 
 /// GET / (index.html) and GET /{file}: the dashboard, embedded or from `dir`.

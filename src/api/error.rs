@@ -26,6 +26,15 @@ pub(crate) struct ApiError {
 }
 
 impl ApiError {
+    /// Any status, code and message.
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: String) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message,
+        }
+    }
+
     pub(crate) fn param(name: &str, why: impl std::fmt::Display) -> ApiError {
         ApiError {
             status: StatusCode::BAD_REQUEST,

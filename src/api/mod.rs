@@ -11,6 +11,7 @@ pub(crate) mod auth;
 pub(crate) mod error;
 pub(crate) mod history;
 pub(crate) mod ingest;
+pub(crate) mod layout;
 pub(crate) mod metrics;
 pub(crate) mod params;
 pub(crate) mod plot;
@@ -33,6 +34,7 @@ use crate::render::plot::Format;
 use crate::sinks::history::RoomHistory;
 use crate::sources::http_ingest::HttpIngest;
 use crate::sources::influx::Influx;
+use crate::sinks::layouts::Layouts;
 use crate::sources::mqtt::Bridges;
 use telehub_protocol::ids::valid_id;
 
@@ -46,6 +48,7 @@ pub(crate) fn routes(
     auth: Authorizer,
     bridges: Bridges,
     ingest: (Influx, HttpIngest),
+    layouts: Layouts,
     dashboard_dir: Option<PathBuf>,
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
     healthz()
@@ -55,6 +58,7 @@ pub(crate) fn routes(
         .or(room_history(hub.clone(), auth.clone()))
         .or(room_series(hub.clone(), auth.clone()))
         .or(room_plot(hub.clone(), auth.clone()))
+        .or(layout::route(layouts, auth.clone()))
         .or(api_bridges(bridges, auth.clone()))
         .or(metrics::route(hub, auth))
         .or(crate::api::assets::routes(dashboard_dir))
@@ -88,7 +92,7 @@ fn rooms(
 
 /// `/api/rooms/{room}/...`: passes the room on once the request's token covers it
 /// (else 403 `forbidden`, whether the room exists or not).
-fn room_allowed(
+pub(crate) fn room_allowed(
     auth: Authorizer,
 ) -> impl Fn(String, Access) -> std::future::Ready<Result<String, Rejection>> + Clone {
     move |room, access| std::future::ready(auth::room_access(&access, &auth, &room).map(|()| room))

@@ -205,6 +205,11 @@ impl Access {
         }
     }
 
+    /// A device token (which may read, but not arrange the dashboard).
+    pub(crate) fn is_device(&self) -> bool {
+        matches!(self, Access::Token(g) if g.role == claims::TokenRole::Device)
+    }
+
     pub(crate) fn may_read(&self, room: &str) -> bool {
         match self {
             Access::Open => true,

@@ -4,8 +4,9 @@
 //! A reader at the end of the data flow: the HTTP handler copies one metric's points out
 //! of [`history`](crate::sinks::history) ([`PlotData`]), and [`render`] draws them on a blocking
 //! thread ([`render_blocking`] wraps it in `spawn_blocking`), so no lock and no async
-//! worker is held while drawing. One line per device, a time axis with local-time labels,
-//! the unit on the value axis, a title and a legend, in a light or dark theme.
+//! worker is held while drawing. One line per device in its [`palette`] colour, a time
+//! axis with local-time labels, the unit on the value axis, a title and a legend, in a
+//! light or dark theme.
 //!
 //! Text is drawn with the DejaVu Sans font shipped in `assets/fonts/` and registered with
 //! plotters' `ab_glyph` support, so rendering needs no system fonts and the build no
@@ -17,6 +18,7 @@ use chrono::TimeZone;
 use plotters::prelude::*;
 use plotters::style::{FontStyle, RGBColor};
 
+use super::palette;
 use crate::sinks::history::{PlotData, Point};
 
 /// The font every plot uses (DejaVu Sans, Bitstream Vera licence: `assets/fonts/`).
@@ -119,7 +121,6 @@ struct Colors {
     text: RGBColor,
     grid: RGBColor,
     axis: RGBColor,
-    lines: [RGBColor; 10],
 }
 
 const LIGHT: Colors = Colors {
@@ -127,18 +128,6 @@ const LIGHT: Colors = Colors {
     text: RGBColor(32, 32, 32),
     grid: RGBColor(225, 225, 225),
     axis: RGBColor(90, 90, 90),
-    lines: [
-        RGBColor(31, 119, 180),
-        RGBColor(255, 127, 14),
-        RGBColor(44, 160, 44),
-        RGBColor(214, 39, 40),
-        RGBColor(148, 103, 189),
-        RGBColor(140, 86, 75),
-        RGBColor(227, 119, 194),
-        RGBColor(127, 127, 127),
-        RGBColor(188, 189, 34),
-        RGBColor(23, 190, 207),
-    ],
 };
 
 const DARK: Colors = Colors {
@@ -146,18 +135,6 @@ const DARK: Colors = Colors {
     text: RGBColor(225, 225, 225),
     grid: RGBColor(55, 58, 66),
     axis: RGBColor(160, 160, 160),
-    lines: [
-        RGBColor(100, 181, 246),
-        RGBColor(255, 167, 38),
-        RGBColor(102, 187, 106),
-        RGBColor(239, 83, 80),
-        RGBColor(186, 104, 200),
-        RGBColor(161, 136, 127),
-        RGBColor(240, 98, 146),
-        RGBColor(189, 189, 189),
-        RGBColor(212, 225, 87),
-        RGBColor(77, 208, 225),
-    ],
 };
 
 /// Registers the bundled font with plotters, once per process.
@@ -344,8 +321,8 @@ where
     let columns = chart.plotting_area().dim_in_pixel().0 as usize;
     // At least 2 px: the axes and ticks are 1 px polylines, the data lines never are.
     let stroke = ((scale * 2.0).round() as u32).max(2);
-    for (i, (device, points)) in data.lines.iter().enumerate() {
-        let color = colors.lines[i % colors.lines.len()];
+    for (device, points) in &data.lines {
+        let color = palette::series_color(device, opts.theme);
         let line = decimate(points, from, to, columns)
             .into_iter()
             .map(|(ts, v)| (local(ts), bounded(v)));

@@ -7,6 +7,7 @@
 
 pub(crate) mod history;
 pub(crate) mod linger;
+pub(crate) mod layouts;
 pub(crate) mod store;
 pub(crate) mod ws_writer;
 

@@ -30,7 +30,7 @@ fn token_mode(s: &mut Settings) {
     s.auth.keys = vec![key("main", SECRET), key("old", OLD_SECRET)];
 }
 
-async fn token_hub() -> TestApp {
+pub(crate) async fn token_hub() -> TestApp {
     spawn_app_with(token_mode).await
 }
 
@@ -52,11 +52,11 @@ fn sign(kid: Option<&str>, secret: &str, claims: &Value) -> String {
     encode(&h, claims, &EncodingKey::from_secret(secret.as_bytes())).expect("sign")
 }
 
-fn tok(sub: &str, role: &str, rooms: &[&str]) -> String {
+pub(crate) fn tok(sub: &str, role: &str, rooms: &[&str]) -> String {
     sign(Some("main"), SECRET, &claims(sub, role, rooms, 3600))
 }
 
-fn bearer(t: &str) -> String {
+pub(crate) fn bearer(t: &str) -> String {
     format!("Authorization: Bearer {t}\r\n")
 }
 

@@ -210,9 +210,31 @@ impl Browser {
 
     /// Opens a new tab of `width` x `height` CSS pixels and attaches to it.
     pub async fn new_page(&self, width: u32, height: u32) -> Page {
+        self.open_page(json!({"url": "about:blank"}), width, height)
+            .await
+    }
+
+    /// Opens a tab in a new browser context (its own cookies and storage, like a second
+    /// browser) and attaches to it.
+    pub async fn new_context_page(&self, width: u32, height: u32) -> Page {
+        let ctx = self
+            .cdp
+            .call(None, "Target.createBrowserContext", json!({}))
+            .await
+            .expect("Target.createBrowserContext");
+        let id = ctx["browserContextId"].as_str().expect("browserContextId");
+        self.open_page(
+            json!({"url": "about:blank", "browserContextId": id}),
+            width,
+            height,
+        )
+        .await
+    }
+
+    async fn open_page(&self, params: Value, width: u32, height: u32) -> Page {
         let target = self
             .cdp
-            .call(None, "Target.createTarget", json!({"url": "about:blank"}))
+            .call(None, "Target.createTarget", params)
             .await
             .expect("Target.createTarget");
         let target_id = target["targetId"].as_str().expect("targetId").to_string();

@@ -1,0 +1,272 @@
+// The panel kinds beside the line chart and the state timeline: stat (the latest value,
+// large, with a trend arrow and a sparkline), gauge (the latest value on a min..max
+// arc) and GPS track (latitude and longitude as a path on our own canvas, the latest
+// position marked, with its speed). Each is a LineChart with its own draw, so it takes
+// shared series, the frame loop and offscreen skipping from there.
+
+import { LineChart } from "./chart.js";
+import { fmtValue } from "./format.js";
+
+/** The newest point at or before `t` of a Series, as an index (or -1). */
+function atOrBefore(s, t) {
+  const i = s.lowerBound(t);
+  if (i < s.end && s.ts[i] === t) return i;
+  return i - 1 >= s.start ? i - 1 : -1;
+}
+
+/** The visible series (key, Series) with data, by key. */
+function shown(chart) {
+  return [...chart.series].filter(([k, s]) => !chart.hidden.has(k) && s.length).sort(([a], [b]) => (a < b ? -1 : 1));
+}
+
+function begin(chart, now) {
+  chart.dirty = false;
+  chart.drawnAt = now;
+  if (!chart.theme) chart.readTheme();
+  const { ctx, width: W, height: H, theme } = chart;
+  ctx.setTransform(chart.dpr, 0, 0, chart.dpr, 0, 0);
+  ctx.fillStyle = theme.bg;
+  ctx.fillRect(0, 0, W, H);
+  ctx.font = theme.font;
+  chart.labelBoxes = [];
+  return { ctx, W, H, theme };
+}
+
+function waiting(chart, ctx, W, H) {
+  ctx.fillStyle = chart.theme.text;
+  ctx.textAlign = "center";
+  ctx.textBaseline = "middle";
+  ctx.fillText("waiting for readings…", W / 2, H / 2);
+}
+
+/** Text at the largest size up to `max` px that fits `width`. */
+function fitText(ctx, text, family, max, width) {
+  let size = max;
+  ctx.font = `600 ${size}px ${family}`;
+  const w = ctx.measureText(text).width;
+  if (w > width) size = Math.max(10, Math.floor((size * width) / w));
+  ctx.font = `600 ${size}px ${family}`;
+  return size;
+}
+
+export class StatChart extends LineChart {
+  draw(now) {
+    const { ctx, W, H, theme } = begin(this, now);
+    const rows = shown(this);
+    if (!rows.length) return waiting(this, ctx, W, H);
+    const family = getComputedStyle(this.canvas).fontFamily || "system-ui, sans-serif";
+    const [key, s] = rows[0];
+    const color = this.colorFor(key);
+    const last = s.v[s.end - 1];
+    const tEnd = Date.now(), tStart = tEnd - this.windowMs;
+    // Trend: the latest value against the one a tenth of the window earlier.
+    const j = atOrBefore(s, s.ts[s.end - 1] - this.windowMs / 10);
+    const prev = j >= 0 ? s.v[j] : last;
+    const eps = Math.abs(prev) * 1e-3 + 1e-12;
+    const trend = last > prev + eps ? "▲" : last < prev - eps ? "▼" : "▶";
+    const text = `${fmtValue(last)}${this.unit ? ` ${this.unit}` : ""}`;
+    const max = Math.min(72, H * 0.38);
+    const size = fitText(ctx, text, family, max, W - 24 - max * 0.9);
+    ctx.fillStyle = theme.text;
+    ctx.textBaseline = "middle";
+    const y = H * 0.36;
+    // The value and its arrow, centred together.
+    const tw = ctx.measureText(text).width;
+    const x0 = (W - tw - size * 0.9) / 2;
+    ctx.textAlign = "left";
+    ctx.fillText(text, x0, y);
+    ctx.font = `${Math.round(size * 0.5)}px ${family}`;
+    ctx.fillStyle = color;
+    ctx.fillText(trend, x0 + tw + size * 0.25, y);
+    ctx.textAlign = "center";
+    this.labelBoxes.push({ text, x0, x1: x0 + tw + size * 0.9, y0: y - size / 2, y1: y + size / 2 });
+    this.stat = { key, value: last, text, trend };
+    ctx.font = theme.font;
+    ctx.fillStyle = theme.text;
+    ctx.fillText(rows.length > 1 ? `${key} (and ${rows.length - 1} more)` : key, W / 2, y + size * 0.75);
+    // Sparkline over the window.
+    const a = Math.max(s.start, s.lowerBound(tStart)), b = s.end;
+    let lo = Infinity, hi = -Infinity;
+    for (let i = a; i < b; i++) { lo = Math.min(lo, s.v[i]); hi = Math.max(hi, s.v[i]); }
+    if (b - a < 2) return;
+    if (hi - lo < 1e-12) { lo -= 1; hi += 1; }
+    const top = H * 0.68, h = H * 0.26;
+    ctx.strokeStyle = color;
+    ctx.lineWidth = 1.5;
+    ctx.beginPath();
+    const step = Math.max(1, Math.floor((b - a) / (W * 2)));
+    for (let i = a; i < b; i += step) {
+      const x = 8 + ((s.ts[i] - tStart) / this.windowMs) * (W - 16);
+      const yy = top + h - ((s.v[i] - lo) / (hi - lo)) * h;
+      if (i === a) ctx.moveTo(x, yy); else ctx.lineTo(x, yy);
+    }
+    ctx.stroke();
+  }
+}
+
+export class GaugeChart extends LineChart {
+  constructor(canvas, opts) {
+    super(canvas, opts);
+    this.min = opts.min;
+    this.max = opts.max;
+  }
+
+  draw(now) {
+    const { ctx, W, H, theme } = begin(this, now);
+    const rows = shown(this);
+    if (!rows.length) return waiting(this, ctx, W, H);
+    const [key, s] = rows[0];
+    const value = s.v[s.end - 1];
+    // Without a configured scale: the window's range, rounded out.
+    let lo = this.min, hi = this.max;
+    if (lo === undefined || lo === null || hi === undefined || hi === null) {
+      let a = Infinity, b = -Infinity;
+      for (let i = s.start; i < s.end; i++) { a = Math.min(a, s.v[i]); b = Math.max(b, s.v[i]); }
+      const pad = (b - a) * 0.1 || Math.abs(b) * 0.1 || 1;
+      lo ??= a - pad;
+      hi ??= b + pad;
+    }
+    const f = Math.max(0, Math.min(1, (value - lo) / (hi - lo)));
+    // The arc spans 252°: its ends reach 0.59 r below the centre.
+    const r = Math.max(10, Math.min(W * 0.38, (H - 30) / 1.75));
+    const cx = W / 2, cy = 8 + r * 1.08;
+    const a0 = Math.PI * 0.8, a1 = Math.PI * 2.2;
+    ctx.lineCap = "round";
+    ctx.lineWidth = Math.max(8, r * 0.16);
+    ctx.strokeStyle = theme.grid;
+    ctx.beginPath();
+    ctx.arc(cx, cy, r, a0, a1);
+    ctx.stroke();
+    ctx.strokeStyle = this.colorFor(key);
+    ctx.beginPath();
+    ctx.arc(cx, cy, r, a0, a0 + (a1 - a0) * f);
+    ctx.stroke();
+    ctx.lineCap = "butt";
+    const family = getComputedStyle(this.canvas).fontFamily || "system-ui, sans-serif";
+    const text = `${fmtValue(value)}${this.unit ? ` ${this.unit}` : ""}`;
+    fitText(ctx, text, family, Math.min(40, r * 0.45), r * 1.4);
+    ctx.fillStyle = theme.text;
+    ctx.textAlign = "center";
+    ctx.textBaseline = "middle";
+    ctx.fillText(text, cx, cy - r * 0.1);
+    ctx.font = theme.font;
+    ctx.fillText(key, cx, cy + r * 0.3);
+    ctx.textAlign = "left";
+    ctx.fillText(fmtValue(lo), Math.max(2, cx - r - 10), Math.min(H - 8, cy + r * 0.75));
+    ctx.textAlign = "right";
+    ctx.fillText(fmtValue(hi), Math.min(W - 2, cx + r + 10), Math.min(H - 8, cy + r * 0.75));
+    this.gauge = { key, value, min: lo, max: hi, fraction: f };
+  }
+}
+
+const EARTH_M = 6371008.8;
+
+/** Metres between two (lat, lon) in degrees (haversine). */
+export function distanceM(lat1, lon1, lat2, lon2) {
+  const r = Math.PI / 180;
+  const dLat = (lat2 - lat1) * r, dLon = (lon2 - lon1) * r;
+  const h = Math.sin(dLat / 2) ** 2 + Math.cos(lat1 * r) * Math.cos(lat2 * r) * Math.sin(dLon / 2) ** 2;
+  return 2 * EARTH_M * Math.asin(Math.min(1, Math.sqrt(h)));
+}
+
+/** GPS track: opts.lat and opts.lon name the two metrics; keys are "device · metric". */
+export class TrackChart extends LineChart {
+  constructor(canvas, opts) {
+    super(canvas, opts);
+    this.latMetric = opts.lat;
+    this.lonMetric = opts.lon;
+    this.tiles = opts.tiles || null;
+  }
+
+  /** Per device: [{t, lat, lon}] over the window, lat and lon paired by time. */
+  tracks(tStart) {
+    const by = new Map();
+    for (const [key, s] of this.series) {
+      const [dev, metric] = key.split(" · ");
+      if (this.hidden.has(key)) continue;
+      let d = by.get(dev);
+      if (!d) { d = {}; by.set(dev, d); }
+      if (metric === this.latMetric) d.lat = s; else if (metric === this.lonMetric) d.lon = s;
+    }
+    const out = [];
+    for (const [dev, { lat, lon }] of [...by].sort(([a], [b]) => (a < b ? -1 : 1))) {
+      if (!lat || !lon || !lat.length || !lon.length) continue;
+      const pts = [];
+      for (let i = Math.max(lat.start, lat.lowerBound(tStart)); i < lat.end; i++) {
+        const j = atOrBefore(lon, lat.ts[i]);
+        if (j < 0 || lat.ts[i] - lon.ts[j] > 5000) continue;
+        pts.push({ t: lat.ts[i], lat: lat.v[i], lon: lon.v[j] });
+      }
+      if (pts.length) out.push({ dev, pts });
+    }
+    return out;
+  }
+
+  draw(now) {
+    const { ctx, W, H, theme } = begin(this, now);
+    const tEnd = Date.now();
+    const tracks = this.tracks(tEnd - this.windowMs);
+    this.track = { devices: tracks.map((t) => ({ device: t.dev, points: t.pts.length })) };
+    if (!tracks.length) return waiting(this, ctx, W, H);
+    let la0 = Infinity, la1 = -Infinity, lo0 = Infinity, lo1 = -Infinity;
+    for (const { pts } of tracks) for (const p of pts) {
+      la0 = Math.min(la0, p.lat); la1 = Math.max(la1, p.lat);
+      lo0 = Math.min(lo0, p.lon); lo1 = Math.max(lo1, p.lon);
+    }
+    // Equirectangular around the middle latitude: true shapes at city scale.
+    const k = Math.cos((((la0 + la1) / 2) * Math.PI) / 180);
+    const spanX = Math.max((lo1 - lo0) * k, 1e-5), spanY = Math.max(la1 - la0, 1e-5);
+    const pad = 24, pw = W - 2 * pad, ph = H - 2 * pad - 18;
+    const scale = Math.min(pw / spanX, ph / spanY);
+    const cxm = (lo0 + lo1) / 2, cym = (la0 + la1) / 2;
+    const xOf = (lon) => W / 2 + (lon - cxm) * k * scale;
+    const yOf = (lat) => pad + ph / 2 - (lat - cym) * scale;
+    // A scale bar: metres across a fifth of the width.
+    const metres = (pw / 5 / scale) * (Math.PI / 180) * EARTH_M;
+    const nice = 10 ** Math.floor(Math.log10(metres));
+    const bar = [1, 2, 5].map((m) => m * nice).filter((m) => m <= metres).pop() || nice;
+    const barPx = (bar / ((Math.PI / 180) * EARTH_M)) * scale;
+    ctx.strokeStyle = theme.axis;
+    ctx.fillStyle = theme.text;
+    ctx.lineWidth = 2;
+    ctx.beginPath();
+    ctx.moveTo(pad, H - 10);
+    ctx.lineTo(pad + barPx, H - 10);
+    ctx.stroke();
+    ctx.textAlign = "left";
+    ctx.textBaseline = "bottom";
+    ctx.fillText(bar >= 1000 ? `${bar / 1000} km` : `${bar} m`, pad + barPx + 6, H - 4);
+    const summary = [];
+    for (const { dev, pts } of tracks) {
+      const color = this.colorFor(dev);
+      ctx.strokeStyle = color;
+      ctx.lineWidth = 2;
+      ctx.lineJoin = "round";
+      ctx.beginPath();
+      pts.forEach((p, i) => (i ? ctx.lineTo(xOf(p.lon), yOf(p.lat)) : ctx.moveTo(xOf(p.lon), yOf(p.lat))));
+      ctx.stroke();
+      const last = pts[pts.length - 1];
+      const x = xOf(last.lon), y = yOf(last.lat);
+      ctx.fillStyle = color;
+      ctx.beginPath();
+      ctx.arc(x, y, 5, 0, Math.PI * 2);
+      ctx.fill();
+      ctx.strokeStyle = theme.bg;
+      ctx.lineWidth = 2;
+      ctx.stroke();
+      // Speed from the last two fixes a few seconds apart.
+      let speed = null;
+      for (let i = pts.length - 2; i >= 0; i--) {
+        const dt = (last.t - pts[i].t) / 1000;
+        if (dt >= 2) { speed = distanceM(pts[i].lat, pts[i].lon, last.lat, last.lon) / dt; break; }
+      }
+      const label = `${dev}${speed === null ? "" : ` · ${(speed * 3.6).toFixed(1)} km/h`}`;
+      ctx.fillStyle = theme.text;
+      ctx.textBaseline = "middle";
+      ctx.textAlign = x > W - 140 ? "right" : "left";
+      ctx.fillText(label, x + (x > W - 140 ? -9 : 9), y);
+      summary.push({ device: dev, lat: last.lat, lon: last.lon, speed_kmh: speed === null ? null : speed * 3.6 });
+    }
+    this.track.latest = summary;
+  }
+}
