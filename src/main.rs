@@ -231,6 +231,7 @@ fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", settings.server.listen))?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        survive_file_size_limit();
         tokio::spawn(async move {
             stop_signal().await;
             stop_tx.send_replace(true);
@@ -307,6 +308,24 @@ async fn run_demo(
     opts.auth = auth;
     if let Err(e) = telehub_sim::run(scenario, opts, stop).await {
         tracing::warn!(error = %e, "demo devices stopped");
+    }
+}
+
+/// Catches SIGXFSZ, whose default action ends the process when a write passes the file
+/// size limit (`ulimit -f`): the write fails with EFBIG instead, which the history store
+/// treats as a full disk (readings not acknowledged, `/healthz` 503, retried until
+/// space returns) rather than losing the hub.
+fn survive_file_size_limit() {
+    #[cfg(target_os = "linux")]
+    {
+        /// SIGXFSZ on Linux (every architecture the hub is built for).
+        const SIGXFSZ: i32 = 25;
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(SIGXFSZ)) {
+            Ok(mut s) => {
+                tokio::spawn(async move { while s.recv().await.is_some() {} });
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot catch SIGXFSZ"),
+        }
     }
 }
 

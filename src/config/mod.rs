@@ -19,7 +19,7 @@ mod auth;
 mod history;
 
 pub use auth::{AuthConfig, AuthMode, KeyAlgorithm, KeyConfig, Secret};
-pub use history::HistoryConfig;
+pub use history::{AckMode, HistoryConfig};
 
 /// Every setting of the hub. Each section has its own struct with defaults.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

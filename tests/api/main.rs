@@ -9,6 +9,7 @@ mod abuse;
 mod auth;
 mod backpressure;
 mod browser;
+mod durability;
 mod errors;
 mod history;
 mod http;
