@@ -54,13 +54,23 @@ pub(crate) struct StoredReading {
     pub(crate) offset: u64,
 }
 
-/// What the database held at start.
-#[derive(Debug, Default)]
+/// A room as the store keeps it: (room, epoch, last offset).
+pub(crate) type StoredRoom = (Arc<str>, Arc<str>, u64);
+
+/// What the database held at start: the rooms at once, the readings as a stream.
+#[derive(Default)]
 pub(crate) struct Loaded {
-    /// (room, epoch, last offset).
-    pub(crate) rooms: Vec<(Arc<str>, Arc<str>, u64)>,
-    /// Readings within the retention window, by room then offset.
-    pub(crate) readings: Vec<StoredReading>,
+    pub(crate) rooms: Vec<StoredRoom>,
+    /// The readings within the retention window, handed over one by one so that start-up
+    /// memory is bounded by what history keeps (its rings and log), not by the file.
+    pub(crate) rows: Option<Box<dyn StoredRows>>,
+}
+
+/// The stored readings, read once at start.
+pub(crate) trait StoredRows: Send {
+    /// Hands every reading within the window to `each`, by room then offset; returns how
+    /// many, or why reading stopped.
+    fn for_each(self: Box<Self>, each: &mut dyn FnMut(StoredReading)) -> Result<usize, String>;
 }
 
 /// Durable storage behind history. Every method returns at once except `flush` and

@@ -192,14 +192,16 @@ impl History {
             rooms.insert(name, room);
         }
         let mut refused = 0usize;
-        for r in &loaded.readings {
-            let Some(room) = rooms.get(&r.room) else {
-                continue;
-            };
-            if room.restore(r).is_err() {
-                refused += 1;
-            }
-        }
+        let read = match loaded.rows {
+            Some(rows) => rows.for_each(&mut |r| {
+                if let Some(room) = rooms.get(&r.room) {
+                    if room.restore(&r).is_err() {
+                        refused += 1;
+                    }
+                }
+            }),
+            None => Ok(0),
+        };
         if refused > 0 {
             tracing::warn!(
                 refused,
@@ -207,11 +209,17 @@ impl History {
                 "stored readings not reloaded: history.max_series reached"
             );
         }
-        tracing::info!(
-            rooms = rooms.len(),
-            readings = loaded.readings.len(),
-            "history reloaded from the database"
-        );
+        match read {
+            Ok(readings) => tracing::info!(
+                rooms = rooms.len(),
+                readings,
+                "history reloaded from the database"
+            ),
+            Err(e) => tracing::error!(
+                error = %e,
+                "stored readings could not all be reloaded into memory (they stay on disk)"
+            ),
+        }
     }
 
     /// The history of `room`, created (with a new epoch) if the hub has none for it.

@@ -8,9 +8,11 @@
 //! publishes the highest committed ticket, which is what durable acks wait for
 //! (`history.ack = "durable"`): a `kill -9` or a power cut loses only readings no one was
 //! told are kept. A clean shutdown ([`Store::close`]) commits everything. Once a minute it
-//! deletes rows older than the retention window, in small batches. On start, [`Store::open`] hands back each room's
-//! epoch and last offset and the readings within the window, so a restarted hub keeps
-//! its epochs, continues its offsets and has its recent history at once.
+//! deletes rows older than the retention window, in small batches. On start,
+//! [`Store::open`] hands back each room's epoch and last offset, and the readings within
+//! the window as a stream (start-up memory is bounded by what history keeps, not by the
+//! file), so a restarted hub keeps its epochs, continues its offsets and has its recent
+//! history at once.
 //!
 //! Tables: `rooms(room, epoch, last_offset)` and
 //! `readings(room, device, metric, unit, ts, value, seq, offset)`. Users may open the file
@@ -31,7 +33,7 @@ use tokio::sync::watch;
 
 use crate::config::{AckMode, HistoryConfig};
 use crate::sinks::history::durable::{
-    CommitState, Commits, Durable, Loaded, Queued, StoredReading, Ticket,
+    CommitState, Commits, Durable, Loaded, Queued, StoredReading, StoredRoom, StoredRows, Ticket,
 };
 use crate::sinks::history::SeriesKey;
 pub(crate) use queue::STORE_QUEUE;
@@ -130,7 +132,10 @@ impl Store {
             .map_err(sql)?;
         let retention = config.retention_ms as i64;
         let cutoff = crate::clock::now_ms().saturating_sub(retention);
-        let mut loaded = load(&conn, cutoff).map_err(sql)?;
+        let mut loaded = Loaded {
+            rooms: load_rooms(&conn).map_err(sql)?,
+            rows: None,
+        };
         // After a crash or `kill -9` the last flush interval's readings are lost, and
         // with them offsets that dashboards may already have seen. Those offsets will be
         // given out again, so each room starts a new epoch: a dashboard that comes back
@@ -161,6 +166,12 @@ impl Store {
             [],
         )
         .map_err(sql)?;
+        // The epochs above are committed (autocommit) before this reader opens.
+        loaded.rows = Some(Box::new(Rows {
+            conn: Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .map_err(sql)?,
+            cutoff,
+        }));
         let queue = Arc::new(Queue::default());
         let control = Arc::new(Control::default());
         let failures = Arc::new(AtomicU64::new(0));
@@ -286,8 +297,7 @@ impl Drop for Store {
     }
 }
 
-fn load(conn: &Connection, cutoff: i64) -> rusqlite::Result<Loaded> {
-    let mut loaded = Loaded::default();
+fn load_rooms(conn: &Connection) -> rusqlite::Result<Vec<StoredRoom>> {
     let mut stmt = conn.prepare("SELECT room, epoch, last_offset FROM rooms")?;
     let rows = stmt.query_map([], |row| {
         Ok((
@@ -296,51 +306,69 @@ fn load(conn: &Connection, cutoff: i64) -> rusqlite::Result<Loaded> {
             row.get::<_, i64>(2)? as u64,
         ))
     })?;
-    for r in rows {
-        loaded.rooms.push(r?);
+    rows.collect()
+}
+
+/// The readings within the window, read through a connection of their own (WAL: beside
+/// the writer) and handed over row by row.
+struct Rows {
+    conn: Connection,
+    cutoff: i64,
+}
+
+impl StoredRows for Rows {
+    fn for_each(self: Box<Self>, each: &mut dyn FnMut(StoredReading)) -> Result<usize, String> {
+        self.read(each).map_err(|e| e.to_string())
     }
-    let mut stmt = conn.prepare(
-        "SELECT room, device, metric, unit, ts, value, seq, offset FROM readings
-         WHERE ts >= ?1 ORDER BY room, offset",
-    )?;
-    let mut rows = stmt.query(params![cutoff])?;
-    // Share the strings between rows of one series, as the live history does.
-    let mut keys: std::collections::HashMap<(String, String), Arc<SeriesKey>> =
-        std::collections::HashMap::new();
-    let mut room: Option<Arc<str>> = None;
-    while let Some(row) = rows.next()? {
-        let room_name: String = row.get(0)?;
-        let r = match &room {
-            Some(r) if **r == *room_name => r.clone(),
-            _ => {
-                let r: Arc<str> = Arc::from(room_name);
-                room = Some(r.clone());
-                keys.clear();
-                r
-            }
-        };
-        let device: String = row.get(1)?;
-        let metric: String = row.get(2)?;
-        let key = keys
-            .entry((device, metric))
-            .or_insert_with_key(|(d, m)| {
-                Arc::new(SeriesKey {
-                    device: Arc::from(d.as_str()),
-                    metric: Arc::from(m.as_str()),
+}
+
+impl Rows {
+    fn read(&self, each: &mut dyn FnMut(StoredReading)) -> rusqlite::Result<usize> {
+        let mut stmt = self.conn.prepare(
+            "SELECT room, device, metric, unit, ts, value, seq, offset FROM readings
+             WHERE ts >= ?1 ORDER BY room, offset",
+        )?;
+        let mut rows = stmt.query(params![self.cutoff])?;
+        // Share the strings between rows of one series, as the live history does.
+        let mut keys: std::collections::HashMap<(String, String), Arc<SeriesKey>> =
+            std::collections::HashMap::new();
+        let mut room: Option<Arc<str>> = None;
+        let mut n = 0;
+        while let Some(row) = rows.next()? {
+            let room_name: String = row.get(0)?;
+            let r = match &room {
+                Some(r) if **r == *room_name => r.clone(),
+                _ => {
+                    let r: Arc<str> = Arc::from(room_name);
+                    room = Some(r.clone());
+                    keys.clear();
+                    r
+                }
+            };
+            let device: String = row.get(1)?;
+            let metric: String = row.get(2)?;
+            let key = keys
+                .entry((device, metric))
+                .or_insert_with_key(|(d, m)| {
+                    Arc::new(SeriesKey {
+                        device: Arc::from(d.as_str()),
+                        metric: Arc::from(m.as_str()),
+                    })
                 })
-            })
-            .clone();
-        loaded.readings.push(StoredReading {
-            room: r,
-            key,
-            unit: row.get::<_, Option<String>>(3)?.map(Arc::from),
-            ts: row.get(4)?,
-            value: row.get(5)?,
-            seq: row.get::<_, Option<i64>>(6)?.map(|s| s as u64),
-            offset: row.get::<_, i64>(7)? as u64,
-        });
+                .clone();
+            each(StoredReading {
+                room: r,
+                key,
+                unit: row.get::<_, Option<String>>(3)?.map(Arc::from),
+                ts: row.get(4)?,
+                value: row.get(5)?,
+                seq: row.get::<_, Option<i64>>(6)?.map(|s| s as u64),
+                offset: row.get::<_, i64>(7)? as u64,
+            });
+            n += 1;
+        }
+        Ok(n)
     }
-    Ok(loaded)
 }
 
 #[cfg(test)]

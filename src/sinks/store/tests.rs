@@ -344,3 +344,35 @@ fn failing_commits_keep_their_batch_refuse_readings_when_full_and_never_a_room()
     );
     h.close();
 }
+
+#[test]
+fn a_restart_streams_the_stored_rows_into_bounded_rings() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = HistoryConfig {
+        points_per_series: 5,
+        room_log_len: 8,
+        ..cfg(dir.path())
+    };
+    let h = History::open(config.clone()).unwrap();
+    record(&h, "a", 50);
+    h.close();
+    drop(h);
+    let h = History::open(config).unwrap();
+    let a = h.get("a").unwrap();
+    assert_eq!(a.offset(), 50, "offsets continue");
+    let QueryResult::Points(p) = a.query(&Query::default()).unwrap() else {
+        panic!()
+    };
+    // Memory holds what the caps say, the newest; the file keeps every row.
+    assert_eq!(
+        p.iter().map(|p| p.value).collect::<Vec<_>>(),
+        [45.0, 46.0, 47.0, 48.0, 49.0]
+    );
+    assert_eq!(h.log_entries(), 8);
+    let conn = rusqlite::Connection::open(dir.path().join(super::DB_FILE)).unwrap();
+    let rows: i64 = conn
+        .query_row("SELECT count(*) FROM readings", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 50);
+    h.close();
+}
