@@ -65,6 +65,9 @@ pub mod history {
     pub use crate::config::AckMode;
     pub use crate::sinks::history::room::RoomHistory;
     pub use crate::sinks::history::{History, HistoryConfig, HistoryError, Record};
+    pub use crate::sinks::store::archive::{
+        export, import, ArchiveError, ArchiveFormat, ArchivedReading,
+    };
 }
 
 /// Entry points for the fuzz targets in `fuzz/` (see `docs/TESTING.md`): for fuzz targets

@@ -288,3 +288,98 @@ async fn killed_mid_stream_every_reading_an_mqtt_publisher_sent_is_stored_exactl
     let want: BTreeMap<(String, u64), u64> = (1..=N).map(|s| (("s1".into(), s), 1)).collect();
     assert_eq!(stored, want);
 }
+
+/// Runs `telehub <args>` on `data` with `stdin`; returns (success, stdout, stderr).
+fn telehub_cli(args: &[&str], data: &Path, stdin: &[u8]) -> (bool, Vec<u8>, String) {
+    use std::io::Write as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_telehub"))
+        .args(args)
+        .env_remove("TELEHUB_CONFIG")
+        .env("TELEHUB_HISTORY_DATA_DIR", data)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("telehub runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin)
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("telehub exits");
+    (
+        out.status.success(),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_then_import_moves_a_rooms_history_to_another_hub() {
+    // Arrange: a hub with durable history records a few readings, then stops.
+    let data = tempfile::tempdir().expect("data dir");
+    let mut hub = hub_process().data_dir(data.path()).start();
+    let mut dev = Client::connect(&hub.ws_url("arch", "dev", "role=device&acks=true"))
+        .await
+        .expect("device");
+    dev.recv_type("welcome").await;
+    let now = chrono::Utc::now().timestamp_millis();
+    dev.send_json(json!({"type":"readings","items":[
+        {"metric":"t","value":1.5,"unit":"°C","ts":now - 2000,"seq":1},
+        {"metric":"t","value":2.5,"unit":"°C","ts":now - 1000,"seq":2},
+        {"metric":"h","value":40,"ts":now - 1000}]}))
+        .await;
+    dev.recv_type("accepted").await;
+    assert_eq!(hub.stop().await.code(), Some(0), "{}", hub.log());
+
+    for format in ["csv", "jsonl"] {
+        // Act: export the room, import it into an empty data directory, start a hub there.
+        let (ok, archive, err) = telehub_cli(
+            &[
+                "export", "--room", "arch", "--from", "-1h", "--format", format,
+            ],
+            data.path(),
+            b"",
+        );
+        assert!(ok, "{err}");
+        assert!(err.contains("exported 3"), "{err}");
+        let moved = tempfile::tempdir().expect("second data dir");
+        let (ok, _, err) = telehub_cli(&["import", "--format", format], moved.path(), &archive);
+        assert!(ok && err.contains("imported 3"), "{err}");
+        let (ok, _, err) = telehub_cli(&["import", "--format", format], moved.path(), &archive);
+        assert!(
+            ok && err.contains("imported 0") && err.contains("skipped 3"),
+            "{err}"
+        );
+        let mut second = hub_process().data_dir(moved.path()).start();
+
+        // Assert: the second hub answers the same history.
+        let (status, body) = http_get(second.addr(), "/api/rooms/arch/history?from=-1h", "").await;
+        assert_eq!(status, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).expect("json");
+        let mut got: Vec<(String, i64, f64)> = v["points"]
+            .as_array()
+            .expect("points")
+            .iter()
+            .map(|p| {
+                (
+                    p["metric"].as_str().unwrap_or_default().to_string(),
+                    p["ts"].as_i64().unwrap_or_default(),
+                    p["value"].as_f64().unwrap_or_default(),
+                )
+            })
+            .collect();
+        got.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+        assert_eq!(
+            got,
+            [
+                ("t".to_string(), now - 2000, 1.5),
+                ("h".to_string(), now - 1000, 40.0),
+                ("t".to_string(), now - 1000, 2.5),
+            ],
+            "{format}"
+        );
+        assert_eq!(second.stop().await.code(), Some(0));
+    }
+}

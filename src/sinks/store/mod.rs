@@ -18,6 +18,7 @@
 //! `readings(room, device, metric, unit, ts, value, seq, offset)`. Users may open the file
 //! with any SQLite client while the hub runs (WAL mode).
 
+pub(crate) mod archive;
 mod queue;
 mod writer;
 
@@ -39,6 +40,27 @@ use crate::sinks::history::SeriesKey;
 pub(crate) use queue::STORE_QUEUE;
 use queue::{Msg, Queue};
 use writer::{Control, Writer, MAX_BATCH};
+
+/// The file's tables (created if missing), in WAL mode.
+pub(crate) const SCHEMA: &str = "PRAGMA journal_mode = WAL;
+             CREATE TABLE IF NOT EXISTS rooms (
+                 room TEXT PRIMARY KEY,
+                 epoch TEXT NOT NULL,
+                 last_offset INTEGER NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS readings (
+                 room TEXT NOT NULL,
+                 device TEXT NOT NULL,
+                 metric TEXT NOT NULL,
+                 unit TEXT,
+                 ts INTEGER NOT NULL,
+                 value REAL NOT NULL,
+                 seq INTEGER,
+                 offset INTEGER NOT NULL,
+                 PRIMARY KEY (room, offset)
+             ) WITHOUT ROWID;
+             CREATE INDEX IF NOT EXISTS readings_ts ON readings (ts);
+             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);";
 
 /// How long one commit waits for a lock another connection holds before it fails.
 const BUSY_TIMEOUT: Duration = Duration::from_millis(200);
@@ -99,28 +121,7 @@ impl Store {
         // Another writer (someone's SQLite client) holding the lock makes a commit wait
         // this long before it fails and is retried (see `writer`), not rusqlite's 5 s.
         conn.busy_timeout(BUSY_TIMEOUT).map_err(sql)?;
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             CREATE TABLE IF NOT EXISTS rooms (
-                 room TEXT PRIMARY KEY,
-                 epoch TEXT NOT NULL,
-                 last_offset INTEGER NOT NULL
-             );
-             CREATE TABLE IF NOT EXISTS readings (
-                 room TEXT NOT NULL,
-                 device TEXT NOT NULL,
-                 metric TEXT NOT NULL,
-                 unit TEXT,
-                 ts INTEGER NOT NULL,
-                 value REAL NOT NULL,
-                 seq INTEGER,
-                 offset INTEGER NOT NULL,
-                 PRIMARY KEY (room, offset)
-             ) WITHOUT ROWID;
-             CREATE INDEX IF NOT EXISTS readings_ts ON readings (ts);
-             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
-        )
-        .map_err(sql)?;
+        conn.execute_batch(SCHEMA).map_err(sql)?;
         // Durable acks promise a reading survives a power cut, so every commit syncs the
         // WAL (`FULL`: one fsync per flush, not per reading). With memory acks a commit
         // survives a crash of the hub but may be lost with the machine (`NORMAL`).
