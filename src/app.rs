@@ -189,11 +189,20 @@ pub async fn run(
     )
     .await;
     info!("shutting down");
+    // Readings stop before the store closes: what was acknowledged is on disk, and what
+    // comes later is answered `store_unavailable`, never acknowledged and then lost. The
+    // flush lets durable acks already waiting go out before the connections close.
+    hub.stop_readings();
+    let flushing = history.clone();
+    let flush = tokio::task::spawn_blocking(move || flushing.flush());
+    let grace = Duration::from_millis(settings.server.shutdown_grace_ms);
+    if !matches!(tokio::time::timeout(grace, flush).await, Ok(Ok(true))) {
+        warn!("history not flushed before the connections close; unacknowledged readings stay with their devices");
+    }
     trigger.fire();
     hub.close_all(Close::GOING_AWAY);
     drop(completion);
     drop(ws);
-    let grace = Duration::from_millis(settings.server.shutdown_grace_ms);
     if tokio::time::timeout(grace, all_done.recv()).await.is_err() {
         warn!(
             still_open = open.load(Ordering::Relaxed),

@@ -54,7 +54,7 @@ pub mod mqtt {
     pub use crate::sources::mqtt::bridge::Bridge;
     pub use crate::sources::mqtt::config::MqttConfig;
     pub use crate::sources::mqtt::ingest::{
-        BridgeSink, BridgedAck, BridgedMessage, BridgedReading,
+        BridgeSink, BridgedAck, BridgedMessage, BridgedReading, Commit,
     };
     pub use crate::sources::mqtt::link::BridgeLink;
     pub use crate::sources::mqtt::state::BridgeState;
@@ -63,8 +63,12 @@ pub mod mqtt {
 
 /// History as a component, for benchmarks that time it without a hub.
 pub mod history {
+    pub use crate::config::AckMode;
     pub use crate::sinks::history::room::RoomHistory;
     pub use crate::sinks::history::{History, HistoryConfig, HistoryError, Record};
+    pub use crate::sinks::store::archive::{
+        export, import, ArchiveError, ArchiveFormat, ArchivedReading,
+    };
 }
 
 /// Entry points for the fuzz targets in `fuzz/` (see `docs/TESTING.md`): for fuzz targets

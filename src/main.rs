@@ -37,6 +37,37 @@ enum Command {
     /// Print a token signed with the configured HS key (`[[auth.keys]]`), for a device,
     /// a dashboard user or an admin.
     Token(TokenArgs),
+    /// Write a room's stored history (`history.data_dir`) to stdout as CSV or JSON lines.
+    Export(ExportArgs),
+    /// Read history in the format `export` writes from stdin into the database (stop the
+    /// hub first).
+    Import(ImportArgs),
+}
+
+#[derive(clap::Args)]
+struct ExportArgs {
+    /// The room to export.
+    #[arg(long)]
+    room: String,
+    /// Earliest `ts`: epoch ms, RFC 3339 or a window back from now (-30d, -1y).
+    #[arg(long, allow_hyphen_values = true)]
+    from: Option<String>,
+    /// Latest `ts`, in the same forms.
+    #[arg(long, allow_hyphen_values = true)]
+    to: Option<String>,
+    /// csv or jsonl.
+    #[arg(long, default_value = "csv")]
+    format: String,
+}
+
+#[derive(clap::Args)]
+struct ImportArgs {
+    /// csv or jsonl.
+    #[arg(long, default_value = "csv")]
+    format: String,
+    /// Import even though the file is marked open by a hub (after a crash).
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(clap::Args)]
@@ -124,6 +155,8 @@ fn main() -> ExitCode {
         },
         Some(Command::Plot(args)) => return plot(args),
         Some(Command::Token(args)) => return token(args, cli.serve.config),
+        Some(Command::Export(args)) => return archive(Archive::Export(args), cli.serve.config),
+        Some(Command::Import(args)) => return archive(Archive::Import(args), cli.serve.config),
         None => cli.serve,
     };
     if args.demo && !cfg!(feature = "demo") {
@@ -157,6 +190,37 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("telehub: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+enum Archive {
+    Export(ExportArgs),
+    Import(ImportArgs),
+}
+
+/// `telehub export` / `telehub import` on the configured `history.data_dir`.
+fn archive(which: Archive, config: Option<PathBuf>) -> ExitCode {
+    let settings = match Settings::load(config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("telehub: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let dir = &settings.history.data_dir;
+    let (name, result) = match which {
+        Archive::Export(a) => (
+            "export",
+            cli::archive::export(dir, &a.room, a.from.as_deref(), a.to.as_deref(), &a.format),
+        ),
+        Archive::Import(a) => ("import", cli::archive::import(dir, &a.format, a.force)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("telehub {name}: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -242,6 +306,7 @@ fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", settings.server.listen))?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        survive_file_size_limit();
         tokio::spawn(async move {
             stop_signal().await;
             stop_tx.send_replace(true);
@@ -318,6 +383,24 @@ async fn run_demo(
     opts.auth = auth;
     if let Err(e) = telehub_sim::run(scenario, opts, stop).await {
         tracing::warn!(error = %e, "demo devices stopped");
+    }
+}
+
+/// Catches SIGXFSZ, whose default action ends the process when a write passes the file
+/// size limit (`ulimit -f`): the write fails with EFBIG instead, which the history store
+/// treats as a full disk (readings not acknowledged, `/healthz` 503, retried until
+/// space returns) rather than losing the hub.
+fn survive_file_size_limit() {
+    #[cfg(target_os = "linux")]
+    {
+        /// SIGXFSZ on Linux (every architecture the hub is built for).
+        const SIGXFSZ: i32 = 25;
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(SIGXFSZ)) {
+            Ok(mut s) => {
+                tokio::spawn(async move { while s.recv().await.is_some() {} });
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot catch SIGXFSZ"),
+        }
     }
 }
 

@@ -34,11 +34,14 @@ pub enum ErrorCode {
     TooManyPending,
     /// The reading would create a series past `history.max_series`.
     SeriesLimit,
+    /// The readings listed in `seqs` were fanned out but are not stored (the history
+    /// store's queue is full or its commits fail): keep them and resend later.
+    StoreUnavailable,
 }
 
 impl ErrorCode {
     /// Every code, in [`ErrorCode::index`] order.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::InvalidJson,
         ErrorCode::UnknownType,
         ErrorCode::MissingField,
@@ -53,6 +56,7 @@ impl ErrorCode {
         ErrorCode::DuplicateId,
         ErrorCode::TooManyPending,
         ErrorCode::SeriesLimit,
+        ErrorCode::StoreUnavailable,
     ];
 
     /// The wire name, as in `"code":"invalid_json"`.
@@ -72,6 +76,7 @@ impl ErrorCode {
             ErrorCode::DuplicateId => "duplicate_id",
             ErrorCode::TooManyPending => "too_many_pending",
             ErrorCode::SeriesLimit => "series_limit",
+            ErrorCode::StoreUnavailable => "store_unavailable",
         }
     }
 

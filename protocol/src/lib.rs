@@ -11,6 +11,7 @@
 //!   typed messages clients build ([`inbound::ToHub`]).
 //! - [`outbound`]: hub → client. [`outbound::ServerMessage`], serialised by the hub from
 //!   borrowed data and deserialised by clients.
+//! - [`seqs`]: sets of device seqs as inclusive ranges (`accepted`, `store_unavailable`).
 //! - [`rate`]: the token bucket both sides use to stay within (or enforce) a rate.
 //! - [`backoff`]: exponential reconnect backoff with equal jitter.
 //!
@@ -25,6 +26,7 @@ pub mod inbound;
 pub mod outbound;
 pub mod rate;
 pub mod role;
+pub mod seqs;
 
 pub use codes::ErrorCode;
 pub use role::{Role, Via};

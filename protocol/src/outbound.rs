@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::role::{Role, Via};
+use crate::seqs::SeqRanges;
 
 /// Any message the hub sends. Serialises as `{"type":"<variant>", ...fields}`.
 #[derive(Debug, Clone, Serialize)]
@@ -193,13 +194,18 @@ pub struct Ack<'a> {
     pub result: Option<Cow<'a, RawValue>>,
 }
 
-/// `accepted`, to devices with `acks=true`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// `accepted`, to devices with `acks=true`: the hub keeps exactly the readings whose seq
+/// `seqs` lists (committed to disk with `history.ack = "durable"`), and a device may
+/// forget those and no others.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Accepted {
-    /// The highest seq of the message the hub accepted.
+    /// The highest seq in `seqs` (kept for older devices; not a watermark: seqs below it
+    /// that `seqs` does not list were not accepted).
     pub seq: u64,
-    /// How many readings that message carried.
+    /// How many readings `seqs` covers.
     pub count: usize,
+    /// The seqs accepted, as inclusive ranges (duplicates of kept readings included).
+    pub seqs: SeqRanges,
 }
 
 /// `error`.
@@ -212,6 +218,9 @@ pub struct ErrorMsg<'a> {
     /// The command id the error is about.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<Cow<'a, str>>,
+    /// The readings the error is about, by seq (`store_unavailable`: keep them, resend).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seqs: Option<SeqRanges>,
 }
 
 fn empty_args() -> Cow<'static, RawValue> {
@@ -325,6 +334,8 @@ struct Any<'a> {
     result: Option<Box<RawValue>>,
     #[serde(default)]
     count: Option<usize>,
+    #[serde(default)]
+    seqs: Option<SeqRanges>,
     #[serde(borrow, default)]
     code: Option<Text<'a>>,
     #[serde(borrow, default)]
@@ -394,11 +405,13 @@ impl<'de: 'a, 'a> Deserialize<'de> for ServerMessage<'a> {
             "accepted" => ServerMessage::Accepted(Accepted {
                 seq: need(f.seq, "seq")?,
                 count: need(f.count, "count")?,
+                seqs: need(f.seqs, "seqs")?,
             }),
             "error" => ServerMessage::Error(ErrorMsg {
                 code: text(f.code, "code")?,
                 message: text(f.message, "message")?,
                 id: f.id.map(|t| t.0),
+                seqs: f.seqs,
             }),
             "token_expiring" => ServerMessage::TokenExpiring(TokenExpiring {
                 exp: need(f.exp, "exp")?,
@@ -468,10 +481,14 @@ mod tests {
             welcome.to_json(),
             r#"{"type":"welcome","room":"greenhouse","client":"dash-1","role":"dashboard","offset":1042,"epoch":"k3f9a2","members":[{"client":"t1","role":"device","via":"ws"}],"dashboards":2,"recovered":true}"#
         );
-        let accepted = ServerMessage::Accepted(Accepted { seq: 17, count: 1 });
+        let accepted = ServerMessage::Accepted(Accepted {
+            seq: 17,
+            count: 3,
+            seqs: SeqRanges(vec![[14, 15], [17, 17]]),
+        });
         assert_eq!(
             accepted.to_json(),
-            r#"{"type":"accepted","seq":17,"count":1}"#
+            r#"{"type":"accepted","seq":17,"count":3,"seqs":[[14,15],[17,17]]}"#
         );
     }
 
@@ -487,8 +504,9 @@ mod tests {
             r#"{"type":"command","id":"c-17","from":"dash-1","name":"set_interval","args":{"ms":500}}"#,
             r#"{"type":"ack","id":"c-17","from":"t1","ok":true,"result":{"ms":[1,2]}}"#,
             r#"{"type":"ack","id":"c-18","from":"t1","ok":false}"#,
-            r#"{"type":"accepted","seq":17,"count":1}"#,
+            r#"{"type":"accepted","seq":17,"count":1,"seqs":[[17,17]]}"#,
             r#"{"type":"error","code":"rate_limited","message":"3 \"readings\" refused","id":"c-1"}"#,
+            r#"{"type":"error","code":"store_unavailable","message":"not stored","seqs":[[3,9]]}"#,
             r#"{"type":"token_expiring","exp":1764000030}"#,
         ];
         for text in texts {

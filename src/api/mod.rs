@@ -24,7 +24,7 @@ use warp::{Filter, Rejection, Reply};
 
 use std::sync::Arc;
 
-use warp::http::{header, HeaderValue};
+use warp::http::{header, HeaderValue, StatusCode};
 use warp::reply::Response;
 
 use self::error::ApiError;
@@ -51,7 +51,7 @@ pub(crate) fn routes(
     layouts: Layouts,
     dashboard_dir: Option<PathBuf>,
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
-    healthz()
+    healthz(hub.clone())
         .or(write::routes(ingest.0, auth.clone()))
         .or(self::ingest::routes(ingest.1, auth.clone()))
         .or(rooms(hub.clone(), auth.clone()))
@@ -69,9 +69,20 @@ fn with_hub(hub: Hub) -> impl Filter<Extract = (Hub,), Error = Infallible> + Clo
     warp::any().map(move || hub.clone())
 }
 
-/// GET /healthz
-fn healthz() -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
-    warp::path!("healthz").and(warp::get()).map(|| "ok")
+/// GET /healthz: `ok`, or 503 with the reason while the history store's commits fail
+/// (readings are then fanned out but not acknowledged).
+fn healthz(hub: Hub) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    warp::path!("healthz")
+        .and(warp::get())
+        .and(with_hub(hub))
+        .map(|hub: Hub| match hub.history().store_failing() {
+            None => warp::reply::with_status("ok".to_string(), StatusCode::OK).into_response(),
+            Some(why) => warp::reply::with_status(
+                format!("store_unavailable: {why}"),
+                StatusCode::SERVICE_UNAVAILABLE,
+            )
+            .into_response(),
+        })
 }
 
 /// GET /api/rooms: the rooms the request's token covers (all of them in mode none).

@@ -40,11 +40,30 @@ pub struct HistoryConfig {
     /// Directory of the database file `telehub.db` (created if missing).
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
-    /// How often buffered readings are committed to the database, in milliseconds. A
-    /// `kill -9` loses at most the readings of the last interval; a clean shutdown loses
-    /// none.
+    /// How often buffered readings are committed to the database, in milliseconds (one
+    /// transaction and one fsync per interval, however many readings). With durable acks
+    /// this is how long a device waits for `accepted` at most (plus the commit itself).
     #[serde(default = "default_flush_interval_ms")]
     pub flush_interval_ms: u64,
+    /// When a device is told its readings are kept (`accepted`, and the MQTT bridge's
+    /// PUBACK): `"durable"` once they are committed to the database (a crash or power cut
+    /// loses nothing acknowledged; the ack waits up to one `flush_interval_ms`),
+    /// `"memory"` as soon as the hub holds them in memory (lower latency; a crash loses
+    /// up to one flush interval of acknowledged readings). With `persist = false`,
+    /// `accepted` always means in memory.
+    #[serde(default)]
+    pub ack: AckMode,
+}
+
+/// `history.ack`: what `accepted` promises.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AckMode {
+    /// After the commit to SQLite.
+    #[default]
+    Durable,
+    /// As soon as the readings are in memory.
+    Memory,
 }
 
 const fn default_points_per_series() -> usize {
@@ -69,7 +88,7 @@ fn default_data_dir() -> PathBuf {
     PathBuf::from("./data")
 }
 const fn default_flush_interval_ms() -> u64 {
-    500
+    100
 }
 
 impl Default for HistoryConfig {
@@ -83,6 +102,7 @@ impl Default for HistoryConfig {
             persist: default_persist(),
             data_dir: default_data_dir(),
             flush_interval_ms: default_flush_interval_ms(),
+            ack: AckMode::default(),
         }
     }
 }
@@ -128,6 +148,7 @@ mod tests {
         assert_eq!(c.points_per_series, 3600);
         assert_eq!(c.retention_ms, 3_600_000);
         assert!(c.persist);
+        assert_eq!(c.ack, AckMode::Durable);
         assert!(c.flush_interval_ms <= 1000);
         assert_eq!(c.data_dir, PathBuf::from("./data"));
         c.validate().unwrap();
@@ -144,6 +165,9 @@ mod tests {
         assert!(err.to_string().contains("points"), "{err}");
         let ok: HistoryConfig = toml::from_str("persist = false").unwrap();
         assert!(!ok.persist);
+        let memory: HistoryConfig = toml::from_str("ack = \"memory\"").unwrap();
+        assert_eq!(memory.ack, AckMode::Memory);
+        assert!(toml::from_str::<HistoryConfig>("ack = \"disk\"").is_err());
         assert_eq!(ok.points_per_series, 3600);
     }
 }

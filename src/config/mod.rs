@@ -20,7 +20,7 @@ mod history;
 mod influx;
 
 pub use auth::{AuthConfig, AuthMode, KeyAlgorithm, KeyConfig, Secret};
-pub use history::HistoryConfig;
+pub use history::{AckMode, HistoryConfig};
 pub(crate) use influx::InfluxConfig;
 
 /// Every setting of the hub. Each section has its own struct with defaults.

@@ -10,10 +10,12 @@
 //! - [`dedup`]: per-device windows of recent `seq`s (resends are dropped).
 //! - [`commands`]: commands waiting for their ack.
 //! - [`mailbox`]: the bounded queue of frames for one member, drained by a sink.
+//! - [`receipt`]: what a source waits for before it acknowledges readings.
 
 pub(crate) mod commands;
 pub(crate) mod dedup;
 pub(crate) mod mailbox;
+pub(crate) mod receipt;
 pub(crate) mod room;
 
 use std::collections::HashMap;
@@ -21,12 +23,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use crate::config::{LimitsConfig, Overflow};
+use crate::config::{AckMode, LimitsConfig, Overflow};
 use crate::hub::mailbox::{Close, Mailbox};
 use crate::hub::room::{
     CatchUpStep, Member, Presence, Published, Room, RoomJoinError, RoomSummary, Since,
 };
 use crate::metrics::{Metrics, Rejection};
+use crate::sinks::history::durable::Commits;
 use crate::sinks::history::{History, SeriesCaps};
 use telehub_protocol::inbound::{AckIn, CommandIn, ProtoError, ReadingIn};
 use telehub_protocol::role::{Role, Via};
@@ -46,6 +49,11 @@ struct Inner {
     history: History,
     /// Set once at start-up: who else sees WebSocket devices' readings.
     taps: OnceLock<Box<[Arc<dyn ReadingTap>]>>,
+    /// What acks wait for: the store's commits (`history.ack = "durable"` with a
+    /// store), or nothing.
+    commits: Option<Commits>,
+    /// Cleared at shutdown, before the store closes: readings are refused from then on.
+    accepting: AtomicBool,
 }
 
 /// Sees every message of readings a WebSocket device publishes, after its room took
@@ -148,6 +156,10 @@ impl Hub {
     /// A hub that updates `metrics`, whose registry the server has completed with the
     /// other stages' collectors.
     pub(crate) fn with_metrics(limits: LimitsConfig, history: History, metrics: Metrics) -> Hub {
+        let commits = match history.config().ack {
+            AckMode::Durable => history.commits(),
+            AckMode::Memory => None,
+        };
         Hub {
             inner: Arc::new(Inner {
                 rooms: Mutex::new(HashMap::new()),
@@ -156,6 +168,8 @@ impl Hub {
                 next_conn: AtomicU64::new(1),
                 history,
                 taps: OnceLock::new(),
+                commits,
+                accepting: AtomicBool::new(true),
             }),
         }
     }
@@ -277,7 +291,22 @@ impl Hub {
     /// Publishes a device's readings into its room: the seam every reading goes through.
     /// A reading whose `ts` is more than `limits.max_future_ms` ahead of the hub's clock
     /// is refused here, for every source (counted in [`Published::future_ts`]).
+    ///
+    /// The readings are fanned out before this returns; [`Published::receipt`] is what
+    /// the source waits on before acknowledging [`Published::seqs`] (the commit to disk
+    /// with durable acks), and [`Published::unstored`] must not be acknowledged at all.
     pub(crate) fn publish(&self, from: &Membership, mut items: Vec<ReadingIn>) -> Published {
+        if !self.inner.accepting.load(Ordering::Acquire) {
+            let mut refused = Published {
+                stopping: true,
+                unstored_count: items.len(),
+                ..Published::default()
+            };
+            for seq in items.iter().filter_map(|r| r.seq) {
+                refused.unstored.insert(seq);
+            }
+            return refused;
+        }
         let now = now_ms();
         let latest = self.latest_ts(now);
         let before = items.len();
@@ -296,10 +325,13 @@ impl Hub {
                 per_room: self.inner.limits.max_series_per_room,
                 per_device: self.inner.limits.max_series_per_device,
             },
+            from.via == Via::Mqtt,
             &self.inner.metrics,
         );
+        let receipt = receipt::Receipt::new(published.ticket, self.inner.commits.clone());
         let published = Published {
             future_ts,
+            receipt,
             ..published
         };
         let m = &self.inner.metrics;
@@ -319,6 +351,17 @@ impl Hub {
     pub(crate) fn latest_ts(&self, now_ms: i64) -> i64 {
         let ahead = i64::try_from(self.inner.limits.max_future_ms).unwrap_or(i64::MAX);
         now_ms.saturating_add(ahead)
+    }
+
+    /// Refuses readings from now on (shutdown, before the store closes), so every reading
+    /// acknowledged before the stop is committed by the close.
+    pub(crate) fn stop_readings(&self) {
+        self.inner.accepting.store(false, Ordering::Release);
+    }
+
+    /// Where durable acks wait (`None` when acks do not wait for the disk).
+    pub(crate) fn commits(&self) -> Option<Commits> {
+        self.inner.commits.clone()
     }
 
     /// Installs the reading taps (once, at start-up; later calls are ignored).

@@ -14,13 +14,16 @@ use std::time::{Duration, Instant};
 use crate::hub::commands::{Pending, PendingCommands};
 use crate::hub::dedup::SeqWindow;
 use crate::hub::mailbox::{Close, CommandLetter, Letter, Mailbox, Push};
+use crate::hub::receipt::Receipt;
 use crate::metrics::Metrics;
 use crate::net::ws::frames::{self, Frame, ReadingOut};
+use crate::sinks::history::durable::{Queued, Ticket};
 use crate::sinks::history::{HistoryError, Record, RoomHistory, SeriesCaps};
 use telehub_protocol::codes::ErrorCode;
 use telehub_protocol::inbound::{AckIn, CommandIn, ProtoError, ReadingIn};
 use telehub_protocol::outbound::MemberInfo;
 use telehub_protocol::role::{Role, Via};
+use telehub_protocol::seqs::SeqRanges;
 
 /// A connected member of a room.
 #[derive(Clone)]
@@ -116,12 +119,25 @@ pub(crate) enum CatchUpStep {
 }
 
 /// What became of a device message's readings.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct Published {
+    /// Readings recorded and fanned out (stored or not).
     pub accepted: usize,
     pub duplicates: usize,
-    /// Highest `seq` among the message's readings (accepted or duplicate).
-    pub max_seq: Option<u64>,
+    /// The seqs `accepted` will list once `ticket` is committed: readings recorded and
+    /// queued for the store (or kept in memory only), and duplicates of kept ones.
+    pub seqs: SeqRanges,
+    /// Seqs of readings fanned out that the store refused (its queue is full): they are
+    /// not kept, so the device must resend them (`store_unavailable`).
+    pub unstored: SeqRanges,
+    /// Readings fanned out that the store refused, with or without a seq.
+    pub unstored_count: usize,
+    /// The store ticket every kept reading of the message is covered by (0: none).
+    pub ticket: Ticket,
+    /// What a source waits on before acknowledging `seqs` (set by the hub).
+    pub receipt: Receipt,
+    /// Refused whole: the hub is shutting down (set by the hub; `unstored` lists them).
+    pub stopping: bool,
     /// Readings refused because they would create a series past a cap.
     pub series_limited: usize,
     /// The first cap that refused one: its config key and value.
@@ -411,7 +427,11 @@ impl Room {
         }
     }
 
-    /// Stamps, serialises once and fans out a device's readings, in order.
+    /// Stamps, serialises once and fans out a device's readings, in order. With
+    /// `ts_identity` (bridged MQTT devices, whose broker may deliver a message again), a
+    /// reading without `seq` whose series already holds the same `ts` and value is a
+    /// duplicate.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn publish(
         &self,
         device: &Arc<str>,
@@ -419,12 +439,23 @@ impl Room {
         now_ms: i64,
         max_dedup: usize,
         caps: SeriesCaps,
+        ts_identity: bool,
         metrics: &Metrics,
     ) -> Published {
         let mut out = Published::default();
         let mut st = self.lock();
         let st = &mut *st;
         for item in items {
+            if let (true, None, Some(ts)) = (ts_identity, item.seq, item.ts) {
+                if self
+                    .history
+                    .holds_point(device, &item.metric, ts, item.value)
+                {
+                    out.duplicates += 1;
+                    out.ticket = out.ticket.max(self.history.last_ticket());
+                    continue;
+                }
+            }
             if let Some(seq) = item.seq {
                 if !st.dedup.contains_key(device) && st.dedup.len() >= max_dedup {
                     // Forget the windows of devices that are gone before refusing to
@@ -435,8 +466,11 @@ impl Room {
                 if st.dedup.len() < max_dedup || st.dedup.contains_key(device) {
                     let window = st.dedup.entry(device.clone()).or_default();
                     if !window.insert(seq) {
+                        // Its original was queued before now (or loaded from disk), so
+                        // it is on disk once everything queued so far is.
                         out.duplicates += 1;
-                        out.max_seq = Some(out.max_seq.map_or(seq, |m: u64| m.max(seq)));
+                        out.seqs.insert(seq);
+                        out.ticket = out.ticket.max(self.history.last_ticket());
                         continue;
                     }
                 }
@@ -454,7 +488,33 @@ impl Room {
                 caps,
             );
             let offset = match recorded {
-                Ok(offset) => offset,
+                Ok(rec) => {
+                    match rec.queued {
+                        Some(Queued::Ticket(t)) => {
+                            out.ticket = out.ticket.max(t);
+                            if let Some(seq) = item.seq {
+                                out.seqs.insert(seq);
+                            }
+                        }
+                        None => {
+                            if let Some(seq) = item.seq {
+                                out.seqs.insert(seq);
+                            }
+                        }
+                        Some(Queued::Refused) => {
+                            // Fanned out below but not kept: forget its seq, so that
+                            // the device's resend is recorded (and stored) after all.
+                            out.unstored_count += 1;
+                            if let Some(seq) = item.seq {
+                                out.unstored.insert(seq);
+                                if let Some(window) = st.dedup.get_mut(device) {
+                                    window.remove(seq);
+                                }
+                            }
+                        }
+                    }
+                    rec.offset
+                }
                 Err(e) => {
                     // Past a series cap: refused, so forget its seq (a resend after the
                     // cap is raised or series expire must not count as a duplicate).
@@ -466,9 +526,6 @@ impl Room {
                     continue;
                 }
             };
-            if let Some(seq) = item.seq {
-                out.max_seq = Some(out.max_seq.map_or(seq, |m: u64| m.max(seq)));
-            }
             st.offset = offset;
             out.offsets = Some((out.offsets.map_or(offset, |o| o.0), offset));
             let frame = frames::reading_frame(&ReadingOut {

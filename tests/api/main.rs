@@ -10,6 +10,7 @@ mod auth;
 mod backpressure;
 mod browser;
 mod dashboard;
+mod durability;
 mod errors;
 mod history;
 mod http;

@@ -1,11 +1,11 @@
 //! A device on a WebSocket to the hub.
 //!
 //! The device connects with `role=device&acks=true`, sends its outbox (one `reading`, or a
-//! `readings` batch of up to [`MAX_BATCH`]), and forgets readings only when the hub's
-//! `accepted` covers their seq. The hub answers each message in order, and when it refuses
-//! the tail of a batch (`rate_limited`) its `accepted` names the highest seq it took, so
-//! the device matches each `accepted` to the message it answers ([`InFlight`]) and confirms
-//! only that message's granted prefix. When the connection drops it backs off, reconnects, and
+//! `readings` batch of up to [`MAX_BATCH`]), and forgets a reading only when an `accepted`
+//! lists its seq in `seqs` (the rule of `docs/PROTOCOL.md`; with durable acks that is once
+//! the hub has it on disk). The hub answers each message in order; [`InFlight`] only
+//! drops the messages an answer settles. Readings refused (`rate_limited`) or not stored
+//! (`store_unavailable`) stay in the outbox and go out again after a pause. When the connection drops it backs off, reconnects, and
 //! resends everything unconfirmed with the original `ts` and `seq`.
 //!
 //! With a [`TokenSource`] (a hub in token mode) each connection carries
@@ -127,13 +127,18 @@ fn handle_frame(
     };
     match frame {
         ServerMessage::Accepted(accepted) => {
-            if let Some((first, last)) = inflight.accept(accepted.seq) {
-                dev.ack_range(first, last);
+            // The rule of docs/PROTOCOL.md: forget exactly the seqs `accepted` lists.
+            // The in-flight list only drops the messages this answer settles.
+            inflight.accept(accepted.seq);
+            for [first, last] in &accepted.seqs.0 {
+                dev.ack_range(*first, *last);
             }
             Inbox::Nothing
         }
         ServerMessage::Error(error) => {
-            let limited = error.code == ErrorCode::RateLimited.as_str();
+            // Not kept (full or failing store): resend later, like refused readings.
+            let limited = error.code == ErrorCode::RateLimited.as_str()
+                || error.code == ErrorCode::StoreUnavailable.as_str();
             dev.stats().hub_error(limited);
             if limited {
                 Inbox::RateLimited

@@ -13,12 +13,14 @@ use std::borrow::Cow;
 use crate::net::ws::codec as websocket;
 use serde_json::value::RawValue;
 
+use telehub_protocol::codes::ErrorCode;
 use telehub_protocol::inbound::ProtoError;
 use telehub_protocol::outbound::{
     Accepted, Ack, Command, ErrorMsg, Presence, Reading, Snapshot, Welcome,
 };
 use telehub_protocol::outbound::{MemberInfo, ServerMessage, SnapshotEntry};
 use telehub_protocol::role::{Role, Via};
+use telehub_protocol::seqs::SeqRanges;
 
 /// A complete WebSocket text frame (header and JSON), ready for the socket. Server frames
 /// are unmasked, so the same bytes serve every recipient: a reading is serialised once and
@@ -163,9 +165,23 @@ pub(crate) fn ack_frame(id: &str, from: &str, ok: bool, result: Option<&RawValue
     }))
 }
 
-/// `accepted`: the readings of a device message up to `seq` are in.
-pub(crate) fn accepted_frame(seq: u64, count: usize) -> Frame {
-    frame(&ServerMessage::Accepted(Accepted { seq, count }))
+/// `accepted`: the hub keeps exactly the readings whose seq `seqs` lists.
+pub(crate) fn accepted_frame(seqs: &SeqRanges) -> Frame {
+    frame(&ServerMessage::Accepted(Accepted {
+        seq: seqs.max().unwrap_or(0),
+        count: usize::try_from(seqs.len()).unwrap_or(usize::MAX),
+        seqs: seqs.clone(),
+    }))
+}
+
+/// `error` about readings (listed by seq) that the hub did not keep.
+pub(crate) fn readings_error_frame(code: ErrorCode, message: &str, seqs: &SeqRanges) -> Frame {
+    frame(&ServerMessage::Error(ErrorMsg {
+        code: Cow::Borrowed(code.as_str()),
+        message: Cow::Borrowed(message),
+        id: None,
+        seqs: Some(seqs.clone()),
+    }))
 }
 
 /// `token_expiring`: the connection's token expires at `exp` (seconds since the epoch).
@@ -193,6 +209,7 @@ pub(crate) fn error_frame(e: &ProtoError) -> Frame {
         code: Cow::Borrowed(e.code.as_str()),
         message: Cow::Borrowed(&e.message),
         id: e.id.as_deref().map(Cow::Borrowed),
+        seqs: None,
     }))
 }
 
@@ -289,7 +306,7 @@ mod tests {
             command_frame("1", "dash", "reboot", None),
             ack_frame("c-17", "t1", true, Some(&args)),
             ack_frame("c-18", "t1", false, None),
-            accepted_frame(17, 1),
+            accepted_frame(&SeqRanges(vec![[17, 17]])),
             error_frame(
                 &ProtoError::new(ErrorCode::InvalidField, "field `value` must be a number")
                     .with_id("c-17"),
@@ -313,7 +330,7 @@ mod tests {
             r#"{"type":"command","id":"1","from":"dash","name":"reboot","args":{}}"#,
             r#"{"type":"ack","id":"c-17","from":"t1","ok":true,"result":{"ms":500}}"#,
             r#"{"type":"ack","id":"c-18","from":"t1","ok":false}"#,
-            r#"{"type":"accepted","seq":17,"count":1}"#,
+            r#"{"type":"accepted","seq":17,"count":1,"seqs":[[17,17]]}"#,
             r#"{"type":"error","code":"invalid_field","message":"field `value` must be a number","id":"c-17"}"#,
             r#"{"type":"error","code":"rate_limited","message":"3 \"readings\" refused"}"#,
         ];

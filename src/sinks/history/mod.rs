@@ -37,7 +37,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 
 use crate::clock::{new_epoch, now_ms};
 pub use crate::config::HistoryConfig;
-use durable::{Durable, Loaded};
+use durable::{Commits, Durable, Loaded};
 pub(crate) use query::{PlotData, Query, QueryResult};
 pub(crate) use query::{DEFAULT_QUERY_LIMIT, MAX_QUERY_LIMIT};
 pub(crate) use room::RoomHistory;
@@ -79,7 +79,7 @@ pub struct Point {
 /// The caps on new series below the hub-wide `max_series`, which the room (the hub's
 /// `[limits]`) hands to [`RoomHistory::record_capped`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SeriesCaps {
+pub(crate) struct SeriesCaps {
     /// Series in one room at most.
     pub per_room: usize,
     /// Series of one device (in one room) at most.
@@ -88,7 +88,7 @@ pub struct SeriesCaps {
 
 impl SeriesCaps {
     /// No cap but the hub-wide one.
-    pub const NONE: SeriesCaps = SeriesCaps {
+    pub(crate) const NONE: SeriesCaps = SeriesCaps {
         per_room: usize::MAX,
         per_device: usize::MAX,
     };
@@ -192,14 +192,16 @@ impl History {
             rooms.insert(name, room);
         }
         let mut refused = 0usize;
-        for r in &loaded.readings {
-            let Some(room) = rooms.get(&r.room) else {
-                continue;
-            };
-            if room.restore(r).is_err() {
-                refused += 1;
-            }
-        }
+        let read = match loaded.rows {
+            Some(rows) => rows.for_each(&mut |r| {
+                if let Some(room) = rooms.get(&r.room) {
+                    if room.restore(&r).is_err() {
+                        refused += 1;
+                    }
+                }
+            }),
+            None => Ok(0),
+        };
         if refused > 0 {
             tracing::warn!(
                 refused,
@@ -207,11 +209,17 @@ impl History {
                 "stored readings not reloaded: history.max_series reached"
             );
         }
-        tracing::info!(
-            rooms = rooms.len(),
-            readings = loaded.readings.len(),
-            "history reloaded from the database"
-        );
+        match read {
+            Ok(readings) => tracing::info!(
+                rooms = rooms.len(),
+                readings,
+                "history reloaded from the database"
+            ),
+            Err(e) => tracing::error!(
+                error = %e,
+                "stored readings could not all be reloaded into memory (they stay on disk)"
+            ),
+        }
     }
 
     /// The history of `room`, created (with a new epoch) if the hub has none for it.
@@ -255,6 +263,25 @@ impl History {
         self.common.store.as_ref().map_or(0, |s| s.dropped())
     }
 
+    /// Failed commit attempts so far.
+    pub fn store_commit_failures(&self) -> u64 {
+        self.common
+            .store
+            .as_ref()
+            .map_or(0, |s| s.commit_failures())
+    }
+
+    /// Why the store fails to commit, while it does (`/healthz` answers 503 with it).
+    pub fn store_failing(&self) -> Option<Arc<str>> {
+        let store = self.common.store.as_ref()?;
+        store.commits().borrow().failing.clone()
+    }
+
+    /// The commit state to wait on for durable acks; `None` without a store.
+    pub(crate) fn commits(&self) -> Option<Commits> {
+        self.common.store.as_ref().map(|s| s.commits())
+    }
+
     /// Enforces the retention window at `now_ms`: old points go, series with none left
     /// go, and a room with no series that no live room holds goes too (when it comes
     /// back it has a new epoch: its history is gone).
@@ -274,11 +301,10 @@ impl History {
     }
 
     /// Waits until every reading recorded so far is committed to the database (no-op in
-    /// memory). Blocks: call it from `spawn_blocking` or a plain thread.
-    pub fn flush(&self) {
-        if let Some(store) = &self.common.store {
-            store.flush();
-        }
+    /// memory); false if the store is failing and some are not. Blocks: call it from
+    /// `spawn_blocking` or a plain thread.
+    pub fn flush(&self) -> bool {
+        self.common.store.as_ref().is_none_or(|store| store.flush())
     }
 
     /// Commits everything and stops the store's writer (clean shutdown). Blocks.
@@ -337,9 +363,23 @@ impl Collector for HistoryCollector {
         let dropped = ConstCounter::new(self.0.store_dropped());
         dropped.encode(encoder.encode_descriptor(
             "telehub_history_store_dropped",
-            "Readings not written to the database because its queue was full.",
+            "Readings not queued for the database because its queue was full (fanned out, not acknowledged).",
             None,
             dropped.metric_type(),
+        )?)?;
+        let failures = ConstCounter::new(self.0.store_commit_failures());
+        failures.encode(encoder.encode_descriptor(
+            "telehub_store_commit_failures",
+            "Commit attempts of the history store that failed (each retry counts).",
+            None,
+            failures.metric_type(),
+        )?)?;
+        let failing = ConstGauge::new(i64::from(self.0.store_failing().is_some()));
+        failing.encode(encoder.encode_descriptor(
+            "telehub_store_failing",
+            "1 while the history store's commits fail past their retries (acks are withheld), else 0.",
+            None,
+            failing.metric_type(),
         )?)
     }
 }

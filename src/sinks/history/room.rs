@@ -11,7 +11,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::durable::StoredReading;
+use super::durable::{Queued, StoredReading};
 use super::{Common, HistoryError, Point, Record, Replayed, SeriesCaps, SeriesKey};
 
 /// One series' ring of points and its last value.
@@ -67,6 +67,15 @@ pub(super) struct RoomInner {
     pub(super) log: VecDeque<Entry>,
 }
 
+/// What [`RoomHistory::record_capped`] did with an accepted reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Recorded {
+    /// The room offset it was given.
+    pub(crate) offset: u64,
+    /// What the store did with it (`None`: history is in memory only).
+    pub(crate) queued: Option<Queued>,
+}
+
 /// How a `?since=` replay went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Recovery {
@@ -92,6 +101,28 @@ impl RoomHistory {
         &self.epoch
     }
 
+    /// Whether the series (`device`, `metric`) holds a point at exactly `ts` with
+    /// `value`: the identity of a reading without `seq` (an MQTT message the broker
+    /// delivers again). Only as far back as memory holds the series.
+    pub(crate) fn holds_point(&self, device: &str, metric: &str, ts: i64, value: f64) -> bool {
+        let inner = self.lock();
+        let Some(series) = inner.series.get(device).and_then(|m| m.get(metric)) else {
+            return false;
+        };
+        let at = series.points.partition_point(|p| p.ts < ts);
+        series
+            .points
+            .range(at..)
+            .take_while(|p| p.ts == ts)
+            .any(|p| p.value.to_bits() == value.to_bits())
+    }
+
+    /// The last ticket the store gave out (0 in memory): a duplicate's original is
+    /// covered by it.
+    pub(crate) fn last_ticket(&self) -> super::durable::Ticket {
+        self.common.store.as_ref().map_or(0, |s| s.last_ticket())
+    }
+
     /// The last offset given out (0 when the room has had no reading).
     pub fn offset(&self) -> u64 {
         self.lock().offset
@@ -103,11 +134,16 @@ impl RoomHistory {
     /// Cheap: no JSON, and no allocation unless the series is new or its unit changed.
     pub fn record(&self, r: &Record<'_>) -> Result<u64, HistoryError> {
         self.record_capped(r, SeriesCaps::NONE)
+            .map(|rec| rec.offset)
     }
 
     /// [`RoomHistory::record`], refusing a new series past `caps` as well as past the
-    /// hub-wide `max_series`.
-    pub fn record_capped(&self, r: &Record<'_>, caps: SeriesCaps) -> Result<u64, HistoryError> {
+    /// hub-wide `max_series`; says what the store did with the reading too.
+    pub(crate) fn record_capped(
+        &self,
+        r: &Record<'_>,
+        caps: SeriesCaps,
+    ) -> Result<Recorded, HistoryError> {
         let cfg = &self.common.config;
         let mut guard = self.lock();
         let inner = &mut *guard;
@@ -153,7 +189,7 @@ impl RoomHistory {
         let key = series.key.clone();
         let unit = series.unit.clone();
         self.make_log_room(&mut inner.log);
-        if let Some(store) = &self.common.store {
+        let queued = self.common.store.as_ref().map(|store| {
             store.push_reading(StoredReading {
                 room: self.name.clone(),
                 key: key.clone(),
@@ -162,7 +198,25 @@ impl RoomHistory {
                 value: r.value,
                 seq: r.seq,
                 offset,
-            });
+            })
+        });
+        if queued == Some(Queued::Refused) {
+            // Fanned out, but not kept: out of the ring too, so that the device's resend
+            // (or the broker's redelivery) is recorded once, not taken as a duplicate.
+            if let Some(s) = inner
+                .series
+                .get_mut(&**r.device)
+                .and_then(|m| m.get_mut(r.metric))
+            {
+                let at = s.points.partition_point(|p| p.ts < r.ts);
+                let same = |p: &Point| p.ts == r.ts && p.value.to_bits() == r.value.to_bits();
+                if let Some(i) = (at..s.points.len())
+                    .take_while(|&i| s.points[i].ts == r.ts)
+                    .find(|&i| same(&s.points[i]))
+                {
+                    s.points.remove(i);
+                }
+            }
         }
         inner.log.push_back(Entry {
             offset,
@@ -172,7 +226,7 @@ impl RoomHistory {
             key,
             unit,
         });
-        Ok(offset)
+        Ok(Recorded { offset, queued })
     }
 
     /// Makes room in `log` for one more entry and counts it: drops the room's oldest

@@ -1,6 +1,8 @@
 //! The store's tests: a hub's history written, reopened and pruned through SQLite.
 
-use crate::sinks::history::{History, HistoryConfig, Query, QueryResult, Record};
+use super::STORE_QUEUE;
+use crate::sinks::history::durable::Queued;
+use crate::sinks::history::{History, HistoryConfig, Query, QueryResult, Record, SeriesCaps};
 use std::sync::Arc;
 
 fn cfg(dir: &std::path::Path) -> HistoryConfig {
@@ -223,5 +225,154 @@ fn every_commit_is_timed_into_the_histogram_given_at_open() {
     let before = commits.count();
     h.flush();
     assert_eq!(commits.count(), before, "an empty batch is no commit");
+    h.close();
+}
+
+fn reading<'a>(d: &'a Arc<str>, ts: i64, seq: u64) -> Record<'a> {
+    Record {
+        device: d,
+        metric: "t",
+        unit: None,
+        ts,
+        value: seq as f64,
+        seq: Some(seq),
+    }
+}
+
+#[test]
+fn tickets_follow_the_queue_and_are_committed_by_a_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = History::open(cfg(dir.path())).unwrap();
+    let commits = h.commits().unwrap();
+    let room = h.room(&Arc::from("a"));
+    let d: Arc<str> = Arc::from("dev");
+    let now = crate::clock::now_ms();
+    let tickets: Vec<Queued> = (0..3)
+        .map(|i| {
+            room.record_capped(&reading(&d, now, i), SeriesCaps::NONE)
+                .unwrap()
+                .queued
+                .unwrap()
+        })
+        .collect();
+    // Ticket 1 is the room's epoch record.
+    assert_eq!(
+        tickets,
+        [Queued::Ticket(2), Queued::Ticket(3), Queued::Ticket(4)]
+    );
+    assert!(h.flush());
+    assert!(commits.borrow().committed >= 4);
+    assert_eq!(commits.borrow().failing, None);
+    h.close();
+}
+
+/// A second connection holding SQLite's write lock makes every commit fail (busy), as a
+/// full disk or a stuck reader-writer would: nothing is acknowledged meanwhile, the
+/// queue fills and refuses readings but never a room's epoch, and once the lock goes
+/// everything queued is written.
+#[test]
+fn failing_commits_keep_their_batch_refuse_readings_when_full_and_never_a_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = History::open(cfg(dir.path())).unwrap();
+    let commits = h.commits().unwrap();
+    let a = h.room(&Arc::from("a"));
+    assert!(h.flush());
+    let blocker = rusqlite::Connection::open(dir.path().join(super::DB_FILE)).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+
+    let d: Arc<str> = Arc::from("dev");
+    let now = crate::clock::now_ms();
+    let first = a
+        .record_capped(&reading(&d, now, 0), SeriesCaps::NONE)
+        .unwrap();
+    assert!(!h.flush(), "a commit behind the lock fails");
+    let failing = h.store_failing().expect("the store says it fails");
+    assert!(
+        failing.contains("locked") || failing.contains("busy"),
+        "{failing}"
+    );
+    let Some(Queued::Ticket(t)) = first.queued else {
+        panic!("{first:?}")
+    };
+    assert!(commits.borrow().committed < t, "not acknowledged");
+    assert!(
+        h.store_commit_failures() >= 4,
+        "first attempt and three retries"
+    );
+
+    // The queue fills up; readings past it are refused, a new room's epoch is not.
+    let mut queued = 1u64;
+    let mut refused = 0u64;
+    for i in 1..=(STORE_QUEUE as u64 + 10) {
+        match a
+            .record_capped(&reading(&d, now, i), SeriesCaps::NONE)
+            .unwrap()
+            .queued
+        {
+            Some(Queued::Ticket(_)) => queued += 1,
+            _ => refused += 1,
+        }
+    }
+    assert!(refused >= 10, "refused {refused}");
+    assert_eq!(h.store_dropped(), refused);
+    let b = h.room(&Arc::from("b"));
+    let b_epoch = b.epoch().clone();
+
+    blocker.execute_batch("ROLLBACK").unwrap();
+    drop(blocker);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !h.flush() && std::time::Instant::now() < deadline {}
+    assert!(h.flush(), "commits succeed once the lock is gone");
+    assert_eq!(h.store_failing(), None);
+    h.close();
+    drop(h);
+
+    let h = History::open(cfg(dir.path())).unwrap();
+    assert_eq!(
+        h.get("b").expect("room b's epoch was kept").epoch(),
+        &b_epoch
+    );
+    let conn = rusqlite::Connection::open(dir.path().join(super::DB_FILE)).unwrap();
+    let rows: i64 = conn
+        .query_row("SELECT count(*) FROM readings WHERE room = 'a'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(
+        rows as u64, queued,
+        "every queued reading was written, once"
+    );
+    h.close();
+}
+
+#[test]
+fn a_restart_streams_the_stored_rows_into_bounded_rings() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = HistoryConfig {
+        points_per_series: 5,
+        room_log_len: 8,
+        ..cfg(dir.path())
+    };
+    let h = History::open(config.clone()).unwrap();
+    record(&h, "a", 50);
+    h.close();
+    drop(h);
+    let h = History::open(config).unwrap();
+    let a = h.get("a").unwrap();
+    assert_eq!(a.offset(), 50, "offsets continue");
+    let QueryResult::Points(p) = a.query(&Query::default()).unwrap() else {
+        panic!()
+    };
+    // Memory holds what the caps say, the newest; the file keeps every row.
+    assert_eq!(
+        p.iter().map(|p| p.value).collect::<Vec<_>>(),
+        [45.0, 46.0, 47.0, 48.0, 49.0]
+    );
+    assert_eq!(h.log_entries(), 8);
+    let conn = rusqlite::Connection::open(dir.path().join(super::DB_FILE)).unwrap();
+    let rows: i64 = conn
+        .query_row("SELECT count(*) FROM readings", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 50);
     h.close();
 }

@@ -136,6 +136,7 @@ impl Bridge {
             seed_on_start,
         } = self;
         let (tx, rx) = mpsc::channel::<Publish>(INGEST_QUEUE);
+        let redeliver = Arc::new(tokio::sync::Notify::new());
         let mut ingest = tokio::spawn(
             Ingest {
                 spec: spec.clone(),
@@ -144,7 +145,7 @@ impl Bridge {
                 client: client.clone(),
                 log: LogLimiter::new(LOG_BURST, LOG_WINDOW),
             }
-            .run(rx, sink),
+            .run(rx, sink, redeliver.clone()),
         );
         let filters: Vec<SubscribeFilter> = spec
             .topics
@@ -171,6 +172,14 @@ impl Bridge {
             let event = tokio::select! {
                 biased;
                 () = &mut shutdown => break,
+                () = redeliver.notified() => {
+                    // A message whose readings the hub could not keep stays unacked; the
+                    // broker sends it again only on a new connection of this persistent
+                    // session, so drop this one (the next poll reconnects).
+                    eventloop.clean();
+                    state.set_connected(false);
+                    continue;
+                }
                 event = eventloop.poll() => event,
             };
             match event {

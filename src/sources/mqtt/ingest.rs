@@ -1,11 +1,13 @@
 //! The ingest task: MQTT messages to readings and acks for the hub, then the manual
-//! ack to the broker once the hub has taken them.
+//! ack to the broker once the hub keeps them (with durable acks: once they are committed
+//! to disk).
 //!
 //! A source stage: the poll loop ([`super::bridge`]) hands every `Publish` through a
 //! bounded channel; here the topic template and the payload decoder turn it into the
 //! same readings a WebSocket device sends, grouped by device, for the [`BridgeSink`]
 //! (the hub, in the server; a collector, in tests).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +30,42 @@ pub(crate) const INGEST_QUEUE: usize = 1024;
 
 /// How often the ingest task calls [`BridgeSink::tick`].
 const SINK_TICK: Duration = Duration::from_secs(1);
+
+/// Messages handed to the sink whose PUBACK waits for the disk, at most. Their acks go
+/// out in order as commits land; at this many the task stops taking messages until the
+/// oldest is settled (the poll loop's queue, then the broker, hold the rest). The
+/// broker's own in-flight window (Mosquitto's `max_inflight_messages`, 20 by default)
+/// is usually the smaller bound.
+pub(crate) const MAX_UNACKED: usize = 1024;
+
+/// After a message could not be kept, the bridge reconnects (so the broker redelivers
+/// what is unacknowledged) at most this often.
+const REDELIVER_EVERY: Duration = Duration::from_secs(1);
+
+/// What must hold before the broker may forget a message (see
+/// [`BridgeSink::take_commit`]).
+#[derive(Debug, Default)]
+pub struct Commit {
+    /// Receipts of the message's readings; all must be kept.
+    pub(crate) receipts: Vec<crate::hub::receipt::Receipt>,
+    /// Some readings were not kept at all (the store refused them): never acked.
+    pub(crate) refused: bool,
+}
+
+impl Commit {
+    /// Whether the message's readings are all kept (waiting for the disk if need be).
+    async fn settle(receipts: Vec<crate::hub::receipt::Receipt>, refused: bool) -> bool {
+        if refused {
+            return false;
+        }
+        for r in receipts {
+            if r.wait().await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+}
 
 /// One reading from the broker, after topic mapping and payload decoding: the same type a
 /// WebSocket device's reading becomes, since both take the same path into a room (`ts`
@@ -65,6 +103,11 @@ pub trait BridgeSink: Send + 'static {
     fn ack(&mut self, ack: BridgedAck) -> Result<(), String>;
     /// Called about once a second between messages (idle devices leave here).
     fn tick(&mut self) {}
+    /// What the readings handed over since the last call need before the broker's
+    /// message is acked (the hub: their durable receipts). `None`: ack at once.
+    fn take_commit(&mut self) -> Option<Commit> {
+        None
+    }
 }
 
 /// The ingest task: topic and payload to readings, to the sink, then the ack to the
@@ -87,25 +130,59 @@ struct AckPayload {
 }
 
 impl Ingest {
-    pub(super) async fn run<S: BridgeSink>(mut self, mut rx: mpsc::Receiver<Publish>, mut sink: S) {
+    /// Takes messages in order and acks each once the sink keeps its readings; a
+    /// message whose readings are not kept stays unacked, and the bridge is asked to
+    /// reconnect (`redeliver`) so the broker sends it again.
+    pub(super) async fn run<S: BridgeSink>(
+        mut self,
+        mut rx: mpsc::Receiver<Publish>,
+        mut sink: S,
+        redeliver: Arc<tokio::sync::Notify>,
+    ) {
         let mut tick = tokio::time::interval(SINK_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let p = tokio::select! {
-                p = rx.recv() => match p {
-                    Some(p) => p,
-                    None => return,
+        let mut unacked: VecDeque<(Publish, Commit)> = VecDeque::new();
+        let mut last_redeliver: Option<tokio::time::Instant> = None;
+        let mut open = true;
+        while open || !unacked.is_empty() {
+            let head = unacked
+                .front()
+                .map(|(_, c)| (c.receipts.clone(), c.refused));
+            tokio::select! {
+                p = rx.recv(), if open && unacked.len() < MAX_UNACKED => match p {
+                    Some(p) => {
+                        self.handle(&p, &mut sink);
+                        match sink.take_commit() {
+                            Some(commit) => unacked.push_back((p, commit)),
+                            None if unacked.is_empty() => self.puback(&p).await,
+                            None => unacked.push_back((p, Commit::default())),
+                        }
+                    }
+                    None => open = false,
                 },
-                _ = tick.tick() => {
-                    sink.tick();
-                    continue;
+                kept = Commit::settle(head.clone().map(|h| h.0).unwrap_or_default(), head.as_ref().is_some_and(|h| h.1)), if head.is_some() => {
+                    let Some((p, _)) = unacked.pop_front() else { continue };
+                    if kept {
+                        // Only now may the broker forget it.
+                        self.puback(&p).await;
+                    } else {
+                        self.state.store_unavailable.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let now = tokio::time::Instant::now();
+                        if last_redeliver.is_none_or(|t| now.duration_since(t) >= REDELIVER_EVERY) {
+                            last_redeliver = Some(now);
+                            tracing::warn!(topic = %p.topic, "readings not kept (history store unavailable): message left unacked for redelivery");
+                            redeliver.notify_one();
+                        }
+                    }
                 }
-            };
-            self.handle(&p, &mut sink);
-            // After the hub has it: only now may the broker forget it.
-            if let Err(e) = self.client.ack(&p).await {
-                tracing::debug!(error = %e, "cannot queue puback");
+                _ = tick.tick() => sink.tick(),
             }
+        }
+    }
+
+    async fn puback(&self, p: &Publish) {
+        if let Err(e) = self.client.ack(p).await {
+            tracing::debug!(error = %e, "cannot queue puback");
         }
     }
 

@@ -16,7 +16,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::task::JoinHandle;
 
-use super::ingest::{BridgeSink, BridgedAck, BridgedMessage};
+use super::ingest::{BridgeSink, BridgedAck, BridgedMessage, Commit};
 use super::link::BridgeLink;
 use crate::config::Overflow;
 use crate::hub::mailbox::{Close, CommandLetter, Letter, Mailbox, Taken};
@@ -65,6 +65,8 @@ pub(crate) struct HubSink {
     /// Token mode: a WebSocket device proved its id with a token, and the broker's word
     /// is not enough to take it over (no replace-and-reclaim every `REJOIN_AFTER`).
     protect_ws: bool,
+    /// What the message being handled waits for before its PUBACK.
+    commit: Option<Commit>,
 }
 
 impl HubSink {
@@ -76,6 +78,7 @@ impl HubSink {
             taken: HashMap::new(),
             last_ts: HashMap::new(),
             protect_ws: false,
+            commit: None,
         }
     }
 
@@ -225,12 +228,20 @@ impl BridgeSink for HubSink {
         }
         let hub = self.hub.clone();
         let member = self.member(&msg.room, &msg.device)?;
-        let accepted = hub.publish(member, items).accepted;
+        let published = hub.publish(member, items);
+        let accepted = published.accepted;
+        let commit = self.commit.get_or_insert_with(Commit::default);
+        commit.refused |= published.unstored_count > 0 || published.stopping;
+        commit.receipts.push(published.receipt);
         let key: (Arc<str>, Arc<str>) = (msg.room.as_str().into(), msg.device.as_str().into());
         if let Some(d) = self.devices.get_mut(&key) {
             d.last_seen = Instant::now();
         }
         Ok(accepted)
+    }
+
+    fn take_commit(&mut self) -> Option<Commit> {
+        self.commit.take()
     }
 
     fn tick(&mut self) {

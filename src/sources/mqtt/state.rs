@@ -40,6 +40,9 @@ pub struct BridgeState {
     pub ignored: AtomicU64,
     /// Successful connects after the first.
     pub reconnects: AtomicU64,
+    /// Messages left unacked because the hub could not keep their readings (the broker
+    /// redelivers them after the bridge reconnects).
+    pub store_unavailable: AtomicU64,
     /// Failed polls (connection errors).
     pub connection_errors: AtomicU64,
     /// Commands published to devices.
@@ -101,6 +104,7 @@ impl BridgeState {
             rejected: AtomicU64::new(0),
             ignored: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
+            store_unavailable: AtomicU64::new(0),
             connection_errors: AtomicU64::new(0),
             commands_out: AtomicU64::new(0),
             acks_in: AtomicU64::new(0),
@@ -188,7 +192,7 @@ impl Bridges {
 /// The counters of `/metrics` (each `telehub_mqtt_{name}_total{bridge}`), their help and
 /// where each bridge keeps it.
 type CounterField = fn(&BridgeState) -> &AtomicU64;
-const COUNTERS: [(&str, &str, CounterField); 11] = [
+const COUNTERS: [(&str, &str, CounterField); 12] = [
     (
         "messages_in",
         "MQTT messages received on subscribed topics.",
@@ -214,6 +218,11 @@ const COUNTERS: [(&str, &str, CounterField); 11] = [
         "reconnects",
         "Reconnects to the broker after the first connect.",
         |s| &s.reconnects,
+    ),
+    (
+        "store_unavailable",
+        "MQTT messages left unacked because the hub could not keep their readings.",
+        |s| &s.store_unavailable,
     ),
     (
         "connection_errors",
