@@ -101,7 +101,8 @@ pub struct LimitsConfig {
     pub max_batch: usize,
     /// How long a dashboard's writer holds frames after the first one arrives, so that
     /// one write carries several (like Kafka's `linger.ms`); 0 (the default) writes at
-    /// once. Trades up to this much latency for fewer syscalls per delivery.
+    /// once. Trades up to this much latency for fewer syscalls per delivery; only while
+    /// frames come densely (the previous one less than this long ago).
     pub dashboard_linger_ms: u64,
     /// Sustained readings (and other messages) per second per connection.
     pub rate_per_sec: f64,

@@ -445,7 +445,7 @@ pub(super) fn spawn_session<S: Transport, G: Send + Sync + 'static>(
     ctx: Arc<WsContext>,
     conn_guard: G,
 ) {
-    let Some(worker) = ctx.runtimes.worker_for(accepted.start.room()) else {
+    let Some(worker) = ctx.runtimes.worker_for(accepted.start.room()).cloned() else {
         tokio::spawn(run_session(stream, already_read, accepted, ctx, conn_guard));
         return;
     };
@@ -455,15 +455,20 @@ pub(super) fn spawn_session<S: Transport, G: Send + Sync + 'static>(
         }
         Ok(Err(e)) => debug!(error = %e, "cannot move a connection to its runtime"),
         Ok(Ok(std)) => {
-            let worker = worker.clone();
-            worker.spawn(async move {
-                match S::attach(std) {
-                    Ok(stream) => {
-                        run_session(stream, already_read, accepted, ctx, conn_guard).await
-                    }
-                    Err(e) => debug!(error = %e, "cannot register a connection on its runtime"),
+            // Registered with the worker's reactor here (inside its context), so the task
+            // spawned there is the session's future alone: a wrapper that attached the
+            // socket inside the task would keep its captures beside the session's state
+            // for the connection's whole life.
+            let attached = {
+                let _in_worker = worker.enter();
+                S::attach(std)
+            };
+            match attached {
+                Ok(stream) => {
+                    drop(worker.spawn(run_session(stream, already_read, accepted, ctx, conn_guard)))
                 }
-            });
+                Err(e) => debug!(error = %e, "cannot register a connection on its runtime"),
+            }
         }
     }
 }

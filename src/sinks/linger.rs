@@ -8,6 +8,12 @@
 //! into the mailbox only queue (the writer is not woken once per frame). A close decided
 //! meanwhile is acted on when the linger ends, at most that much later. With a zero
 //! linger (the default, and every device) nothing is held and no timer exists.
+//!
+//! It holds only when frames come densely: when the wake before this one was less than
+//! a linger ago. A sparse stream (a frame every 50 ms against a 5 ms linger) would gain
+//! nothing from waiting, and arming the timer costs a syscall of its own (tokio wakes
+//! its reactor through an eventfd when a timer becomes the earliest), so it is written
+//! at once, as without linger.
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -20,6 +26,8 @@ pub(crate) struct Linger {
     length: Duration,
     timer: Option<Pin<Box<Sleep>>>,
     holding: bool,
+    /// When the mailbox last woke the writer (lingering sessions only).
+    last_wake: Option<Instant>,
 }
 
 impl Linger {
@@ -28,6 +36,7 @@ impl Linger {
             length,
             timer: None,
             holding: false,
+            last_wake: None,
         }
     }
 
@@ -36,12 +45,21 @@ impl Linger {
         self.holding
     }
 
-    /// The mailbox has frames: hold them for the linger (nothing with a zero linger).
+    /// The mailbox has frames: hold them for the linger if frames come densely (the
+    /// previous wake was less than a linger ago); nothing with a zero linger.
     pub(crate) fn hold(&mut self) {
         if self.length.is_zero() {
             return;
         }
-        let until = Instant::now() + self.length;
+        let now = Instant::now();
+        let dense = self
+            .last_wake
+            .is_some_and(|last| now.duration_since(last) < self.length);
+        self.last_wake = Some(now);
+        if !dense {
+            return;
+        }
+        let until = now + self.length;
         match &mut self.timer {
             Some(t) => t.as_mut().reset(until),
             None => self.timer = Some(Box::pin(tokio::time::sleep_until(until))),
@@ -74,18 +92,32 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_linger_holds_until_it_has_elapsed_then_lets_go() {
+    async fn a_sparse_stream_is_not_held() {
         let mut l = Linger::new(Duration::from_millis(5));
+        l.hold();
+        assert!(!l.holding(), "the first wake has no wake before it");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        l.hold();
+        assert!(!l.holding(), "the wake before was longer than a linger ago");
+        assert!(l.timer.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_linger_holds_until_it_has_elapsed_then_lets_go() {
+        let mut l = Linger::new(Duration::from_millis(300));
+        l.hold();
         let start = Instant::now();
+        l.hold();
+        assert!(l.holding(), "two wakes within a linger: dense");
+        l.elapsed().await;
+        assert!(!l.holding());
+        assert!(start.elapsed() >= Duration::from_millis(300));
+        // The timer is reused for the next dense batch, and a linger not held never ends.
+        l.hold();
         l.hold();
         assert!(l.holding());
         l.elapsed().await;
-        assert!(!l.holding());
-        assert!(start.elapsed() >= Duration::from_millis(5));
-        // The timer is reused for the next batch, and a linger not held never ends.
-        l.hold();
-        l.elapsed().await;
-        assert!(start.elapsed() >= Duration::from_millis(10));
+        assert!(start.elapsed() >= Duration::from_millis(600));
         let idle = tokio::time::timeout(Duration::from_millis(20), l.elapsed()).await;
         assert!(idle.is_err(), "not holding: elapsed() stays pending");
     }

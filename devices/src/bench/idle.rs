@@ -1,7 +1,8 @@
 //! `telehub-sim bench --idle N`: what an idle dashboard connection costs the hub.
 //!
 //! Opens N dashboard connections that only read, spread over rooms (`--idle-per-room`
-//! each, so presence traffic stays small) and over source addresses 127.0.0.1 to
+//! each, so presence traffic stays small; named `bench-0`, `bench-1`, ... as the load
+//! run's rooms, so a load run beside it shares them: W5) and over source addresses 127.0.0.1 to
 //! 127.0.0.K (one address has about 28,000 ephemeral ports; each address gets its own).
 //! Each connection counts as open once its `welcome` arrived. It reads the hub's RSS
 //! before, with all N open (after a settle pause), holds them, and
@@ -118,7 +119,7 @@ pub async fn run_idle(opts: IdleOptions) -> Result<IdleReport, BenchError> {
     let results: Vec<Result<JoinHandle<bool>, String>> = stream::iter(0..opts.connections)
         .map(|i| {
             let stop = stop_rx.clone();
-            let (room, client) = (format!("idle-{}", i / opts.per_room), format!("idle-{i}"));
+            let (room, client) = (format!("bench-{}", i / opts.per_room), format!("idle-{i}"));
             let path = format!("/ws/{room}/{client}?role=dashboard");
             let token = super::token_for(opts.auth.as_ref(), &room, &client, Role::Dashboard);
             async move {
