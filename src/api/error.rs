@@ -42,6 +42,23 @@ impl ApiError {
         }
     }
 
+    /// A request body that is not what the endpoint takes.
+    pub(crate) fn body(why: String) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid_body",
+            message: why,
+        }
+    }
+
+    pub(crate) fn not_found(message: String) -> ApiError {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            code: "not_found",
+            message,
+        }
+    }
+
     pub(crate) fn internal(message: String) -> ApiError {
         ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,

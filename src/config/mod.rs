@@ -35,6 +35,8 @@ pub struct Settings {
     pub mqtt: crate::sources::mqtt::MqttConfig,
     /// Tokens and allowed origins (see `src/auth/`); open (`mode = "none"`) by default.
     pub auth: AuthConfig,
+    /// Alert rules (`[[alerts.rules]]`, see `src/alerts/`); none by default.
+    pub alerts: crate::alerts::AlertsConfig,
 }
 
 /// `[server]`: the listening socket, logging and shutdown.
@@ -296,6 +298,15 @@ impl Settings {
         }
         settings
             .auth
+            .validate()
+            .map_err(|(key, message)| ConfigError::Key {
+                source_name: source_name.to_string(),
+                key,
+                message,
+            })?;
+        // Every rule is checked here, so a bad one stops start-up naming it.
+        settings
+            .alerts
             .validate()
             .map_err(|(key, message)| ConfigError::Key {
                 source_name: source_name.to_string(),

@@ -1,4 +1,4 @@
-//! A raw HTTP/1.1 GET over a fresh connection (`Connection: close`), for the hub's REST
+//! A raw HTTP/1.1 GET (or a JSON POST) over a fresh connection (`Connection: close`), for the hub's REST
 //! endpoints, `/metrics` and the dashboard files: status, head and body as sent, with
 //! chunked transfer encoding undone.
 
@@ -93,6 +93,39 @@ pub async fn get(addr: SocketAddr, path: &str, extra_headers: &str) -> Response 
 pub async fn http_get(addr: SocketAddr, path: &str, extra_headers: &str) -> (u16, String) {
     let r = get(addr, path, extra_headers).await;
     (r.status, r.text())
+}
+
+/// `POST path` with a JSON `body` as (status, body text); panics on any I/O error.
+pub async fn http_post(addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
+    let headers = format!(
+        "Content-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let req =
+        format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{headers}\r\n{body}");
+    s.write_all(req.as_bytes()).await.expect("send");
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
+        .await
+        .expect("an answer in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        String::from_utf8_lossy(&dechunk(body.as_bytes())).into_owned()
+    } else {
+        body.to_string()
+    };
+    (status, body)
 }
 
 fn dechunk(mut s: &[u8]) -> Vec<u8> {

@@ -1,0 +1,341 @@
+//! Alert state on disk: the live instances and the history of transitions, in tables of
+//! their own (`alert_instances`, `alert_transitions`) in the hub's SQLite file, through a
+//! connection of their own, so the history store knows nothing of them.
+//!
+//! The room records a transition without waiting: it goes into a bounded queue
+//! ([`QUEUE`]) that one writer thread drains; a full queue drops it and counts
+//! (`telehub_alerts_store_dropped_total`). At start-up the live instances are read back,
+//! so a firing alert is still firing after a restart, with no new transition.
+
+use std::path::Path;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use prometheus_client::metrics::counter::Counter;
+use rusqlite::{params, Connection};
+use tracing::warn;
+
+use super::eval::{Ack, Instance, State, Transition};
+use super::rule::Severity;
+
+/// Transitions waiting for the writer at most; past it they are dropped and counted.
+pub(crate) const QUEUE: usize = 4_096;
+/// Transitions older than this are deleted (30 days).
+pub(crate) const RETENTION_MS: i64 = 30 * 86_400_000;
+
+/// Why the alert tables cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AlertStoreError {
+    #[error("alert store {path}: {source}")]
+    Sqlite {
+        path: String,
+        source: rusqlite::Error,
+    },
+}
+
+/// A live instance as stored.
+pub(crate) struct Stored {
+    pub rule: Arc<str>,
+    pub room: Arc<str>,
+    pub device: String,
+    pub metric: String,
+    pub instance: Instance,
+}
+
+enum Op {
+    Transition(Box<Transition>, i64),
+    Ack {
+        rule: Arc<str>,
+        room: Arc<str>,
+        device: Arc<str>,
+        metric: Arc<str>,
+        ack: Ack,
+    },
+    Stop,
+}
+
+/// The writer's queue and thread.
+pub(crate) struct AlertStore {
+    tx: SyncSender<Op>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    dropped: Counter,
+}
+
+const SCHEMA: &str = "
+PRAGMA journal_mode = WAL;
+CREATE TABLE IF NOT EXISTS alert_instances (
+    rule TEXT NOT NULL, room TEXT NOT NULL, device TEXT NOT NULL, metric TEXT NOT NULL,
+    state TEXT NOT NULL, value REAL NOT NULL, since INTEGER NOT NULL, severity TEXT NOT NULL,
+    ack_by TEXT, ack_at INTEGER,
+    PRIMARY KEY (rule, room, device, metric)
+);
+CREATE TABLE IF NOT EXISTS alert_transitions (
+    at INTEGER NOT NULL, rule TEXT NOT NULL, room TEXT NOT NULL, device TEXT NOT NULL,
+    metric TEXT NOT NULL, state TEXT NOT NULL, value REAL NOT NULL, since INTEGER NOT NULL,
+    severity TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alert_transitions_at ON alert_transitions (at);
+";
+
+fn severity(s: &str) -> Severity {
+    match s {
+        "info" => Severity::Info,
+        "critical" => Severity::Critical,
+        _ => Severity::Warning,
+    }
+}
+
+fn open(path: &Path) -> Result<Connection, AlertStoreError> {
+    let err = |source| AlertStoreError::Sqlite {
+        path: path.display().to_string(),
+        source,
+    };
+    let conn = Connection::open(path).map_err(err)?;
+    // The history store writes the same file; wait for its commits instead of failing.
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(err)?;
+    conn.execute_batch(SCHEMA).map_err(err)?;
+    Ok(conn)
+}
+
+impl AlertStore {
+    /// Opens (creating) the tables in the database at `path`, reads back the live
+    /// instances, and starts the writer.
+    pub(crate) fn open(
+        path: &Path,
+        dropped: Counter,
+    ) -> Result<(AlertStore, Vec<Stored>), AlertStoreError> {
+        let conn = open(path)?;
+        let err = |source| AlertStoreError::Sqlite {
+            path: path.display().to_string(),
+            source,
+        };
+        let live = {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT rule, room, device, metric, state, value, since, severity, ack_by, ack_at
+                     FROM alert_instances",
+                )
+                .map_err(err)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    let state: String = r.get(4)?;
+                    let sev: String = r.get(7)?;
+                    let ack_by: Option<String> = r.get(8)?;
+                    let ack_at: Option<i64> = r.get(9)?;
+                    Ok(Stored {
+                        rule: r.get::<_, String>(0)?.into(),
+                        room: r.get::<_, String>(1)?.into(),
+                        device: r.get(2)?,
+                        metric: r.get(3)?,
+                        instance: Instance {
+                            state: State::parse(&state).unwrap_or(State::Firing),
+                            value: r.get(5)?,
+                            since: r.get(6)?,
+                            severity: severity(&sev),
+                            ack: ack_by.zip(ack_at).map(|(by, at)| Ack { by, at }),
+                        },
+                    })
+                })
+                .map_err(err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(err)?
+        };
+        let (tx, rx) = sync_channel(QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("alert-store".into())
+            .spawn(move || write_loop(conn, rx))
+            .map_err(|e| AlertStoreError::Sqlite {
+                path: path.display().to_string(),
+                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+            })?;
+        Ok((
+            AlertStore {
+                tx,
+                thread: Mutex::new(Some(thread)),
+                dropped,
+            },
+            live,
+        ))
+    }
+
+    fn send(&self, op: Op) {
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(op) {
+            self.dropped.inc();
+        }
+    }
+
+    /// Queues a transition (`at`: the hub's clock). Never waits.
+    pub(crate) fn transition(&self, t: &Transition, at: i64) {
+        self.send(Op::Transition(Box::new(t.clone()), at));
+    }
+
+    /// Queues an ack of a live instance. Never waits.
+    pub(crate) fn ack(&self, t: (&Arc<str>, &Arc<str>, &Arc<str>, &Arc<str>), ack: Ack) {
+        self.send(Op::Ack {
+            rule: t.0.clone(),
+            room: t.1.clone(),
+            device: t.2.clone(),
+            metric: t.3.clone(),
+            ack,
+        });
+    }
+
+    /// Writes what is queued and stops the writer (blocking: call off the runtime).
+    pub(crate) fn close(&self) {
+        let _ = self.tx.send(Op::Stop);
+        let thread = super::lock(&self.thread).take();
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
+    }
+}
+
+fn write_loop(mut conn: Connection, rx: Receiver<Op>) {
+    let mut written = 0u64;
+    while let Ok(first) = rx.recv() {
+        // Whatever else is queued goes in the same transaction.
+        let mut ops = vec![first];
+        while let Ok(op) = rx.try_recv() {
+            ops.push(op);
+        }
+        let stop = ops.iter().any(|o| matches!(o, Op::Stop));
+        if let Err(e) = write(&mut conn, &ops) {
+            warn!(error = %e, "alert store write failed");
+        }
+        written += ops.len() as u64;
+        if written >= 1_000 {
+            written = 0;
+            if let Some(last) = ops.iter().rev().find_map(|o| match o {
+                Op::Transition(_, at) => Some(*at),
+                _ => None,
+            }) {
+                let _ = conn.execute(
+                    "DELETE FROM alert_transitions WHERE at < ?1",
+                    [last - RETENTION_MS],
+                );
+            }
+        }
+        if stop {
+            return;
+        }
+    }
+}
+
+fn write(conn: &mut Connection, ops: &[Op]) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    for op in ops {
+        match op {
+            Op::Transition(t, at) => {
+                tx.execute(
+                    "INSERT INTO alert_transitions (at, rule, room, device, metric, state, value, since, severity)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    params![
+                        at,
+                        &*t.rule,
+                        &*t.room,
+                        &*t.device,
+                        &*t.metric,
+                        t.state.as_str(),
+                        t.value,
+                        t.since,
+                        t.severity.as_str()
+                    ],
+                )?;
+                if t.state == State::Resolved {
+                    tx.execute(
+                        "DELETE FROM alert_instances WHERE rule = ?1 AND room = ?2 AND device = ?3 AND metric = ?4",
+                        params![&*t.rule, &*t.room, &*t.device, &*t.metric],
+                    )?;
+                } else {
+                    tx.execute(
+                        "INSERT INTO alert_instances (rule, room, device, metric, state, value, since, severity)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                         ON CONFLICT (rule, room, device, metric) DO UPDATE SET
+                           state = excluded.state, value = excluded.value, since = excluded.since,
+                           severity = excluded.severity",
+                        params![
+                            &*t.rule,
+                            &*t.room,
+                            &*t.device,
+                            &*t.metric,
+                            t.state.as_str(),
+                            t.value,
+                            t.since,
+                            t.severity.as_str()
+                        ],
+                    )?;
+                }
+            }
+            Op::Ack {
+                rule,
+                room,
+                device,
+                metric,
+                ack,
+            } => {
+                tx.execute(
+                    "UPDATE alert_instances SET ack_by = ?5, ack_at = ?6
+                     WHERE rule = ?1 AND room = ?2 AND device = ?3 AND metric = ?4",
+                    params![&**rule, &**room, &**device, &**metric, ack.by, ack.at],
+                )?;
+            }
+            Op::Stop => {}
+        }
+    }
+    tx.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(state: State, value: f64) -> Transition {
+        Transition {
+            rule: "hot".into(),
+            severity: Severity::Critical,
+            room: "g".into(),
+            device: "d".into(),
+            metric: "t".into(),
+            state,
+            value,
+            since: 7,
+            was: None,
+        }
+    }
+
+    #[test]
+    fn live_instances_come_back_and_resolved_ones_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("telehub.db");
+        let (store, live) = AlertStore::open(&path, Counter::default()).unwrap();
+        assert!(live.is_empty());
+        store.transition(&t(State::Firing, 40.0), 1);
+        store.ack(
+            (&"hot".into(), &"g".into(), &"d".into(), &"t".into()),
+            Ack {
+                by: "alice".into(),
+                at: 9,
+            },
+        );
+        store.close();
+        let (store, live) = AlertStore::open(&path, Counter::default()).unwrap();
+        assert_eq!(live.len(), 1);
+        let i = &live[0].instance;
+        assert_eq!(
+            (i.state, i.value, i.since, i.severity),
+            (State::Firing, 40.0, 7, Severity::Critical)
+        );
+        assert_eq!(i.ack.as_ref().map(|a| a.by.as_str()), Some("alice"));
+        store.transition(&t(State::Resolved, 30.0), 2);
+        store.close();
+        let (store, live) = AlertStore::open(&path, Counter::default()).unwrap();
+        assert!(live.is_empty());
+        store.close();
+        let conn = Connection::open(&path).unwrap();
+        let n: i64 = conn
+            .query_row("SELECT COUNT(*) FROM alert_transitions", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 2);
+    }
+}

@@ -1,0 +1,163 @@
+//! The alerts endpoints: `GET /api/alerts` (pending and firing instances, by room and
+//! state) and `GET /api/alerts/rules` (the rules in force, with the threshold lines a
+//! chart may draw).
+//!
+//! Readers at the end of the data flow, like the history endpoints: what a request may
+//! see is limited to the rooms its token covers.
+
+use std::convert::Infallible;
+
+use warp::reply::{Reply, Response};
+use warp::{Filter, Rejection};
+
+use super::auth::access;
+use super::error::{respond, ApiError};
+use super::params::Params;
+use super::{query_pairs, with_hub};
+use crate::alerts::eval::State;
+use crate::auth::{Access, Authorizer};
+use crate::hub::Hub;
+use telehub_protocol::ids::valid_id;
+
+/// Every alerts route.
+pub(crate) fn routes(
+    hub: Hub,
+    auth: Authorizer,
+) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    instances(hub.clone(), auth.clone())
+        .or(rules(hub.clone(), auth.clone()))
+        .or(ack(hub, auth))
+}
+
+/// Largest body of an ack.
+const ACK_BODY_LIMIT: u64 = 4 * 1024;
+
+/// An ack's body: who acknowledges (with a token, its `sub` is used instead).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AckBody {
+    #[serde(default)]
+    by: Option<String>,
+}
+
+/// POST /api/alerts/{instance}/ack  `{"by": NAME}`: records who acknowledged a live
+/// instance and when, in its listing and store, and tells the room's dashboards.
+fn ack(
+    hub: Hub,
+    auth: Authorizer,
+) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    warp::path!("api" / "alerts" / String / "ack")
+        .and(warp::post())
+        .and(access(auth))
+        .and(with_hub(hub))
+        .and(warp::body::content_length_limit(ACK_BODY_LIMIT))
+        .and(warp::body::bytes())
+        .and_then(
+            |instance: String, access: Access, hub: Hub, body: bytes::Bytes| async move {
+                Ok::<_, Infallible>(respond(acknowledge(&instance, &access, &hub, &body)))
+            },
+        )
+}
+
+fn acknowledge(
+    instance: &str,
+    access: &Access,
+    hub: &Hub,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let body: AckBody = if body.is_empty() {
+        AckBody::default()
+    } else {
+        serde_json::from_slice(body).map_err(|e| ApiError::body(e.to_string()))?
+    };
+    let room = instance.split(':').nth(1).unwrap_or_default();
+    if !access.may_read(room) {
+        return Err(ApiError::not_found(format!("no live alert `{instance}`")));
+    }
+    let by = match (access, body.by) {
+        (Access::Token(g), _) => g.sub.clone(),
+        (Access::Open, Some(by)) if valid_id(&by) => by,
+        (Access::Open, Some(_)) => {
+            return Err(ApiError::body(
+                "`by` must be 1 to 64 of A-Za-z0-9_.-".into(),
+            ))
+        }
+        (Access::Open, None) => "anonymous".to_string(),
+    };
+    let listed = hub
+        .alerts()
+        .and_then(|a| a.ack(instance, &by, crate::clock::now_ms()))
+        .ok_or_else(|| ApiError::not_found(format!("no live alert `{instance}`")))?;
+    hub.broadcast(&listed.room, crate::alerts::listed_frame(&listed));
+    Ok(warp::reply::json(&listed).into_response())
+}
+
+/// GET /api/alerts?room=&state=
+fn instances(
+    hub: Hub,
+    auth: Authorizer,
+) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    warp::path!("api" / "alerts")
+        .and(warp::get())
+        .and(access(auth))
+        .and(with_hub(hub))
+        .and(query_pairs())
+        .and_then(|access: Access, hub: Hub, raw| async move {
+            Ok::<_, Infallible>(respond(list(&access, &hub, raw)))
+        })
+}
+
+fn list(access: &Access, hub: &Hub, raw: Vec<(String, String)>) -> Result<Response, ApiError> {
+    let p = Params::new(raw, &["room", "state"])?;
+    let room = p
+        .get("room")
+        .map(|r| {
+            if valid_id(r) {
+                Ok(r)
+            } else {
+                Err(ApiError::param("room", "must be 1 to 64 of A-Za-z0-9_.-"))
+            }
+        })
+        .transpose()?;
+    let state = p
+        .get("state")
+        .map(|s| match State::parse(s) {
+            Some(st @ (State::Pending | State::Firing)) => Ok(st),
+            _ => Err(ApiError::param("state", "must be `pending` or `firing`")),
+        })
+        .transpose()?;
+    let mut alerts = hub
+        .alerts()
+        .map(|a| a.list(room, state))
+        .unwrap_or_default();
+    alerts.retain(|a| access.may_read(&a.room));
+    Ok(warp::reply::json(&serde_json::json!({ "alerts": alerts })).into_response())
+}
+
+/// GET /api/alerts/rules
+fn rules(
+    hub: Hub,
+    auth: Authorizer,
+) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    warp::path!("api" / "alerts" / "rules")
+        .and(warp::get())
+        .and(access(auth))
+        .and(with_hub(hub))
+        .map(|_: Access, hub: Hub| {
+            let rules: Vec<serde_json::Value> = hub
+                .alerts()
+                .map(|a| {
+                    a.rules()
+                        .rules
+                        .iter()
+                        .map(|r| {
+                            let mut v = serde_json::to_value(&r.config).unwrap_or_default();
+                            v["thresholds"] = serde_json::json!(r.condition.thresholds());
+                            v
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            warp::reply::json(&serde_json::json!({ "rules": rules }))
+        })
+}
