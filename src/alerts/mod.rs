@@ -72,6 +72,37 @@ struct Inner {
     store_dropped: Counter,
     /// `None` with `history.persist = false`: alert state lives in memory only.
     store: Option<AlertStore>,
+    /// The rules of `config.toml` (read-only over REST).
+    config_rules: Vec<RuleConfig>,
+    /// The rules made over REST, in order; its lock also serialises rule changes.
+    runtime: Mutex<Vec<RuleConfig>>,
+}
+
+/// A change to the rules over REST.
+pub(crate) enum RuleChange {
+    Create(RuleConfig),
+    Replace(String, RuleConfig),
+    Delete(String),
+}
+
+/// Why a rule change was refused.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RuleError {
+    /// The rule is invalid (400); the message names it.
+    #[error("{0}")]
+    Invalid(String),
+    /// A rule with this id exists already (409).
+    #[error("a rule `{0}` exists already")]
+    Exists(String),
+    /// No run-time rule has this id (404).
+    #[error("no rule `{0}`")]
+    Unknown(String),
+    /// The rule is defined in config.toml, which REST does not change (409).
+    #[error("rule `{0}` is defined in the config file; change it there")]
+    FromConfig(String),
+    /// The store's queue is full: the change is not made rather than lost (503).
+    #[error("the alert store is busy; try again")]
+    Busy,
 }
 
 /// Locks a std mutex whose data stays consistent at every step (poison is harmless).
@@ -87,15 +118,31 @@ impl Alerts {
         config: &AlertsConfig,
         db: Option<&Path>,
     ) -> Result<Alerts, AlertStoreError> {
-        let rules = rule::compile_all(&config.rules).unwrap_or_default();
         let store_dropped = Counter::default();
-        let (store, live) = match db {
+        let (store, live, stored_rules) = match db {
             Some(path) => {
-                let (store, live) = AlertStore::open(path, store_dropped.clone())?;
-                (Some(store), live)
+                let (store, loaded) = AlertStore::open(path, store_dropped.clone())?;
+                (Some(store), loaded.live, loaded.rules)
             }
-            None => (None, Vec::new()),
+            None => (None, Vec::new(), Vec::new()),
         };
+        // Rules made over REST come back after the config's; one the config now defines
+        // too, or that no longer passes the checks, is left out (and said so).
+        let mut runtime: Vec<RuleConfig> = Vec::new();
+        for json in stored_rules {
+            let Ok(r) = serde_json::from_str::<RuleConfig>(&json) else {
+                tracing::warn!(%json, "a stored alert rule cannot be read; ignored");
+                continue;
+            };
+            let clash = config.rules.iter().chain(&runtime).any(|c| c.id == r.id);
+            if clash || r.compile().is_err() {
+                tracing::warn!(rule = %r.id, "a stored alert rule clashes with the config or is invalid; ignored");
+                continue;
+            }
+            runtime.push(r);
+        }
+        let all: Vec<RuleConfig> = config.rules.iter().chain(&runtime).cloned().collect();
+        let rules = rule::compile_all(&all).unwrap_or_default();
         let alerts = Alerts {
             inner: Arc::new(Inner {
                 rules: ArcSwap::from_pointee(RuleSet {
@@ -106,6 +153,8 @@ impl Alerts {
                 firing: Family::default(),
                 store_dropped,
                 store,
+                config_rules: config.rules.clone(),
+                runtime: Mutex::new(runtime),
             }),
         };
         for s in live {
@@ -195,6 +244,80 @@ impl Alerts {
         // A room nobody holds any more and with nothing left to watch is forgotten.
         lock(&self.inner.rooms).retain(|_, r| Arc::strong_count(r) > 1 || !lock(r).is_empty());
         out
+    }
+
+    /// Makes, replaces or deletes a run-time rule: checked with the whole set, stored,
+    /// then in force for the next reading (instances of a deleted rule resolve at the
+    /// next tick). Returns the rule as it now is (`None` once deleted).
+    pub(crate) fn change_rules(&self, change: RuleChange) -> Result<Option<RuleConfig>, RuleError> {
+        let mut runtime = lock(&self.inner.runtime);
+        let from_config = |id: &str| self.inner.config_rules.iter().any(|r| r.id == id);
+        let mut next = runtime.clone();
+        let (id, result) = match change {
+            RuleChange::Create(r) => {
+                if from_config(&r.id) || next.iter().any(|n| n.id == r.id) {
+                    return Err(RuleError::Exists(r.id));
+                }
+                next.push(r.clone());
+                (r.id.clone(), Some(r))
+            }
+            RuleChange::Replace(id, r) => {
+                if from_config(&id) {
+                    return Err(RuleError::FromConfig(id));
+                }
+                if r.id != id {
+                    return Err(RuleError::Invalid(format!(
+                        "rule `{id}`: the body's `id` is `{}`",
+                        r.id
+                    )));
+                }
+                let slot = next
+                    .iter_mut()
+                    .find(|n| n.id == id)
+                    .ok_or_else(|| RuleError::Unknown(id.clone()))?;
+                *slot = r.clone();
+                (id, Some(r))
+            }
+            RuleChange::Delete(id) => {
+                if from_config(&id) {
+                    return Err(RuleError::FromConfig(id));
+                }
+                let before = next.len();
+                next.retain(|n| n.id != id);
+                if next.len() == before {
+                    return Err(RuleError::Unknown(id));
+                }
+                (id, None)
+            }
+        };
+        let all: Vec<RuleConfig> = self
+            .inner
+            .config_rules
+            .iter()
+            .chain(&next)
+            .cloned()
+            .collect();
+        let compiled = rule::compile_all(&all).map_err(|(_, m)| RuleError::Invalid(m))?;
+        if let Some(store) = &self.inner.store {
+            let json = result
+                .as_ref()
+                .map(|r| serde_json::to_string(r).unwrap_or_default());
+            if !store.rule(&Arc::from(id.as_str()), json) {
+                return Err(RuleError::Busy);
+            }
+        }
+        let generation = self.inner.rules.load().generation + 1;
+        self.inner.rules.store(Arc::new(RuleSet {
+            generation,
+            rules: compiled.into_iter().map(Arc::new).collect(),
+        }));
+        *runtime = next;
+        Ok(result)
+    }
+
+    /// Whether rule `id` was made over REST (false for the config's and unknown ones).
+    pub(crate) fn is_runtime(&self, id: &str) -> bool {
+        lock(&self.inner.runtime).iter().any(|r| r.id == id)
     }
 
     /// Acknowledges the live instance `instance` (`rule:room:device:metric`) for `by`

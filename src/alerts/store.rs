@@ -5,7 +5,8 @@
 //! The room records a transition without waiting: it goes into a bounded queue
 //! ([`QUEUE`]) that one writer thread drains; a full queue drops it and counts
 //! (`telehub_alerts_store_dropped_total`). At start-up the live instances are read back,
-//! so a firing alert is still firing after a restart, with no new transition.
+//! so a firing alert is still firing after a restart, with no new transition; so are the
+//! rules made over REST (`alert_rules`, one JSON rule per row).
 
 use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
@@ -52,6 +53,8 @@ enum Op {
         metric: Arc<str>,
         ack: Ack,
     },
+    /// A run-time rule made or changed (its JSON), or deleted (`None`).
+    Rule(Arc<str>, Option<String>),
     Stop,
 }
 
@@ -76,7 +79,18 @@ CREATE TABLE IF NOT EXISTS alert_transitions (
     severity TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS alert_transitions_at ON alert_transitions (at);
+CREATE TABLE IF NOT EXISTS alert_rules (
+    id TEXT PRIMARY KEY NOT NULL, json TEXT NOT NULL, position INTEGER NOT NULL
+);
 ";
+
+/// What the store held at start-up.
+pub(crate) struct Loaded {
+    /// The live instances.
+    pub live: Vec<Stored>,
+    /// The rules made over REST, in the order they were made (as JSON).
+    pub rules: Vec<String>,
+}
 
 fn severity(s: &str) -> Severity {
     match s {
@@ -105,7 +119,7 @@ impl AlertStore {
     pub(crate) fn open(
         path: &Path,
         dropped: Counter,
-    ) -> Result<(AlertStore, Vec<Stored>), AlertStoreError> {
+    ) -> Result<(AlertStore, Loaded), AlertStoreError> {
         let conn = open(path)?;
         let err = |source| AlertStoreError::Sqlite {
             path: path.display().to_string(),
@@ -141,6 +155,13 @@ impl AlertStore {
                 .map_err(err)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(err)?
         };
+        let rules = {
+            let mut stmt = conn
+                .prepare("SELECT json FROM alert_rules ORDER BY position")
+                .map_err(err)?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(err)?
+        };
         let (tx, rx) = sync_channel(QUEUE);
         let thread = std::thread::Builder::new()
             .name("alert-store".into())
@@ -155,7 +176,7 @@ impl AlertStore {
                 thread: Mutex::new(Some(thread)),
                 dropped,
             },
-            live,
+            Loaded { live, rules },
         ))
     }
 
@@ -179,6 +200,12 @@ impl AlertStore {
             metric: t.3.clone(),
             ack,
         });
+    }
+
+    /// Queues a run-time rule's new JSON (`None`: deleted). False if the queue is full:
+    /// the caller refuses the change rather than lose it.
+    pub(crate) fn rule(&self, id: &Arc<str>, json: Option<String>) -> bool {
+        self.tx.try_send(Op::Rule(id.clone(), json)).is_ok()
     }
 
     /// Writes what is queued and stops the writer (blocking: call off the runtime).
@@ -280,6 +307,17 @@ fn write(conn: &mut Connection, ops: &[Op]) -> rusqlite::Result<()> {
                     params![&**rule, &**room, &**device, &**metric, ack.by, ack.at],
                 )?;
             }
+            Op::Rule(id, Some(json)) => {
+                tx.execute(
+                    "INSERT INTO alert_rules (id, json, position)
+                     VALUES (?1, ?2, (SELECT COALESCE(MAX(position), 0) + 1 FROM alert_rules))
+                     ON CONFLICT (id) DO UPDATE SET json = excluded.json",
+                    params![&**id, json],
+                )?;
+            }
+            Op::Rule(id, None) => {
+                tx.execute("DELETE FROM alert_rules WHERE id = ?1", [&**id])?;
+            }
             Op::Stop => {}
         }
     }
@@ -308,8 +346,9 @@ mod tests {
     fn live_instances_come_back_and_resolved_ones_do_not() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("telehub.db");
-        let (store, live) = AlertStore::open(&path, Counter::default()).unwrap();
-        assert!(live.is_empty());
+        let (store, loaded) = AlertStore::open(&path, Counter::default()).unwrap();
+        assert!(loaded.live.is_empty() && loaded.rules.is_empty());
+        assert!(store.rule(&"r1".into(), Some("{}".into())));
         store.transition(&t(State::Firing, 40.0), 1);
         store.ack(
             (&"hot".into(), &"g".into(), &"d".into(), &"t".into()),
@@ -319,7 +358,9 @@ mod tests {
             },
         );
         store.close();
-        let (store, live) = AlertStore::open(&path, Counter::default()).unwrap();
+        let (store, loaded) = AlertStore::open(&path, Counter::default()).unwrap();
+        assert_eq!(loaded.rules, ["{}"]);
+        let live = loaded.live;
         assert_eq!(live.len(), 1);
         let i = &live[0].instance;
         assert_eq!(
@@ -328,9 +369,10 @@ mod tests {
         );
         assert_eq!(i.ack.as_ref().map(|a| a.by.as_str()), Some("alice"));
         store.transition(&t(State::Resolved, 30.0), 2);
+        assert!(store.rule(&"r1".into(), None));
         store.close();
-        let (store, live) = AlertStore::open(&path, Counter::default()).unwrap();
-        assert!(live.is_empty());
+        let (store, loaded) = AlertStore::open(&path, Counter::default()).unwrap();
+        assert!(loaded.live.is_empty() && loaded.rules.is_empty());
         store.close();
         let conn = Connection::open(&path).unwrap();
         let n: i64 = conn

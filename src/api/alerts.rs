@@ -1,6 +1,7 @@
 //! The alerts endpoints: `GET /api/alerts` (pending and firing instances, by room and
-//! state) and `GET /api/alerts/rules` (the rules in force, with the threshold lines a
-//! chart may draw).
+//! state), `GET /api/alerts/rules` (the rules in force, with the threshold lines a
+//! chart may draw), rule changes at run time (`POST /api/alerts/rules`,
+//! `PUT`/`DELETE /api/alerts/rules/{id}`, admin only with auth on) and acks.
 //!
 //! Readers at the end of the data flow, like the history endpoints: what a request may
 //! see is limited to the rooms its token covers.
@@ -15,7 +16,8 @@ use super::error::{respond, ApiError};
 use super::params::Params;
 use super::{query_pairs, with_hub};
 use crate::alerts::eval::State;
-use crate::auth::{Access, Authorizer};
+use crate::alerts::{RuleChange, RuleConfig, RuleError};
+use crate::auth::{Access, Authorizer, Refusal};
 use crate::hub::Hub;
 use telehub_protocol::ids::valid_id;
 
@@ -26,7 +28,93 @@ pub(crate) fn routes(
 ) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
     instances(hub.clone(), auth.clone())
         .or(rules(hub.clone(), auth.clone()))
-        .or(ack(hub, auth))
+        .or(ack(hub.clone(), auth.clone()))
+        .or(change(hub, auth))
+}
+
+/// Largest body of a rule.
+const RULE_BODY_LIMIT: u64 = 16 * 1024;
+
+/// POST /api/alerts/rules, PUT /api/alerts/rules/{id}, DELETE /api/alerts/rules/{id}
+fn change(
+    hub: Hub,
+    auth: Authorizer,
+) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    let admin = {
+        let auth = auth.clone();
+        access(auth.clone()).and_then(move |a: Access| {
+            let auth = auth.clone();
+            async move {
+                if a.is_admin() {
+                    Ok(())
+                } else {
+                    Err(warp::reject::custom(super::auth::Denied(
+                        auth.refuse(Refusal::NotAdmin),
+                    )))
+                }
+            }
+        })
+    };
+    let body = warp::body::content_length_limit(RULE_BODY_LIMIT).and(warp::body::bytes());
+    let create = warp::path!("api" / "alerts" / "rules")
+        .and(warp::post())
+        .and(admin.clone())
+        .and(with_hub(hub.clone()))
+        .and(body)
+        .map(|(), hub: Hub, body: bytes::Bytes| {
+            respond_now(parse_rule(&body).and_then(|r| apply(&hub, RuleChange::Create(r), true)))
+        });
+    let replace = warp::path!("api" / "alerts" / "rules" / String)
+        .and(warp::put())
+        .and(admin.clone())
+        .and(with_hub(hub.clone()))
+        .and(body)
+        .map(|id: String, (), hub: Hub, body: bytes::Bytes| {
+            respond_now(
+                parse_rule(&body).and_then(|r| apply(&hub, RuleChange::Replace(id, r), false)),
+            )
+        });
+    let delete = warp::path!("api" / "alerts" / "rules" / String)
+        .and(warp::delete())
+        .and(admin)
+        .and(with_hub(hub))
+        .map(|id: String, (), hub: Hub| respond_now(apply(&hub, RuleChange::Delete(id), false)));
+    create.or(replace).unify().or(delete).unify()
+}
+
+fn respond_now(r: Result<Response, ApiError>) -> Response {
+    r.unwrap_or_else(ApiError::into_response)
+}
+
+/// A rule as JSON; a bad one is refused with a message naming it (its `id`, if any).
+fn parse_rule(body: &[u8]) -> Result<RuleConfig, ApiError> {
+    let v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| ApiError::body(format!("not JSON: {e}")))?;
+    let id = v
+        .get("id")
+        .and_then(|i| i.as_str())
+        .unwrap_or("(no id)")
+        .to_string();
+    serde_json::from_value(v)
+        .map_err(|e| ApiError::rule(&RuleError::Invalid(format!("rule `{id}`: {e}"))))
+}
+
+fn apply(hub: &Hub, change: RuleChange, created: bool) -> Result<Response, ApiError> {
+    let alerts = hub
+        .alerts()
+        .ok_or_else(|| ApiError::internal("alerts are not running".into()))?;
+    match alerts.change_rules(change) {
+        Ok(Some(rule)) => {
+            let status = if created {
+                warp::http::StatusCode::CREATED
+            } else {
+                warp::http::StatusCode::OK
+            };
+            Ok(warp::reply::with_status(warp::reply::json(&rule), status).into_response())
+        }
+        Ok(None) => Ok(warp::http::StatusCode::NO_CONTENT.into_response()),
+        Err(e) => Err(ApiError::rule(&e)),
+    }
 }
 
 /// Largest body of an ack.
@@ -153,6 +241,8 @@ fn rules(
                         .map(|r| {
                             let mut v = serde_json::to_value(&r.config).unwrap_or_default();
                             v["thresholds"] = serde_json::json!(r.condition.thresholds());
+                            let source = if a.is_runtime(&r.id) { "api" } else { "config" };
+                            v["source"] = serde_json::json!(source);
                             v
                         })
                         .collect()

@@ -51,6 +51,23 @@ impl ApiError {
         }
     }
 
+    /// A refused rule change, with the status its reason calls for.
+    pub(crate) fn rule(e: &crate::alerts::RuleError) -> ApiError {
+        use crate::alerts::RuleError;
+        let (status, code) = match e {
+            RuleError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_rule"),
+            RuleError::Exists(_) => (StatusCode::CONFLICT, "rule_exists"),
+            RuleError::FromConfig(_) => (StatusCode::CONFLICT, "rule_in_config"),
+            RuleError::Unknown(_) => (StatusCode::NOT_FOUND, "unknown_rule"),
+            RuleError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+        };
+        ApiError {
+            status,
+            code,
+            message: e.to_string(),
+        }
+    }
+
     pub(crate) fn not_found(message: String) -> ApiError {
         ApiError {
             status: StatusCode::NOT_FOUND,

@@ -7,7 +7,7 @@
 use serde_json::{json, Value};
 
 use crate::helpers::{hub_process, spawn_app_with, Client, TestApp};
-use telehub_testkit::http::http_post;
+use telehub_testkit::http::{http_get, http_post, http_request};
 
 const RULES: &str = r#"
 [[alerts.rules]]
@@ -267,6 +267,97 @@ async fn a_firing_alert_is_still_firing_after_a_restart_without_a_new_transition
     send(&mut dev, "temperature", 41.0, chrono_now()).await;
     send(&mut dev, "temperature", 20.0, chrono_now()).await;
     assert_eq!(alert(&mut screen).await, a("hot", "resolved", 20.0));
+    assert_eq!(hub.stop().await.code(), Some(0));
+}
+
+#[tokio::test]
+async fn rules_made_changed_and_deleted_over_rest_take_effect_at_once_and_survive_a_restart() {
+    let data = tempfile::tempdir().expect("data dir");
+    let config = "[[alerts.rules]]\nid = \"cfg\"\nmetric = \"temperature\"\nabove = 100.0\n";
+    let mut hub = hub_process().config(config).data_dir(data.path()).start();
+    let addr = hub.addr();
+    let mut screen = Client::connect(&hub.ws_url("g", "screen", "role=dashboard"))
+        .await
+        .expect("connect");
+    let mut dev = Client::connect(&hub.ws_url("g", "t1", "role=device"))
+        .await
+        .expect("connect");
+
+    // Made: in force for the next reading.
+    let rule = r#"{"id":"rt","metric":"temperature","above":30.0,"severity":"critical"}"#;
+    let (status, body) = http_post(addr, "/api/alerts/rules", rule).await;
+    assert_eq!(status, 201, "{body}");
+    send(&mut dev, "temperature", 31.0, chrono_now()).await;
+    assert_eq!(alert(&mut screen).await, a("rt", "firing", 31.0));
+    // Changed: the firing instance is kept and judged by the new threshold.
+    let changed = r#"{"id":"rt","metric":"temperature","above":50.0}"#;
+    let (status, body) = http_request(addr, "PUT", "/api/alerts/rules/rt", changed).await;
+    assert_eq!(status, 200, "{body}");
+    send(&mut dev, "temperature", 32.0, chrono_now()).await;
+    assert_eq!(alert(&mut screen).await, a("rt", "resolved", 32.0));
+
+    // Refused, each with a precise answer.
+    let bad = r#"{"id":"bad","metric":"t"}"#;
+    let (status, body) = http_post(addr, "/api/alerts/rules", bad).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("invalid_rule") && body.contains("rule `bad`"),
+        "{body}"
+    );
+    let odd = r#"{"id":"odd","above":1,"threshold":2}"#;
+    let (status, body) = http_post(addr, "/api/alerts/rules", odd).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("rule `odd`") && body.contains("threshold"),
+        "{body}"
+    );
+    assert_eq!(http_post(addr, "/api/alerts/rules", changed).await.0, 409);
+    let cfg = r#"{"id":"cfg","metric":"temperature","above":1.0}"#;
+    assert_eq!(
+        http_request(addr, "PUT", "/api/alerts/rules/cfg", cfg)
+            .await
+            .0,
+        409
+    );
+    assert_eq!(
+        http_request(addr, "DELETE", "/api/alerts/rules/nope", "")
+            .await
+            .0,
+        404
+    );
+
+    // Deleted: its firing instance resolves without another reading.
+    send(&mut dev, "temperature", 60.0, chrono_now()).await;
+    assert_eq!(alert(&mut screen).await, a("rt", "firing", 60.0));
+    assert_eq!(
+        http_request(addr, "DELETE", "/api/alerts/rules/rt", "")
+            .await
+            .0,
+        204
+    );
+    assert_eq!(alert(&mut screen).await, a("rt", "resolved", 60.0));
+
+    // A rule made over REST is still there after a restart, after the config's.
+    let rt2 = r#"{"id":"rt2","metric":"humidity","below":10.0}"#;
+    assert_eq!(http_post(addr, "/api/alerts/rules", rt2).await.0, 201);
+    drop((screen, dev));
+    assert_eq!(hub.stop().await.code(), Some(0));
+    hub.restart();
+    let (status, body) = http_get(hub.addr(), "/api/alerts/rules", "").await;
+    assert_eq!(status, 200, "{body}");
+    let rules: Value = serde_json::from_str(&body).expect("JSON");
+    let listed: Vec<(&str, &str)> = rules["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap_or(""),
+                r["source"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(listed, [("cfg", "config"), ("rt2", "api")]);
     assert_eq!(hub.stop().await.code(), Some(0));
 }
 

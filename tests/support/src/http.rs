@@ -97,13 +97,20 @@ pub async fn http_get(addr: SocketAddr, path: &str, extra_headers: &str) -> (u16
 
 /// `POST path` with a JSON `body` as (status, body text); panics on any I/O error.
 pub async fn http_post(addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
+    http_request(addr, "POST", path, body).await
+}
+
+/// `METHOD path` with a JSON `body` (may be empty) as (status, body text); panics on
+/// any I/O error.
+pub async fn http_request(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
     let headers = format!(
         "Content-Type: application/json\r\nContent-Length: {}\r\n",
         body.len()
     );
     let mut s = TcpStream::connect(addr).await.expect("connect");
-    let req =
-        format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{headers}\r\n{body}");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{headers}\r\n{body}"
+    );
     s.write_all(req.as_bytes()).await.expect("send");
     let mut buf = Vec::new();
     tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
