@@ -315,6 +315,18 @@ impl Alerts {
         Ok(result)
     }
 
+    /// Recorded transitions (see [`AlertStore::history`]); `None` when nothing is stored
+    /// (`history.persist = false`). Blocking.
+    pub(crate) fn history(
+        &self,
+        range: (i64, i64),
+        room: Option<&str>,
+        limit: usize,
+    ) -> Option<Result<Vec<store::Recorded>, String>> {
+        let store = self.inner.store.as_ref()?;
+        Some(store.history(range, room, limit).map_err(|e| e.to_string()))
+    }
+
     /// Whether rule `id` was made over REST (false for the config's and unknown ones).
     pub(crate) fn is_runtime(&self, id: &str) -> bool {
         lock(&self.inner.runtime).iter().any(|r| r.id == id)

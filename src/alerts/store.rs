@@ -58,9 +58,25 @@ enum Op {
     Stop,
 }
 
-/// The writer's queue and thread.
+/// One stored transition, as `GET /api/alerts/history` lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct Recorded {
+    /// When the hub recorded it (epoch ms, hub clock).
+    pub at: i64,
+    pub rule: String,
+    pub room: String,
+    pub device: String,
+    pub metric: String,
+    pub state: String,
+    pub value: f64,
+    pub since: i64,
+    pub severity: String,
+}
+
+/// The writer's queue and thread, and a connection of its own for reading history.
 pub(crate) struct AlertStore {
     tx: SyncSender<Op>,
+    reader: Mutex<Connection>,
     thread: Mutex<Option<JoinHandle<()>>>,
     dropped: Counter,
 }
@@ -162,6 +178,7 @@ impl AlertStore {
             let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(err)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(err)?
         };
+        let reader = open(path)?;
         let (tx, rx) = sync_channel(QUEUE);
         let thread = std::thread::Builder::new()
             .name("alert-store".into())
@@ -173,6 +190,7 @@ impl AlertStore {
         Ok((
             AlertStore {
                 tx,
+                reader: Mutex::new(reader),
                 thread: Mutex::new(Some(thread)),
                 dropped,
             },
@@ -206,6 +224,39 @@ impl AlertStore {
     /// the caller refuses the change rather than lose it.
     pub(crate) fn rule(&self, id: &Arc<str>, json: Option<String>) -> bool {
         self.tx.try_send(Op::Rule(id.clone(), json)).is_ok()
+    }
+
+    /// The transitions recorded from `from` to `to` (hub clock, inclusive), oldest first,
+    /// at most `limit` (the newest ones), optionally of one room. Blocking.
+    pub(crate) fn history(
+        &self,
+        (from, to): (i64, i64),
+        room: Option<&str>,
+        limit: usize,
+    ) -> rusqlite::Result<Vec<Recorded>> {
+        let conn = super::lock(&self.reader);
+        let mut stmt = conn.prepare_cached(
+            "SELECT at, rule, room, device, metric, state, value, since, severity
+             FROM alert_transitions
+             WHERE at >= ?1 AND at <= ?2 AND (?3 IS NULL OR room = ?3)
+             ORDER BY at DESC, rowid DESC LIMIT ?4",
+        )?;
+        let rows = stmt.query_map(params![from, to, room, limit as i64], |r| {
+            Ok(Recorded {
+                at: r.get(0)?,
+                rule: r.get(1)?,
+                room: r.get(2)?,
+                device: r.get(3)?,
+                metric: r.get(4)?,
+                state: r.get(5)?,
+                value: r.get(6)?,
+                since: r.get(7)?,
+                severity: r.get(8)?,
+            })
+        })?;
+        let mut out = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+        out.reverse();
+        Ok(out)
     }
 
     /// Writes what is queued and stops the writer (blocking: call off the runtime).

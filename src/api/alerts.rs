@@ -27,6 +27,7 @@ pub(crate) fn routes(
     auth: Authorizer,
 ) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
     instances(hub.clone(), auth.clone())
+        .or(history(hub.clone(), auth.clone()))
         .or(rules(hub.clone(), auth.clone()))
         .or(ack(hub.clone(), auth.clone()))
         .or(change(hub, auth))
@@ -220,6 +221,54 @@ fn list(access: &Access, hub: &Hub, raw: Vec<(String, String)>) -> Result<Respon
         .unwrap_or_default();
     alerts.retain(|a| access.may_read(&a.room));
     Ok(warp::reply::json(&serde_json::json!({ "alerts": alerts })).into_response())
+}
+
+/// Transitions one history request answers at most.
+const HISTORY_LIMIT: u64 = 10_000;
+
+/// GET /api/alerts/history?from=&to=&room=&limit=
+fn history(
+    hub: Hub,
+    auth: Authorizer,
+) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    warp::path!("api" / "alerts" / "history")
+        .and(warp::get())
+        .and(access(auth))
+        .and(with_hub(hub))
+        .and(query_pairs())
+        .and_then(|access: Access, hub: Hub, raw| async move {
+            Ok::<_, Infallible>(respond(transitions(access, hub, raw).await))
+        })
+}
+
+async fn transitions(
+    access: Access,
+    hub: Hub,
+    raw: Vec<(String, String)>,
+) -> Result<Response, ApiError> {
+    let p = Params::new(raw, &["from", "to", "room", "limit"])?;
+    let now = crate::clock::now_ms();
+    let from = p.time("from", now)?.unwrap_or(now - 86_400_000);
+    let to = p.time("to", now)?.unwrap_or(now);
+    let limit = p.number("limit", 1..=HISTORY_LIMIT)?.unwrap_or(1_000) as usize;
+    let room = p.get("room").map(str::to_string);
+    if let Some(r) = &room {
+        if !valid_id(r) {
+            return Err(ApiError::param("room", "must be 1 to 64 of A-Za-z0-9_.-"));
+        }
+    }
+    let Some(alerts) = hub.alerts().cloned() else {
+        return Ok(warp::reply::json(&serde_json::json!({ "transitions": [] })).into_response());
+    };
+    let found =
+        super::blocking(move || Ok(alerts.history((from, to), room.as_deref(), limit))).await?;
+    let mut rows = match found {
+        None => Vec::new(),
+        Some(Ok(rows)) => rows,
+        Some(Err(e)) => return Err(ApiError::internal(e)),
+    };
+    rows.retain(|r| access.may_read(&r.room));
+    Ok(warp::reply::json(&serde_json::json!({ "transitions": rows })).into_response())
 }
 
 /// GET /api/alerts/rules

@@ -267,6 +267,32 @@ async fn a_firing_alert_is_still_firing_after_a_restart_without_a_new_transition
     send(&mut dev, "temperature", 41.0, chrono_now()).await;
     send(&mut dev, "temperature", 20.0, chrono_now()).await;
     assert_eq!(alert(&mut screen).await, a("hot", "resolved", 20.0));
+    // The history holds both transitions, one from each run, and nothing twice.
+    let states = loop {
+        let (status, body) = http_get(hub.addr(), "/api/alerts/history?from=-1h&room=g", "").await;
+        assert_eq!(status, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).expect("JSON");
+        let states: Vec<String> = v["transitions"]
+            .as_array()
+            .expect("transitions")
+            .iter()
+            .map(|t| {
+                format!(
+                    "{}:{}",
+                    t["rule"].as_str().unwrap_or(""),
+                    t["state"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+        // The writer commits in the background: wait for the resolution to land.
+        if states.len() >= 2 {
+            break states;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(states, ["hot:firing", "hot:resolved"]);
+    let (status, _) = http_get(hub.addr(), "/api/alerts/history?from=soon", "").await;
+    assert_eq!(status, 400);
     assert_eq!(hub.stop().await.code(), Some(0));
 }
 
