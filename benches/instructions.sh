@@ -7,6 +7,8 @@
 #   defaults: target/release/telehub and target/release/telehub-sim (built if missing)
 # Env: ROOMS DEVICES DASHBOARDS RATE DURATION (defaults: the W1 shape at 1 Hz for 10 s,
 #   slow enough for a hub under callgrind to keep up; the figure is per delivery).
+#   RULES=N: N alert rules that match every series and never fire (the worst case of
+#   evaluation: N comparisons per reading), written to a config file for the hub.
 # Prints one JSON line: instructions, deliveries, instructions per delivery.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +26,11 @@ cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; [ -n "${KEEP:-}" ] || rm -
 trap cleanup EXIT
 
 hub_abs=$(cd "$(dirname "$hub")" && pwd)/$(basename "$hub")
-(cd "$work" && exec valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" "$hub_abs" serve --listen 127.0.0.1:0) >"$work/log" 2>&1 &
+: >"$work/hub.toml"
+for i in $(seq 1 "${RULES:-0}"); do
+  printf '[[alerts.rules]]\nid = "r%d"\nroom = "*"\nmetric = "*"\nabove = 1e12\n' "$i" >>"$work/hub.toml"
+done
+(cd "$work" && exec valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" "$hub_abs" serve --config "$work/hub.toml" --listen 127.0.0.1:0) >"$work/log" 2>&1 &
 pid=$!
 addr=""
 for _ in $(seq 300); do

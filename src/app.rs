@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use crate::alerts::Alerts;
 use crate::auth::Authorizer;
 use crate::config::Settings;
 use crate::hub::mailbox::Close;
@@ -34,6 +35,8 @@ use crate::sources::mqtt::{Bridge, Bridges, HubSink};
 
 /// How often empty rooms and stale commands are swept.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+/// How often `stale` alert rules look at the clock.
+const ALERT_TICK: Duration = Duration::from_secs(1);
 
 /// Errors that stop the server from starting.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +59,9 @@ pub enum ServerError {
     /// A worker runtime (`server.threads`) cannot be started.
     #[error("cannot start a worker runtime: {0}")]
     Runtime(std::io::Error),
+    /// The alert tables cannot be opened.
+    #[error("{0}")]
+    Alerts(String),
 }
 
 /// Runs the hub on `listener` until `stop` resolves, then shuts down gracefully: every
@@ -122,8 +128,16 @@ pub async fn run(
     // Line protocol's counters join the registry before the hub takes it.
     let influx_stats = Arc::new(InfluxStats::default());
     metrics.register_collector(crate::sources::influx::Stats(influx_stats.clone()));
+    // Alert state shares the history's SQLite file (its own tables and connection).
+    let alerts_db = history
+        .persistent()
+        .then(|| settings.history.data_dir.join(crate::sinks::store::DB_FILE));
+    let alerts = Alerts::open(&settings.alerts, alerts_db.as_deref())
+        .map_err(|e| ServerError::Alerts(e.to_string()))?;
+    alerts.register(&mut metrics);
     let hub = Hub::with_metrics(settings.limits.clone(), history.clone(), metrics);
     hub.set_taps(taps);
+    hub.set_alerts(alerts);
     let (trigger, shutdown) = shutdown::channel();
     let (completion, mut all_done) = mpsc::channel::<()>(1);
     // Devices that post over HTTP, held between their requests.
@@ -216,6 +230,11 @@ pub async fn run(
     }
     // Off the home runtime: joining the worker threads blocks until they have stopped.
     let _ = tokio::task::spawn_blocking(move || drop(runtimes)).await;
+    if let Some(alerts) = hub.alerts().cloned() {
+        if let Err(e) = tokio::task::spawn_blocking(move || alerts.close()).await {
+            warn!(error = %e, "alert store flush failed");
+        }
+    }
     info!("stopped");
     Ok(())
 }
@@ -251,9 +270,11 @@ fn reload_on_sighup(_tls: Arc<Tls>, _shutdown: Shutdown) {}
 /// Periodically frees rooms that stayed empty and commands that were never answered.
 async fn sweep(hub: Hub, mut shutdown: Shutdown, _completion: Completion) {
     let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    let mut alerts = tokio::time::interval(ALERT_TICK);
     loop {
         tokio::select! {
             _ = tick.tick() => hub.sweep(),
+            _ = alerts.tick() => hub.tick_alerts(),
             _ = shutdown.recv() => return,
         }
     }

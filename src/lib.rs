@@ -29,6 +29,7 @@
 
 #![warn(unreachable_pub)]
 
+pub(crate) mod alerts;
 pub(crate) mod api;
 pub(crate) mod app;
 pub(crate) mod auth;
@@ -44,6 +45,7 @@ pub(crate) mod sinks;
 pub(crate) mod sources;
 pub mod telemetry;
 
+pub use alerts::{AlertsConfig, RuleConfig, Severity};
 pub use app::{run, ServerError};
 pub use auth::{mint_token, TokenError};
 pub use config::{AuthConfig, AuthMode, ConfigError, KeyAlgorithm, KeyConfig, Secret, Settings};

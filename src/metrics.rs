@@ -302,6 +302,16 @@ impl Metrics {
         self.registry.register_collector(Box::new(collector));
     }
 
+    /// Registers a metric another stage owns and updates (the alerts' gauges).
+    pub(crate) fn register(
+        &mut self,
+        name: &str,
+        help: &str,
+        metric: impl prometheus_client::registry::Metric,
+    ) {
+        self.registry.register(name, help, metric);
+    }
+
     /// The registry, for `GET /metrics` to encode.
     pub(crate) fn registry(&self) -> &Registry {
         &self.registry

@@ -42,6 +42,35 @@ pub enum ServerMessage<'a> {
     /// A dashboard with `overflow=latest` fell behind: `count` readings between
     /// `from_offset` and `to_offset` were never sent to it (their series' latest were).
     Skipped(Skipped),
+    /// An alert instance of the room changed state (pending, firing, resolved).
+    Alert(Alert<'a>),
+}
+
+/// `alert`: one transition of one alert instance (rule, room, device, metric).
+#[derive(Debug, Clone, Serialize)]
+pub struct Alert<'a> {
+    /// The rule's id.
+    pub rule: Cow<'a, str>,
+    /// The room of the series.
+    pub room: Cow<'a, str>,
+    /// The device of the series.
+    pub device: Cow<'a, str>,
+    /// The metric of the series.
+    pub metric: Cow<'a, str>,
+    /// `pending`, `firing` or `resolved`.
+    pub state: Cow<'a, str>,
+    /// The value that made the transition (the last one seen, for `stale`).
+    pub value: f64,
+    /// When the instance entered `state`, epoch milliseconds.
+    pub since: i64,
+    /// `info`, `warning` or `critical`.
+    pub severity: Cow<'a, str>,
+    /// Who acknowledged the instance (sent again, unchanged otherwise, when it is).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acked_by: Option<Cow<'a, str>>,
+    /// When it was acknowledged, epoch milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acked_at: Option<i64>,
 }
 
 /// `skipped`: what a coalescing dashboard did not see, sent right after the latest
@@ -258,6 +287,7 @@ impl<'a> ServerMessage<'a> {
             ServerMessage::Error(_) => "error",
             ServerMessage::TokenExpiring(_) => "token_expiring",
             ServerMessage::Skipped(_) => "skipped",
+            ServerMessage::Alert(_) => "alert",
         }
     }
 }
@@ -273,6 +303,7 @@ const KINDS: &[&str] = &[
     "error",
     "token_expiring",
     "skipped",
+    "alert",
 ];
 
 /// A string that borrows from the input unless it holds escapes.
@@ -346,6 +377,18 @@ struct Any<'a> {
     from_offset: Option<u64>,
     #[serde(default)]
     to_offset: Option<u64>,
+    #[serde(borrow, default)]
+    rule: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    state: Option<Text<'a>>,
+    #[serde(default)]
+    since: Option<i64>,
+    #[serde(borrow, default)]
+    severity: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    acked_by: Option<Text<'a>>,
+    #[serde(default)]
+    acked_at: Option<i64>,
 }
 
 fn need<T, E: de::Error>(v: Option<T>, field: &'static str) -> Result<T, E> {
@@ -420,6 +463,18 @@ impl<'de: 'a, 'a> Deserialize<'de> for ServerMessage<'a> {
                 from_offset: need(f.from_offset, "from_offset")?,
                 to_offset: need(f.to_offset, "to_offset")?,
                 count: need(f.count, "count")? as u64,
+            }),
+            "alert" => ServerMessage::Alert(Alert {
+                rule: text(f.rule, "rule")?,
+                room: text(f.room, "room")?,
+                device: text(f.device, "device")?,
+                metric: text(f.metric, "metric")?,
+                state: text(f.state, "state")?,
+                value: need(f.value, "value")?,
+                since: need(f.since, "since")?,
+                severity: text(f.severity, "severity")?,
+                acked_by: f.acked_by.map(|t| t.0),
+                acked_at: f.acked_at,
             }),
             other => return Err(de::Error::unknown_variant(other, KINDS)),
         })

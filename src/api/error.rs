@@ -51,6 +51,40 @@ impl ApiError {
         }
     }
 
+    /// A request body that is not what the endpoint takes.
+    pub(crate) fn body(why: String) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid_body",
+            message: why,
+        }
+    }
+
+    /// A refused rule change, with the status its reason calls for.
+    pub(crate) fn rule(e: &crate::alerts::RuleError) -> ApiError {
+        use crate::alerts::RuleError;
+        let (status, code) = match e {
+            RuleError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_rule"),
+            RuleError::Exists(_) => (StatusCode::CONFLICT, "rule_exists"),
+            RuleError::FromConfig(_) => (StatusCode::CONFLICT, "rule_in_config"),
+            RuleError::Unknown(_) => (StatusCode::NOT_FOUND, "unknown_rule"),
+            RuleError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+        };
+        ApiError {
+            status,
+            code,
+            message: e.to_string(),
+        }
+    }
+
+    pub(crate) fn not_found(message: String) -> ApiError {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            code: "not_found",
+            message,
+        }
+    }
+
     pub(crate) fn internal(message: String) -> ApiError {
         ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,

@@ -6,6 +6,7 @@
 //! [`plot`] and beside their route; unknown paths and bad requests become JSON errors in
 //! [`error`].
 
+pub(crate) mod alerts;
 pub(crate) mod assets;
 pub(crate) mod auth;
 pub(crate) mod error;
@@ -60,6 +61,7 @@ pub(crate) fn routes(
         .or(room_plot(hub.clone(), auth.clone()))
         .or(layout::route(layouts, auth.clone()))
         .or(api_bridges(bridges, auth.clone()))
+        .or(alerts::routes(hub.clone(), auth.clone()))
         .or(metrics::route(hub, auth))
         .or(crate::api::assets::routes(dashboard_dir))
         .recover(error::recover)

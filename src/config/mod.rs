@@ -39,6 +39,8 @@ pub struct Settings {
     pub auth: AuthConfig,
     /// InfluxDB line protocol in (`POST /api/v2/write`, `POST /write`).
     pub influx: InfluxConfig,
+    /// Alert rules (`[[alerts.rules]]`, see `src/alerts/`); none by default.
+    pub alerts: crate::alerts::AlertsConfig,
 }
 
 /// `[server]`: the listening socket, logging and shutdown.
@@ -318,6 +320,15 @@ impl Settings {
         }
         settings
             .auth
+            .validate()
+            .map_err(|(key, message)| ConfigError::Key {
+                source_name: source_name.to_string(),
+                key,
+                message,
+            })?;
+        // Every rule is checked here, so a bad one stops start-up naming it.
+        settings
+            .alerts
             .validate()
             .map_err(|(key, message)| ConfigError::Key {
                 source_name: source_name.to_string(),

@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
+use crate::alerts::Alerts;
 use crate::config::{AckMode, LimitsConfig, Overflow};
 use crate::hub::mailbox::{Close, Mailbox};
 use crate::hub::room::{
@@ -54,6 +55,8 @@ struct Inner {
     commits: Option<Commits>,
     /// Cleared at shutdown, before the store closes: readings are refused from then on.
     accepting: AtomicBool,
+    /// Set once at start-up: the rules every room evaluates.
+    alerts: OnceLock<Alerts>,
 }
 
 /// Sees every message of readings a WebSocket device publishes, after its room took
@@ -170,6 +173,7 @@ impl Hub {
                 taps: OnceLock::new(),
                 commits,
                 accepting: AtomicBool::new(true),
+                alerts: OnceLock::new(),
             }),
         }
     }
@@ -282,7 +286,7 @@ impl Hub {
         }
         let name: Arc<str> = name.into();
         let history = self.inner.history.room(&name);
-        let r = Arc::new(Room::new(name.clone(), history));
+        let r = Arc::new(Room::new(name.clone(), history).with_alerts(self.inner.alerts.get()));
         rooms.insert(name, r.clone());
         self.inner.metrics.rooms(rooms.len());
         Ok(r)
@@ -367,6 +371,39 @@ impl Hub {
     /// Installs the reading taps (once, at start-up; later calls are ignored).
     pub(crate) fn set_taps(&self, taps: Vec<Arc<dyn ReadingTap>>) {
         let _ = self.inner.taps.set(taps.into_boxed_slice());
+    }
+
+    /// Installs the alerts engine (once, at start-up, before any room exists).
+    pub(crate) fn set_alerts(&self, alerts: Alerts) {
+        let _ = self.inner.alerts.set(alerts);
+    }
+
+    /// The alerts engine, if installed.
+    pub(crate) fn alerts(&self) -> Option<&Alerts> {
+        self.inner.alerts.get()
+    }
+
+    /// The clock's part of the alerts (`stale`): fires what went silent and tells the
+    /// rooms' dashboards. Called every second by the server.
+    pub(crate) fn tick_alerts(&self) {
+        let Some(alerts) = self.inner.alerts.get() else {
+            return;
+        };
+        for t in alerts.tick(now_ms()) {
+            alerts.record(&t);
+            let room = self.rooms().get(&*t.room).cloned();
+            if let Some(room) = room {
+                room.broadcast(crate::alerts::frame(&t), &self.inner.metrics);
+            }
+        }
+    }
+
+    /// Queues `frame` for every dashboard of `room`, if the hub holds it.
+    pub(crate) fn broadcast(&self, room: &str, frame: crate::net::ws::frames::Frame) {
+        let room = self.rooms().get(room).cloned();
+        if let Some(room) = room {
+            room.broadcast(frame, &self.inner.metrics);
+        }
     }
 
     /// Forwards a dashboard's command to a device in the same room.

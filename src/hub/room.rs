@@ -11,6 +11,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::alerts::eval::{RoomAlerts, State as AlertState};
+use crate::alerts::{self, Alerts};
 use crate::hub::commands::{Pending, PendingCommands};
 use crate::hub::dedup::SeqWindow;
 use crate::hub::mailbox::{Close, CommandLetter, Letter, Mailbox, Push};
@@ -58,6 +60,8 @@ pub(crate) struct Room {
     pub epoch: Arc<str>,
     /// Where every accepted reading is recorded, under this room's lock, in offset order.
     history: Arc<RoomHistory>,
+    /// The alerts engine and this room's instances, evaluated where readings are stamped.
+    alerts: Option<(Alerts, Arc<Mutex<RoomAlerts>>)>,
     state: Mutex<RoomState>,
 }
 
@@ -232,8 +236,24 @@ impl Room {
             name,
             epoch: history.epoch().clone(),
             history,
+            alerts: None,
             state: Mutex::new(state),
         }
+    }
+
+    /// The same room, evaluating `alerts`' rules on its readings.
+    pub(crate) fn with_alerts(mut self, alerts: Option<&Alerts>) -> Room {
+        self.alerts = alerts.map(|a| (a.clone(), a.room(&self.name)));
+        self
+    }
+
+    /// Queues `frame` (an `alert` of this room, from the clock) for every dashboard.
+    pub(crate) fn broadcast(&self, frame: Frame, metrics: &Metrics) {
+        let st = self.lock();
+        for (_, mailbox) in &st.subscribers {
+            deliver(mailbox, frame.clone(), metrics);
+        }
+        metrics.frames_out(st.subscribers.len());
     }
 
     fn lock(&self) -> MutexGuard<'_, RoomState> {
@@ -328,9 +348,18 @@ impl Room {
             dashboards,
             recovered,
         );
+        // A dashboard learns the room's firing alerts right after the snapshot.
+        let mut firing = Vec::new();
+        if let (Role::Dashboard, Some((_, room_alerts))) = (member.role, &self.alerts) {
+            let mut live = Vec::new();
+            alerts::lock(room_alerts).list(&mut live);
+            live.retain(|l| l.state == AlertState::Firing);
+            live.sort_by_key(|l| l.since);
+            firing = live.iter().map(alerts::listed_frame).collect();
+        }
         member
             .mailbox
-            .push_all(std::iter::once(welcome).chain(snapshot));
+            .push_all(std::iter::once(welcome).chain(snapshot).chain(firing));
         let join = frames::presence("join", client, member.role, member.via);
         for (c, m) in st.members.iter() {
             if c != client && (member.role == Role::Device || m.presence == Presence::All) {
@@ -445,6 +474,13 @@ impl Room {
         let mut out = Published::default();
         let mut st = self.lock();
         let st = &mut *st;
+        // With rules in force, the room's instances are stepped reading by reading, in
+        // the same critical section, so an alert follows the reading that caused it.
+        let mut alerting = self.alerts.as_ref().and_then(|(engine, room_alerts)| {
+            let rules = engine.rules();
+            (!rules.rules.is_empty()).then(|| (engine, rules, alerts::lock(room_alerts)))
+        });
+        let mut transitions = Vec::new();
         for item in items {
             if let (true, None, Some(ts)) = (ts_identity, item.seq, item.ts) {
                 if self
@@ -549,7 +585,25 @@ impl Room {
             }
             metrics.frames_out(st.subscribers.len());
             out.accepted += 1;
+            if let Some((engine, rules, room_alerts)) = alerting.as_mut() {
+                room_alerts.observe(
+                    rules,
+                    device,
+                    &item.metric,
+                    (item.value, ts, now_ms),
+                    &mut transitions,
+                );
+                for t in transitions.drain(..) {
+                    engine.record(&t);
+                    let frame = alerts::frame(&t);
+                    for (_, mailbox) in &st.subscribers {
+                        deliver(mailbox, frame.clone(), metrics);
+                    }
+                    metrics.frames_out(st.subscribers.len());
+                }
+            }
         }
+        drop(alerting);
         if !st.catching_up.is_empty() && out.accepted > 0 {
             // The log may have dropped entries a catching-up dashboard has yet to read:
             // it cannot be given them any more, so it is as slow a consumer as any.

@@ -6,6 +6,7 @@ mod cdp;
 mod helpers;
 
 mod abuse;
+mod alerts;
 mod auth;
 mod backpressure;
 mod browser;

@@ -203,6 +203,11 @@ pub(crate) fn skipped_frame(from_offset: u64, to_offset: u64, count: u64) -> Fra
     ))
 }
 
+/// `alert`: one transition of an alert instance, to the room's dashboards.
+pub(crate) fn alert_frame(a: &telehub_protocol::outbound::Alert<'_>) -> Frame {
+    frame(&ServerMessage::Alert(a.clone()))
+}
+
 /// `error`: `e` reported to its sender.
 pub(crate) fn error_frame(e: &ProtoError) -> Frame {
     frame(&ServerMessage::Error(ErrorMsg {

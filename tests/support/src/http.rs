@@ -149,6 +149,46 @@ pub async fn http_get(addr: SocketAddr, path: &str, extra_headers: &str) -> (u16
     (r.status, r.text())
 }
 
+/// `POST path` with a JSON `body` as (status, body text); panics on any I/O error.
+pub async fn http_post(addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
+    http_request(addr, "POST", path, body).await
+}
+
+/// `METHOD path` with a JSON `body` (may be empty) as (status, body text); panics on
+/// any I/O error.
+pub async fn http_request(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let headers = format!(
+        "Content-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{headers}\r\n{body}"
+    );
+    s.write_all(req.as_bytes()).await.expect("send");
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
+        .await
+        .expect("an answer in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        String::from_utf8_lossy(&dechunk(body.as_bytes())).into_owned()
+    } else {
+        body.to_string()
+    };
+    (status, body)
+}
+
 fn dechunk(mut s: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     while let Some(end) = s.windows(2).position(|w| w == b"\r\n") {
