@@ -418,3 +418,66 @@ async fn mqtts_with_a_private_ca() {
     assert!(bridge.state.status().broker.starts_with("mqtts://"));
     bridge.stop().await;
 }
+
+#[tokio::test]
+async fn mqtts_with_a_client_certificate() {
+    let broker = Mosquitto::start_with(telehub_testkit::mosquitto::Config {
+        tls: true,
+        require_client_certificate: true,
+        ..Default::default()
+    });
+    let tls_port = broker.tls_port.expect("TLS listener");
+    let bridge_toml = |id: &str, cert: &str| {
+        format!(
+            "[[bridges]]\nname = \"cert\"\nurl = \"mqtts://127.0.0.1:{tls_port}\"\nclient_id = \"{id}\"\n\
+             ca_file = \"{}\"\nreconnect_min_ms = 50\nreconnect_max_ms = 200\n{cert}",
+            broker.ca_file().display()
+        )
+    };
+
+    // Without a certificate the broker refuses the handshake, and the bridge says so.
+    let cfg: MqttConfig = toml::from_str(&bridge_toml("no-cert", "")).expect("config");
+    let spec = cfg.validate().expect("valid").remove(0);
+    let bridge = Bridge::new(spec).expect("bridge builds");
+    let state = bridge.state();
+    let (tx, _rx) = mpsc::channel(16);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(bridge.run(Collect { tx }, async move {
+        let _ = stopped.await;
+    }));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while state.status().last_error.is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "no error reported");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let s = state.status();
+    assert!(!s.connected, "{s:?}");
+    let _ = stop.send(());
+    let _ = task.await;
+
+    // With the CA's client certificate it connects and carries readings.
+    let cert = format!(
+        "cert_file = \"{}\"\nkey_file = \"{}\"\n",
+        broker.client_cert_file().display(),
+        broker.client_key_file().display()
+    );
+    let mut bridge = start_bridge(&bridge_toml("with-cert", &cert)).await;
+    let sensor = TestClient::connect(broker.port, "sensor-cert");
+    sensor.publish("telehub/lab/t1/temperature", "8").await;
+    assert_eq!(bridge.next_readings().await.readings[0].value, 8.0);
+    bridge.stop().await;
+
+    // A key that is not the certificate's stops the bridge from being built.
+    let other = format!(
+        "cert_file = \"{}\"\nkey_file = \"{}\"\n",
+        broker.client_cert_file().display(),
+        broker.ca_file().with_file_name("server.key").display()
+    );
+    let cfg: MqttConfig = toml::from_str(&bridge_toml("bad-key", &other)).expect("config");
+    let spec = cfg.validate().expect("valid").remove(0);
+    let err = Bridge::new(spec)
+        .err()
+        .expect("a mismatched key is refused")
+        .to_string();
+    assert!(err.contains("key_file cannot be used"), "{err}");
+}

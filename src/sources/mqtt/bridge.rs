@@ -325,7 +325,8 @@ fn describe(e: &ConnectionError) -> String {
 }
 
 /// rustls with the ring provider (no cmake, no system library): the bridge's `ca_file`
-/// or the system's root certificates.
+/// or the system's root certificates, and its client certificate (`cert_file`,
+/// `key_file`) when it has one.
 fn tls_config(spec: &BridgeSpec) -> Result<rustls::ClientConfig, BridgeError> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::CertificateDer;
@@ -359,10 +360,26 @@ fn tls_config(spec: &BridgeSpec) -> Result<rustls::ClientConfig, BridgeError> {
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| err(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(config)
+        .with_root_certificates(roots);
+    let Some((cert_file, key_file)) = &spec.client_cert else {
+        return Ok(builder.with_no_client_auth());
+    };
+    use rustls_pki_types::PrivateKeyDer;
+    let chain = CertificateDer::pem_file_iter(cert_file)
+        .map_err(|e| err(format!("cannot read cert_file {cert_file}: {e}")))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(format!("cert_file {cert_file}: {e}")))?;
+    if chain.is_empty() {
+        return Err(err(format!("cert_file {cert_file} holds no certificate")));
+    }
+    let key = PrivateKeyDer::from_pem_file(key_file)
+        .map_err(|e| err(format!("key_file {key_file}: {e}")))?;
+    builder.with_client_auth_cert(chain, key).map_err(|e| {
+        err(format!(
+            "cert_file and key_file cannot be used (is the key the certificate's?): {e}"
+        ))
+    })
 }

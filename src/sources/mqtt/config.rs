@@ -43,6 +43,14 @@ pub struct BridgeConfig {
     /// PEM file of CA certificates to trust for `mqtts://` instead of the system's roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<String>,
+    /// `mqtts://` with a client certificate: the certificate chain (PEM), for brokers
+    /// that authenticate clients by certificate (`require_certificate`). Set with
+    /// `key_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<String>,
+    /// The private key of `cert_file` (PEM: PKCS#8, RSA or SEC1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
     /// MQTT keep-alive: the client pings this often when idle and the broker drops it
     /// after 1.5 intervals of silence.
     #[serde(default = "default_keep_alive_secs")]
@@ -159,6 +167,8 @@ pub struct BridgeSpec {
     pub broker: BrokerUrl,
     pub client_id: String,
     pub ca_file: Option<String>,
+    /// The client certificate and its key, for `mqtts://`.
+    pub client_cert: Option<(String, String)>,
     pub keep_alive: Duration,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
@@ -323,6 +333,15 @@ impl BridgeConfig {
         if self.ca_file.is_some() && !broker.tls {
             return Err(bad("ca_file", "is only used with mqtts:// URLs".into()));
         }
+        let client_cert = match (&self.cert_file, &self.key_file) {
+            (None, None) => None,
+            (Some(_), None) => return Err(bad("key_file", "is needed with cert_file".into())),
+            (None, Some(_)) => return Err(bad("cert_file", "is needed with key_file".into())),
+            (Some(_), Some(_)) if !broker.tls => {
+                return Err(bad("cert_file", "is only used with mqtts:// URLs".into()))
+            }
+            (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+        };
         if self.keep_alive_secs < 5 || self.keep_alive_secs > 65_535 {
             return Err(bad(
                 "keep_alive_secs",
@@ -394,6 +413,7 @@ impl BridgeConfig {
             broker,
             client_id,
             ca_file: self.ca_file.clone(),
+            client_cert,
             keep_alive: Duration::from_secs(self.keep_alive_secs),
             reconnect_min: Duration::from_millis(self.reconnect_min_ms),
             reconnect_max: Duration::from_millis(self.reconnect_max_ms),
@@ -560,6 +580,9 @@ mod tests {
                 "mqtt.bridges[0].mirror",
             ),
             ("name = \"a\"\nurl = \"mqtt://h\"\nca_file = \"x.pem\"", "only used with mqtts"),
+            ("name = \"a\"\nurl = \"mqtt://h\"\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"", "only used with mqtts"),
+            ("name = \"a\"\nurl = \"mqtts://h\"\ncert_file = \"c.pem\"", "key_file"),
+            ("name = \"a\"\nurl = \"mqtts://h\"\nkey_file = \"k.pem\"", "cert_file"),
             ("name = \"a\"\nurl = \"mqtt://h\"\npassword = \"p\"", "username"),
             ("name = \"a\"\nurl = \"mqtt://h\"\ntopics = []", "topics"),
         ];

@@ -31,6 +31,9 @@ const PORT_TRIES: u32 = 20;
 pub struct Config {
     /// A second, TLS listener with a fresh test CA (see [`Mosquitto::ca_file`]).
     pub tls: bool,
+    /// The TLS listener asks clients for a certificate of the test CA
+    /// (`require_certificate`; see [`Mosquitto::client_cert_file`]).
+    pub require_client_certificate: bool,
     /// Keep sessions across a SIGTERM restart (the tests); the benchmark turns it off.
     pub persistence: bool,
     /// Mosquitto's `max_queued_messages`.
@@ -43,6 +46,7 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             tls: false,
+            require_client_certificate: false,
             persistence: true,
             max_queued_messages: 100_000,
             max_inflight_messages: 100,
@@ -201,6 +205,35 @@ impl Mosquitto {
             "-extfile",
             "ext.cnf",
         ]);
+        // A client certificate of the same CA, for brokers that require one (an X.509
+        // v3 certificate: extensions make it one, and rustls takes no other).
+        std::fs::write(
+            d.join("client_ext.cnf"),
+            "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+        )
+        .expect("write client_ext.cnf");
+        run(&[
+            &new_key("client.key")[..],
+            &["-out", "client.csr", "-subj", "/CN=telehub-bridge"][..],
+        ]
+        .concat());
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "client.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "client.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "client_ext.cnf",
+        ]);
         for f in ["ca.crt", "server.crt", "server.key"] {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(d.join(f), std::fs::Permissions::from_mode(0o644))
@@ -211,6 +244,16 @@ impl Mosquitto {
     /// The test CA's certificate (PEM), with [`Mosquitto::start_tls`].
     pub fn ca_file(&self) -> PathBuf {
         self.dir.join("ca.crt")
+    }
+
+    /// A client certificate (PEM) the test CA signed, with [`Mosquitto::start_tls`].
+    pub fn client_cert_file(&self) -> PathBuf {
+        self.dir.join("client.crt")
+    }
+
+    /// The key (PEM, PKCS#8) of [`Mosquitto::client_cert_file`].
+    pub fn client_key_file(&self) -> PathBuf {
+        self.dir.join("client.key")
     }
 
     fn prepare(config: Config) -> Mosquitto {
@@ -288,8 +331,9 @@ impl Mosquitto {
         let text = match self.tls_port {
             None => text,
             Some(tls) => format!(
-                "{text}listener {tls} 127.0.0.1\ncafile {dir}/ca.crt\ncertfile {dir}/server.crt\nkeyfile {dir}/server.key\n",
-                dir = self.dir.display()
+                "{text}listener {tls} 127.0.0.1\ncafile {dir}/ca.crt\ncertfile {dir}/server.crt\nkeyfile {dir}/server.key\nrequire_certificate {require}\n",
+                dir = self.dir.display(),
+                require = self.config.require_client_certificate,
             ),
         };
         std::fs::write(&conf, text).expect("write mosquitto.conf");
