@@ -20,6 +20,7 @@
 
 pub(crate) mod archive;
 mod queue;
+pub(crate) mod read;
 mod writer;
 
 use std::path::PathBuf;
