@@ -59,8 +59,44 @@ async fn history_inner(
         Some(_) => return Err(ApiError::param("format", "must be json or csv")),
     };
     let rh = find_room_history(&hub, &room)?;
+    // Memory holds `memory_ms` back from now; an older `from` reads the raw rows on disk
+    // for the part before that (aligned up to `step`, so no bucket is split in two).
+    let history = hub.history().clone();
+    let mut disk_before = now.saturating_sub(history.config().memory_window_ms() as i64);
+    if let Some(step) = query.step.filter(|s| *s > 1) {
+        disk_before = disk_before.div_euclid(step) * step + step;
+    }
+    let from_disk = history.persistent() && query.from.is_some_and(|f| f < disk_before);
     blocking(move || {
-        let result = rh.query(&query)?;
+        let result = if from_disk {
+            let memory = Query {
+                from: Some(disk_before),
+                ..query.clone()
+            };
+            let recent = match rh.query(&memory) {
+                Ok(r) => Some(r),
+                Err(crate::sinks::history::HistoryError::UnknownSeries(_)) => None,
+                Err(e) => return Err(e.into()),
+            };
+            let older = crate::sinks::store::read::query_rows(
+                &history.config().data_dir,
+                &room,
+                &query,
+                disk_before,
+            )
+            .map_err(|e| ApiError::internal(format!("history on disk: {e}")))?;
+            let nothing = match &older {
+                QueryResult::Points(p) => p.is_empty(),
+                QueryResult::Buckets(b) => b.is_empty(),
+            };
+            if recent.is_none() && nothing && (query.device.is_some() || query.metric.is_some()) {
+                // Neither memory nor the file holds such a series.
+                rh.query(&query)?;
+            }
+            merge(older, recent, query.limit)
+        } else {
+            rh.query(&query)?
+        };
         Ok(if csv {
             with_type(to_csv(&result), "text/csv; charset=utf-8")
         } else {
@@ -68,11 +104,13 @@ async fn history_inner(
             let body = match &result {
                 QueryResult::Points(points) => serde_json::to_vec(&HistoryBody {
                     room: &room,
+                    resolution: "raw",
                     step: None,
                     points,
                 }),
                 QueryResult::Buckets(buckets) => serde_json::to_vec(&HistoryBody {
                     room: &room,
+                    resolution: "raw",
                     step: query.step,
                     points: buckets,
                 }),
@@ -84,10 +122,34 @@ async fn history_inner(
     .await
 }
 
+/// The disk's older part, then memory's newer part, the newest `limit` of them; an
+/// unknown series is one neither holds.
+fn merge(older: QueryResult, recent: Option<QueryResult>, limit: usize) -> QueryResult {
+    fn newest<T>(mut rows: Vec<T>, limit: usize) -> Vec<T> {
+        let skip = rows.len().saturating_sub(limit);
+        rows.drain(..skip);
+        rows
+    }
+    match (older, recent) {
+        (QueryResult::Points(mut a), Some(QueryResult::Points(b))) => {
+            a.extend(b);
+            QueryResult::Points(newest(a, limit))
+        }
+        (QueryResult::Buckets(mut a), Some(QueryResult::Buckets(b))) => {
+            a.extend(b);
+            QueryResult::Buckets(newest(a, limit))
+        }
+        (older, _) => older,
+    }
+}
+
 /// The JSON answer of a history query.
 #[derive(serde::Serialize)]
 struct HistoryBody<'a, T> {
     room: &'a str,
+    /// The tier the answer came from: `raw` readings (memory and disk alike; rollup tiers
+    /// are not built yet).
+    resolution: &'static str,
     /// Bucket width in ms, when the query asked for `step`.
     #[serde(skip_serializing_if = "Option::is_none")]
     step: Option<i64>,

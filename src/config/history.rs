@@ -14,10 +14,16 @@ pub struct HistoryConfig {
     /// 16 bytes each, so 3,600 points are 56 KiB per series at most.
     #[serde(default = "default_points_per_series")]
     pub points_per_series: usize,
-    /// How far back history reaches, in milliseconds: points older than this (by their
-    /// `ts`) leave memory and the database, and a series with no point left is forgotten.
+    /// How long raw readings stay in the database, in milliseconds (by their `ts`; 7 days
+    /// by default). Older rows are deleted in small batches; `telehub export` reads them.
     #[serde(default = "default_retention_ms")]
     pub retention_ms: u64,
+    /// How far back memory reaches, in milliseconds: the rings behind live charts,
+    /// `snapshot`, the REST history and `?since=` replay (and what a restart loads from
+    /// the database). Points older than this leave memory, and a series with no point
+    /// left is forgotten. At most `retention_ms` (the smaller of the two applies).
+    #[serde(default = "default_memory_ms")]
+    pub memory_ms: u64,
     /// Series (room, device, metric) over all rooms at most. A reading that would create
     /// one more is refused with the error `series_limit`, so a client inventing endless
     /// metrics or device ids cannot grow memory without bound.
@@ -70,6 +76,9 @@ const fn default_points_per_series() -> usize {
     3_600
 }
 const fn default_retention_ms() -> u64 {
+    604_800_000
+}
+const fn default_memory_ms() -> u64 {
     3_600_000
 }
 const fn default_max_series() -> usize {
@@ -96,6 +105,7 @@ impl Default for HistoryConfig {
         HistoryConfig {
             points_per_series: default_points_per_series(),
             retention_ms: default_retention_ms(),
+            memory_ms: default_memory_ms(),
             max_series: default_max_series(),
             room_log_len: default_room_log_len(),
             max_log_entries: default_max_log_entries(),
@@ -108,6 +118,11 @@ impl Default for HistoryConfig {
 }
 
 impl HistoryConfig {
+    /// How far back memory reaches: `memory_ms`, but never past `retention_ms`.
+    pub fn memory_window_ms(&self) -> u64 {
+        self.memory_ms.min(self.retention_ms)
+    }
+
     /// Checks the values serde cannot; names the key (`history.…`) that is wrong.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         if self.points_per_series == 0 || self.points_per_series > 10_000_000 {
@@ -115,6 +130,9 @@ impl HistoryConfig {
         }
         if self.retention_ms < 1_000 {
             return Err(("history.retention_ms", "must be at least 1000".into()));
+        }
+        if self.memory_ms < 1_000 {
+            return Err(("history.memory_ms", "must be at least 1000".into()));
         }
         if self.max_series == 0 {
             return Err(("history.max_series", "must be at least 1".into()));
@@ -146,7 +164,17 @@ mod tests {
     fn defaults_match_the_docs_and_validate() {
         let c = HistoryConfig::default();
         assert_eq!(c.points_per_series, 3600);
-        assert_eq!(c.retention_ms, 3_600_000);
+        assert_eq!(c.retention_ms, 7 * 86_400_000);
+        assert_eq!(c.memory_window_ms(), 3_600_000);
+        let short = HistoryConfig {
+            retention_ms: 60_000,
+            ..c.clone()
+        };
+        assert_eq!(
+            short.memory_window_ms(),
+            60_000,
+            "memory never outlasts the disk"
+        );
         assert!(c.persist);
         assert_eq!(c.ack, AckMode::Durable);
         assert!(c.flush_interval_ms <= 1000);

@@ -18,7 +18,6 @@
 //! connection's token is watched by the same one timer as the pings: `token_expiring`
 //! [`EXPIRY_WARNING`] before `exp`, close 4001 at `exp` unless a fresh `auth` came.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,15 +28,14 @@ use tracing::debug;
 use crate::auth::{time_left, Answer, Authorizer, Grant, Refusal};
 use crate::config::Overflow;
 use crate::hub::mailbox::{Close, Mailbox, Push};
-use crate::hub::receipt::Receipt;
 use crate::hub::room::{Presence, Since};
 use crate::hub::{Hub, JoinError, Membership};
 use crate::net::transport::{WsRead, WsWrite};
 use crate::net::ws::codec::{self, Decoder, Message};
 use crate::net::ws::frames::{self, Frame};
 use crate::shutdown::Shutdown;
-use crate::sinks::history::durable::Commits;
 use crate::sinks::linger::Linger;
+use crate::sources::ws_acks::{self, PendingAcks};
 use crate::sinks::ws_writer::{send_close, Unsent};
 use telehub_protocol::codes::{close, ErrorCode};
 use telehub_protocol::inbound::{ClientMessage, ProtoError, ReadingIn};
@@ -51,12 +49,6 @@ const CLOSE_ECHO_TIMEOUT: Duration = Duration::from_secs(2);
 const FLOOD_NOTICE_INTERVAL: Duration = Duration::from_secs(1);
 /// Item errors sent for one `readings` batch at most; one summary stands for the rest.
 const MAX_ITEM_ERRORS: usize = 3;
-/// A device's messages waiting for their durable `accepted` at most. About a second of
-/// messages at the default rate limit, while a commit takes one flush interval; past it
-/// (a store that stalls without failing yet), a message is answered `store_unavailable`
-/// at once rather than remembered, so the list stays bounded and nothing is
-/// acknowledged that is not kept.
-const MAX_PENDING_ACKS: usize = 1_024;
 
 /// How long a connection without `Authorization` (token mode) has to send its `auth`.
 pub(crate) const AUTH_FRAME_TIMEOUT: Duration = Duration::from_secs(5);
@@ -224,7 +216,7 @@ pub(crate) async fn run<R: WsRead, W: WsWrite>(
         auth: &auth,
         token: grant.map(|g| Box::new(TokenClock::new(g))),
         rearm: false,
-        pending: VecDeque::new(),
+        pending: PendingAcks::default(),
     };
     // Announces commits while durable acks wait (devices with `acks=true` only).
     let mut commits = hub.commits().filter(|_| opts.acks && role == Role::Device);
@@ -334,7 +326,7 @@ pub(crate) async fn run<R: WsRead, W: WsWrite>(
                 linger.hold();
             }
             _ = linger.elapsed(), if linger.holding() => {}
-            stopped = commit_announced(&mut commits), if !reader.pending.is_empty() => {
+            stopped = ws_acks::announced(&mut commits), if !reader.pending.is_empty() => {
                 if stopped {
                     commits = None;
                 }
@@ -389,15 +381,6 @@ pub(crate) async fn run<R: WsRead, W: WsWrite>(
         }
     }
     debug!(%room, %client, %role, "disconnected");
-}
-
-/// Waits for the store's next commit announcement; true once the store has stopped (no
-/// announcement can come any more).
-async fn commit_announced(commits: &mut Option<Commits>) -> bool {
-    match commits {
-        Some(c) => c.changed().await.is_err(),
-        None => true,
-    }
 }
 
 /// The socket's read and write halves and its decoder, as the auth phase borrows them.
@@ -495,10 +478,6 @@ async fn await_auth<R: WsRead, W: WsWrite>(
     None
 }
 
-fn not_stored(why: &str) -> String {
-    format!("reading(s) fanned out but not stored ({why}); resend them later")
-}
-
 /// The reader side's state and its handling of one text frame.
 struct Reader<'a> {
     bucket: TokenBucket,
@@ -516,7 +495,7 @@ struct Reader<'a> {
     rearm: bool,
     /// Messages whose readings are kept once their receipt is: `accepted` then (durable
     /// acks), in the order they came.
-    pending: VecDeque<(Receipt, SeqRanges)>,
+    pending: PendingAcks,
 }
 
 impl Reader<'_> {
@@ -718,38 +697,22 @@ impl Reader<'_> {
         if !self.acks || published.seqs.is_empty() {
             return;
         }
-        // Answers go out in message order: behind an undecided one, a message waits too.
-        let decided = match self.pending.is_empty() {
-            true => published.receipt.check(),
-            false => None,
-        };
-        match decided {
-            Some(Ok(())) => self.send(frames::accepted_frame(&published.seqs)),
-            Some(Err(why)) => self.unavailable(&not_stored(&why.0), &published.seqs),
-            None if self.pending.len() >= MAX_PENDING_ACKS => self.unavailable(
-                &format!("more than {MAX_PENDING_ACKS} messages wait for the history store; resend them later"),
-                &published.seqs,
-            ),
-            None => self.pending.push_back((published.receipt, published.seqs)),
+        if let Some(answer) = self.pending.admit(published.receipt, published.seqs) {
+            self.answer(answer);
         }
     }
 
-    /// Answers the messages whose receipt is decided: `accepted` once kept,
-    /// `store_unavailable` if the store fails (or has `stopped`).
+    /// Answers the messages whose receipt is decided (the store has `stopped`: all).
     fn resolve_acks(&mut self, stopped: bool) {
-        while let Some((receipt, _)) = self.pending.front() {
-            let decided = receipt.check();
-            if decided.is_none() && !stopped {
-                break;
-            }
-            let Some((_, seqs)) = self.pending.pop_front() else {
-                break;
-            };
-            match decided {
-                Some(Ok(())) => self.send(frames::accepted_frame(&seqs)),
-                Some(Err(why)) => self.unavailable(&not_stored(&why.0), &seqs),
-                None => self.unavailable(&not_stored("the history store has stopped"), &seqs),
-            }
+        for answer in self.pending.resolve(stopped) {
+            self.answer(answer);
+        }
+    }
+
+    fn answer(&self, answer: ws_acks::Answer) {
+        match answer {
+            ws_acks::Answer::Accepted(seqs) => self.send(frames::accepted_frame(&seqs)),
+            ws_acks::Answer::Unavailable(message, seqs) => self.unavailable(&message, &seqs),
         }
     }
 

@@ -383,3 +383,84 @@ async fn export_then_import_moves_a_rooms_history_to_another_hub() {
         assert_eq!(second.stop().await.code(), Some(0));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rest_history_reaches_past_memory_into_the_raw_rows_on_disk() {
+    // Arrange: memory holds one minute, the file a day; a device sends readings spread
+    // over the last 50 minutes (a device flushing its buffer after an outage).
+    let data = tempfile::tempdir().expect("data dir");
+    let mut hub = hub_process()
+        .data_dir(data.path())
+        .env("TELEHUB_HISTORY_MEMORY_MS", "60000")
+        .env("TELEHUB_HISTORY_RETENTION_MS", "86400000")
+        .start();
+    let mut dev = Client::connect(&hub.ws_url("long", "dev", "role=device&acks=true"))
+        .await
+        .expect("device");
+    dev.recv_type("welcome").await;
+    let now = chrono::Utc::now().timestamp_millis();
+    let minute = 60_000;
+    // Two readings per 10-minute bucket, 50 to 0 minutes ago, values 0..12.
+    let items: Vec<Value> = (0..12)
+        .map(
+            |i| json!({"metric":"t","value":i,"ts":now - 50 * minute + i * 5 * minute,"seq":i + 1}),
+        )
+        .collect();
+    dev.send_json(json!({"type":"readings","items":items}))
+        .await;
+    assert_eq!(dev.recv_type("accepted").await["count"], 12);
+
+    for round in ["running", "after a restart"] {
+        // Act: ask for the last hour, raw and in 10-minute buckets.
+        let (status, body) =
+            http_get(hub.addr(), "/api/rooms/long/history?from=-1h&metric=t", "").await;
+        assert_eq!(status, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).expect("json");
+
+        // Assert: every reading, from disk and memory, once, in order.
+        assert_eq!(v["resolution"], "raw", "{v}");
+        let values: Vec<f64> = v["points"]
+            .as_array()
+            .expect("points")
+            .iter()
+            .map(|p| p["value"].as_f64().unwrap_or(-1.0))
+            .collect();
+        assert_eq!(
+            values,
+            (0..12).map(f64::from).collect::<Vec<_>>(),
+            "{round}"
+        );
+        let (status, body) = http_get(
+            hub.addr(),
+            "/api/rooms/long/history?from=-1h&metric=t&step=10m",
+            "",
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).expect("json");
+        let buckets = v["points"].as_array().expect("buckets");
+        let total: u64 = buckets
+            .iter()
+            .map(|b| b["count"].as_u64().unwrap_or(0))
+            .sum();
+        assert_eq!(total, 12, "{round}: {v}");
+        let min = buckets
+            .iter()
+            .map(|b| b["min"].as_f64().unwrap_or(99.0))
+            .fold(99.0, f64::min);
+        let max = buckets
+            .iter()
+            .map(|b| b["max"].as_f64().unwrap_or(-1.0))
+            .fold(-1.0, f64::max);
+        assert_eq!((min, max), (0.0, 11.0), "{round}");
+        for b in buckets {
+            let n = b["count"].as_u64().unwrap_or(0) as f64;
+            assert!(b["mean"].as_f64().unwrap_or(-1.0) * n >= b["min"].as_f64().unwrap_or(0.0) * n);
+        }
+        if round == "running" {
+            assert_eq!(hub.stop().await.code(), Some(0), "{}", hub.log());
+            hub.restart();
+        }
+    }
+    assert_eq!(hub.stop().await.code(), Some(0));
+}

@@ -9,7 +9,7 @@
 //!
 //! Per room it keeps:
 //! - a bounded ring of compact points (`ts` + `value`, 16 bytes) for every
-//!   (device, metric) series, trimmed to `points_per_series` and to the `retention`
+//!   (device, metric) series, trimmed to `points_per_series` and to the memory
 //!   window; the number of series over all rooms is capped by `max_series`, and a
 //!   reading that would create one more is refused ([`HistoryError::SeriesLimit`]);
 //! - an offset-ordered log of its last `room_log_len` readings, kept as compact records
@@ -282,11 +282,11 @@ impl History {
         self.common.store.as_ref().map(|s| s.commits())
     }
 
-    /// Enforces the retention window at `now_ms`: old points go, series with none left
+    /// Enforces the memory window (`memory_ms`) at `now_ms`: old points go, series with none left
     /// go, and a room with no series that no live room holds goes too (when it comes
     /// back it has a new epoch: its history is gone).
     pub fn prune(&self, now_ms: i64) {
-        let cutoff = now_ms.saturating_sub(self.common.config.retention_ms as i64);
+        let cutoff = now_ms.saturating_sub(self.common.config.memory_window_ms() as i64);
         let rooms: Vec<Arc<RoomHistory>> = self.rooms().values().cloned().collect();
         let mut dropped = 0;
         for r in &rooms {
@@ -296,7 +296,7 @@ impl History {
         self.rooms()
             .retain(|_, r| Arc::strong_count(r) > 1 || r.has_series());
         if dropped > 0 {
-            tracing::debug!(dropped, "series past the retention window dropped");
+            tracing::debug!(dropped, "series past the memory window dropped");
         }
     }
 
@@ -314,11 +314,11 @@ impl History {
         }
     }
 
-    /// Prunes every `retention / 60` (at least every second, at most every minute)
+    /// Prunes every `memory_ms / 60` (at least every second, at most every minute)
     /// until `shutdown` resolves.
     pub async fn run_retention(self, shutdown: impl std::future::Future<Output = ()>) {
         let every = std::time::Duration::from_millis(
-            (self.common.config.retention_ms / 60).clamp(1_000, 60_000),
+            (self.common.config.memory_window_ms() / 60).clamp(1_000, 60_000),
         );
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -380,7 +380,7 @@ impl RoomHistory {
         inner.series.retain(|_, m| !m.is_empty());
         inner.series_count = inner.series_count.saturating_sub(dropped);
         if inner.series.is_empty() {
-            // Nothing of the room is within the retention window any more.
+            // Nothing of the room is within the memory window any more.
             self.forget_log(&mut inner.log);
             inner.log.shrink_to_fit();
         }

@@ -20,6 +20,7 @@
 
 pub(crate) mod archive;
 mod queue;
+pub(crate) mod read;
 mod writer;
 
 use std::path::PathBuf;
@@ -132,7 +133,9 @@ impl Store {
         conn.pragma_update(None, "synchronous", synchronous)
             .map_err(sql)?;
         let retention = config.retention_ms as i64;
-        let cutoff = crate::clock::now_ms().saturating_sub(retention);
+        // Memory holds `memory_ms`; the file keeps `retention_ms`. Only the first is
+        // loaded back.
+        let cutoff = crate::clock::now_ms().saturating_sub(config.memory_window_ms() as i64);
         let mut loaded = Loaded {
             rooms: load_rooms(&conn).map_err(sql)?,
             rows: None,

@@ -376,3 +376,39 @@ fn a_restart_streams_the_stored_rows_into_bounded_rings() {
     assert_eq!(rows, 50);
     h.close();
 }
+
+#[test]
+fn the_file_keeps_retention_ms_while_memory_and_a_restart_hold_memory_ms() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = HistoryConfig {
+        memory_ms: 10_000,
+        retention_ms: 3_600_000,
+        ..cfg(dir.path())
+    };
+    let h = History::open(config.clone()).unwrap();
+    let room = h.room(&Arc::from("a"));
+    let d: Arc<str> = Arc::from("dev");
+    let now = crate::clock::now_ms();
+    for (i, ts) in [now - 600_000, now - 60_000, now].into_iter().enumerate() {
+        room.record(&reading(&d, ts, i as u64)).unwrap();
+    }
+    h.prune(now);
+    let QueryResult::Points(p) = room.query(&Query::default()).unwrap() else {
+        panic!()
+    };
+    assert_eq!(p.len(), 1, "memory holds the last 10 s");
+    h.close();
+    drop(h);
+    let conn = rusqlite::Connection::open(dir.path().join(super::DB_FILE)).unwrap();
+    let rows: i64 = conn
+        .query_row("SELECT count(*) FROM readings", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 3, "the file keeps the hour");
+    let h = History::open(config).unwrap();
+    let QueryResult::Points(p) = h.get("a").unwrap().query(&Query::default()).unwrap() else {
+        panic!()
+    };
+    assert_eq!(p.len(), 1, "a restart loads the memory window only");
+    assert_eq!(h.get("a").unwrap().offset(), 3);
+    h.close();
+}
