@@ -206,6 +206,15 @@ export class LayoutBar {
       p.series.push(ref);
     });
   }
+  /** Moves device card `name` one place earlier; `shown` is the cards' order now. */
+  moveDevice(name, shown) {
+    this.edit((d) => {
+      const order = shown.slice();
+      const k = order.indexOf(name);
+      if (k > 0) [order[k - 1], order[k]] = [order[k], order[k - 1]];
+      d.device_order = order.slice(0, 256);
+    });
+  }
   setKind(i, kind) { this.edit((d) => { d.panels[i].kind = kind; }); }
   hideDevice(name) { this.edit((d) => { if (!d.hidden_devices.includes(name)) d.hidden_devices.push(name); }); }
 

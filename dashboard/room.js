@@ -162,8 +162,10 @@ export function renderRoom(root, room, { ui, clientId, params = new URLSearchPar
       dl, details, ackLine);
     const hideBtn = el("button", { type: "button", class: "btn small", hidden: !editing, "aria-label": `Hide the card of ${name}`,
       onclick: () => bar.hideDevice(name) }, "Hide");
-    card.querySelector(".card-head").append(hideBtn);
-    cardEls.set(name, { card, badge, dl, rows: new Map(), via: null, hideBtn });
+    const upBtn = el("button", { type: "button", class: "btn small", hidden: !editing, "aria-label": `Move the card of ${name} earlier`,
+      onclick: () => bar.moveDevice(name, [...cards.children].map((c) => c.dataset.device)) }, "↑");
+    card.querySelector(".card-head").append(upBtn, hideBtn);
+    cardEls.set(name, { card, badge, dl, rows: new Map(), via: null, hideBtn, upBtn });
     // Keep cards sorted by name.
     const after = [...cardEls.keys()].filter((k) => k > name).sort()[0];
     cards.insertBefore(card, after ? cardEls.get(after).card : null);
@@ -414,7 +416,8 @@ export function renderRoom(root, room, { ui, clientId, params = new URLSearchPar
       const c = cardEls.get(n);
       c.card.hidden = hidden.has(n);
       cards.append(c.card);
-      if (c.hideBtn) c.hideBtn.hidden = !editing;
+      c.hideBtn.hidden = !editing;
+      c.upBtn.hidden = !editing;
     }
   }
 
