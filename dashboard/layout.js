@@ -206,8 +206,46 @@ export class LayoutBar {
       p.series.push(ref);
     });
   }
+  /** Moves device card `name` one place earlier; `shown` is the cards' order now. */
+  moveDevice(name, shown) {
+    this.edit((d) => {
+      const order = shown.slice();
+      const k = order.indexOf(name);
+      if (k > 0) [order[k - 1], order[k]] = [order[k], order[k - 1]];
+      d.device_order = order.slice(0, 256);
+    });
+  }
   setKind(i, kind) { this.edit((d) => { d.panels[i].kind = kind; }); }
   hideDevice(name) { this.edit((d) => { if (!d.hidden_devices.includes(name)) d.hidden_devices.push(name); }); }
+
+  /** The editing buttons of a room panel `p` (room.js's): kind, pin, move, size,
+   *  overlay one of `seriesKeys` ("device\u0000metric"), hide. `order` is the
+   *  draft's panel indexes in the order shown. */
+  panelButtons(p, order, seriesKeys) {
+    const i = p.spec.index;
+    const name = p.spec.title || [...p.metrics].join(", ");
+    const b = (label, aria, onclick, extra = {}) => el("button", { type: "button", class: "btn small", "aria-label": `${aria} ${name}`, onclick, ...extra }, label);
+    const overlay = el("select", { class: "overlay-pick", "aria-label": `Overlay a series on ${name}`, onchange: () => {
+      const [dev, metric] = overlay.value.split("\u0000");
+      if (metric) this.overlay(i, { metric, device: dev });
+    } }, el("option", { value: "" }, "+ series"),
+    seriesKeys.sort().filter((k) => {
+      const [dev, metric] = k.split("\u0000");
+      return !p.spec.refs.some((r) => r.metric === metric && r.device === dev);
+    }).map((k) => el("option", { value: k }, k.replace("\u0000", " · "))));
+    const kinds = ["timeseries", "timeline", "stat", "gauge"].concat(p.spec.refs.length === 2 ? ["track"] : []);
+    const kind = el("select", { class: "kind-pick", "aria-label": `Kind of ${name}`, onchange: () => this.setKind(i, kind.value) },
+      kinds.map((k) => el("option", { value: k, selected: k === p.spec.kind }, k)));
+    return [
+      kind,
+      b(p.spec.pinned ? "Unpin" : "Pin", p.spec.pinned ? "Unpin" : "Pin", () => this.togglePin(i), { "aria-pressed": String(p.spec.pinned) }),
+      b("←", "Move earlier:", () => this.move(i, -1, order)),
+      b("→", "Move later:", () => this.move(i, +1, order)),
+      b("Size", "Change the size of", () => this.resize(i)),
+      overlay,
+      b("Hide", "Hide", () => this.hide(i)),
+    ];
+  }
 
   async save() {
     const name = this.nameIn.value.trim();

@@ -6,6 +6,50 @@
 
 import { LineChart } from "./chart.js";
 import { fmtValue } from "./format.js";
+import { TimelineChart } from "./timeline.js";
+
+/** The chart that draws a panel of `spec.kind` on `canvas`. */
+export function chartFor(spec, canvas, opts) {
+  switch (spec.kind) {
+    case "timeline": return new TimelineChart(canvas, opts);
+    case "stat": return new StatChart(canvas, opts);
+    case "gauge": return new GaugeChart(canvas, { ...opts, min: spec.min, max: spec.max });
+    case "track": return new TrackChart(canvas, { ...opts, lat: spec.refs[0].metric, lon: spec.refs[1]?.metric });
+    default: return new LineChart(canvas, opts);
+  }
+}
+
+const LABELS = {
+  timeseries: (t, per) => `Live chart of ${t}, one line per ${per}`,
+  timeline: (t, per) => `State timeline of ${t}, one row per ${per}`,
+  stat: (t) => `Latest value of ${t}, with its trend`,
+  gauge: (t) => `Gauge of ${t}`,
+  track: (t) => `GPS track of ${t}, one path per device`,
+};
+
+/** The accessible name of a panel's canvas. */
+export function panelLabel(kind, title, per) {
+  return (LABELS[kind] || LABELS.timeseries)(title, per);
+}
+
+/** Writes panel `p`'s text alternative (p.alt): each line's latest value, min and max
+ *  over the last `ms` (named `windowName`). */
+export function describe(p, ms, windowName) {
+  const since = Date.now() - ms;
+  const parts = [];
+  for (const [key, s] of p.chart.series) {
+    if (!s.length) continue;
+    let lo = Infinity, hi = -Infinity;
+    for (let i = Math.max(s.start, s.lowerBound(since)); i < s.end; i++) { lo = Math.min(lo, s.v[i]); hi = Math.max(hi, s.v[i]); }
+    const u = p.chart.unit ? ` ${p.chart.unit}` : "";
+    const last = fmtValue(s.v[s.end - 1]);
+    parts.push(lo <= hi
+      ? `${key}: latest ${last}${u}, min ${fmtValue(lo)}, max ${fmtValue(hi)}`
+      : `${key}: latest ${last}${u}`);
+  }
+  const text = parts.length ? `${p.title} over the last ${windowName}. ${parts.sort().join("; ")}.` : `${p.title}: no readings yet.`;
+  if (p.alt.textContent !== text) p.alt.textContent = text;
+}
 
 /** The newest point at or before `t` of a Series, as an index (or -1). */
 function atOrBefore(s, t) {

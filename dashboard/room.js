@@ -1,15 +1,18 @@
 // A room, live: device cards (latest value, unit and age of each metric; online or
-// offline from presence; controls), a chart per metric (live canvas for 5m/15m, the
-// hub's plotters SVG for 1h/24h), CSV download, and the connection's recovery.
+// offline from presence; controls), panels as the room's layout says (layout.js: by
+// default a chart per metric; live canvas for 5m/15m, the hub's plotters SVG for
+// 1h/24h), CSV download, kiosk mode, and the connection's recovery.
 //
-// Readings only touch data structures when they arrive; the DOM is brought up to date
-// once per animation frame (cards) and the charts draw in their own frame loop.
+// Every (device, metric) has one Series in `store`; panels draw those shared series
+// (panels.js, timeline.js, zoom.js), so rebuilding panels after a layout edit copies
+// nothing. Readings only touch data structures when they arrive; the DOM is brought up
+// to date once per animation frame (cards) and the charts draw in their own frame loop.
 
 import { api } from "./api.js";
-import { LineChart, Series } from "./chart.js";
+import { Series } from "./chart.js";
 import { LayoutBar, panelSpecs } from "./layout.js";
-import { TimelineChart, isBinary } from "./timeline.js";
-import { GaugeChart, StatChart, TrackChart } from "./panels.js";
+import { isBinary } from "./timeline.js";
+import { chartFor, describe, panelLabel } from "./panels.js";
 import { startKiosk } from "./kiosk.js";
 import { zoomable } from "./zoom.js";
 import { colorFor, swatchColor } from "./colors.js";
@@ -32,15 +35,6 @@ const BACKFILL_STEP = "5s";
 const COMMAND_TIMEOUT_MS = 15000;
 const PLOT_REFRESH_MS = 15000;
 const CARD_REFRESH_MS = 200;
-
-/** The name of a panel's canvas, by kind. */
-const ARIA = {
-  timeseries: (t, per) => `Live chart of ${t}, one line per ${per}`,
-  timeline: (t, per) => `State timeline of ${t}, one row per ${per}`,
-  stat: (t) => `Latest value of ${t}, with its trend`,
-  gauge: (t) => `Gauge of ${t}`,
-  track: (t) => `GPS track of ${t}, one path per device`,
-};
 
 const COMMANDS = {
   set_interval: { label: "Set interval", arg: "ms", argLabel: "Interval (ms)", min: 20, step: 1, value: 1000 },
@@ -172,8 +166,10 @@ export function renderRoom(root, room, { ui, clientId, params = new URLSearchPar
       dl, details, ackLine);
     const hideBtn = el("button", { type: "button", class: "btn small", hidden: !editing, "aria-label": `Hide the card of ${name}`,
       onclick: () => bar.hideDevice(name) }, "Hide");
-    card.querySelector(".card-head").append(hideBtn);
-    cardEls.set(name, { card, badge, dl, rows: new Map(), via: null, hideBtn });
+    const upBtn = el("button", { type: "button", class: "btn small", hidden: !editing, "aria-label": `Move the card of ${name} earlier`,
+      onclick: () => bar.moveDevice(name, [...cards.children].map((c) => c.dataset.device)) }, "↑");
+    card.querySelector(".card-head").append(upBtn, hideBtn);
+    cardEls.set(name, { card, badge, dl, rows: new Map(), via: null, hideBtn, upBtn });
     // Keep cards sorted by name.
     const after = [...cardEls.keys()].filter((k) => k > name).sort()[0];
     cards.insertBefore(card, after ? cardEls.get(after).card : null);
@@ -351,7 +347,7 @@ export function renderRoom(root, room, { ui, clientId, params = new URLSearchPar
     const unit = single ? state.metrics.get(first)?.unit || "" : "";
     const title = spec.title || [...metrics].join(", ");
     const id = `chart-${cssId(spec.id)}`;
-    const canvas = el("canvas", { role: "img", "aria-label": ARIA[spec.kind](title, single ? "device" : "series"), dataset: { metric: first } });
+    const canvas = el("canvas", { role: "img", "aria-label": panelLabel(spec.kind, title, single ? "device" : "series"), dataset: { metric: first } });
     const img = el("img", { class: "plot", alt: `Chart of ${first} rendered by the hub`, hidden: true });
     const imgNote = el("p", { class: "muted small plot-note", hidden: true });
     const legend = el("ul", { class: "legend", "aria-label": `Series in the ${title} chart` });
@@ -375,10 +371,10 @@ export function renderRoom(root, room, { ui, clientId, params = new URLSearchPar
     const keyOf = (dev, metric) => (single ? dev : `${dev} · ${metric}`);
     const opts = { windowMs: w.live ? w.ms : 15 * 60e3, unit, label: title, colorFor,
       metricOf: (key) => (single ? first : key.split(" · ").pop()) };
-    const chart = makeChart(spec, canvas, opts);
+    const chart = chartFor(spec, canvas, opts);
     const wants = (dev, metric) => spec.refs.some((r) => r.metric === metric && (!r.device || r.device === dev));
     const p = { spec, fig, canvas, chart, img, imgNote, legend, legendItems: new Map(), unitEl, plotTimer: 0, wants, keyOf, metrics, alt, title };
-    if (editing) tools.prepend(...editTools(p, order));
+    if (editing) tools.prepend(...bar.panelButtons(p, order, [...store.keys()]));
     for (const r of spec.refs) {
       const devs = r.device ? [r.device] : [...(devicesOf.get(r.metric) || [])];
       for (const dev of devs) if (store.has(`${dev}\u0000${r.metric}`)) attach(p, dev, r.metric);
@@ -386,16 +382,6 @@ export function renderRoom(root, room, { ui, clientId, params = new URLSearchPar
     if (spec.kind === "timeseries") p.zoom = zoomable(p, room, tools);
     if (!w.live) showPlot(p);
     return p;
-  }
-
-  function makeChart(spec, canvas, opts) {
-    switch (spec.kind) {
-      case "timeline": return new TimelineChart(canvas, opts);
-      case "stat": return new StatChart(canvas, opts);
-      case "gauge": return new GaugeChart(canvas, { ...opts, min: spec.min, max: spec.max });
-      case "track": return new TrackChart(canvas, { ...opts, lat: spec.refs[0].metric, lon: spec.refs[1]?.metric });
-      default: return new LineChart(canvas, opts);
-    }
   }
 
   function attach(p, dev, metric) {
@@ -420,51 +406,9 @@ export function renderRoom(root, room, { ui, clientId, params = new URLSearchPar
    *  on demand, and rewriting it on every reading would only cost). */
   function describePanels() {
     const w = WINDOWS.find((x) => x.key === state.window);
-    const since = Date.now() - (w.live ? w.ms : 15 * 60e3);
-    for (const p of panels) {
-      const parts = [];
-      for (const [key, s] of p.chart.series) {
-        if (!s.length) continue;
-        let lo = Infinity, hi = -Infinity;
-        for (let i = Math.max(s.start, s.lowerBound(since)); i < s.end; i++) { lo = Math.min(lo, s.v[i]); hi = Math.max(hi, s.v[i]); }
-        const u = p.chart.unit ? ` ${p.chart.unit}` : "";
-        const last = fmtValue(s.v[s.end - 1]);
-        parts.push(lo <= hi
-          ? `${key}: latest ${last}${u}, min ${fmtValue(lo)}, max ${fmtValue(hi)}`
-          : `${key}: latest ${last}${u}`);
-      }
-      const text = parts.length ? `${p.title} over the last ${w.live ? w.key : "15m"}. ${parts.sort().join("; ")}.` : `${p.title}: no readings yet.`;
-      if (p.alt.textContent !== text) p.alt.textContent = text;
-    }
+    for (const p of panels) describe(p, w.live ? w.ms : 15 * 60e3, w.live ? w.key : "15m");
   }
   timers.push(setInterval(describePanels, 3000));
-
-  /** The editing buttons of a panel: pin, move, size, overlay another series, hide. */
-  function editTools(p, order) {
-    const i = p.spec.index;
-    const name = p.spec.title || [...p.metrics].join(", ");
-    const b = (label, aria, onclick, extra = {}) => el("button", { type: "button", class: "btn small", "aria-label": `${aria} ${name}`, onclick, ...extra }, label);
-    const overlay = el("select", { class: "overlay-pick", "aria-label": `Overlay a series on ${name}`, onchange: () => {
-      const [dev, metric] = overlay.value.split("\u0000");
-      if (metric) bar.overlay(i, { metric, device: dev });
-    } }, el("option", { value: "" }, "+ series"),
-    [...store.keys()].sort().filter((k) => {
-      const [dev, metric] = k.split("\u0000");
-      return !p.spec.refs.some((r) => r.metric === metric && r.device === dev);
-    }).map((k) => el("option", { value: k }, k.replace("\u0000", " · "))));
-    const kinds = ["timeseries", "timeline", "stat", "gauge"].concat(p.spec.refs.length === 2 ? ["track"] : []);
-    const kind = el("select", { class: "kind-pick", "aria-label": `Kind of ${name}`, onchange: () => bar.setKind(i, kind.value) },
-      kinds.map((k) => el("option", { value: k, selected: k === p.spec.kind }, k)));
-    return [
-      kind,
-      b(p.spec.pinned ? "Unpin" : "Pin", p.spec.pinned ? "Unpin" : "Pin", () => bar.togglePin(i), { "aria-pressed": String(p.spec.pinned) }),
-      b("←", "Move earlier:", () => bar.move(i, -1, order)),
-      b("→", "Move later:", () => bar.move(i, +1, order)),
-      b("Size", "Change the size of", () => bar.resize(i)),
-      overlay,
-      b("Hide", "Hide", () => bar.hide(i)),
-    ];
-  }
 
   /** Hidden and ordered device cards of the layout shown. */
   function applyCardLayout() {
@@ -476,7 +420,8 @@ export function renderRoom(root, room, { ui, clientId, params = new URLSearchPar
       const c = cardEls.get(n);
       c.card.hidden = hidden.has(n);
       cards.append(c.card);
-      if (c.hideBtn) c.hideBtn.hidden = !editing;
+      c.hideBtn.hidden = !editing;
+      c.upBtn.hidden = !editing;
     }
   }
 
