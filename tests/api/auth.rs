@@ -3,28 +3,18 @@
 //! refresh, eviction by id, the Origin check, REST and `/metrics` access, key rotation
 //! and `telehub token`.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
-use telehub::{AuthMode, KeyAlgorithm, KeyConfig, Secret, Settings};
+use telehub::{AuthMode, Settings};
 use telehub_testkit::ws::refusal;
 
 use crate::helpers::{http_get, spawn_app_with, Client, Polled, TestApp};
+use crate::tokens::{bearer, claims, key, now_s as now, sign, tok, SECRET};
 
-const SECRET: &str = "test-secret-main-at-least-32-bytes-long";
 const OLD_SECRET: &str = "test-secret-old-at-least-32-bytes-long!";
 
-fn key(kid: &str, secret: &str) -> KeyConfig {
-    KeyConfig {
-        kid: kid.into(),
-        algorithm: KeyAlgorithm::HS256,
-        secret: Some(Secret::from(secret.to_string())),
-        secret_file: None,
-        public_key_file: None,
-    }
-}
-
+/// Token mode with two keys: `main` and `old` (a rotation in progress).
 fn token_mode(s: &mut Settings) {
     s.auth.mode = AuthMode::Token;
     s.auth.keys = vec![key("main", SECRET), key("old", OLD_SECRET)];
@@ -32,32 +22,6 @@ fn token_mode(s: &mut Settings) {
 
 pub(crate) async fn token_hub() -> TestApp {
     spawn_app_with(token_mode).await
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs() as i64
-}
-
-fn claims(sub: &str, role: &str, rooms: &[&str], exp_in: i64) -> Value {
-    json!({"sub": sub, "role": role, "rooms": rooms, "exp": now() + exp_in,
-           "iss": "telehub", "aud": "telehub"})
-}
-
-fn sign(kid: Option<&str>, secret: &str, claims: &Value) -> String {
-    let mut h = Header::new(Algorithm::HS256);
-    h.kid = kid.map(str::to_string);
-    encode(&h, claims, &EncodingKey::from_secret(secret.as_bytes())).expect("sign")
-}
-
-pub(crate) fn tok(sub: &str, role: &str, rooms: &[&str]) -> String {
-    sign(Some("main"), SECRET, &claims(sub, role, rooms, 3600))
-}
-
-pub(crate) fn bearer(t: &str) -> String {
-    format!("Authorization: Bearer {t}\r\n")
 }
 
 /// The status and JSON `error` of a refused upgrade.
@@ -343,24 +307,9 @@ async fn a_foreign_origin_is_403_in_every_mode() {
 /// One raw request with its own `Host` (and `Origin`), as a browser whose page name was
 /// rebound to the hub would send it: the status and the body.
 async fn raw_request(app: &TestApp, path: &str, host: &str, extra: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(app.addr)
-        .await
-        .expect("connect");
     let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra}\r\n");
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut buf = Vec::new();
-    tokio::time::timeout(crate::helpers::WAIT, s.read_to_end(&mut buf))
-        .await
-        .expect("answered in time")
-        .expect("read");
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line: {text:?}"));
-    (status, text)
+    let r = telehub_testkit::http::raw(app.addr, req.as_bytes()).await;
+    (r.status, format!("{}\r\n\r\n{}", r.head, r.text()))
 }
 
 #[tokio::test]

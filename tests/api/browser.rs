@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::cdp::Browser;
 use crate::helpers::{spawn_app, spawn_app_at, Client};
+use crate::tokens::{claims, jwt, sign, token_mode};
 
 /// One browser test at a time: each starts its own Chromium, and the machine is small.
 pub(crate) static BROWSER_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -763,38 +764,6 @@ async fn page_that_falls_behind_catches_up_instead_of_being_closed() {
 // ---------------------------------------------------------------------------------------
 // `[auth] mode = "token"`: the sign-in box, live data with a token, refusals, expiry.
 
-const AUTH_SECRET: &str = "browser-test-secret-at-least-32-bytes";
-
-fn token_hub(s: &mut telehub::Settings) {
-    s.auth.mode = telehub::AuthMode::Token;
-    s.auth.keys = vec![telehub::KeyConfig {
-        kid: "main".into(),
-        algorithm: telehub::KeyAlgorithm::HS256,
-        secret: Some(telehub::Secret::from(AUTH_SECRET.to_string())),
-        secret_file: None,
-        public_key_file: None,
-    }];
-}
-
-/// A token for `sub` with `role` and `rooms`, valid for `ttl_s` seconds, signed with
-/// `secret`.
-fn jwt(secret: &str, sub: &str, role: &str, rooms: &[&str], ttl_s: i64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs() as i64;
-    let claims = json!({"sub": sub, "role": role, "rooms": rooms, "exp": now + ttl_s,
-                        "iss": "telehub", "aud": "telehub"});
-    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
-    h.kid = Some("main".into());
-    jsonwebtoken::encode(
-        &h,
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .expect("sign")
-}
-
 /// Types `token` into the sign-in box with the keyboard and presses Enter.
 async fn type_token_and_enter(page: &crate::cdp::Page, input: &str, token: &str) {
     page.eval(&format!("document.querySelector('{input}').focus()"))
@@ -818,20 +787,14 @@ const STORED: &str = "[sessionStorage.getItem('telehub.token'), Object.keys(loca
 async fn signing_in_with_a_token_shows_live_data_and_a_refused_token_says_so() {
     let _one = BROWSER_TESTS.lock().await;
     // Arrange: a token-mode hub, a device publishing with its device token.
-    let app = crate::helpers::spawn_app_with(token_hub).await;
+    let app = crate::helpers::spawn_app_with(token_mode).await;
     let device = Device::spawn_with_token(
         app.addr,
         "greenhouse-1",
         "climate-1",
         CLIMATE,
         Duration::from_millis(100),
-        Some(jwt(
-            AUTH_SECRET,
-            "climate-1",
-            "device",
-            &["greenhouse-*"],
-            3600,
-        )),
+        Some(jwt("climate-1", "device", &["greenhouse-*"], 3600)),
     );
     let browser = Browser::launch().await;
     let page = browser.new_page(1280, 860).await;
@@ -845,12 +808,10 @@ async fn signing_in_with_a_token_shows_live_data_and_a_refused_token_says_so() {
     print_screenshot("sign-in", &page.screenshot_to_dir("auth-signin").await);
 
     // A token signed with another secret is refused, with the hub's answer.
-    let forged = jwt(
+    let forged = sign(
+        Some("main"),
         "a-different-secret-that-is-32-bytes-long",
-        "alice",
-        "dashboard",
-        &["greenhouse-*"],
-        3600,
+        &claims("alice", "dashboard", &["greenhouse-*"], 3600),
     );
     type_token_and_enter(&page, "#signin-token", &forged).await;
     let msg = page
@@ -881,7 +842,7 @@ async fn signing_in_with_a_token_shows_live_data_and_a_refused_token_says_so() {
     // A device token is not a dashboard's: said before the hub is even asked.
     page.eval("document.querySelector('#signin-token').value = ''")
         .await;
-    let dev_token = jwt(AUTH_SECRET, "climate-1", "device", &["greenhouse-*"], 3600);
+    let dev_token = jwt("climate-1", "device", &["greenhouse-*"], 3600);
     type_token_and_enter(&page, "#signin-token", &dev_token).await;
     page.wait_for(
         &format!("{SIGNIN_MSG}.includes('device token')"),
@@ -893,7 +854,7 @@ async fn signing_in_with_a_token_shows_live_data_and_a_refused_token_says_so() {
     // The right token: the room with live values.
     page.eval("document.querySelector('#signin-token').value = ''")
         .await;
-    let token = jwt(AUTH_SECRET, "alice", "dashboard", &["greenhouse-*"], 3600);
+    let token = jwt("alice", "dashboard", &["greenhouse-*"], 3600);
     type_token_and_enter(&page, "#signin-token", &token).await;
     let first = page
         .wait_for(
@@ -1007,20 +968,14 @@ async fn signing_in_with_a_token_shows_live_data_and_a_refused_token_says_so() {
 async fn an_expiring_token_is_renewed_from_the_banner_and_an_expired_one_signs_out() {
     let _one = BROWSER_TESTS.lock().await;
     // Arrange
-    let app = crate::helpers::spawn_app_with(token_hub).await;
+    let app = crate::helpers::spawn_app_with(token_mode).await;
     let device = Device::spawn_with_token(
         app.addr,
         "greenhouse-1",
         "climate-1",
         CLIMATE,
         Duration::from_millis(100),
-        Some(jwt(
-            AUTH_SECRET,
-            "climate-1",
-            "device",
-            &["greenhouse-*"],
-            3600,
-        )),
+        Some(jwt("climate-1", "device", &["greenhouse-*"], 3600)),
     );
     let browser = Browser::launch().await;
     let page = browser.new_page(1280, 860).await;
@@ -1030,7 +985,7 @@ async fn an_expiring_token_is_renewed_from_the_banner_and_an_expired_one_signs_o
 
     // Act: sign in with a token that expires in 8 s; the hub says `token_expiring` at
     // once and the page asks for a fresh token without leaving the room.
-    let short = jwt(AUTH_SECRET, "alice", "dashboard", &["greenhouse-*"], 8);
+    let short = jwt("alice", "dashboard", &["greenhouse-*"], 8);
     type_token_and_enter(&page, "#signin-token", &short).await;
     page.wait_for(
         &value_js("climate-1", "temperature"),
@@ -1048,7 +1003,7 @@ async fn an_expiring_token_is_renewed_from_the_banner_and_an_expired_one_signs_o
         "token expiring banner",
         &page.screenshot_to_dir("auth-expiring").await,
     );
-    let fresh = jwt(AUTH_SECRET, "alice", "dashboard", &["greenhouse-*"], 3600);
+    let fresh = jwt("alice", "dashboard", &["greenhouse-*"], 3600);
     type_token_and_enter(&page, "#renew-token", &fresh).await;
     page.wait_for(
         "document.querySelector('#auth-banner').hidden",
@@ -1083,7 +1038,7 @@ async fn an_expiring_token_is_renewed_from_the_banner_and_an_expired_one_signs_o
     page.eval("document.querySelector('#signout').click()")
         .await;
     page.wait_for(SIGNIN_BOX, WAIT, "the sign-in box").await;
-    let brief = jwt(AUTH_SECRET, "alice", "dashboard", &["greenhouse-*"], 4);
+    let brief = jwt("alice", "dashboard", &["greenhouse-*"], 4);
     type_token_and_enter(&page, "#signin-token", &brief).await;
     page.wait_for(
         &value_js("climate-1", "temperature"),
@@ -1109,7 +1064,7 @@ async fn an_expiring_token_is_renewed_from_the_banner_and_an_expired_one_signs_o
     page.set_viewport(390, 760, true).await;
     // And the banner at phone width, in the dark theme.
     page.set_color_scheme("dark").await;
-    let short = jwt(AUTH_SECRET, "alice", "dashboard", &["greenhouse-*"], 20);
+    let short = jwt("alice", "dashboard", &["greenhouse-*"], 20);
     type_token_and_enter(&page, "#signin-token", &short).await;
     page.wait_for(
         "!document.querySelector('#auth-banner').hidden",

@@ -7,10 +7,10 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use telehub::{AuthMode, KeyAlgorithm, KeyConfig, Secret, Settings};
 use telehub_testkit::http::{post, Framing, Response};
 
 use crate::helpers::{http_get, spawn_app_with, TestApp};
+use crate::tokens::{tok, token_mode};
 
 fn json_of(r: &Response) -> Value {
     serde_json::from_slice(&r.body).unwrap_or_else(|_| panic!("JSON body: {}", r.text()))
@@ -272,33 +272,6 @@ async fn an_http_device_is_commanded_by_long_poll_and_acks_by_post() {
     app.stop().await;
 }
 
-const SECRET: &str = "ingest-test-secret-at-least-32-bytes";
-
-fn token(sub: &str, role: &str) -> String {
-    let exp = chrono::Utc::now().timestamp() + 3600;
-    let claims = json!({"sub": sub, "role": role, "rooms": ["lab"], "exp": exp,
-        "iss": "telehub", "aud": "telehub"});
-    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
-    h.kid = Some("k".into());
-    jsonwebtoken::encode(
-        &h,
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .expect("sign")
-}
-
-fn token_mode(s: &mut Settings) {
-    s.auth.mode = AuthMode::Token;
-    s.auth.keys = vec![KeyConfig {
-        kid: "k".into(),
-        algorithm: KeyAlgorithm::HS256,
-        secret: Some(Secret::from(SECRET.to_string())),
-        secret_file: None,
-        public_key_file: None,
-    }];
-}
-
 #[tokio::test]
 async fn with_auth_on_a_device_token_posts_only_as_its_device() {
     let app = spawn_app_with(token_mode).await;
@@ -308,14 +281,20 @@ async fn with_auth_on_a_device_token_posts_only_as_its_device() {
         (r.status, json_of(&r)["error"].clone()),
         (401, json!("unauthorized"))
     );
-    let pump = format!("Authorization: Bearer {}\r\n", token("pump", "device"));
+    let pump = format!(
+        "Authorization: Bearer {}\r\n",
+        tok("pump", "device", &["lab"])
+    );
     assert_eq!(post_readings(&app, "pump", &pump, one).await.status, 200);
     let r = post_readings(&app, "valve", &pump, one).await;
     assert_eq!(
         (r.status, json_of(&r)["error"].clone()),
         (403, json!("forbidden"))
     );
-    let dash = format!("Authorization: Bearer {}\r\n", token("pump", "dashboard"));
+    let dash = format!(
+        "Authorization: Bearer {}\r\n",
+        tok("pump", "dashboard", &["lab"])
+    );
     assert_eq!(post_readings(&app, "pump", &dash, one).await.status, 403);
     let (status, _) = http_get(app.addr, "/api/rooms/lab/devices/valve/commands", &pump).await;
     assert_eq!(status, 403);

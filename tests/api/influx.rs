@@ -9,10 +9,10 @@ use std::io::Write;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use telehub::{AuthMode, KeyAlgorithm, KeyConfig, Secret, Settings};
 use telehub_testkit::http::{post, Framing, Response};
 
 use crate::helpers::{spawn_app_with, TestApp};
+use crate::tokens::{now_s, tok, token_mode};
 
 /// A field value as line protocol types it.
 enum V<'a> {
@@ -98,10 +98,6 @@ async fn points(app: &TestApp, room: &str, device: &str, metric: &str) -> Vec<(i
             )
         })
         .collect()
-}
-
-fn now_s() -> i64 {
-    chrono::Utc::now().timestamp()
 }
 
 #[tokio::test]
@@ -462,32 +458,6 @@ async fn series_caps_are_reported_as_a_partial_write() {
     app.stop().await;
 }
 
-const SECRET: &str = "influx-test-secret-at-least-32-bytes";
-
-fn token(sub: &str, role: &str, rooms: &[&str]) -> String {
-    let claims = json!({"sub": sub, "role": role, "rooms": rooms,
-        "exp": now_s() + 3600, "iss": "telehub", "aud": "telehub"});
-    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
-    h.kid = Some("k".into());
-    jsonwebtoken::encode(
-        &h,
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .expect("sign")
-}
-
-fn token_mode(s: &mut Settings) {
-    s.auth.mode = AuthMode::Token;
-    s.auth.keys = vec![KeyConfig {
-        kid: "k".into(),
-        algorithm: KeyAlgorithm::HS256,
-        secret: Some(Secret::from(SECRET.to_string())),
-        secret_file: None,
-        public_key_file: None,
-    }];
-}
-
 #[tokio::test]
 async fn with_auth_on_a_device_token_writes_only_as_its_device() {
     let app = spawn_app_with(token_mode).await;
@@ -515,7 +485,7 @@ async fn with_auth_on_a_device_token_writes_only_as_its_device() {
     )
     .await;
     assert_eq!(r.status, 401);
-    let a = token("a", "device", &["lab"]);
+    let a = tok("a", "device", &["lab"]);
     let r = write(
         format!("Authorization: Token {a}\r\n"),
         "/api/v2/write?bucket=other",
@@ -541,7 +511,7 @@ async fn with_auth_on_a_device_token_writes_only_as_its_device() {
             .contains("may not publish as device `b`"),
         "{v}"
     );
-    let admin = token("ops", "admin", &[]);
+    let admin = tok("ops", "admin", &[]);
     let history_of_b = || {
         crate::helpers::http_get(
             app.addr,

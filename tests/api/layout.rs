@@ -3,11 +3,10 @@
 //! an empty set resets the room, and with auth on only dashboard and admin tokens save.
 
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-use crate::auth::{bearer, tok, token_hub};
+use crate::auth::token_hub;
 use crate::helpers::{http_get, spawn_app};
+use crate::tokens::{bearer, tok};
 
 /// `PUT path` with a JSON `body` and `extra_headers`: (status, body as JSON).
 pub(crate) async fn put(
@@ -16,25 +15,11 @@ pub(crate) async fn put(
     body: &str,
     extra_headers: &str,
 ) -> (u16, Value) {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    let req = format!(
-        "PUT {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra_headers}\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.expect("send");
-    let mut buf = Vec::new();
-    tokio::time::timeout(crate::helpers::WAIT, s.read_to_end(&mut buf))
-        .await
-        .expect("an answer in time")
-        .expect("read");
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("a status line");
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    let r = telehub_testkit::http::request(addr, "PUT", path, extra_headers, body).await;
+    (
+        r.status,
+        serde_json::from_slice(&r.body).unwrap_or(Value::Null),
+    )
 }
 
 async fn get(addr: std::net::SocketAddr, path: &str, headers: &str) -> (u16, Value) {

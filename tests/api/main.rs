@@ -25,3 +25,4 @@ mod rooms;
 mod runtimes;
 mod simulator;
 mod tls;
+mod tokens;

@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::helpers::{hub_process, spawn_app, spawn_app_with, Client, Polled, WAIT};
+use crate::tokens::{token_mode, SECRET};
 
 const SCENARIO: &str = r#"
 name = "e2e"
@@ -689,19 +690,6 @@ fn own_status_kib(key: &str) -> u64 {
 // ---------------------------------------------------------------------------------------
 // `[auth] mode = "token"`: the simulator's tokens.
 
-const AUTH_SECRET: &str = "sim-test-secret-at-least-32-bytes-long";
-
-fn token_hub(s: &mut telehub::Settings) {
-    s.auth.mode = telehub::AuthMode::Token;
-    s.auth.keys = vec![telehub::KeyConfig {
-        kid: "main".into(),
-        algorithm: telehub::KeyAlgorithm::HS256,
-        secret: Some(telehub::Secret::from(AUTH_SECRET.to_string())),
-        secret_file: None,
-        public_key_file: None,
-    }];
-}
-
 fn minter(secret: &str, ttl: Duration) -> telehub_sim::TokenSource {
     let mut m = telehub_sim::MintOptions::new(secret);
     m.ttl = ttl;
@@ -710,7 +698,7 @@ fn minter(secret: &str, ttl: Duration) -> telehub_sim::TokenSource {
 
 /// A dashboard in `room` with its own minted token.
 async fn token_dashboard(app: &crate::helpers::TestApp, room: &str, client: &str) -> Client {
-    let token = minter(AUTH_SECRET, Duration::from_secs(3600))
+    let token = minter(SECRET, Duration::from_secs(3600))
         .token(&telehub_sim::TokenRequest {
             client,
             role: telehub_protocol::role::Role::Dashboard,
@@ -741,7 +729,7 @@ rate = 5.0
 async fn minted_tokens_connect_publish_and_are_refreshed_past_their_expiry() {
     // Arrange: a token-mode hub; devices whose tokens live 3 s, so the hub sends
     // `token_expiring` at once and closes with 4001 at `exp` unless they refresh.
-    let app = spawn_app_with(token_hub).await;
+    let app = spawn_app_with(token_mode).await;
     let mut dash = token_dashboard(&app, "secure-a", "watcher").await;
     let scenario = Scenario::from_toml(AUTH_SCENARIO, "auth").expect("scenario");
     let stats = SimStats::new();
@@ -753,7 +741,7 @@ async fn minted_tokens_connect_publish_and_are_refreshed_past_their_expiry() {
         },
     );
     opts.stats = stats.clone();
-    opts.auth = Some(minter(AUTH_SECRET, Duration::from_secs(3)));
+    opts.auth = Some(minter(SECRET, Duration::from_secs(3)));
 
     // Act: run well past the first tokens' expiry.
     let started = Instant::now();
@@ -804,7 +792,7 @@ async fn minted_tokens_connect_publish_and_are_refreshed_past_their_expiry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_secret_is_refused_clearly_and_not_retried_in_a_loop() {
     // Arrange
-    let app = spawn_app_with(token_hub).await;
+    let app = spawn_app_with(token_mode).await;
     let wrong = minter(
         "some-other-secret-that-is-32-bytes-long",
         Duration::from_secs(3600),
@@ -864,9 +852,9 @@ async fn a_wrong_secret_is_refused_clearly_and_not_retried_in_a_loop() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_token_file_is_sent_as_the_refresh() {
     // Arrange: one token for every device in a file, expiring in 4 s.
-    let app = spawn_app_with(token_hub).await;
+    let app = spawn_app_with(token_mode).await;
     let device_token = |ttl| {
-        minter(AUTH_SECRET, Duration::from_secs(ttl))
+        minter(SECRET, Duration::from_secs(ttl))
             .token(&telehub_sim::TokenRequest {
                 client: "climate-1",
                 role: telehub_protocol::role::Role::Device,

@@ -6,9 +6,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SerialNumber};
 use serde_json::json;
 use telehub_testkit::hub::Hub;
@@ -16,8 +15,7 @@ use telehub_testkit::tls;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::{hub_process, Client, WAIT};
-
-const SECRET: &str = "test-secret-main-at-least-32-bytes-long";
+use crate::tokens::{tok, SECRET};
 
 /// A CA that signs server certificates for `localhost` and 127.0.0.1.
 struct Ca {
@@ -134,25 +132,13 @@ async fn https_serves_the_api_and_wss_carries_readings_from_device_to_dashboard(
     dev.close().await;
 }
 
-fn token(sub: &str, role: &str, rooms: &[&str]) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs();
-    let claims = json!({"sub": sub, "role": role, "rooms": rooms, "exp": now + 3600,
-                        "iss": "telehub", "aud": "telehub"});
-    let mut h = Header::new(Algorithm::HS256);
-    h.kid = Some("main".into());
-    encode(&h, &claims, &EncodingKey::from_secret(SECRET.as_bytes())).expect("sign")
-}
-
 #[tokio::test]
 async fn wss_with_token_auth_accepts_a_bearer_token_and_refuses_none() {
     let auth = format!(
         "[auth]\nmode = \"token\"\n[[auth.keys]]\nkid = \"main\"\nalgorithm = \"HS256\"\nsecret = \"{SECRET}\"\n"
     );
     let (hub, ca, _files) = tls_hub(&auth);
-    let bearer = format!("Bearer {}", token("t1", "device", &["greenhouse-*"]));
+    let bearer = format!("Bearer {}", tok("t1", "device", &["greenhouse-*"]));
     let url = wss(&hub, "greenhouse-1", "t1", "role=device&acks=true");
     let mut dev = Client::connect_tls(&url, &ca.pem, &[("authorization", &bearer)])
         .await

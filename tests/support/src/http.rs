@@ -1,4 +1,4 @@
-//! A raw HTTP/1.1 GET or POST over a fresh connection (`Connection: close`), for the
+//! A raw HTTP/1.1 request (GET, POST, PUT, ...) over a fresh connection (`Connection: close`), for the
 //! hub's REST endpoints, its write endpoints, `/metrics` and the dashboard files: status,
 //! head and body as sent, with chunked transfer encoding undone.
 
@@ -157,36 +157,36 @@ pub async fn http_post(addr: SocketAddr, path: &str, body: &str) -> (u16, String
 /// `METHOD path` with a JSON `body` (may be empty) as (status, body text); panics on
 /// any I/O error.
 pub async fn http_request(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    let headers = format!(
-        "Content-Type: application/json\r\nContent-Length: {}\r\n",
+    let r = request(addr, method, path, "", body).await;
+    (r.status, r.text())
+}
+
+/// `METHOD path` with `extra_headers` (each line ending in `\r\n`) and a JSON `body`
+/// (may be empty); panics on any error, within [`WAIT`].
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    extra_headers: &str,
+    body: &str,
+) -> Response {
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra_headers}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{headers}\r\n{body}"
-    );
-    s.write_all(req.as_bytes()).await.expect("send");
-    let mut buf = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
+    raw(addr, req.as_bytes()).await
+}
+
+/// Sends `req`, a whole request exactly as given (its own `Host`, say), and reads the
+/// whole response; panics on any error, within [`WAIT`].
+pub async fn raw(addr: SocketAddr, req: &[u8]) -> Response {
+    let s = TcpStream::connect(addr)
         .await
-        .expect("an answer in time")
-        .expect("read");
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        String::from_utf8_lossy(&dechunk(body.as_bytes())).into_owned()
-    } else {
-        body.to_string()
-    };
-    (status, body)
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    send(s, "request", req.to_vec())
+        .await
+        .unwrap_or_else(|e| panic!("http://{addr}: {e:#}"))
 }
 
 fn dechunk(mut s: &[u8]) -> Vec<u8> {
