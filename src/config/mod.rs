@@ -464,6 +464,11 @@ mod tests {
         )
     }
 
+    /// The error a config file with `toml` (and no environment) is refused with.
+    fn refusal(toml: &str) -> String {
+        load(toml, &[]).unwrap_err().to_string()
+    }
+
     #[test]
     fn defaults_need_no_file() {
         let s = load("", &[]).expect("defaults are valid");
@@ -494,13 +499,9 @@ mod tests {
 
     #[test]
     fn linger_and_threads_are_bounded_and_named() {
-        let err = load("[limits]\ndashboard_linger_ms = 1001\n", &[])
-            .unwrap_err()
-            .to_string();
+        let err = refusal("[limits]\ndashboard_linger_ms = 1001\n");
         assert!(err.contains("limits.dashboard_linger_ms"), "{err}");
-        let err = load("[server]\nthreads = 257\n", &[])
-            .unwrap_err()
-            .to_string();
+        let err = refusal("[server]\nthreads = 257\n");
         assert!(err.contains("server.threads"), "{err}");
         let s = load(
             "[limits]\ndashboard_linger_ms = 5\n[server]\nthreads = 4\n",
@@ -574,13 +575,9 @@ mod tests {
         assert_eq!(s.history.retention_ms, 60_000);
         assert_eq!(s.history.max_series, 5);
         assert_eq!(s.history.data_dir, PathBuf::from("/tmp/th"));
-        let err = load("[history]\nflush_interval_ms = 0\n", &[])
-            .unwrap_err()
-            .to_string();
+        let err = refusal("[history]\nflush_interval_ms = 0\n");
         assert!(err.contains("history.flush_interval_ms"), "{err}");
-        let err = load("[history]\npoints = 1\n", &[])
-            .unwrap_err()
-            .to_string();
+        let err = refusal("[history]\npoints = 1\n");
         assert!(err.contains("points"), "{err}");
     }
 
@@ -627,7 +624,7 @@ mod tests {
 
     #[test]
     fn syntax_errors_name_the_file() {
-        let err = load("[server\n", &[]).unwrap_err().to_string();
+        let err = refusal("[server\n");
         assert!(err.contains("test.toml"), "{err}");
     }
 }
