@@ -6,6 +6,7 @@
 # Everything runs on 127.0.0.1; hubs are stopped at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/hub.sh
 cargo build --release -q -p telehub -p telehub-sim
 hub=target/release/telehub
 sim=target/release/telehub-sim
@@ -20,13 +21,7 @@ start_hub() {
   : >"$work/log"
   (cd "$work" && exec "$OLDPWD/$hub" serve --listen 127.0.0.1:0 "$@") >"$work/log" 2>&1 &
   pid=$!
-  addr=""
-  for _ in $(seq 100); do
-    addr=$(grep -o 'listening on http://[0-9.:]*' "$work/log" | head -1 | sed 's|listening on http://||' || true)
-    [ -n "$addr" ] && break
-    sleep 0.1
-  done
-  [ -n "$addr" ] || { echo "hub did not start:"; cat "$work/log"; exit 1; }
+  wait_addr "$work/log"
   echo "== hub $pid on $addr $*"
 }
 run() { echo "== telehub-sim bench $*"; "$sim" bench --url "ws://$addr" --pid "$pid" "$@"; }

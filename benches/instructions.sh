@@ -12,6 +12,7 @@
 # Prints one JSON line: instructions, deliveries, instructions per delivery.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/hub.sh
 hub=${1:-target/release/telehub}
 sim=${2:-target/release/telehub-sim}
 if [ ! -x "$hub" ] || [ ! -x "$sim" ]; then
@@ -32,13 +33,7 @@ for i in $(seq 1 "${RULES:-0}"); do
 done
 (cd "$work" && exec valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" "$hub_abs" serve --config "$work/hub.toml" --listen 127.0.0.1:0) >"$work/log" 2>&1 &
 pid=$!
-addr=""
-for _ in $(seq 300); do
-  addr=$(grep -o 'listening on http://[0-9.:]*' "$work/log" | head -1 | sed 's|listening on http://||' || true)
-  [ -n "$addr" ] && break
-  sleep 0.1
-done
-[ -n "$addr" ] || { echo "hub did not start:"; cat "$work/log"; exit 1; }
+wait_addr "$work/log" 300
 
 # Count the load only: the counters are zeroed after start-up and dumped at the end of the
 # bench's window (no warm-up, so every delivery counted is one the bench saw), before the

@@ -8,6 +8,7 @@
 #   for 10 s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/hub.sh
 [ -x target/release/telehub ] && [ -x target/release/telehub-sim ] ||
   cargo build --release -q -p telehub -p telehub-sim
 command -v strace >/dev/null || { echo "strace is needed (apt-get install strace)"; exit 1; }
@@ -19,13 +20,7 @@ cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
 (cd "$work" && exec "$hub" serve --listen 127.0.0.1:0 "$@") >"$work/log" 2>&1 &
 pid=$!
-addr=""
-for _ in $(seq 100); do
-  addr=$(grep -o 'listening on http://[0-9.:]*' "$work/log" | head -1 | sed 's|listening on http://||' || true)
-  [ -n "$addr" ] && break
-  sleep 0.1
-done
-[ -n "$addr" ] || { echo "hub did not start:"; cat "$work/log"; exit 1; }
+wait_addr "$work/log"
 # Connections first, then strace attaches for the measured window only.
 "$sim" bench --url "ws://$addr" --rooms "${ROOMS:-1}" --devices "${DEVICES:-20}" \
   --dashboards "${DASHBOARDS:-200}" --rate "${RATE:-5}" --duration "${DURATION:-10}s" \

@@ -10,6 +10,7 @@
 # Env: CHURN_RATE CHURN_FOR W5_DASHBOARDS; extra hub flags in HUB_ARGS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/hub.sh
 [ -x target/release/telehub ] && [ -x target/release/telehub-sim ] ||
   cargo build --release -q -p telehub -p telehub-sim
 hub=$PWD/target/release/telehub
@@ -26,13 +27,7 @@ start_hub() {
   rm -rf "$work/data" && mkdir -p "$work/data" && : >"$work/log"
   (cd "$work" && exec env "$@" "$hub" serve --listen 127.0.0.1:0 ${HUB_ARGS:-}) >"$work/log" 2>&1 &
   pid=$!
-  addr=""
-  for _ in $(seq 100); do
-    addr=$(grep -o 'listening on http://[0-9.:]*' "$work/log" | head -1 | sed 's|listening on http://||' || true)
-    [ -n "$addr" ] && break
-    sleep 0.1
-  done
-  [ -n "$addr" ] || { echo "hub did not start:"; cat "$work/log"; exit 1; }
+  wait_addr "$work/log"
   sleep 0.5
   echo "== hub $pid on $addr $*"
 }
