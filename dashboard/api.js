@@ -42,6 +42,8 @@ const enc = encodeURIComponent;
 
 export const api = {
   rooms: () => request("/api/rooms"),
+  /** The hub's dashboard settings (map tiles under GPS tracks). */
+  dashboard: () => request("/api/dashboard"),
   /** Asks the hub about a token before signing in with it (no side effects). */
   checkToken: (token) => request("/api/rooms", "json", token),
   series: (room) => request(`/api/rooms/${enc(room)}/series`),

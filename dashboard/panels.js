@@ -1,11 +1,12 @@
 // The panel kinds beside the line chart and the state timeline: stat (the latest value,
 // large, with a trend arrow and a sparkline), gauge (the latest value on a min..max
 // arc) and GPS track (latitude and longitude as a path on our own canvas, the latest
-// position marked, with its speed). Each is a LineChart with its own draw, so it takes
+// position marked, with its speed; over map tiles when the hub has a tile server). Each is a LineChart with its own draw, so it takes
 // shared series, the frame loop and offscreen skipping from there.
 
 import { LineChart } from "./chart.js";
 import { fmtValue } from "./format.js";
+import { drawAttribution, drawTiles, mapConfig } from "./tiles.js";
 import { TimelineChart } from "./timeline.js";
 
 /** The chart that draws a panel of `spec.kind` on `canvas`. */
@@ -213,13 +214,28 @@ export function distanceM(lat1, lon1, lat2, lon2) {
   return 2 * EARTH_M * Math.asin(Math.min(1, Math.sqrt(h)));
 }
 
+/** Text in the current fill; over a map, on a `halo` of the background so it reads. */
+function haloText(ctx, text, x, y, halo) {
+  if (halo) {
+    const { strokeStyle, lineWidth } = ctx;
+    ctx.strokeStyle = halo;
+    ctx.lineWidth = 4;
+    ctx.lineJoin = "round";
+    ctx.strokeText(text, x, y);
+    ctx.strokeStyle = strokeStyle;
+    ctx.lineWidth = lineWidth;
+  }
+  ctx.fillText(text, x, y);
+}
+
 /** GPS track: opts.lat and opts.lon name the two metrics; keys are "device · metric". */
 export class TrackChart extends LineChart {
   constructor(canvas, opts) {
     super(canvas, opts);
     this.latMetric = opts.lat;
     this.lonMetric = opts.lon;
-    this.tiles = opts.tiles || null;
+    this.map = null; // the hub's map tiles, once known (tiles.js)
+    mapConfig().then((m) => { if (m) { this.map = m; this.invalidate(); } });
   }
 
   /** Per device: [{t, lat, lon}] over the window, lat and lon paired by time. */
@@ -257,19 +273,28 @@ export class TrackChart extends LineChart {
       la0 = Math.min(la0, p.lat); la1 = Math.max(la1, p.lat);
       lo0 = Math.min(lo0, p.lon); lo1 = Math.max(lo1, p.lon);
     }
-    // Equirectangular around the middle latitude: true shapes at city scale.
-    const k = Math.cos((((la0 + la1) / 2) * Math.PI) / 180);
-    const spanX = Math.max((lo1 - lo0) * k, 1e-5), spanY = Math.max(la1 - la0, 1e-5);
     const pad = 24, pw = W - 2 * pad, ph = H - 2 * pad - 18;
-    const scale = Math.min(pw / spanX, ph / spanY);
-    const cxm = (lo0 + lo1) / 2, cym = (la0 + la1) / 2;
-    const xOf = (lon) => W / 2 + (lon - cxm) * k * scale;
-    const yOf = (lat) => pad + ph / 2 - (lat - cym) * scale;
+    let xOf, yOf, metresPerPx;
+    if (this.map) {
+      // Web Mercator, as the hub's tile server draws its tiles.
+      const p = drawTiles(this, ctx, W, H, this.map, { la0, la1, lo0, lo1 }, { pw, ph, cx: W / 2, cy: pad + ph / 2 });
+      ({ xOf, yOf, metresPerPx } = p);
+      this.track.map = { z: p.z, tiles: p.tiles };
+    } else {
+      // Equirectangular around the middle latitude: true shapes at city scale.
+      const k = Math.cos((((la0 + la1) / 2) * Math.PI) / 180);
+      const spanX = Math.max((lo1 - lo0) * k, 1e-5), spanY = Math.max(la1 - la0, 1e-5);
+      const scale = Math.min(pw / spanX, ph / spanY);
+      const cxm = (lo0 + lo1) / 2, cym = (la0 + la1) / 2;
+      xOf = (lon) => W / 2 + (lon - cxm) * k * scale;
+      yOf = (lat) => pad + ph / 2 - (lat - cym) * scale;
+      metresPerPx = ((Math.PI / 180) * EARTH_M) / scale;
+    }
     // A scale bar: metres across a fifth of the width.
-    const metres = (pw / 5 / scale) * (Math.PI / 180) * EARTH_M;
+    const metres = (pw / 5) * metresPerPx;
     const nice = 10 ** Math.floor(Math.log10(metres));
     const bar = [1, 2, 5].map((m) => m * nice).filter((m) => m <= metres).pop() || nice;
-    const barPx = (bar / ((Math.PI / 180) * EARTH_M)) * scale;
+    const barPx = bar / metresPerPx;
     ctx.strokeStyle = theme.axis;
     ctx.fillStyle = theme.text;
     ctx.lineWidth = 2;
@@ -279,7 +304,7 @@ export class TrackChart extends LineChart {
     ctx.stroke();
     ctx.textAlign = "left";
     ctx.textBaseline = "bottom";
-    ctx.fillText(bar >= 1000 ? `${bar / 1000} km` : `${bar} m`, pad + barPx + 6, H - 4);
+    haloText(ctx, bar >= 1000 ? `${bar / 1000} km` : `${bar} m`, pad + barPx + 6, H - 4, this.map && theme.bg);
     const summary = [];
     for (const { dev, pts } of tracks) {
       const color = this.colorFor(dev);
@@ -308,9 +333,10 @@ export class TrackChart extends LineChart {
       ctx.fillStyle = theme.text;
       ctx.textBaseline = "middle";
       ctx.textAlign = x > W - 140 ? "right" : "left";
-      ctx.fillText(label, x + (x > W - 140 ? -9 : 9), y);
+      haloText(ctx, label, x + (x > W - 140 ? -9 : 9), y, this.map && theme.bg);
       summary.push({ device: dev, lat: last.lat, lon: last.lon, speed_kmh: speed === null ? null : speed * 3.6 });
     }
     this.track.latest = summary;
+    if (this.map) drawAttribution(ctx, W, H, this.map.attribution, theme);
   }
 }

@@ -173,6 +173,7 @@ pub async fn run(
         (influx, http_ingest),
         layouts,
         settings.server.dashboard_dir.clone(),
+        &settings.dashboard,
     ));
 
     tokio::spawn(sweep(hub.clone(), shutdown.clone(), completion.clone()));

@@ -48,7 +48,9 @@ pub mod telemetry;
 pub use alerts::{AlertsConfig, RuleConfig, Severity};
 pub use app::{run, ServerError};
 pub use auth::{mint_token, TokenError};
-pub use config::{AuthConfig, AuthMode, ConfigError, KeyAlgorithm, KeyConfig, Secret, Settings};
+pub use config::{
+    AuthConfig, AuthMode, ConfigError, DashboardConfig, KeyAlgorithm, KeyConfig, Secret, Settings,
+};
 pub use render::plot::Format as PlotFormat;
 
 /// The MQTT bridge as a component, for tests and tools that drive it without a hub.

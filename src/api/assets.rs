@@ -51,6 +51,7 @@ const ASSETS: &[Asset] = &[
     asset!("panels.js", JS),
     asset!("perf.js", JS),
     asset!("room.js", JS),
+    asset!("tiles.js", JS),
     asset!("timeline.js", JS),
     asset!("ws.js", JS),
     asset!("zoom.js", JS),

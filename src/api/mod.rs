@@ -30,6 +30,7 @@ use warp::reply::Response;
 
 use self::error::ApiError;
 use crate::auth::{Access, Authorizer, Refusal};
+use crate::config::DashboardConfig;
 use crate::hub::Hub;
 use crate::render::plot::Format;
 use crate::sinks::history::RoomHistory;
@@ -51,6 +52,7 @@ pub(crate) fn routes(
     ingest: (Influx, HttpIngest),
     layouts: Layouts,
     dashboard_dir: Option<PathBuf>,
+    page: &DashboardConfig,
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
     healthz(hub.clone())
         .or(write::routes(ingest.0, auth.clone()))
@@ -61,6 +63,7 @@ pub(crate) fn routes(
         .or(room_plot(hub.clone(), auth.clone()))
         .or(layout::route(layouts, auth.clone()))
         .or(api_bridges(bridges, auth.clone()))
+        .or(page_settings(page, auth.clone()))
         .or(alerts::routes(hub.clone(), auth.clone()))
         .or(metrics::route(hub, auth))
         .or(crate::api::assets::routes(dashboard_dir))
@@ -167,6 +170,19 @@ fn room_plot(
         .and(with_hub(hub))
         .and(query_pairs())
         .and_then(|room, format, hub, q| plot::plot(hub, room, format, q))
+}
+
+/// GET /api/dashboard: the page's settings from `[dashboard]` (the map tile template),
+/// for any caller the REST API admits; made once, at start-up.
+fn page_settings(
+    page: &DashboardConfig,
+    auth: Authorizer,
+) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    let body = Arc::new(page.public());
+    warp::path!("api" / "dashboard")
+        .and(warp::get())
+        .and(auth::access(auth))
+        .map(move |_: Access| warp::reply::json(&*body))
 }
 
 /// GET /api/bridges: each MQTT bridge with its connection state and counters.

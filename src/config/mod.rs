@@ -16,10 +16,12 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 mod auth;
+mod dashboard;
 mod history;
 mod influx;
 
 pub use auth::{AuthConfig, AuthMode, KeyAlgorithm, KeyConfig, Secret};
+pub use dashboard::DashboardConfig;
 pub use history::{AckMode, HistoryConfig};
 pub(crate) use influx::InfluxConfig;
 
@@ -41,6 +43,8 @@ pub struct Settings {
     pub influx: InfluxConfig,
     /// Alert rules (`[[alerts.rules]]`, see `src/alerts/`); none by default.
     pub alerts: crate::alerts::AlertsConfig,
+    /// The browser dashboard's own settings (map tiles under GPS tracks).
+    pub dashboard: DashboardConfig,
 }
 
 /// `[server]`: the listening socket, logging and shutdown.
@@ -398,6 +402,7 @@ impl Settings {
             return Err(("limits.http_device_idle_ms", "must be at least 1000".into()));
         }
         self.influx.validate()?;
+        self.dashboard.validate()?;
         self.history.validate()
     }
 }

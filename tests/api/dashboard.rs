@@ -580,6 +580,114 @@ async fn a_gps_tracker_shows_a_track_and_a_layout_shows_stat_and_gauge_panels() 
     app.stop().await;
 }
 
+/// A slippy-map tile server on a free loopback port: every `/{z}/{x}/{y}.svg` is a
+/// plain square of one colour, readable by the page's canvas (CORS), and each path
+/// asked for is kept.
+async fn tile_server() -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = asked.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+                seen.lock().expect("lock").push(path);
+                let body = r##"<svg xmlns="http://www.w3.org/2000/svg" width="256" height="256"><rect width="256" height="256" fill="#3a7d44"/></svg>"##;
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: image/svg+xml\r\nAccess-Control-Allow-Origin: *\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    (addr, asked)
+}
+
+/// The slippy-map tile (x, y) holding (lat, lon) at zoom `z` (Web Mercator).
+fn tile_of(lat: f64, lon: f64, z: u32) -> (u32, u32) {
+    let n = f64::from(1u32 << z);
+    let x = ((lon + 180.0) / 360.0 * n).floor();
+    let r = lat.to_radians();
+    let y = ((1.0 - (r.tan() + 1.0 / r.cos()).ln() / std::f64::consts::PI) / 2.0 * n).floor();
+    (x as u32, y as u32)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gps_track_is_drawn_over_map_tiles_from_the_configured_server() {
+    let _one = BROWSER_TESTS.lock().await;
+    // Arrange: a tile server, a hub that names it, and a tracker in Amsterdam.
+    let (tiles, asked) = tile_server().await;
+    let template = format!("http://{tiles}/{{z}}/{{x}}/{{y}}.svg");
+    let app = crate::helpers::spawn_app_with(|s| {
+        s.dashboard.map_tiles = template.clone();
+        s.dashboard.map_attribution = "test tiles".into();
+        s.dashboard.map_max_zoom = 16;
+    })
+    .await;
+    let (status, body) = http_get(app.addr, "/api/dashboard", "").await;
+    assert_eq!(status, 200, "{body}");
+    let settings: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(settings["map"]["tiles"], template.as_str());
+    assert_eq!(settings["map"]["max_zoom"], 16);
+    let mut gps = device(app.addr, "fleet", "gps-1").await;
+    feed(&mut gps, "lat", "°", 30, 2000, |i| {
+        52.3836 + i as f64 * 0.000127
+    })
+    .await;
+    feed(&mut gps, "lon", "°", 30, 2000, |i| {
+        4.9003 + i as f64 * 0.000208
+    })
+    .await;
+    let browser = Browser::launch().await;
+    let page = browser.new_page(1280, 800).await;
+
+    // Act
+    page.goto(&format!("http://{}/#/rooms/fleet", app.addr))
+        .await;
+
+    // Assert: the track asks for the tiles around its fixes and draws them under it.
+    let track = page
+        .wait_for(
+            r#"(() => { const ch = document.querySelector('figure.chart[data-kind="track"] canvas')?.telehubChart;
+                const t = ch?.track; if (!(t?.devices?.[0]?.points >= 25 && t.map)) return null;
+                const [r, g, b] = ch.ctx.getImageData(3, 3, 1, 1).data;
+                return r === 0x3a && g === 0x7d && b === 0x44 ? t : null; })()"#,
+            WAIT,
+            "a track over the tile server's tiles",
+        )
+        .await;
+    let z = track["map"]["z"].as_u64().expect("zoom") as u32;
+    assert!((10..=16).contains(&z), "a city-scale zoom: {track}");
+    let (x, y) = tile_of(52.3836 + 29.0 * 0.000127, 4.9003 + 29.0 * 0.000208, z);
+    let want = format!("/{z}/{x}/{y}.svg");
+    let got = asked.lock().expect("lock").clone();
+    assert!(
+        got.contains(&want),
+        "the tile of the latest fix, {want}, in {got:?}"
+    );
+    assert!(
+        got.iter().all(|p| p.starts_with(&format!("/{z}/"))),
+        "{got:?}"
+    );
+    print_screenshot(
+        "GPS track over map tiles",
+        &page.screenshot_to_dir("panel-track-tiles").await,
+    );
+    assert!(page.errors().is_empty(), "page errors: {:?}", page.errors());
+    drop(gps);
+    drop(browser);
+    app.stop().await;
+}
+
 /// Presses `key` (with its DOM `code` and Windows key code) in `page`.
 async fn press(page: &crate::cdp::Page, key: &str, code: u32, text: &str) {
     for kind in ["keyDown", "keyUp"] {
