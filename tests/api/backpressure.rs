@@ -208,8 +208,11 @@ async fn publish_for(dev: &mut Client, run: Duration, last: &mut [f64], publishe
 /// and is counted right again.
 #[tokio::test]
 async fn a_slow_dashboard_with_overflow_latest_gets_the_latest_values_and_what_it_skipped() {
+    // A queue of about a second of the room's readings: the neighbour, a test task on a
+    // machine that may be busy, keeps up with that much slack, while a viewer reading 10
+    // frames a second is far behind within the 20 s.
     let app = spawn_app_with(|s| {
-        s.limits.outbound_queue = 256;
+        s.limits.outbound_queue = 2048;
         s.limits.rate_per_sec = 1e9;
         s.limits.rate_burst = 1e9;
     })
@@ -270,7 +273,7 @@ async fn a_slow_dashboard_with_overflow_latest_gets_the_latest_values_and_what_i
     let first_burst = seen.skipped.len();
     assert!(first_burst > 0);
     assert!(
-        (seen.readings.len() as u64) < published / 10,
+        (seen.readings.len() as u64) < published / 2,
         "a viewer at 10 frames a second ({slow_phase} read while slow) got {} readings of {published}",
         seen.readings.len()
     );
