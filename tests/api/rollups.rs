@@ -205,3 +205,90 @@ async fn four_hundred_days_sent_late_are_answered_from_the_1h_and_1m_tiers_befor
     }
     assert_eq!(hub.stop().await.code(), Some(0), "{}", hub.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboards_30d_window_charts_min_max_bands_and_means_from_the_1m_tier() {
+    let _one = crate::browser::BROWSER_TESTS.lock().await;
+    // Arrange: durable history; two thermometers flush 30 days of hourly readings.
+    let data = tempfile::tempdir().expect("data dir");
+    let dir = data.path().to_path_buf();
+    let app = crate::helpers::spawn_app_with(move |s| {
+        s.history.persist = true;
+        s.history.data_dir = dir;
+        s.limits.rate_per_sec = 100_000.0;
+        s.limits.rate_burst = 100_000.0;
+    })
+    .await;
+    let now = chrono::Utc::now().timestamp_millis();
+    for (d, id) in ["t1", "t2"].into_iter().enumerate() {
+        let mut dev = Client::connect(&format!(
+            "ws://{}/ws/barn/{id}?role=device&acks=true",
+            app.addr
+        ))
+        .await
+        .expect("device");
+        dev.recv_type("welcome").await;
+        let hours: Vec<i64> = (0..30 * 24).collect();
+        for (n, chunk) in hours.chunks(240).enumerate() {
+            let items: Vec<Value> = chunk
+                .iter()
+                .map(|h| {
+                    let v = 10.0 + d as f64 * 5.0 + ((*h as f64) / 24.0).sin() * 3.0;
+                    json!({"metric":"temperature","unit":"°C","ts": now - (30 * 24 - h) * HOUR, "value": v, "seq": *h + 1})
+                })
+                .collect();
+            dev.send_json(json!({"type":"readings","items":items}))
+                .await;
+            let a = dev.recv_type("accepted").await;
+            assert_eq!(a["count"], chunk.len(), "batch {n}: {a}");
+        }
+    }
+    let browser = crate::cdp::Browser::launch().await;
+    let page = browser.new_page(1280, 800).await;
+    page.goto(&format!("http://{}/#/rooms/barn", app.addr))
+        .await;
+    page.wait_for(
+        "document.querySelector('input[name=\"window\"][value=\"30d\"]')",
+        crate::browser::WAIT,
+        "the window selector with 30d",
+    )
+    .await;
+
+    // Act: choose the 30-day window.
+    page.eval("(() => { const i = document.querySelector('input[name=\"window\"][value=\"30d\"]'); i.click(); return true; })()")
+        .await;
+
+    // Assert: the chart is drawn from rollup buckets (the 1m tier, ~43-minute buckets),
+    // and no request asked for raw points of the window.
+    let alt = page
+        .wait_for(
+            "(() => { const i = document.querySelector('img.plot'); return i && !i.hidden && i.src.startsWith('data:image/png') && i.naturalWidth > 0 ? i.alt : null; })()",
+            crate::browser::WAIT,
+            "the 30d band chart",
+        )
+        .await;
+    assert!(alt.as_str().unwrap_or("").contains("(1m rollups)"), "{alt}");
+    let asked = page
+        .eval("performance.getEntriesByType('resource').map(e => e.name).filter(n => n.includes('/history?') && n.includes('limit=100000') && !n.includes('to='))")
+        .await;
+    assert!(!asked.as_array().expect("urls").is_empty(), "{asked}");
+    let url = asked[0].as_str().unwrap_or("");
+    let path = &url[url.find("/api/").unwrap_or(0)..];
+    let (status, body) = http_get(app.addr, path, "").await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["resolution"], "1m", "{v}");
+    let points = v["points"].as_array().expect("points");
+    assert!(points
+        .iter()
+        .all(|b| b["min"].is_number() && b["max"].is_number() && b["mean"].is_number()));
+    let total: u64 = points
+        .iter()
+        .map(|b| b["count"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(
+        total >= 2 * (30 * 24 - 1),
+        "every hourly reading of both devices: {total}"
+    );
+    crate::browser::print_screenshot("30d bands", &page.screenshot_to_dir("rollup-30d").await);
+}
