@@ -491,3 +491,112 @@ function rgba32(color) {
   }
   return v;
 }
+
+/**
+ * A long window from the hub's rollup tiers (GET /history past memory answers buckets of
+ * min/max/mean): per series a translucent min–max band and its mean line, drawn on a
+ * canvas of its own (`w` x `h` CSS pixels) with the theme of `themeEl`. No raw points:
+ * a year is about a thousand buckets per series. `groups`: [{key, color, rows}] where a
+ * row is a bucket {ts, min, max, mean} or a raw point {ts, value}; `step` (ms) is the
+ * bucket width, a longer pause between buckets is drawn as a gap.
+ */
+export function drawBands(groups, { from, to, step, w, h, themeEl }) {
+  const dpr = window.devicePixelRatio || 1;
+  const canvas = document.createElement("canvas");
+  canvas.width = Math.round(w * dpr);
+  canvas.height = Math.round(h * dpr);
+  const ctx = canvas.getContext("2d");
+  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+  const cs = getComputedStyle(themeEl);
+  const v = (name, dflt) => cs.getPropertyValue(name).trim() || dflt;
+  ctx.fillStyle = v("--chart-bg", "#fff");
+  ctx.fillRect(0, 0, w, h);
+  ctx.font = `${v("--chart-font-size", "12px")} ${cs.fontFamily || "system-ui, sans-serif"}`;
+  const lowOf = (r) => r.min ?? r.value, highOf = (r) => r.max ?? r.value, midOf = (r) => r.mean ?? r.value;
+  let lo = Infinity, hi = -Infinity;
+  for (const g of groups) for (const r of g.rows) { lo = Math.min(lo, lowOf(r)); hi = Math.max(hi, highOf(r)); }
+  if (!(lo <= hi)) { lo = 0; hi = 1; }
+  if (hi - lo < 1e-9) { const m = Math.abs(hi) * 0.05 || 1; lo -= m; hi += m; }
+  const padR = 12, padT = 10, padB = 24, ph = Math.max(10, h - padT - padB);
+  const yTicks = niceTicks(lo, hi, Math.max(2, Math.floor(ph / 40)));
+  lo = Math.min(lo, yTicks[0]);
+  hi = Math.max(hi, yTicks[yTicks.length - 1]);
+  const yLabels = valueLabels(yTicks);
+  const padL = Math.ceil(Math.max(28, Math.max(...yLabels.map((l) => ctx.measureText(l).width)) + 12));
+  const pw = Math.max(10, w - padL - padR);
+  const xOf = (t) => padL + ((t - from) / (to - from)) * pw;
+  const yOf = (val) => padT + ph - ((val - lo) / (hi - lo)) * ph;
+  ctx.strokeStyle = v("--chart-grid", "#e5e7eb");
+  ctx.fillStyle = v("--chart-text", "#374151");
+  ctx.lineWidth = 1;
+  ctx.beginPath();
+  ctx.textAlign = "right";
+  ctx.textBaseline = "middle";
+  yTicks.forEach((t, i) => {
+    const y = Math.round(yOf(t)) + 0.5;
+    ctx.moveTo(padL, y);
+    ctx.lineTo(padL + pw, y);
+    ctx.fillText(yLabels[i], padL - 6, y);
+  });
+  ctx.textAlign = "left";
+  ctx.textBaseline = "top";
+  let lastX1 = -Infinity;
+  for (const { t, label } of timeTicks(from, to, timeStep(to - from, pw))) {
+    const x = Math.round(xOf(t)) + 0.5;
+    ctx.moveTo(x, padT);
+    ctx.lineTo(x, padT + ph);
+    const tw = ctx.measureText(label).width, x0 = x - tw / 2;
+    if (x0 < padL - 4 || x0 + tw > w - 2 || x0 < lastX1 + 8) continue;
+    ctx.fillText(label, x0, padT + ph + 6);
+    lastX1 = x0 + tw;
+  }
+  ctx.stroke();
+  ctx.save();
+  ctx.beginPath();
+  ctx.rect(padL, padT - 2, pw + 1, ph + 4);
+  ctx.clip();
+  const gap = Math.max(step || 0, 1) * 2.5;
+  for (const g of groups) {
+    // Runs of buckets with no gap between them: a band (max edge forward, min edge back),
+    // then the mean line over it.
+    const runs = [];
+    for (const r of g.rows) {
+      const run = runs[runs.length - 1];
+      if (run && r.ts - run[run.length - 1].ts <= gap) run.push(r); else runs.push([r]);
+    }
+    const half = (step || 0) / 2;
+    ctx.globalAlpha = 0.22;
+    ctx.fillStyle = g.color;
+    for (const run of runs) {
+      ctx.beginPath();
+      run.forEach((r, i) => (i ? ctx.lineTo : ctx.moveTo).call(ctx, xOf(r.ts + half), yOf(highOf(r))));
+      for (let i = run.length - 1; i >= 0; i--) ctx.lineTo(xOf(run[i].ts + half), yOf(lowOf(run[i])));
+      ctx.closePath();
+      ctx.fill();
+    }
+    ctx.globalAlpha = 1;
+    ctx.strokeStyle = g.color;
+    ctx.lineWidth = 1.6;
+    ctx.lineJoin = "round";
+    for (const run of runs) {
+      ctx.beginPath();
+      run.forEach((r, i) => (i ? ctx.lineTo : ctx.moveTo).call(ctx, xOf(r.ts + half), yOf(midOf(r))));
+      if (run.length === 1) ctx.lineTo(xOf(run[0].ts + half) + 1, yOf(midOf(run[0])));
+      ctx.stroke();
+    }
+  }
+  ctx.restore();
+  ctx.strokeStyle = v("--chart-axis", "#6b7280");
+  ctx.beginPath();
+  ctx.moveTo(padL + 0.5, padT);
+  ctx.lineTo(padL + 0.5, padT + ph + 0.5);
+  ctx.lineTo(padL + pw, padT + ph + 0.5);
+  ctx.stroke();
+  if (!groups.some((g) => g.rows.length)) {
+    ctx.fillStyle = v("--chart-text", "#374151");
+    ctx.textAlign = "center";
+    ctx.textBaseline = "middle";
+    ctx.fillText("no readings in this window", padL + pw / 2, padT + ph / 2);
+  }
+  return canvas;
+}

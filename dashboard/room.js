@@ -1,7 +1,7 @@
 // A room, live: device cards (latest value, unit and age of each metric; online or
 // offline from presence; controls), panels as the room's layout says (layout.js: by
-// default a chart per metric; live canvas for 5m/15m, the hub's plotters SVG for
-// 1h/24h), CSV download, kiosk mode, and the connection's recovery.
+// default a chart per metric; live canvas for 5m/15m, the hub's plotters SVG for 1h,
+// rollup bands for 24h to 1y), CSV download, kiosk mode, and the connection's recovery.
 //
 // Every (device, metric) has one Series in `store`; panels draw those shared series
 // (panels.js, timeline.js, zoom.js), so rebuilding panels after a layout edit copies
@@ -9,7 +9,7 @@
 // to date once per animation frame (cards) and the charts draw in their own frame loop.
 
 import { api } from "./api.js";
-import { Series } from "./chart.js";
+import { Series, drawBands } from "./chart.js";
 import { LayoutBar, panelSpecs } from "./layout.js";
 import { isBinary } from "./timeline.js";
 import { chartFor, describe, panelLabel } from "./panels.js";
@@ -20,11 +20,16 @@ import { el, fmtAge, fmtValue } from "./format.js";
 import { perf } from "./perf.js";
 import { RoomConnection } from "./ws.js";
 
+// Live canvas windows, the hub's plot (memory holds an hour), and long windows charted
+// from the hub's rollup tiers (a min–max band and the mean: no raw points are loaded).
 const WINDOWS = [
   { key: "5m", ms: 5 * 60e3, live: true },
   { key: "15m", ms: 15 * 60e3, live: true },
   { key: "1h", ms: 3600e3, live: false },
-  { key: "24h", ms: 86400e3, live: false },
+  { key: "24h", ms: 86400e3, live: false, rollup: true },
+  { key: "7d", ms: 7 * 86400e3, live: false, rollup: true },
+  { key: "30d", ms: 30 * 86400e3, live: false, rollup: true },
+  { key: "1y", ms: 365 * 86400e3, live: false, rollup: true },
 ];
 /** History the live charts load when the room opens: the longest live window. */
 const BACKFILL = "-15m";
@@ -450,16 +455,26 @@ export function renderRoom(root, room, { ui, clientId, params = new URLSearchPar
       const key = state.window;
       const theme = window.telehub?.theme?.() || "light";
       const rect = c.fig.querySelector(".chart-box").getBoundingClientRect();
-      const url = api.plotUrl(room, {
-        metric, window: key, theme,
-        width: Math.max(320, Math.min(2000, Math.round(rect.width))),
-        height: Math.max(200, Math.min(1200, Math.round(rect.height || 260))),
-      });
-      const res = await api.fetchBlob(url);
+      const width = Math.max(320, Math.min(2000, Math.round(rect.width)));
+      const height = Math.max(200, Math.min(1200, Math.round(rect.height || 260)));
+      const w = WINDOWS.find((x) => x.key === key);
+      const to = Date.now(), from = to - w.ms;
+      const res = w.rollup
+        ? await api.history(room, { metric, from: String(from), limit: 100000 })
+        : await api.fetchBlob(api.plotUrl(room, { metric, window: key, theme, width, height }));
       if (destroyed || state.window !== key || !panels.includes(c)) return;
       if (res.ok) {
         const old = c.img.src;
-        c.img.src = URL.createObjectURL(res.data);
+        if (w.rollup) {
+          const groups = new Map();
+          for (const r of res.data.points || []) {
+            if (!groups.has(r.device)) groups.set(r.device, { key: r.device, color: colorFor(r.device, theme), rows: [] });
+            groups.get(r.device).rows.push(r);
+          }
+          const bands = drawBands([...groups.values()], { from, to, step: res.data.step, w: width, h: height, themeEl: c.canvas });
+          c.img.src = bands.toDataURL("image/png");
+          c.img.alt = `${metric}, last ${key}: min to max band and mean (${res.data.resolution} rollups)`;
+        } else c.img.src = URL.createObjectURL(res.data);
         if (old.startsWith("blob:")) URL.revokeObjectURL(old);
         c.img.hidden = false;
         c.imgNote.hidden = true;

@@ -45,6 +45,8 @@ pub(crate) fn parse_duration(s: &str) -> Option<i64> {
         "h" => 3_600_000,
         "d" => 86_400_000,
         "w" => 604_800_000,
+        // A year of 365 days (`-1y` as a window).
+        "y" => 31_536_000_000,
         _ => return None,
     };
     let ms = n.checked_mul(scale)?;
@@ -79,6 +81,7 @@ mod tests {
         assert_eq!(parse_duration("15m"), Some(900_000));
         assert_eq!(parse_duration("500ms"), Some(500));
         assert_eq!(parse_duration("2d"), Some(172_800_000));
+        assert_eq!(parse_duration("1y"), Some(365 * 86_400_000));
         assert_eq!(parse_duration("0s"), None);
         assert_eq!(parse_duration("m"), None);
         assert_eq!(parse_duration("5x"), None);

@@ -19,6 +19,10 @@ use crate::clock::now_ms;
 use crate::hub::Hub;
 use crate::sinks::history::{Query, QueryResult, MAX_QUERY_LIMIT};
 
+/// Buckets per series a query past memory gets from a rollup tier when it gives no
+/// `step` (the step is the window over this, down to a multiple of the tier's).
+const ROLLUP_POINTS: i64 = 1_000;
+
 /// `GET /api/rooms/{room}/history`
 pub(crate) async fn history(
     hub: Hub,
@@ -67,8 +71,46 @@ async fn history_inner(
         disk_before = disk_before.div_euclid(step) * step + step;
     }
     let from_disk = history.persistent() && query.from.is_some_and(|f| f < disk_before);
+    // Past memory, a step (asked, or about ROLLUP_POINTS buckets per series when none
+    // is) that a rollup tier divides is answered from that tier alone.
+    let tiers = crate::sinks::store::rollup::tiers(history.config());
+    let rollup = if from_disk {
+        match query.step {
+            Some(step) => {
+                crate::sinks::store::rollup::tier_for_step(&tiers, step).map(|t| (t.clone(), step))
+            }
+            None => {
+                let span = query.to.unwrap_or(now) - query.from.unwrap_or(now);
+                crate::sinks::store::rollup::auto_step(&tiers, span, ROLLUP_POINTS)
+                    .map(|(t, s)| (t.clone(), s))
+            }
+        }
+    } else {
+        None
+    };
     blocking(move || {
-        let result = if from_disk {
+        let mut resolution = "raw".to_string();
+        let mut step = query.step;
+        let result = if let Some((tier, tier_step)) = rollup {
+            let rows = crate::sinks::store::read::query_rollup(
+                &history.config().data_dir,
+                &tier,
+                &room,
+                &query,
+                tier_step,
+            )
+            .map_err(|e| ApiError::internal(format!("history rollups: {e}")))?;
+            if rows.is_empty() && (query.device.is_some() || query.metric.is_some()) {
+                // Neither the tier nor memory knows such a series.
+                rh.query(&Query {
+                    from: Some(disk_before),
+                    ..query.clone()
+                })?;
+            }
+            resolution = tier.name;
+            step = Some(tier_step);
+            QueryResult::Buckets(rows)
+        } else if from_disk {
             let memory = Query {
                 from: Some(disk_before),
                 ..query.clone()
@@ -104,14 +146,14 @@ async fn history_inner(
             let body = match &result {
                 QueryResult::Points(points) => serde_json::to_vec(&HistoryBody {
                     room: &room,
-                    resolution: "raw",
+                    resolution: &resolution,
                     step: None,
                     points,
                 }),
                 QueryResult::Buckets(buckets) => serde_json::to_vec(&HistoryBody {
                     room: &room,
-                    resolution: "raw",
-                    step: query.step,
+                    resolution: &resolution,
+                    step,
                     points: buckets,
                 }),
             }
@@ -147,9 +189,9 @@ fn merge(older: QueryResult, recent: Option<QueryResult>, limit: usize) -> Query
 #[derive(serde::Serialize)]
 struct HistoryBody<'a, T> {
     room: &'a str,
-    /// The tier the answer came from: `raw` readings (memory and disk alike; rollup tiers
-    /// are not built yet).
-    resolution: &'static str,
+    /// The tier the answer came from: `raw` readings (memory and disk alike), or a
+    /// rollup tier's step (`1m`, `1h`).
+    resolution: &'a str,
     /// Bucket width in ms, when the query asked for `step`.
     #[serde(skip_serializing_if = "Option::is_none")]
     step: Option<i64>,

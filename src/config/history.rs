@@ -59,6 +59,38 @@ pub struct HistoryConfig {
     /// `accepted` always means in memory.
     #[serde(default)]
     pub ack: AckMode,
+    /// `[[history.rollups]]`: the rollup tiers kept beside the raw rows, finest first
+    /// (per series and bucket: min, max, sum, count and last value), computed as
+    /// readings are committed. Long windows of the REST history and the dashboard are
+    /// answered from them. `rollups = []` keeps none.
+    #[serde(default = "default_rollups")]
+    pub rollups: Vec<RollupConfig>,
+}
+
+/// One `[[history.rollups]]` tier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollupConfig {
+    /// Bucket width, a duration like `"1m"` or `"1h"` (1 s to 1 d). Each tier's step is
+    /// a whole multiple of the previous tier's, so coarser answers can be built from it.
+    pub step: String,
+    /// How long its buckets are kept (by bucket time), a duration like `"90d"`; at least
+    /// the step. Readings older than this are not added to the tier.
+    pub retention: String,
+}
+
+/// Rollup tiers at most, so every reading's commit costs a bounded number of updates.
+pub(crate) const MAX_ROLLUP_TIERS: usize = 4;
+
+impl RollupConfig {
+    /// The step in milliseconds (`None` if it does not parse).
+    pub fn step_ms(&self) -> Option<i64> {
+        crate::clock::parse_duration(&self.step)
+    }
+    /// The retention in milliseconds (`None` if it does not parse).
+    pub fn retention_ms(&self) -> Option<i64> {
+        crate::clock::parse_duration(&self.retention)
+    }
 }
 
 /// `history.ack`: what `accepted` promises.
@@ -93,6 +125,18 @@ const fn default_max_log_entries() -> usize {
 const fn default_persist() -> bool {
     true
 }
+fn default_rollups() -> Vec<RollupConfig> {
+    vec![
+        RollupConfig {
+            step: "1m".into(),
+            retention: "90d".into(),
+        },
+        RollupConfig {
+            step: "1h".into(),
+            retention: "730d".into(),
+        },
+    ]
+}
 fn default_data_dir() -> PathBuf {
     PathBuf::from("./data")
 }
@@ -113,6 +157,7 @@ impl Default for HistoryConfig {
             data_dir: default_data_dir(),
             flush_interval_ms: default_flush_interval_ms(),
             ack: AckMode::default(),
+            rollups: default_rollups(),
         }
     }
 }
@@ -145,6 +190,43 @@ impl HistoryConfig {
         }
         if !(10..=60_000).contains(&self.flush_interval_ms) {
             return Err(("history.flush_interval_ms", "must be 10 to 60000".into()));
+        }
+        if self.rollups.len() > MAX_ROLLUP_TIERS {
+            return Err((
+                "history.rollups",
+                format!("at most {MAX_ROLLUP_TIERS} tiers"),
+            ));
+        }
+        let mut previous: Option<i64> = None;
+        for r in &self.rollups {
+            let step = r
+                .step_ms()
+                .filter(|s| (1_000..=86_400_000).contains(s))
+                .ok_or((
+                    "history.rollups.step",
+                    format!("`{}` must be a duration from 1s to 1d, like 1m", r.step),
+                ))?;
+            if let Some(p) = previous {
+                if step <= p || step % p != 0 {
+                    return Err((
+                        "history.rollups.step",
+                        format!(
+                            "`{}` must be a whole multiple of the previous tier's step, and larger",
+                            r.step
+                        ),
+                    ));
+                }
+            }
+            previous = Some(step);
+            if r.retention_ms().is_none_or(|ms| ms < step) {
+                return Err((
+                    "history.rollups.retention",
+                    format!(
+                        "`{}` must be a duration like 90d, at least the step",
+                        r.retention
+                    ),
+                ));
+            }
         }
         if self.persist && self.data_dir.as_os_str().is_empty() {
             return Err((
@@ -185,6 +267,25 @@ mod tests {
             ..c
         };
         assert_eq!(bad.validate().unwrap_err().0, "history.flush_interval_ms");
+    }
+
+    #[test]
+    fn rollup_tiers_default_to_1m_and_1h_and_must_nest() {
+        let c = HistoryConfig::default();
+        let steps: Vec<_> = c.rollups.iter().map(|r| r.step_ms()).collect();
+        assert_eq!(steps, [Some(60_000), Some(3_600_000)]);
+        assert_eq!(c.rollups[1].retention_ms(), Some(730 * 86_400_000));
+        let parsed: HistoryConfig = toml::from_str(
+            "[[rollups]]\nstep = \"10s\"\nretention = \"1d\"\n[[rollups]]\nstep = \"25s\"\nretention = \"2d\"",
+        )
+        .unwrap();
+        assert_eq!(parsed.validate().unwrap_err().0, "history.rollups.step");
+        let none: HistoryConfig = toml::from_str("rollups = []").unwrap();
+        none.validate().unwrap();
+        let short: HistoryConfig =
+            toml::from_str("[[rollups]]\nstep = \"1h\"\nretention = \"1m\"").unwrap();
+        assert_eq!(short.validate().unwrap_err().0, "history.rollups.retention");
+        assert!(toml::from_str::<HistoryConfig>("[[rollups]]\nstep = \"1m\"").is_err());
     }
 
     #[test]

@@ -464,3 +464,69 @@ async fn the_rest_history_reaches_past_memory_into_the_raw_rows_on_disk() {
     }
     assert_eq!(hub.stop().await.code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_created_while_the_store_queue_is_full_keeps_its_epoch_on_disk() {
+    // Arrange: the disk is "full", and a device fills the store's queue (65,536
+    // readings behind the writer's kept batch) until readings are refused.
+    let data = tempfile::tempdir().expect("data dir");
+    let mut hub = hub_process()
+        .data_dir(data.path())
+        .env("TELEHUB_LIMITS_RATE_PER_SEC", "100000")
+        .env("TELEHUB_LIMITS_RATE_BURST", "100000")
+        .start();
+    let mut dev = Client::connect(&hub.ws_url("flood", "dev", "role=device"))
+        .await
+        .expect("device");
+    dev.recv_type("welcome").await;
+    file_size_limit(&hub, Some(4096));
+    let mut seq = 0u64;
+    let dropped = |metrics: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with("telehub_history_store_dropped_total "))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let deadline = Instant::now() + WAIT * 3;
+    while dropped(&http_get(hub.addr(), "/metrics", "").await.1) == 0.0 {
+        assert!(Instant::now() < deadline, "the store queue never filled");
+        for _ in 0..40 {
+            let items: Vec<Value> = (0..256)
+                .map(|_| {
+                    seq += 1;
+                    json!({"metric":"t","value":seq,"seq":seq})
+                })
+                .collect();
+            dev.send_json(json!({"type":"readings","items":items}))
+                .await;
+        }
+    }
+
+    // Act: a new room is created while the queue refuses readings.
+    let mut other = Client::connect(&hub.ws_url("flood-new", "d2", "role=device"))
+        .await
+        .expect("second room");
+    let epoch = other.recv_type("welcome").await["epoch"].clone();
+    // Space returns; the hub stops cleanly once the store has caught up.
+    file_size_limit(&hub, None);
+    let deadline = Instant::now() + WAIT * 3;
+    while http_get(hub.addr(), "/healthz", "").await.0 != 200 {
+        assert!(Instant::now() < deadline, "the store did not recover");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    other.close().await;
+    dev.close().await;
+    assert_eq!(hub.stop().await.code(), Some(0), "{}", hub.log());
+
+    // Assert: the epoch record passed the full queue and is in the file.
+    let conn = rusqlite::Connection::open(data.path().join("telehub.db")).expect("db");
+    let kept: String = conn
+        .query_row(
+            "SELECT epoch FROM rooms WHERE room = 'flood-new'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("the new room's epoch was written");
+    assert_eq!(json!(kept), epoch);
+}

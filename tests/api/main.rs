@@ -21,6 +21,7 @@ mod layout;
 mod lifecycle;
 mod linger;
 mod mqtt;
+mod rollups;
 mod rooms;
 mod runtimes;
 mod simulator;

@@ -283,8 +283,12 @@ impl History {
     }
 
     /// Enforces the memory window (`memory_ms`) at `now_ms`: old points go, series with none left
-    /// go, and a room with no series that no live room holds goes too (when it comes
-    /// back it has a new epoch: its history is gone).
+    /// go, and, in memory only, a room with no series that no live room holds goes too
+    /// (when it comes back it has a new epoch: its history is gone). With a store the
+    /// room stays known (its epoch and offset, a few hundred bytes, as every stored room
+    /// is after a restart): forgetting it would give it a new epoch when it comes back,
+    /// and a new epoch clears its rows and rollups from the file, so an hour of silence
+    /// would erase months of history.
     pub fn prune(&self, now_ms: i64) {
         let cutoff = now_ms.saturating_sub(self.common.config.memory_window_ms() as i64);
         let rooms: Vec<Arc<RoomHistory>> = self.rooms().values().cloned().collect();
@@ -293,8 +297,10 @@ impl History {
             dropped += r.prune(cutoff);
         }
         drop(rooms);
-        self.rooms()
-            .retain(|_, r| Arc::strong_count(r) > 1 || r.has_series());
+        if self.common.store.is_none() {
+            self.rooms()
+                .retain(|_, r| Arc::strong_count(r) > 1 || r.has_series());
+        }
         if dropped > 0 {
             tracing::debug!(dropped, "series past the memory window dropped");
         }

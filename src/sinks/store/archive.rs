@@ -10,6 +10,7 @@
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::{Deserialize, Serialize};
@@ -221,6 +222,9 @@ pub fn import(
     };
     let mut conn = Connection::open(&path).map_err(sql)?;
     conn.execute_batch(SCHEMA).map_err(sql)?;
+    let tiers = super::rollup::tiers_in_file(&conn).map_err(sql)?;
+    super::rollup::create(&conn, &tiers).map_err(sql)?;
+    let mut rollups = super::rollup::Rollups::new(tiers);
     let clean: Option<String> = conn
         .query_row("SELECT value FROM meta WHERE key = 'clean'", [], |r| {
             r.get(0)
@@ -277,7 +281,11 @@ pub fn import(
             batch.push(r);
         }
         if batch.len() >= IMPORT_BATCH || (n == 0 && !batch.is_empty()) {
-            let (i, s) = write_batch(&mut conn, &batch).map_err(sql)?;
+            let written = write_batch(&mut conn, &mut rollups, &batch);
+            if written.is_err() {
+                rollups.rolled_back();
+            }
+            let (i, s) = written.map_err(sql)?;
             imported += i;
             skipped += s;
             batch.clear();
@@ -295,7 +303,14 @@ pub fn import(
     Ok((imported, skipped))
 }
 
-fn write_batch(conn: &mut Connection, batch: &[ArchivedReading]) -> rusqlite::Result<(u64, u64)> {
+/// Writes one batch of imported readings in one transaction: raw rows (each skipped if
+/// already held) and their rollup buckets.
+fn write_batch(
+    conn: &mut Connection,
+    rollups: &mut super::rollup::Rollups,
+    batch: &[ArchivedReading],
+) -> rusqlite::Result<(u64, u64)> {
+    let now = crate::clock::now_ms();
     let tx = conn.transaction()?;
     let (mut imported, mut skipped) = (0, 0);
     {
@@ -339,8 +354,15 @@ fn write_batch(conn: &mut Connection, batch: &[ArchivedReading]) -> rusqlite::Re
                 r.room, r.device, r.metric, r.unit, r.ts, r.value, seq, offset
             ])?;
             set_last.execute(params![r.room, offset])?;
+            let name = (
+                Arc::from(r.room.as_str()),
+                Arc::from(r.device.as_str()),
+                Arc::from(r.metric.as_str()),
+            );
+            rollups.add(&tx, &name, r.ts, r.value, now)?;
             imported += 1;
         }
+        rollups.write(&tx)?;
     }
     tx.commit()?;
     Ok((imported, skipped))

@@ -14,13 +14,16 @@
 //! file), so a restarted hub keeps its epochs, continues its offsets and has its recent
 //! history at once.
 //!
-//! Tables: `rooms(room, epoch, last_offset)` and
-//! `readings(room, device, metric, unit, ts, value, seq, offset)`. Users may open the file
-//! with any SQLite client while the hub runs (WAL mode).
+//! Tables: `rooms(room, epoch, last_offset)`,
+//! `readings(room, device, metric, unit, ts, value, seq, offset)`, and the rollup tiers
+//! ([`rollup`]: `series`, `rollup_<step ms>`), updated in the same transaction as the
+//! raw rows they summarise. Users may open the file with any SQLite client while the hub
+//! runs (WAL mode).
 
 pub(crate) mod archive;
 mod queue;
 pub(crate) mod read;
+pub(crate) mod rollup;
 mod writer;
 
 use std::path::PathBuf;
@@ -123,6 +126,11 @@ impl Store {
         // this long before it fails and is retried (see `writer`), not rusqlite's 5 s.
         conn.busy_timeout(BUSY_TIMEOUT).map_err(sql)?;
         conn.execute_batch(SCHEMA).map_err(sql)?;
+        let tiers = rollup::tiers(config);
+        rollup::create(&conn, &tiers).map_err(sql)?;
+        // The writer's statements (raw rows, rooms, each tier's UPSERT and retention)
+        // stay prepared.
+        conn.set_prepared_statement_cache_capacity(64);
         // Durable acks promise a reading survives a power cut, so every commit syncs the
         // WAL (`FULL`: one fsync per flush, not per reading). With memory acks a commit
         // survives a crash of the hub but may be lost with the machine (`NORMAL`).
@@ -190,6 +198,7 @@ impl Store {
             commit_seconds,
             commits: commits_tx,
             failures: failures.clone(),
+            rollups: rollup::Rollups::new(tiers),
         };
         let thread = std::thread::Builder::new()
             .name("telehub-store".into())

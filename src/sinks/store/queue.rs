@@ -113,6 +113,31 @@ mod tests {
         q.take(10, &mut taken);
         assert_eq!(taken.len(), 1);
         assert_eq!(q.last_ticket(), 1);
+        // Fill the readings' capacity: the next reading is refused, a room is not.
+        let key = Arc::new(crate::sinks::history::SeriesKey {
+            device: Arc::from("d"),
+            metric: Arc::from("m"),
+        });
+        let reading = |offset| {
+            Msg::Reading(StoredReading {
+                room: Arc::from("r"),
+                key: key.clone(),
+                unit: None,
+                ts: 0,
+                value: 1.0,
+                seq: None,
+                offset,
+            })
+        };
+        for i in 0..STORE_QUEUE as u64 {
+            assert!(q.push(reading(i)).is_ok());
+        }
+        assert!(
+            q.push(reading(0)).is_err(),
+            "a full queue refuses a reading"
+        );
+        let (ticket, queued) = q.push(room()).ok().expect("a room passes a full queue");
+        assert_eq!((ticket, queued), (STORE_QUEUE as u64 + 2, STORE_QUEUE));
         q.close();
         assert!(q.push(room()).is_err(), "a closed queue takes nothing");
     }

@@ -1,13 +1,15 @@
 //! History queries over the raw rows on disk, for the part of a window that memory no
 //! longer holds (`memory_ms` back from now): the same [`QueryResult`] the memory rings
 //! answer, read through a read-only connection of the query's own (WAL: beside the
-//! writer), so the REST history reaches as far back as `retention_ms`.
+//! writer), so the REST history reaches as far back as `retention_ms`; and past that,
+//! from the rollup tiers ([`query_rollup`]).
 
 use std::path::Path;
 use std::sync::Arc;
 
 use rusqlite::{params, Connection, OpenFlags};
 
+use super::rollup::Tier;
 use super::DB_FILE;
 use crate::sinks::history::query::{BucketRow, PointRow};
 use crate::sinks::history::{Query, QueryResult};
@@ -83,4 +85,18 @@ pub(crate) fn query_rows(
             Ok(QueryResult::Buckets(out))
         }
     }
+}
+
+/// Answers `q` for `room` from rollup tier `tier`, in buckets of `step` (a multiple of
+/// the tier's step): see [`super::rollup::query`].
+pub(crate) fn query_rollup(
+    data_dir: &Path,
+    tier: &Tier,
+    room: &str,
+    q: &Query,
+    step: i64,
+) -> rusqlite::Result<Vec<BucketRow>> {
+    let conn =
+        Connection::open_with_flags(data_dir.join(DB_FILE), OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    super::rollup::query(&conn, tier, room, q, step)
 }

@@ -412,3 +412,37 @@ fn the_file_keeps_retention_ms_while_memory_and_a_restart_hold_memory_ms() {
     assert_eq!(h.get("a").unwrap().offset(), 3);
     h.close();
 }
+
+#[test]
+fn a_durable_room_idle_past_the_memory_window_keeps_its_epoch_rows_and_rollups() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = HistoryConfig {
+        memory_ms: 10_000,
+        ..cfg(dir.path())
+    };
+    let h = History::open(config).unwrap();
+    let name: Arc<str> = Arc::from("quiet");
+    let room = h.room(&name);
+    let epoch = room.epoch().to_string();
+    let d: Arc<str> = Arc::from("dev");
+    let now = crate::clock::now_ms();
+    room.record(&reading(&d, now - 600_000, 1)).unwrap();
+    drop(room);
+    assert!(h.flush());
+    // Every point is past memory and nothing holds the room.
+    h.prune(now);
+    let back = h.room(&name);
+    assert_eq!(&**back.epoch(), epoch.as_str(), "the same epoch");
+    back.record(&reading(&d, now, 2)).unwrap();
+    assert!(h.flush());
+    let conn = rusqlite::Connection::open(dir.path().join(super::DB_FILE)).unwrap();
+    let rows: i64 = conn
+        .query_row("SELECT count(*) FROM readings", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 2, "the old row is kept");
+    let counted: i64 = conn
+        .query_row("SELECT sum(count) FROM rollup_60000", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(counted, 2, "and so are its rollups");
+    h.close();
+}

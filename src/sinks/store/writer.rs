@@ -20,6 +20,7 @@ use rusqlite::{params, Connection};
 use tokio::sync::watch;
 
 use super::queue::{Msg, Queue};
+use super::rollup::Rollups;
 use crate::sinks::history::durable::{CommitState, Ticket};
 
 /// Readings committed in one transaction at most; a fuller queue is committed at once.
@@ -85,6 +86,8 @@ pub(super) struct Writer {
     pub(super) commit_seconds: Option<Histogram>,
     pub(super) commits: watch::Sender<CommitState>,
     pub(super) failures: Arc<AtomicU64>,
+    /// The rollup tiers, updated in every commit's transaction.
+    pub(super) rollups: Rollups,
 }
 
 impl Writer {
@@ -175,7 +178,10 @@ impl Writer {
                 delay *= 2;
             }
             let started = Instant::now();
-            let written = write(&mut self.conn, batch);
+            let written = write(&mut self.conn, &mut self.rollups, batch);
+            if written.is_err() {
+                self.rollups.rolled_back();
+            }
             if let Some(h) = &self.commit_seconds {
                 h.observe(started.elapsed().as_secs_f64());
             }
@@ -220,11 +226,13 @@ impl Writer {
         }
     }
 
-    /// Deletes rows past retention in statements of [`RETENTION_BATCH`] rows, and stops
-    /// early when records wait in the queue (the next pass goes on), so acks never wait
-    /// behind a long delete.
+    /// Deletes rows past retention in statements of [`RETENTION_BATCH`] rows, then the
+    /// rollup buckets past their tiers' retention (likewise in small statements), and
+    /// stops early when records wait in the queue (the next pass goes on), so acks never
+    /// wait behind a long delete.
     fn enforce_retention(&mut self) {
-        let cutoff = crate::clock::now_ms().saturating_sub(self.retention);
+        let now = crate::clock::now_ms();
+        let cutoff = now.saturating_sub(self.retention);
         let mut total = 0usize;
         loop {
             let deleted = self.conn.execute(
@@ -248,11 +256,29 @@ impl Writer {
         if total > 0 {
             tracing::debug!(deleted = total, "history rows past retention deleted");
         }
+        if !self.queue.is_empty() {
+            return;
+        }
+        let queue = self.queue.clone();
+        match self
+            .rollups
+            .enforce_retention(&self.conn, now, &|| !queue.is_empty())
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(deleted = n, "rollup buckets past retention deleted"),
+            Err(e) => tracing::error!(error = %e, "rollup retention delete failed"),
+        }
     }
 }
 
-/// Writes `batch` in one transaction (one fsync with `synchronous = FULL`).
-pub(super) fn write(conn: &mut Connection, batch: &[(Ticket, Msg)]) -> rusqlite::Result<()> {
+/// Writes `batch` in one transaction (one fsync with `synchronous = FULL`): the raw
+/// rows, and each reading added to the rollup tiers (one UPSERT per bucket touched).
+pub(super) fn write(
+    conn: &mut Connection,
+    rollups: &mut Rollups,
+    batch: &[(Ticket, Msg)],
+) -> rusqlite::Result<()> {
+    let now = crate::clock::now_ms();
     let tx = conn.transaction()?;
     {
         let mut insert = tx.prepare_cached(
@@ -278,6 +304,8 @@ pub(super) fn write(conn: &mut Connection, batch: &[(Ticket, Msg)]) -> rusqlite:
                         r.seq.map(|s| s as i64),
                         r.offset as i64,
                     ])?;
+                    let name = (r.room.clone(), r.key.device.clone(), r.key.metric.clone());
+                    rollups.add(&tx, &name, r.ts, r.value, now)?;
                     match last.iter_mut().find(|(room, _)| *room == &*r.room) {
                         Some(entry) => entry.1 = entry.1.max(r.offset),
                         None => last.push((&r.room, r.offset)),
@@ -285,6 +313,7 @@ pub(super) fn write(conn: &mut Connection, batch: &[(Ticket, Msg)]) -> rusqlite:
                 }
                 Msg::Room { room, epoch } => {
                     clear_room.execute(params![&**room])?;
+                    rollups.clear_room(&tx, room)?;
                     new_room.execute(params![&**room, &**epoch])?;
                     last.retain(|(r, _)| *r != &**room);
                 }
@@ -296,6 +325,7 @@ pub(super) fn write(conn: &mut Connection, batch: &[(Ticket, Msg)]) -> rusqlite:
         for (room, offset) in last {
             set_last.execute(params![room, offset as i64])?;
         }
+        rollups.write(&tx)?;
     }
     tx.commit()
 }
