@@ -31,6 +31,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::config::BridgeSpec;
+use super::discovery::{Registry, CONFIG_FILTERS};
 use super::ingest::{BridgeSink, Ingest, INGEST_QUEUE};
 use super::link::{BridgeLink, REQUEST_QUEUE};
 use super::state::{BridgeState, LogLimiter};
@@ -144,6 +145,10 @@ impl Bridge {
                 link: link.clone(),
                 client: client.clone(),
                 log: LogLimiter::new(LOG_BURST, LOG_WINDOW),
+                discovery: spec
+                    .discovery
+                    .as_ref()
+                    .map(|d| Registry::new(d.max_entities, &d.room)),
             }
             .run(rx, sink, redeliver.clone()),
         );
@@ -152,6 +157,11 @@ impl Bridge {
             .iter()
             .map(|t| t.template.filter())
             .chain(std::iter::once(spec.ack_topic.filter()))
+            .chain(
+                spec.discovery
+                    .iter()
+                    .flat_map(|_| CONFIG_FILTERS.iter().map(|f| f.to_string())),
+            )
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .map(|f| SubscribeFilter::new(f, QoS::AtLeastOnce))

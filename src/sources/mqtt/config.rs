@@ -86,6 +86,41 @@ pub struct BridgeConfig {
     /// `{_}` or `#`), so existing MQTT consumers see them.
     #[serde(default)]
     pub mirror: bool,
+    /// `"homeassistant"`: read Home Assistant MQTT discovery (the retained
+    /// `homeassistant/.../config` messages of Zigbee2MQTT, Tasmota, ESPHome, Shelly) and
+    /// turn each `sensor` and `binary_sensor` into a series. `"off"` (the default).
+    #[serde(default = "default_discovery")]
+    pub discovery: String,
+    /// The room of discovered entities: a fixed room, or with `{area}` (the device's
+    /// `suggested_area`, lower case; `home` without one) and `{node}` (its node id).
+    #[serde(default = "default_discovery_room")]
+    pub discovery_room: String,
+    /// Discovered entities held at most; one more config is refused and counted
+    /// (`/api/bridges` `discovery.refused_over_limit`).
+    #[serde(default = "default_discovery_max_entities")]
+    pub discovery_max_entities: usize,
+}
+
+fn default_discovery() -> String {
+    "off".into()
+}
+
+fn default_discovery_room() -> String {
+    "home".into()
+}
+
+fn default_discovery_max_entities() -> usize {
+    1_024
+}
+
+/// The largest `discovery_max_entities`.
+pub(crate) const MAX_DISCOVERY_ENTITIES: usize = 100_000;
+
+/// Home Assistant discovery, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiscoverySpec {
+    pub room: String,
+    pub max_entities: usize,
 }
 
 /// `[[mqtt.bridges.topics]]`: one subscription and how its topics map.
@@ -178,6 +213,8 @@ pub struct BridgeSpec {
     pub mirror: bool,
     /// `None`: bridged devices stay until the bridge stops.
     pub device_idle: Option<Duration>,
+    /// `Some`: Home Assistant discovery is on.
+    pub discovery: Option<DiscoverySpec>,
 }
 
 /// Parses `mqtt://[user[:pass]@]host[:port]` (also `tcp://`; `mqtts://` or `ssl://` for
@@ -408,7 +445,51 @@ impl BridgeConfig {
                 ));
             }
         }
+        let discovery = match self.discovery.as_str() {
+            "off" => None,
+            "homeassistant" => {
+                let probe = self
+                    .discovery_room
+                    .replace("{area}", "a")
+                    .replace("{node}", "n");
+                if !valid_id(&probe) {
+                    return Err(bad(
+                        "discovery_room",
+                        format!(
+                            "`{}` must be a room id (A-Za-z0-9_.-), with {{area}} or {{node}} if wanted",
+                            self.discovery_room
+                        ),
+                    ));
+                }
+                if self.discovery_max_entities == 0
+                    || self.discovery_max_entities > MAX_DISCOVERY_ENTITIES
+                {
+                    return Err(bad(
+                        "discovery_max_entities",
+                        format!("must be from 1 to {MAX_DISCOVERY_ENTITIES}"),
+                    ));
+                }
+                Some(DiscoverySpec {
+                    room: self.discovery_room.clone(),
+                    max_entities: self.discovery_max_entities,
+                })
+            }
+            "homie" => {
+                return Err(bad(
+                    "discovery",
+                    "`homie` (Homie 4) is not supported yet; use \"homeassistant\" or \"off\""
+                        .into(),
+                ))
+            }
+            other => {
+                return Err(bad(
+                    "discovery",
+                    format!("`{other}` is not \"homeassistant\" or \"off\""),
+                ))
+            }
+        };
         Ok(BridgeSpec {
+            discovery,
             name: self.name.clone(),
             broker,
             client_id,

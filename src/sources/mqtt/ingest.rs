@@ -17,9 +17,11 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use super::config::{BridgeSpec, TopicSpec};
+use super::discovery::Registry;
 use super::link::BridgeLink;
 use super::payload::{self, PayloadFormat};
 use super::state::{BridgeState, LogLimiter};
+use crate::hub::labels::Label;
 use telehub_protocol::ids::{valid_id, valid_metric};
 
 /// MQTT messages received by the poll loop and not yet taken by the ingest task. When it
@@ -108,6 +110,11 @@ pub trait BridgeSink: Send + 'static {
     fn take_commit(&mut self) -> Option<Commit> {
         None
     }
+    /// A discovered series' name and device class (`None`: the entity is gone); false
+    /// when the hub holds too many labels to keep this one.
+    fn label(&mut self, _room: &str, _device: &str, _metric: &str, _label: Option<Label>) -> bool {
+        true
+    }
 }
 
 /// The ingest task: topic and payload to readings, to the sink, then the ack to the
@@ -118,6 +125,8 @@ pub(super) struct Ingest {
     pub(super) link: BridgeLink,
     pub(super) client: AsyncClient,
     pub(super) log: LogLimiter,
+    /// Home Assistant discovery's entities (`None`: discovery is off).
+    pub(super) discovery: Option<Registry>,
 }
 
 /// An ack as devices publish it.
@@ -229,6 +238,9 @@ impl Ingest {
             }
             return;
         }
+        if self.discovered(p, sink) {
+            return;
+        }
         if self.spec.command_topic.matches(topic).is_some() {
             // Our own commands (or another hub's) coming back through the subscription.
             state.ignored.fetch_add(1, Relaxed);
@@ -282,6 +294,108 @@ impl Ingest {
             }
             Err(e) => self.problem(&state.parse_errors, topic, e),
         }
+    }
+}
+
+impl Ingest {
+    /// A discovery config, or the state of a discovered entity: handled (true), or not
+    /// discovery's (false).
+    fn discovered<S: BridgeSink>(&mut self, p: &Publish, sink: &mut S) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let Some(registry) = self.discovery.as_mut() else {
+            return false;
+        };
+        let topic = p.topic.as_str();
+        let state = self.state.clone();
+        if Registry::is_config(topic) {
+            let change = registry.config(topic, &p.payload);
+            state
+                .parse_errors
+                .fetch_add(registry.take_unread(), Relaxed);
+            state.set_discovery(registry.status());
+            let change = match change {
+                Ok(c) => c,
+                Err(e) => {
+                    self.problem(&state.parse_errors, topic, e);
+                    return true;
+                }
+            };
+            if let Some(old) = &change.removed {
+                sink.label(&old.room, &old.device, &old.metric, None);
+            }
+            if let Some(e) = &change.added {
+                let label = Label {
+                    name: e.name.clone(),
+                    device_class: e.device_class.clone(),
+                    device_name: e.device_name.clone(),
+                };
+                if !sink.label(&e.room, &e.device, &e.metric, Some(label)) {
+                    self.problem(
+                        &state.rejected,
+                        topic,
+                        format!(
+                            "the name of {} is not kept: the hub holds {} series labels (its limit)",
+                            e.id,
+                            crate::hub::labels::MAX_LABELS
+                        ),
+                    );
+                }
+            }
+            if let Some(t) = change.unsubscribe {
+                if let Err(e) = self.client.try_unsubscribe(t.clone()) {
+                    self.problem(
+                        &state.connection_errors,
+                        &t,
+                        format!("cannot unsubscribe: {e}"),
+                    );
+                }
+            }
+            if let Some(t) = change.subscribe {
+                if let Err(e) = self
+                    .client
+                    .try_subscribe(t.clone(), rumqttc::QoS::AtLeastOnce)
+                {
+                    self.problem(
+                        &state.connection_errors,
+                        &t,
+                        format!("cannot subscribe the state topic: {e}"),
+                    );
+                }
+            }
+            return true;
+        }
+        let Some(values) = registry.state(topic, &p.payload) else {
+            return false;
+        };
+        let unread = registry.take_unread();
+        state.parse_errors.fetch_add(unread, Relaxed);
+        // The status is copied only when a problem came or went, not per reading.
+        if unread > 0 || registry.take_cleared() {
+            state.set_discovery(registry.status());
+        }
+        for (e, value) in values {
+            let msg = BridgedMessage {
+                room: e.room,
+                device: e.device,
+                readings: vec![BridgedReading {
+                    metric: e.metric,
+                    value,
+                    unit: e.unit,
+                    ts: None,
+                    seq: None,
+                }],
+                retained: p.retain,
+            };
+            match sink.readings(msg) {
+                Ok(accepted) => {
+                    state.readings_in.fetch_add(accepted as u64, Relaxed);
+                }
+                Err(why) => {
+                    self.problem(&state.rejected, topic, format!("readings refused: {why}"));
+                }
+            }
+        }
+        true
     }
 }
 
