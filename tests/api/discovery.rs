@@ -329,3 +329,81 @@ async fn the_device_card_shows_the_announced_friendly_names() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn homie_4_properties_become_series_with_their_units_and_names() {
+    // Arrange: a Homie 4 device's retained description and values on the broker.
+    let broker = Mosquitto::start();
+    let publisher = TestClient::connect(broker.port, "homie-device");
+    let path = format!(
+        "{}/tests/fixtures/discovery/homie4.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).expect("JSON");
+    for m in v["messages"].as_array().expect("messages") {
+        let (topic, payload) = (
+            m["topic"].as_str().expect("topic"),
+            m["payload"].as_str().expect("payload"),
+        );
+        publisher.publish_retained(topic, payload.as_bytes()).await;
+    }
+    let text = format!(
+        "[[bridges]]\nname = \"homie\"\nurl = \"mqtt://127.0.0.1:{}\"\nclient_id = \"homie-hub\"\n\
+         reconnect_min_ms = 50\nreconnect_max_ms = 200\ndiscovery = \"homie\"\ndiscovery_room = \"{{node}}\"\n",
+        broker.port
+    );
+    let mqtt: MqttConfig = toml::from_str(&text).expect("bridge config parses");
+    let app = spawn_app_with(move |s: &mut Settings| s.mqtt = mqtt).await;
+
+    // Assert: the numeric and boolean properties are series, whatever order the retained
+    // messages came in; the enum is reported, not guessed.
+    let s = until("the Homie series", || async {
+        let s = series(&app, "greenhouse-1").await;
+        let named = s
+            .get("greenhouse-1/climate/temperature")
+            .is_some_and(|t| t.get("name").is_some());
+        if s.len() >= 3 && named {
+            Ok(s)
+        } else {
+            Err(format!("{:?}", s.keys()))
+        }
+    })
+    .await;
+    let t = &s["greenhouse-1/climate/temperature"];
+    assert_eq!(
+        (&t["last_value"], &t["unit"], &t["name"], &t["device_name"]),
+        (
+            &json!(24.5),
+            &json!("°C"),
+            &json!("Air temperature"),
+            &json!("Greenhouse controller")
+        ),
+        "{t}"
+    );
+    assert_eq!(s["greenhouse-1/climate/humidity"]["last_value"], 71.0);
+    assert_eq!(s["greenhouse-1/door/open"]["last_value"], 1.0);
+    assert!(!s.contains_key("greenhouse-1/climate/mode"));
+    let b = bridge(&app).await;
+    let problems = b["discovery"]["problems"].as_array().expect("problems");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p["entity"] == "greenhouse-1/climate/mode"
+                && p["message"].as_str().unwrap_or("").contains("enum")),
+        "{b}"
+    );
+
+    // Act: a live value reaches a dashboard.
+    let (mut dash, _) = app.connect("greenhouse-1", "dash", "dashboard").await;
+    publisher
+        .publish("homie/greenhouse-1/door/open", "false")
+        .await;
+    let r = next_reading(&mut dash).await;
+    assert_eq!(
+        (&r["metric"], &r["value"]),
+        (&json!("door/open"), &json!(0.0))
+    );
+    dash.close().await;
+    app.stop().await;
+}

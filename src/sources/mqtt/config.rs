@@ -88,7 +88,8 @@ pub struct BridgeConfig {
     pub mirror: bool,
     /// `"homeassistant"`: read Home Assistant MQTT discovery (the retained
     /// `homeassistant/.../config` messages of Zigbee2MQTT, Tasmota, ESPHome, Shelly) and
-    /// turn each `sensor` and `binary_sensor` into a series. `"off"` (the default).
+    /// turn each `sensor` and `binary_sensor` into a series. `"homie"`: Homie 4 devices'
+    /// numeric and boolean properties under `homie/#`. `"off"` (the default).
     #[serde(default = "default_discovery")]
     pub discovery: String,
     /// The room of discovered entities: a fixed room, or with `{area}` (the device's
@@ -116,9 +117,19 @@ fn default_discovery_max_entities() -> usize {
 /// The largest `discovery_max_entities`.
 pub(crate) const MAX_DISCOVERY_ENTITIES: usize = 100_000;
 
-/// Home Assistant discovery, validated.
+/// Which devices' announcements a bridge reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiscoveryKind {
+    /// Home Assistant MQTT discovery (`homeassistant/.../config`).
+    HomeAssistant,
+    /// Homie 4 (`homie/<device>/...`).
+    Homie,
+}
+
+/// Discovery, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DiscoverySpec {
+    pub kind: DiscoveryKind,
     pub room: String,
     pub max_entities: usize,
 }
@@ -445,9 +456,20 @@ impl BridgeConfig {
                 ));
             }
         }
-        let discovery = match self.discovery.as_str() {
+        let kind = match self.discovery.as_str() {
             "off" => None,
-            "homeassistant" => {
+            "homeassistant" => Some(DiscoveryKind::HomeAssistant),
+            "homie" => Some(DiscoveryKind::Homie),
+            other => {
+                return Err(bad(
+                    "discovery",
+                    format!("`{other}` is not \"homeassistant\", \"homie\" or \"off\""),
+                ))
+            }
+        };
+        let discovery = match kind {
+            None => None,
+            Some(kind) => {
                 let probe = self
                     .discovery_room
                     .replace("{area}", "a")
@@ -470,22 +492,10 @@ impl BridgeConfig {
                     ));
                 }
                 Some(DiscoverySpec {
+                    kind,
                     room: self.discovery_room.clone(),
                     max_entities: self.discovery_max_entities,
                 })
-            }
-            "homie" => {
-                return Err(bad(
-                    "discovery",
-                    "`homie` (Homie 4) is not supported yet; use \"homeassistant\" or \"off\""
-                        .into(),
-                ))
-            }
-            other => {
-                return Err(bad(
-                    "discovery",
-                    format!("`{other}` is not \"homeassistant\" or \"off\""),
-                ))
             }
         };
         Ok(BridgeSpec {

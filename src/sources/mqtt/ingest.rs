@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 
 use super::config::{BridgeSpec, TopicSpec};
 use super::discovery::Registry;
+use super::homie::{Event, Homie};
 use super::link::BridgeLink;
 use super::payload::{self, PayloadFormat};
 use super::state::{BridgeState, LogLimiter};
@@ -127,6 +128,8 @@ pub(super) struct Ingest {
     pub(super) log: LogLimiter,
     /// Home Assistant discovery's entities (`None`: discovery is off).
     pub(super) discovery: Option<Registry>,
+    /// Homie 4 properties (`None`: not `discovery = "homie"`).
+    pub(super) homie: Option<Homie>,
 }
 
 /// An ack as devices publish it.
@@ -184,7 +187,10 @@ impl Ingest {
                         }
                     }
                 }
-                _ = tick.tick() => sink.tick(),
+                _ = tick.tick() => {
+                    self.flush_homie(&mut sink);
+                    sink.tick();
+                }
             }
         }
     }
@@ -302,6 +308,9 @@ impl Ingest {
     /// discovery's (false).
     fn discovered<S: BridgeSink>(&mut self, p: &Publish, sink: &mut S) -> bool {
         use std::sync::atomic::Ordering::Relaxed;
+        if self.homie.is_some() {
+            return self.homie(p, sink);
+        }
         let Some(registry) = self.discovery.as_mut() else {
             return false;
         };
@@ -396,6 +405,96 @@ impl Ingest {
             }
         }
         true
+    }
+}
+
+impl Ingest {
+    /// A message under `homie/` (true), or not Homie's (false).
+    fn homie<S: BridgeSink>(&mut self, p: &Publish, sink: &mut S) -> bool {
+        let Some(homie) = self.homie.as_mut() else {
+            return false;
+        };
+        let Some(events) = homie.message(&p.topic, &p.payload) else {
+            return false;
+        };
+        self.homie_events(events, p.retain, &p.topic, sink);
+        true
+    }
+
+    /// Held Homie values whose datatype has come (retained seeds).
+    fn flush_homie<S: BridgeSink>(&mut self, sink: &mut S) {
+        let Some(homie) = self.homie.as_mut() else {
+            return;
+        };
+        let events = homie.flush();
+        if !events.is_empty() {
+            self.homie_events(events, true, "homie/", sink);
+        }
+    }
+
+    fn homie_events<S: BridgeSink>(
+        &mut self,
+        events: Vec<Event>,
+        retained: bool,
+        topic: &str,
+        sink: &mut S,
+    ) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let Some(homie) = self.homie.as_mut() else {
+            return;
+        };
+        let state = self.state.clone();
+        let unread = std::mem::take(&mut homie.unread);
+        if unread > 0 || events.iter().any(|e| matches!(e, Event::Label { .. })) {
+            state.parse_errors.fetch_add(unread, Relaxed);
+            state.set_discovery(homie.status());
+        }
+        for e in events {
+            match e {
+                Event::Label {
+                    room,
+                    device,
+                    metric,
+                    label,
+                } => {
+                    if !sink.label(&room, &device, &metric, Some(label)) {
+                        state.rejected.fetch_add(1, Relaxed);
+                    }
+                }
+                Event::Reading {
+                    room,
+                    device,
+                    metric,
+                    unit,
+                    value,
+                } => {
+                    let msg = BridgedMessage {
+                        room,
+                        device,
+                        readings: vec![BridgedReading {
+                            metric,
+                            value,
+                            unit,
+                            ts: None,
+                            seq: None,
+                        }],
+                        retained,
+                    };
+                    match sink.readings(msg) {
+                        Ok(n) => {
+                            state.readings_in.fetch_add(n as u64, Relaxed);
+                        }
+                        Err(why) => {
+                            self.problem(
+                                &state.rejected,
+                                topic,
+                                format!("readings refused: {why}"),
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 
