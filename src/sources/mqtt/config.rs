@@ -595,6 +595,44 @@ mod tests {
     }
 
     #[test]
+    fn discovery_keys_are_checked_by_name() {
+        let base = "[[bridges]]\nname = \"b\"\nurl = \"mqtt://h\"\n";
+        let spec = parse(base).expect("valid");
+        assert_eq!(spec[0].discovery, None, "off by default");
+        let spec = parse(&format!("{base}discovery = \"homeassistant\"\n")).expect("valid");
+        assert_eq!(
+            spec[0].discovery,
+            Some(DiscoverySpec {
+                kind: DiscoveryKind::HomeAssistant,
+                room: "home".into(),
+                max_entities: 1_024
+            })
+        );
+        let spec = parse(&format!(
+            "{base}discovery = \"homie\"\ndiscovery_room = \"h-{{node}}\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(
+            spec[0].discovery.as_ref().map(|d| d.kind),
+            Some(DiscoveryKind::Homie)
+        );
+        for (extra, key) in [
+            ("discovery = \"zwave\"", "mqtt.bridges[0].discovery"),
+            (
+                "discovery = \"homeassistant\"\ndiscovery_room = \"a room\"",
+                "mqtt.bridges[0].discovery_room",
+            ),
+            (
+                "discovery = \"homeassistant\"\ndiscovery_max_entities = 0",
+                "mqtt.bridges[0].discovery_max_entities",
+            ),
+        ] {
+            let e = parse(&format!("{base}{extra}\n")).unwrap_err();
+            assert!(e.contains(key), "{extra}: {e}");
+        }
+    }
+
+    #[test]
     fn minimal_bridge_gets_the_defaults() {
         let specs = parse("[[bridges]]\nname = \"local\"\nurl = \"mqtt://127.0.0.1:1884\"\n")
             .expect("valid");
