@@ -166,7 +166,7 @@ export function renderRoom(root, room, { ui, clientId, params = new URLSearchPar
     const card = el("article", { class: "card", role: "listitem", "aria-labelledby": `${id}-h`, dataset: { device: name } },
       el("header", { class: "card-head" },
         el("span", { class: "swatch", style: `background:${swatchColor(name)}`, "aria-hidden": "true" }),
-        el("h3", { id: `${id}-h` }, name),
+        el("h3", { id: `${id}-h`, title: name }, state.devices.get(name)?.label || name),
         badge),
       dl, details, ackLine);
     const hideBtn = el("button", { type: "button", class: "btn small", hidden: !editing, "aria-label": `Hide the card of ${name}`,
@@ -203,7 +203,7 @@ export function renderRoom(root, room, { ui, clientId, params = new URLSearchPar
       const unit = el("span", { class: "unit" });
       const age = el("span", { class: "age" });
       const row = el("div", { class: "metric", dataset: { metric } },
-        el("dt", {}, metric), el("dd", {}, value, unit, age));
+        el("dt", { title: metric }, state.devices.get(name)?.names?.get(metric) || metric), el("dd", {}, value, unit, age));
       const rows = [...c.rows.keys(), metric].sort();
       const next = rows[rows.indexOf(metric) + 1];
       c.dl.insertBefore(row, next ? c.rows.get(next).row : null);
@@ -550,6 +550,17 @@ export function renderRoom(root, room, { ui, clientId, params = new URLSearchPar
       for (const s of res.data.series || []) {
         metricEntry(s.metric, s.unit);
         const d = device(s.device);
+        // Names a source announced (MQTT discovery): the card shows them, ids in titles.
+        if (s.name) {
+          (d.names ||= new Map()).set(s.metric, s.name);
+          const dt = cardEls.get(s.device)?.rows.get(s.metric)?.row.querySelector("dt");
+          if (dt) dt.textContent = s.name;
+        }
+        if (s.device_name && d.label !== s.device_name) {
+          d.label = s.device_name;
+          const h = cardEls.get(s.device)?.card.querySelector("h3");
+          if (h) h.textContent = s.device_name;
+        }
         if (!d.metrics.has(s.metric) && typeof s.last_value === "number") {
           d.metrics.set(s.metric, { value: s.last_value, unit: s.unit, ts: s.last_ts });
           markCell(s.device, s.metric);

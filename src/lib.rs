@@ -55,6 +55,7 @@ pub use render::plot::Format as PlotFormat;
 
 /// The MQTT bridge as a component, for tests and tools that drive it without a hub.
 pub mod mqtt {
+    pub use crate::hub::labels::Label as SeriesLabel;
     pub use crate::sources::mqtt::bridge::Bridge;
     pub use crate::sources::mqtt::config::MqttConfig;
     pub use crate::sources::mqtt::ingest::{

@@ -232,11 +232,26 @@ pub(crate) async fn series(
     respond((|| {
         Params::new(raw, &[])?;
         let rh = find_room_history(&hub, &room)?;
+        let labels = hub.labels();
+        let series: Vec<serde_json::Value> = rh
+            .series_info()
+            .into_iter()
+            .map(|s| {
+                let label = labels.get(&room, &s.device, &s.metric);
+                let mut v = serde_json::to_value(&s).unwrap_or_default();
+                if let (Some(l), Some(obj)) = (label, v.as_object_mut()) {
+                    if let Ok(serde_json::Value::Object(extra)) = serde_json::to_value(l) {
+                        obj.extend(extra);
+                    }
+                }
+                v
+            })
+            .collect();
         let body = serde_json::to_vec(&serde_json::json!({
             "room": room,
             "epoch": rh.epoch(),
             "offset": rh.offset(),
-            "series": rh.series_info(),
+            "series": series,
         }))
         .map_err(|e| ApiError::internal(e.to_string()))?;
         Ok(with_type(body, "application/json"))

@@ -4,7 +4,9 @@
 //!   `{"items":[...]}`; `200 {"accepted":N,"duplicates":D,"offsets":[first,last]}`, `207`
 //!   with `errors` when some items were refused, `400` when none was taken (or the body
 //!   is not JSON), `413` for a body over `limits.max_frame_bytes` or more than
-//!   `limits.max_batch` items, `429` with `Retry-After` over the rate;
+//!   `limits.max_batch` items, `429` with `Retry-After` over the rate, `503
+//!   store_unavailable` when the readings cannot be kept (the answer waits, as a
+//!   WebSocket `accepted` does, until they are: on disk with `history.ack = "durable"`);
 //! - `GET /api/rooms/{room}/devices/{device}/commands?wait=30s`: the commands waiting for
 //!   the device, after a long poll of up to `wait` (60 s at most);
 //! - `POST /api/rooms/{room}/devices/{device}/commands/{id}/ack`: `{"ok":true,"result":..}`.
@@ -116,7 +118,7 @@ fn readings(
                         "the body is not UTF-8",
                     ));
                 };
-                Ok(match ingest.readings(&room, &device, &text) {
+                Ok(match ingest.readings(&room, &device, &text).await {
                     Ok(done) => answer(done),
                     Err(e) => refused(e),
                 })
@@ -126,6 +128,13 @@ fn readings(
 
 /// The answer to readings that were looked at one by one.
 fn answer(done: Ingested) -> Response {
+    if let Some(why) = &done.unavailable {
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::StoreUnavailable.as_str(),
+            why,
+        );
+    }
     let status = match (done.errors.is_empty(), done.accepted) {
         (true, _) => StatusCode::OK,
         (false, 0) => StatusCode::BAD_REQUEST,

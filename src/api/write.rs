@@ -13,7 +13,9 @@
 //!   of good lines (series caps, a `ts` too far ahead);
 //! - `413` for a body too big, or one device with more readings than
 //!   `influx.rate_burst`; `429` with `Retry-After` when a device is over its rate
-//!   (nothing was written); `503` when the room cannot take the device.
+//!   (nothing was written); `503` when the room cannot take the device, and `503
+//!   store_unavailable` when the readings cannot be kept: the answer waits until they
+//!   are (on disk with `history.ack = "durable"`), as a WebSocket `accepted` does.
 
 use std::io::Read;
 
@@ -28,6 +30,7 @@ use super::auth::Denied;
 use super::error::error_response;
 use crate::auth::{Access, Authorizer, Refusal};
 use crate::sources::influx::{Influx, Precision, Refused, WriteError, WriteReport};
+use telehub_protocol::codes::ErrorCode;
 use telehub_protocol::ids::valid_id;
 use telehub_protocol::role::Role;
 
@@ -197,7 +200,17 @@ where
         }),
     };
     Ok(match influx.write(&room, &text, precision, may_publish) {
-        Ok(report) => answer(report),
+        Ok(mut report) => match report.kept().await {
+            Ok(()) => answer(report),
+            Err(why) => {
+                stats.refused(Refused::StoreUnavailable);
+                influx_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorCode::StoreUnavailable.as_str(),
+                    &why,
+                )
+            }
+        },
         Err(e @ WriteError::RateLimited { wait, .. }) => {
             let mut resp = influx_error(
                 StatusCode::TOO_MANY_REQUESTS,

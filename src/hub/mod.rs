@@ -11,9 +11,11 @@
 //! - [`commands`]: commands waiting for their ack.
 //! - [`mailbox`]: the bounded queue of frames for one member, drained by a sink.
 //! - [`receipt`]: what a source waits for before it acknowledges readings.
+//! - [`labels`]: series' friendly names and device classes, as their source names them.
 
 pub(crate) mod commands;
 pub(crate) mod dedup;
+pub(crate) mod labels;
 pub(crate) mod mailbox;
 pub(crate) mod receipt;
 pub(crate) mod room;
@@ -57,6 +59,8 @@ struct Inner {
     accepting: AtomicBool,
     /// Set once at start-up: the rules every room evaluates.
     alerts: OnceLock<Alerts>,
+    /// Series' names and device classes (MQTT discovery).
+    labels: labels::Labels,
 }
 
 /// Sees every message of readings a WebSocket device publishes, after its room took
@@ -174,8 +178,14 @@ impl Hub {
                 commits,
                 accepting: AtomicBool::new(true),
                 alerts: OnceLock::new(),
+                labels: labels::Labels::default(),
             }),
         }
+    }
+
+    /// Series' names and device classes, as their sources name them.
+    pub(crate) fn labels(&self) -> &labels::Labels {
+        &self.inner.labels
     }
 
     pub(crate) fn history(&self) -> &History {

@@ -50,6 +50,11 @@ pub(crate) struct Ingested {
     /// Some items were over the rate: when they could be sent again.
     #[serde(skip)]
     pub(crate) retry_after: Option<Duration>,
+    /// Readings were fanned out but are not kept (the store's queue is full, its commits
+    /// fail, or the hub is stopping): why. The post is answered 503 `store_unavailable`
+    /// and nothing of it acknowledged, as a WebSocket device gets no `accepted`.
+    #[serde(skip)]
+    pub(crate) unavailable: Option<String>,
 }
 
 /// A post refused whole.
@@ -113,8 +118,10 @@ impl HttpIngest {
         self.devices.hub().limits().max_frame_bytes
     }
 
-    /// Posts `body` as readings of `device` in `room`.
-    pub(crate) fn readings(
+    /// Posts `body` as readings of `device` in `room`, and returns once they are kept
+    /// (with `history.ack = "durable"`, committed to disk: the same
+    /// [`crate::hub::receipt::Receipt`] a WebSocket `accepted` waits on).
+    pub(crate) async fn readings(
         &self,
         room: &str,
         device: &str,
@@ -173,7 +180,26 @@ impl HttpIngest {
             d.touch();
             return Ok(out);
         }
+        let count = valid.len();
         let published = d.publish(hub, valid);
+        if published.unstored_count > 0 {
+            let why = if published.stopping {
+                "the hub is shutting down"
+            } else {
+                "the history store's queue is full"
+            };
+            out.unavailable = Some(format!(
+                "{} of {count} reading(s) not stored: {why}; resend them later",
+                published.unstored_count
+            ));
+        } else if let Err(why) = published.receipt.clone().wait().await {
+            out.unavailable = Some(format!(
+                "{count} reading(s) not stored: {why}; resend them later"
+            ));
+        }
+        if out.unavailable.is_some() {
+            metrics.error(ErrorCode::StoreUnavailable);
+        }
         out.accepted = published.accepted + published.duplicates;
         out.duplicates = published.duplicates;
         out.offsets = published.offsets;

@@ -530,3 +530,97 @@ async fn a_room_created_while_the_store_queue_is_full_keeps_its_epoch_on_disk() 
         .expect("the new room's epoch was written");
     assert_eq!(json!(kept), epoch);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_and_influx_writes_answer_only_once_their_readings_are_on_disk() {
+    use telehub_testkit::http::{post, Framing};
+    // Arrange: durable acks with a slow flush, so that an answer sent before the commit
+    // would come well before the readings reach the file.
+    let data = tempfile::tempdir().expect("data dir");
+    let mut hub = hub_process()
+        .data_dir(data.path())
+        .env("TELEHUB_HISTORY_FLUSH_INTERVAL_MS", "1000")
+        .start();
+    let post_http = |addr, seq: u64| async move {
+        let body = format!(r#"[{{"metric":"t","value":{seq},"seq":{seq}}}]"#);
+        post(
+            addr,
+            "/api/rooms/dur-h/devices/poster/readings",
+            "Content-Type: application/json\r\n",
+            body.as_bytes(),
+            Framing::Length,
+        )
+        .await
+    };
+    let post_line = |addr, v: u64| async move {
+        let body = format!("cpu,host=telegraf usage={v} {}\n", 1_000 + v);
+        post(
+            addr,
+            "/api/v2/write?bucket=dur-h&precision=s",
+            "",
+            body.as_bytes(),
+            Framing::Length,
+        )
+        .await
+    };
+
+    // Act: each write is answered; the hub is killed at once after the answers.
+    let r = post_http(hub.addr(), 1).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = post_line(hub.addr(), 1).await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    hub.kill();
+
+    // Assert: what was answered is in the file.
+    let stored = stored_seqs(data.path(), "dur-h");
+    assert_eq!(stored.get(&("poster".into(), 1)), Some(&1), "{stored:?}");
+    let conn = rusqlite::Connection::open(data.path().join("telehub.db")).expect("db");
+    let lines: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM readings WHERE room = 'dur-h' AND device = 'telegraf'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(lines, 1, "the line answered 204 is on disk");
+    drop(conn);
+
+    // Act: the disk is "full"; both writes are refused 503 store_unavailable.
+    hub.restart();
+    let r = post_http(hub.addr(), 10).await;
+    assert_eq!(
+        r.status,
+        200,
+        "the restarted hub has its store open: {}",
+        r.text()
+    );
+    file_size_limit(&hub, Some(4096));
+    let r = post_http(hub.addr(), 2).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    let e: Value = serde_json::from_slice(&r.body).expect("JSON");
+    assert_eq!(e["error"], "store_unavailable", "{e}");
+    let r = post_line(hub.addr(), 2).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    let e: Value = serde_json::from_slice(&r.body).expect("JSON");
+    assert_eq!(e["error"], "store_unavailable", "{e}");
+    let metrics = http_get(hub.addr(), "/metrics", "").await.1;
+    assert!(
+        metrics.contains(r#"telehub_influx_writes_refused_total{reason="store_unavailable"} 1"#),
+        "{metrics}"
+    );
+
+    // Space returns: the resends are answered, and each reading is stored once.
+    file_size_limit(&hub, None);
+    let deadline = Instant::now() + WAIT;
+    while http_get(hub.addr(), "/healthz", "").await.0 != 200 {
+        assert!(Instant::now() < deadline, "the store did not recover");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = post_http(hub.addr(), 2).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = post_line(hub.addr(), 2).await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert_eq!(hub.stop().await.code(), Some(0), "{}", hub.log());
+    let stored = stored_seqs(data.path(), "dur-h");
+    assert_eq!(stored.get(&("poster".into(), 2)), Some(&1), "{stored:?}");
+}

@@ -11,6 +11,7 @@ mod auth;
 mod backpressure;
 mod browser;
 mod dashboard;
+mod discovery;
 mod durability;
 mod errors;
 mod history;

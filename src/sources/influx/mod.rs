@@ -37,6 +37,7 @@ use prometheus_client::metrics::MetricType;
 use self::line::{FieldValue, Line};
 use super::http_devices::{DeviceError, HttpDevices};
 use crate::config::InfluxConfig;
+use crate::hub::receipt::Receipt;
 use crate::hub::JoinError;
 use telehub_protocol::ids::{valid_id, valid_metric, TS_RANGE};
 use telehub_protocol::inbound::ReadingIn;
@@ -99,6 +100,35 @@ pub(crate) struct WriteReport {
     /// and why the first of them was.
     pub(crate) refused_readings: usize,
     pub(crate) refused_reason: Option<String>,
+    /// What each device's published readings are kept by: the write is answered once
+    /// every one is ([`WriteReport::kept`]).
+    pub(crate) receipts: Vec<Receipt>,
+    /// Readings fanned out that the store did not take (its queue is full, or the hub
+    /// is stopping), and why the first were not.
+    pub(crate) unstored: usize,
+    pub(crate) unstored_reason: Option<&'static str>,
+}
+
+impl WriteReport {
+    /// Waits until every reading the write published is kept (on disk with
+    /// `history.ack = "durable"`), or says why some are not.
+    pub(crate) async fn kept(&mut self) -> Result<(), String> {
+        if let Some(why) = self.unstored_reason {
+            return Err(format!(
+                "{} reading(s) not stored: {why}; retry the write later",
+                self.unstored
+            ));
+        }
+        for receipt in std::mem::take(&mut self.receipts) {
+            if let Err(why) = receipt.wait().await {
+                return Err(format!(
+                    "{} reading(s) not stored: {why}; retry the write later",
+                    self.readings
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A write refused whole: nothing of it was written.
@@ -146,15 +176,18 @@ pub(crate) enum Refused {
     BodyTooLarge,
     BadRequest,
     Room,
+    /// Published but not kept: the store's queue is full or its commits fail.
+    StoreUnavailable,
 }
 
 impl Refused {
-    pub(crate) const ALL: [Refused; 5] = [
+    pub(crate) const ALL: [Refused; 6] = [
         Refused::RateLimited,
         Refused::OverBurst,
         Refused::BodyTooLarge,
         Refused::BadRequest,
         Refused::Room,
+        Refused::StoreUnavailable,
     ];
 
     pub(crate) fn as_str(self) -> &'static str {
@@ -164,6 +197,7 @@ impl Refused {
             Refused::BodyTooLarge => "body_too_large",
             Refused::BadRequest => "bad_request",
             Refused::Room => "room",
+            Refused::StoreUnavailable => "store_unavailable",
         }
     }
 }
@@ -371,6 +405,15 @@ impl Influx {
             }
             let published = device.publish(hub, g.readings);
             report.readings += published.accepted;
+            if published.unstored_count > 0 {
+                report.unstored += published.unstored_count;
+                report.unstored_reason.get_or_insert(if published.stopping {
+                    "the hub is shutting down"
+                } else {
+                    "the history store's queue is full"
+                });
+            }
+            report.receipts.push(published.receipt);
             if published.future_ts > 0 {
                 report.refused_readings += published.future_ts;
                 report.refused_reason.get_or_insert_with(|| {

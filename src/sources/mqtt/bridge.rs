@@ -30,7 +30,9 @@ use telehub_protocol::backoff::{Backoff, BackoffConfig};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::config::BridgeSpec;
+use super::config::{BridgeSpec, DiscoveryKind};
+use super::discovery::{Registry, CONFIG_FILTERS};
+use super::homie::{Homie, HOMIE_FILTER};
 use super::ingest::{BridgeSink, Ingest, INGEST_QUEUE};
 use super::link::{BridgeLink, REQUEST_QUEUE};
 use super::state::{BridgeState, LogLimiter};
@@ -144,6 +146,16 @@ impl Bridge {
                 link: link.clone(),
                 client: client.clone(),
                 log: LogLimiter::new(LOG_BURST, LOG_WINDOW),
+                discovery: spec
+                    .discovery
+                    .as_ref()
+                    .filter(|d| d.kind == DiscoveryKind::HomeAssistant)
+                    .map(|d| Registry::new(d.max_entities, &d.room)),
+                homie: spec
+                    .discovery
+                    .as_ref()
+                    .filter(|d| d.kind == DiscoveryKind::Homie)
+                    .map(|d| Homie::new(d.max_entities, &d.room)),
             }
             .run(rx, sink, redeliver.clone()),
         );
@@ -152,6 +164,12 @@ impl Bridge {
             .iter()
             .map(|t| t.template.filter())
             .chain(std::iter::once(spec.ack_topic.filter()))
+            .chain(spec.discovery.iter().flat_map(|d| match d.kind {
+                DiscoveryKind::HomeAssistant => {
+                    CONFIG_FILTERS.iter().map(|f| f.to_string()).collect()
+                }
+                DiscoveryKind::Homie => vec![HOMIE_FILTER.to_string()],
+            }))
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .map(|f| SubscribeFilter::new(f, QoS::AtLeastOnce))

@@ -86,6 +86,52 @@ pub struct BridgeConfig {
     /// `{_}` or `#`), so existing MQTT consumers see them.
     #[serde(default)]
     pub mirror: bool,
+    /// `"homeassistant"`: read Home Assistant MQTT discovery (the retained
+    /// `homeassistant/.../config` messages of Zigbee2MQTT, Tasmota, ESPHome, Shelly) and
+    /// turn each `sensor` and `binary_sensor` into a series. `"homie"`: Homie 4 devices'
+    /// numeric and boolean properties under `homie/#`. `"off"` (the default).
+    #[serde(default = "default_discovery")]
+    pub discovery: String,
+    /// The room of discovered entities: a fixed room, or with `{area}` (the device's
+    /// `suggested_area`, lower case; `home` without one) and `{node}` (its node id).
+    #[serde(default = "default_discovery_room")]
+    pub discovery_room: String,
+    /// Discovered entities held at most; one more config is refused and counted
+    /// (`/api/bridges` `discovery.refused_over_limit`).
+    #[serde(default = "default_discovery_max_entities")]
+    pub discovery_max_entities: usize,
+}
+
+fn default_discovery() -> String {
+    "off".into()
+}
+
+fn default_discovery_room() -> String {
+    "home".into()
+}
+
+fn default_discovery_max_entities() -> usize {
+    1_024
+}
+
+/// The largest `discovery_max_entities`.
+pub(crate) const MAX_DISCOVERY_ENTITIES: usize = 100_000;
+
+/// Which devices' announcements a bridge reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiscoveryKind {
+    /// Home Assistant MQTT discovery (`homeassistant/.../config`).
+    HomeAssistant,
+    /// Homie 4 (`homie/<device>/...`).
+    Homie,
+}
+
+/// Discovery, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiscoverySpec {
+    pub kind: DiscoveryKind,
+    pub room: String,
+    pub max_entities: usize,
 }
 
 /// `[[mqtt.bridges.topics]]`: one subscription and how its topics map.
@@ -178,6 +224,8 @@ pub struct BridgeSpec {
     pub mirror: bool,
     /// `None`: bridged devices stay until the bridge stops.
     pub device_idle: Option<Duration>,
+    /// `Some`: Home Assistant discovery is on.
+    pub discovery: Option<DiscoverySpec>,
 }
 
 /// Parses `mqtt://[user[:pass]@]host[:port]` (also `tcp://`; `mqtts://` or `ssl://` for
@@ -408,7 +456,50 @@ impl BridgeConfig {
                 ));
             }
         }
+        let kind = match self.discovery.as_str() {
+            "off" => None,
+            "homeassistant" => Some(DiscoveryKind::HomeAssistant),
+            "homie" => Some(DiscoveryKind::Homie),
+            other => {
+                return Err(bad(
+                    "discovery",
+                    format!("`{other}` is not \"homeassistant\", \"homie\" or \"off\""),
+                ))
+            }
+        };
+        let discovery = match kind {
+            None => None,
+            Some(kind) => {
+                let probe = self
+                    .discovery_room
+                    .replace("{area}", "a")
+                    .replace("{node}", "n");
+                if !valid_id(&probe) {
+                    return Err(bad(
+                        "discovery_room",
+                        format!(
+                            "`{}` must be a room id (A-Za-z0-9_.-), with {{area}} or {{node}} if wanted",
+                            self.discovery_room
+                        ),
+                    ));
+                }
+                if self.discovery_max_entities == 0
+                    || self.discovery_max_entities > MAX_DISCOVERY_ENTITIES
+                {
+                    return Err(bad(
+                        "discovery_max_entities",
+                        format!("must be from 1 to {MAX_DISCOVERY_ENTITIES}"),
+                    ));
+                }
+                Some(DiscoverySpec {
+                    kind,
+                    room: self.discovery_room.clone(),
+                    max_entities: self.discovery_max_entities,
+                })
+            }
+        };
         Ok(BridgeSpec {
+            discovery,
             name: self.name.clone(),
             broker,
             client_id,
@@ -501,6 +592,44 @@ mod tests {
     fn parse(text: &str) -> Result<Vec<BridgeSpec>, String> {
         let cfg: MqttConfig = toml::from_str(text).map_err(|e| e.to_string())?;
         cfg.validate().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn discovery_keys_are_checked_by_name() {
+        let base = "[[bridges]]\nname = \"b\"\nurl = \"mqtt://h\"\n";
+        let spec = parse(base).expect("valid");
+        assert_eq!(spec[0].discovery, None, "off by default");
+        let spec = parse(&format!("{base}discovery = \"homeassistant\"\n")).expect("valid");
+        assert_eq!(
+            spec[0].discovery,
+            Some(DiscoverySpec {
+                kind: DiscoveryKind::HomeAssistant,
+                room: "home".into(),
+                max_entities: 1_024
+            })
+        );
+        let spec = parse(&format!(
+            "{base}discovery = \"homie\"\ndiscovery_room = \"h-{{node}}\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(
+            spec[0].discovery.as_ref().map(|d| d.kind),
+            Some(DiscoveryKind::Homie)
+        );
+        for (extra, key) in [
+            ("discovery = \"zwave\"", "mqtt.bridges[0].discovery"),
+            (
+                "discovery = \"homeassistant\"\ndiscovery_room = \"a room\"",
+                "mqtt.bridges[0].discovery_room",
+            ),
+            (
+                "discovery = \"homeassistant\"\ndiscovery_max_entities = 0",
+                "mqtt.bridges[0].discovery_max_entities",
+            ),
+        ] {
+            let e = parse(&format!("{base}{extra}\n")).unwrap_err();
+            assert!(e.contains(key), "{extra}: {e}");
+        }
     }
 
     #[test]

@@ -17,9 +17,12 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use super::config::{BridgeSpec, TopicSpec};
+use super::discovery::Registry;
+use super::homie::{Event, Homie};
 use super::link::BridgeLink;
 use super::payload::{self, PayloadFormat};
 use super::state::{BridgeState, LogLimiter};
+use crate::hub::labels::Label;
 use telehub_protocol::ids::{valid_id, valid_metric};
 
 /// MQTT messages received by the poll loop and not yet taken by the ingest task. When it
@@ -108,6 +111,11 @@ pub trait BridgeSink: Send + 'static {
     fn take_commit(&mut self) -> Option<Commit> {
         None
     }
+    /// A discovered series' name and device class (`None`: the entity is gone); false
+    /// when the hub holds too many labels to keep this one.
+    fn label(&mut self, _room: &str, _device: &str, _metric: &str, _label: Option<Label>) -> bool {
+        true
+    }
 }
 
 /// The ingest task: topic and payload to readings, to the sink, then the ack to the
@@ -118,6 +126,10 @@ pub(super) struct Ingest {
     pub(super) link: BridgeLink,
     pub(super) client: AsyncClient,
     pub(super) log: LogLimiter,
+    /// Home Assistant discovery's entities (`None`: discovery is off).
+    pub(super) discovery: Option<Registry>,
+    /// Homie 4 properties (`None`: not `discovery = "homie"`).
+    pub(super) homie: Option<Homie>,
 }
 
 /// An ack as devices publish it.
@@ -175,7 +187,10 @@ impl Ingest {
                         }
                     }
                 }
-                _ = tick.tick() => sink.tick(),
+                _ = tick.tick() => {
+                    self.flush_homie(&mut sink);
+                    sink.tick();
+                }
             }
         }
     }
@@ -227,6 +242,9 @@ impl Ingest {
                     format!("ack is not {{\"id\",\"ok\",\"result\"?}}: {e}"),
                 ),
             }
+            return;
+        }
+        if self.discovered(p, sink) {
             return;
         }
         if self.spec.command_topic.matches(topic).is_some() {
@@ -281,6 +299,201 @@ impl Ingest {
                 }
             }
             Err(e) => self.problem(&state.parse_errors, topic, e),
+        }
+    }
+}
+
+impl Ingest {
+    /// A discovery config, or the state of a discovered entity: handled (true), or not
+    /// discovery's (false).
+    fn discovered<S: BridgeSink>(&mut self, p: &Publish, sink: &mut S) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.homie.is_some() {
+            return self.homie(p, sink);
+        }
+        let Some(registry) = self.discovery.as_mut() else {
+            return false;
+        };
+        let topic = p.topic.as_str();
+        let state = self.state.clone();
+        if Registry::is_config(topic) {
+            let change = registry.config(topic, &p.payload);
+            state
+                .parse_errors
+                .fetch_add(registry.take_unread(), Relaxed);
+            state.set_discovery(registry.status());
+            let change = match change {
+                Ok(c) => c,
+                Err(e) => {
+                    self.problem(&state.parse_errors, topic, e);
+                    return true;
+                }
+            };
+            if let Some(old) = &change.removed {
+                sink.label(&old.room, &old.device, &old.metric, None);
+            }
+            if let Some(e) = &change.added {
+                let label = Label {
+                    name: e.name.clone(),
+                    device_class: e.device_class.clone(),
+                    device_name: e.device_name.clone(),
+                };
+                if !sink.label(&e.room, &e.device, &e.metric, Some(label)) {
+                    self.problem(
+                        &state.rejected,
+                        topic,
+                        format!(
+                            "the name of {} is not kept: the hub holds {} series labels (its limit)",
+                            e.id,
+                            crate::hub::labels::MAX_LABELS
+                        ),
+                    );
+                }
+            }
+            if let Some(t) = change.unsubscribe {
+                if let Err(e) = self.client.try_unsubscribe(t.clone()) {
+                    self.problem(
+                        &state.connection_errors,
+                        &t,
+                        format!("cannot unsubscribe: {e}"),
+                    );
+                }
+            }
+            if let Some(t) = change.subscribe {
+                if let Err(e) = self
+                    .client
+                    .try_subscribe(t.clone(), rumqttc::QoS::AtLeastOnce)
+                {
+                    self.problem(
+                        &state.connection_errors,
+                        &t,
+                        format!("cannot subscribe the state topic: {e}"),
+                    );
+                }
+            }
+            return true;
+        }
+        let Some(values) = registry.state(topic, &p.payload) else {
+            return false;
+        };
+        let unread = registry.take_unread();
+        state.parse_errors.fetch_add(unread, Relaxed);
+        // The status is copied only when a problem came or went, not per reading.
+        if unread > 0 || registry.take_cleared() {
+            state.set_discovery(registry.status());
+        }
+        for (e, value) in values {
+            let msg = BridgedMessage {
+                room: e.room,
+                device: e.device,
+                readings: vec![BridgedReading {
+                    metric: e.metric,
+                    value,
+                    unit: e.unit,
+                    ts: None,
+                    seq: None,
+                }],
+                retained: p.retain,
+            };
+            match sink.readings(msg) {
+                Ok(accepted) => {
+                    state.readings_in.fetch_add(accepted as u64, Relaxed);
+                }
+                Err(why) => {
+                    self.problem(&state.rejected, topic, format!("readings refused: {why}"));
+                }
+            }
+        }
+        true
+    }
+}
+
+impl Ingest {
+    /// A message under `homie/` (true), or not Homie's (false).
+    fn homie<S: BridgeSink>(&mut self, p: &Publish, sink: &mut S) -> bool {
+        let Some(homie) = self.homie.as_mut() else {
+            return false;
+        };
+        let Some(events) = homie.message(&p.topic, &p.payload) else {
+            return false;
+        };
+        self.homie_events(events, p.retain, &p.topic, sink);
+        true
+    }
+
+    /// Held Homie values whose datatype has come (retained seeds).
+    fn flush_homie<S: BridgeSink>(&mut self, sink: &mut S) {
+        let Some(homie) = self.homie.as_mut() else {
+            return;
+        };
+        let events = homie.flush();
+        if !events.is_empty() {
+            self.homie_events(events, true, "homie/", sink);
+        }
+    }
+
+    fn homie_events<S: BridgeSink>(
+        &mut self,
+        events: Vec<Event>,
+        retained: bool,
+        topic: &str,
+        sink: &mut S,
+    ) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let Some(homie) = self.homie.as_mut() else {
+            return;
+        };
+        let state = self.state.clone();
+        let unread = std::mem::take(&mut homie.unread);
+        if unread > 0 || events.iter().any(|e| matches!(e, Event::Label { .. })) {
+            state.parse_errors.fetch_add(unread, Relaxed);
+            state.set_discovery(homie.status());
+        }
+        for e in events {
+            match e {
+                Event::Label {
+                    room,
+                    device,
+                    metric,
+                    label,
+                } => {
+                    if !sink.label(&room, &device, &metric, Some(label)) {
+                        state.rejected.fetch_add(1, Relaxed);
+                    }
+                }
+                Event::Reading {
+                    room,
+                    device,
+                    metric,
+                    unit,
+                    value,
+                } => {
+                    let msg = BridgedMessage {
+                        room,
+                        device,
+                        readings: vec![BridgedReading {
+                            metric,
+                            value,
+                            unit,
+                            ts: None,
+                            seq: None,
+                        }],
+                        retained,
+                    };
+                    match sink.readings(msg) {
+                        Ok(n) => {
+                            state.readings_in.fetch_add(n as u64, Relaxed);
+                        }
+                        Err(why) => {
+                            self.problem(
+                                &state.rejected,
+                                topic,
+                                format!("readings refused: {why}"),
+                            );
+                        }
+                    }
+                }
+            }
         }
     }
 }

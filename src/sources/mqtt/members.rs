@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use super::ingest::{BridgeSink, BridgedAck, BridgedMessage, Commit};
 use super::link::BridgeLink;
 use crate::config::Overflow;
+use crate::hub::labels::Label;
 use crate::hub::mailbox::{Close, CommandLetter, Letter, Mailbox, Taken};
 use crate::hub::room::Presence;
 use crate::hub::{Hub, Membership, ReadingTap};
@@ -195,6 +196,10 @@ impl HubSink {
 }
 
 impl BridgeSink for HubSink {
+    fn label(&mut self, room: &str, device: &str, metric: &str, label: Option<Label>) -> bool {
+        self.hub.labels().set(room, device, metric, label)
+    }
+
     fn readings(&mut self, msg: BridgedMessage) -> Result<usize, String> {
         let latest = self.hub.latest_ts(chrono::Utc::now().timestamp_millis());
         let mut items = Vec::with_capacity(msg.readings.len());

@@ -9,6 +9,8 @@
 //!
 //! - [`config`]: `[[mqtt.bridges]]`, validated into a [`config::BridgeSpec`].
 //! - [`template`]: topic templates (`sensors/{room}/{device}/{metric}`).
+//! - [`discovery`]: Home Assistant MQTT discovery: announced entities to series.
+//! - [`homie`]: Homie 4 devices' properties to series.
 //! - [`payload`]: payload shapes (number, reading object, flat object, SenML) and the
 //!   timestamp rules.
 //! - [`bridge`]: the connection: a persistent QoS 1 session, reconnects with backoff,
@@ -21,6 +23,8 @@
 
 pub(crate) mod bridge;
 pub(crate) mod config;
+pub(crate) mod discovery;
+pub(crate) mod homie;
 pub(crate) mod ingest;
 pub(crate) mod link;
 pub(crate) mod members;

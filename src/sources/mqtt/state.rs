@@ -14,6 +14,8 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use serde::Serialize;
 
+use super::discovery::DiscoveryStatus;
+
 /// Live state of one bridge. Cheap to update from the bridge task (atomics; the last
 /// error behind a short std mutex) and to read from HTTP handlers.
 #[derive(Debug)]
@@ -54,6 +56,8 @@ pub struct BridgeState {
     /// Mirrored readings dropped because the client's request queue was full.
     pub mirror_dropped: AtomicU64,
     last_error: Mutex<Option<LastError>>,
+    /// Home Assistant discovery's entities and problems (`None`: discovery is off).
+    discovery: Mutex<Option<DiscoveryStatus>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -87,6 +91,10 @@ pub struct BridgeStatus {
     pub mirrored_out: u64,
     pub mirror_dropped: u64,
     pub last_error: Option<LastError>,
+    /// With `discovery = "homeassistant"`: entities held, refused, and the entities
+    /// whose template or state the bridge cannot read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<DiscoveryStatus>,
 }
 
 impl BridgeState {
@@ -111,7 +119,12 @@ impl BridgeState {
             mirrored_out: AtomicU64::new(0),
             mirror_dropped: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            discovery: Mutex::new(None),
         }
+    }
+
+    pub(crate) fn set_discovery(&self, status: DiscoveryStatus) {
+        *self.discovery.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
     }
 
     pub fn is_connected(&self) -> bool {
@@ -163,6 +176,11 @@ impl BridgeState {
             mirror_dropped: get(&self.mirror_dropped),
             last_error: self
                 .last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            discovery: self
+                .discovery
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
