@@ -33,9 +33,9 @@ use crate::auth::{Access, Authorizer, Refusal};
 use crate::hub::Hub;
 use crate::render::plot::Format;
 use crate::sinks::history::RoomHistory;
+use crate::sinks::layouts::Layouts;
 use crate::sources::http_ingest::HttpIngest;
 use crate::sources::influx::Influx;
-use crate::sinks::layouts::Layouts;
 use crate::sources::mqtt::Bridges;
 use telehub_protocol::ids::valid_id;
 

@@ -6,6 +6,7 @@ mod cdp;
 mod helpers;
 
 mod abuse;
+mod alert_sinks;
 mod alerts;
 mod auth;
 mod backpressure;
