@@ -497,12 +497,17 @@ pub(crate) fn listed_frame(l: &Listed) -> Frame {
 
 #[cfg(test)]
 mod tests {
+    use super::notify::SinkKind;
+
     /// The commented `[[alerts.rules]]` example in config.toml, uncommented, is valid.
     #[test]
     fn the_config_toml_example_is_valid() {
         let text = include_str!("../../config.toml");
         let start = text.find("# [[alerts.rules]]").expect("the example");
-        let end = start + text[start..].find("\n[mqtt]").expect("the next section");
+        let end = start
+            + text[start..]
+                .find("\n#\n# Notification sinks")
+                .expect("the sinks");
         let example: String = text[start..end]
             .lines()
             .filter_map(|l| l.strip_prefix("# "))
@@ -517,5 +522,25 @@ mod tests {
             .map(|r| r.id.as_str())
             .collect();
         assert_eq!(ids, ["hot", "silent"]);
+    }
+
+    /// The commented `[[alerts.sinks]]` examples, uncommented (with the bridge the mqtt
+    /// one names, and http for the webhook so no system roots are needed), are valid.
+    #[test]
+    fn the_config_toml_sink_examples_are_valid() {
+        let text = include_str!("../../config.toml");
+        let start = text.find("# [[alerts.sinks]]").expect("the example");
+        let end = start + text[start..].find("\n[mqtt]").expect("the next section");
+        let mut example: String = text[start..end]
+            .lines()
+            .filter_map(|l| l.strip_prefix("# ").or_else(|| (l == "#").then_some("")))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>()
+            .replace("https://", "http://");
+        example.push_str("[[mqtt.bridges]]\nname = \"local\"\nurl = \"mqtt://127.0.0.1:1883\"\n");
+        let settings = crate::Settings::from_sources(&example, "example", Vec::new())
+            .unwrap_or_else(|e| panic!("{e}\n{example}"));
+        let kinds: Vec<SinkKind> = settings.alerts.sinks.iter().map(|s| s.kind).collect();
+        assert_eq!(kinds, [SinkKind::Webhook, SinkKind::Mqtt, SinkKind::Log]);
     }
 }
