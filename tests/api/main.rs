@@ -8,6 +8,7 @@ mod helpers;
 mod abuse;
 mod alert_sinks;
 mod alerts;
+mod alerts_dashboard;
 mod auth;
 mod backpressure;
 mod browser;
