@@ -1,12 +1,13 @@
 // Alerts in the dashboard: the bell in the header (the count of firing alerts, on every
 // page), the alerts page (#/alerts: firing, pending, acknowledged and resolved, filters,
-// ack and silence buttons), and a red badge on each device card of the open room whose
-// series has a firing alert.
+// ack and silence buttons), a red badge on each device card of the open room whose
+// series has a firing alert, and dashed threshold lines on the line charts of metrics a
+// rule watches (GET /api/alerts/rules `thresholds`).
 //
 // Kept to itself: it reads GET /api/alerts (every few seconds and on each page change),
 // GET /api/alerts/history for the resolved ones, and POSTs acks and silences. The cards
-// are found by their `data-device` and badged from outside room.js, so the room page
-// knows nothing of alerts.
+// are found by their `data-device` and badged from outside room.js, and a line chart by
+// its canvas (`telehubChart`, `data-metric`), so the room page knows nothing of alerts.
 
 import { el } from "./format.js";
 import { auth } from "./auth.js";
@@ -18,6 +19,33 @@ const enc = encodeURIComponent;
 let firing = []; // the last GET /api/alerts answer, every live instance
 let timer = null;
 let page = null; // the mounted alerts page's refresh, if any
+let rules = []; // GET /api/alerts/rules, asked again every RULES_EVERY refreshes
+let rulesAge = Infinity;
+const RULES_EVERY = 5;
+
+/** A rule's glob (`*` any run, `?` one character) as a RegExp. */
+function globRe(g) {
+  return new RegExp(`^${g.replace(/[.+^${}()|[\]\\/-]/g, "\\$&").replace(/\*/g, ".*").replace(/\?/g, ".")}$`);
+}
+
+function paintThresholds() {
+  const room = openRoom();
+  if (!room) return;
+  for (const canvas of document.querySelectorAll("#view canvas[data-metric]")) {
+    const chart = canvas.telehubChart;
+    // Line charts only (the other panel kinds draw their own way).
+    const kind = canvas.closest("figure[data-kind]")?.dataset.kind;
+    if (!chart || (kind && kind !== "timeseries")) continue;
+    const metric = canvas.dataset.metric;
+    const values = [...new Set(rules
+      .filter((r) => globRe(r.room || "*").test(room) && globRe(r.metric || "*").test(metric))
+      .flatMap((r) => r.thresholds || []))].sort((a, b) => a - b);
+    if (String(values) !== String(chart.thresholds || [])) {
+      chart.thresholds = values;
+      chart.invalidate();
+    }
+  }
+}
 
 async function call(method, path, body) {
   const headers = { accept: "application/json" };
@@ -73,8 +101,13 @@ async function refresh() {
   if (auth.required && !auth.token) return;
   const r = await call("GET", "/api/alerts");
   if (r.ok) firing = r.data.alerts || [];
+  if (++rulesAge >= RULES_EVERY) {
+    const rr = await call("GET", "/api/alerts/rules");
+    if (rr.ok) { rules = rr.data.rules || []; rulesAge = 0; }
+  }
   paintBell();
   paintBadges();
+  paintThresholds();
   page?.();
 }
 
@@ -89,8 +122,8 @@ export function startAlerts() {
     '<svg aria-hidden="true" viewBox="0 0 24 24" width="20" height="20"><path d="M6 16V11a6 6 0 0 1 12 0v5l2 2H4l2-2zM10 20a2 2 0 0 0 4 0" fill="none" stroke="currentColor" stroke-width="2" stroke-linejoin="round"/></svg>';
   right?.prepend(bell);
   // The room page builds its cards as devices appear: badge them as they come.
-  new MutationObserver(() => paintBadges()).observe(document.getElementById("view"), { childList: true, subtree: true });
-  window.addEventListener("hashchange", () => refresh());
+  new MutationObserver(() => { paintBadges(); paintThresholds(); }).observe(document.getElementById("view"), { childList: true, subtree: true });
+  window.addEventListener("hashchange", () => { rulesAge = Infinity; refresh(); });
   timer = setInterval(refresh, REFRESH_MS);
   refresh();
 }

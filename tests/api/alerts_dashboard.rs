@@ -1,5 +1,6 @@
 //! The dashboard's alerts in a real Chromium against a real hub: the bell's firing count
-//! on every page, the red badge on a device card whose series is firing, and the alerts
+//! on every page, the red badge on a device card whose series is firing, the threshold
+//! lines on the chart of a metric a rule watches, and the alerts
 //! page with firing, pending, acknowledged and resolved alerts, its filters, and the ack
 //! and silence buttons doing what they say. Screenshots go to `target/screenshots/`.
 
@@ -25,7 +26,7 @@ for = "1h"
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_bell_the_badge_and_the_alerts_page_follow_the_hub() {
+async fn the_bell_the_badge_the_thresholds_and_the_alerts_page_follow_the_hub() {
     let _one = BROWSER_TESTS.lock().await;
     let data = tempfile::tempdir().expect("data dir");
     let alerts = telehub::Settings::from_sources(RULES, "rules", Vec::new())
