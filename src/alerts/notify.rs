@@ -574,7 +574,12 @@ impl Worker {
             let mut delay = self.spec.backoff;
             let mut attempt = 1;
             loop {
-                match self.deliver(&batch).await {
+                // A stopping hub does not wait out a slow endpoint's timeout.
+                let tried = tokio::select! {
+                    r = self.deliver(&batch) => r,
+                    _ = shutdown.recv() => return,
+                };
+                match tried {
                     Ok(()) => {
                         self.stats.sent.inc_by(batch.len() as u64);
                         self.stats

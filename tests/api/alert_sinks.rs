@@ -42,6 +42,11 @@ async fn webhook_server(addr: SocketAddr, fail_first: usize) -> mpsc::Receiver<H
     let listener = TcpListener::bind(addr)
         .await
         .expect("bind the webhook server");
+    serve_webhooks(listener, fail_first)
+}
+
+/// [`webhook_server`] on a listener already bound (no window for another to take it).
+fn serve_webhooks(listener: TcpListener, fail_first: usize) -> mpsc::Receiver<Hook> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         let mut answered = 0usize;
@@ -366,8 +371,9 @@ async fn silence(app: &TestApp, body: Value) -> (u16, Value) {
 
 #[tokio::test]
 async fn a_silence_keeps_transitions_from_the_sinks_but_not_from_dashboards() {
-    let hook_addr = free_port().await;
-    let mut hooks = webhook_server(hook_addr, 0).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let hook_addr = listener.local_addr().expect("addr");
+    let mut hooks = serve_webhooks(listener, 0);
     let text = rules_and_sink(&format!(
         "kind = \"webhook\"\nurl = \"http://{hook_addr}/\""
     ));
