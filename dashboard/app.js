@@ -8,6 +8,7 @@
 //
 // Routes:  #/                  the rooms of this hub
 //          #/rooms/{room}      one room, live; `?layout=NAME` shows a saved layout
+//          #/alerts            the alerts page (alerts.js); `?room=&state=` filter it
 
 import { renderHome } from "./home.js";
 import { renderRoom } from "./room.js";
@@ -16,6 +17,7 @@ import { perf } from "./perf.js";
 import { el } from "./format.js";
 import { api } from "./api.js";
 import { auth, renderSignIn } from "./auth.js";
+import { renderAlerts, startAlerts } from "./alerts.js";
 
 /** This tab's client id: random per page load, so two tabs never replace each other. */
 export const CLIENT_ID = newClientId();
@@ -75,6 +77,8 @@ function parseRoute() {
     try { room = decodeURIComponent(m[1]); } catch (_) { room = ""; }
     return { name: "room", room, params: new URLSearchParams(m[2] || "") };
   }
+  const a = hash.match(/^\/alerts\/?(?:\?(.*))?$/);
+  if (a) return { name: "alerts", params: new URLSearchParams(a[1] || "") };
   return { name: "home" };
 }
 
@@ -107,6 +111,8 @@ function route() {
     document.title = `${r.room} · telehub`;
     ui.crumbs([{ label: "Rooms", href: "#/" }, { label: r.room }]);
     current = renderRoom(view, r.room, { ui, clientId: CLIENT_ID, params: r.params });
+  } else if (r.name === "alerts") {
+    current = renderAlerts(view, { ui, params: r.params });
   } else {
     document.title = "telehub";
     ui.crumbs([{ label: "Rooms" }]);
@@ -162,4 +168,4 @@ themeChanged();
 auth.load();
 // Does this hub want a token (401)? With auth.mode = "none" the answer is a room list
 // and nothing changes; a held token that the hub refuses is forgotten here.
-api.rooms().then(() => route());
+api.rooms().then(() => { route(); startAlerts(); });

@@ -270,6 +270,7 @@ export class LineChart {
       grid: v("--chart-grid", "#e5e7eb"),
       axis: v("--chart-axis", "#6b7280"),
       text: v("--chart-text", "#374151"),
+      threshold: v("--err", "#b42318"),
       // Kiosk mode sets a larger size, for reading across a room.
       font: `${v("--chart-font-size", "12px")} ${cs.fontFamily || "system-ui, sans-serif"}`,
     };
@@ -306,6 +307,9 @@ export class LineChart {
       any = true;
       ranges.push([device, s, a, b]);
     }
+    // Alert thresholds (alerts.js sets `thresholds`) stay in view beside the data.
+    const marks = any ? (this.thresholds || []) : [];
+    for (const m of marks) { if (m < lo) lo = m; if (m > hi) hi = m; }
 
     const padR = 12, padT = 10, padB = 24;
     const ph = Math.max(10, H - padT - padB);
@@ -415,6 +419,17 @@ export class LineChart {
         ctx.arc(lx, ly, 2.6, 0, Math.PI * 2);
         ctx.fill();
       }
+    }
+    // Alert thresholds: dashed lines across the plot; their rows, for tests.
+    this.thresholdYs = marks.map((m) => Math.round(yOf(m)) + 0.5);
+    if (marks.length) {
+      ctx.setLineDash([6, 4]);
+      ctx.strokeStyle = theme.threshold;
+      ctx.lineWidth = 1.5;
+      ctx.beginPath();
+      for (const y of this.thresholdYs) { ctx.moveTo(padL, y); ctx.lineTo(padL + pw, y); }
+      ctx.stroke();
+      ctx.setLineDash([]);
     }
     ctx.restore();
     perf.noteSegments(segments);

@@ -111,6 +111,11 @@ pub async fn run(
         }
         bridges.push(bridge);
     }
+    let bridge_links: std::collections::HashMap<String, crate::sources::mqtt::link::BridgeLink> =
+        bridges
+            .iter()
+            .map(|b: &Bridge| (b.spec().name.clone(), b.link()))
+            .collect();
     let bridge_states = Bridges::new(bridges.iter().map(|b| b.state()).collect());
     metrics.register_collector(bridge_states.clone());
     let refused = metrics.auth_refused(&crate::auth::refusal_labels());
@@ -140,6 +145,14 @@ pub async fn run(
     hub.set_alerts(alerts);
     let (trigger, shutdown) = shutdown::channel();
     let (completion, mut all_done) = mpsc::channel::<()>(1);
+    {
+        let bridge_names: Vec<&str> = bridge_links.keys().map(String::as_str).collect();
+        let specs = crate::alerts::notify::validate(&settings.alerts.sinks, &bridge_names)
+            .map_err(|(key, message)| ServerError::Alerts(format!("{key}: {message}")))?;
+        if let Some(alerts) = hub.alerts() {
+            alerts.start_sinks(specs, &bridge_links, &shutdown, &completion);
+        }
+    }
     // Devices that post over HTTP, held between their requests.
     let http_devices = HttpDevices::new(hub.clone(), influx_stats.devices_gauge());
     let influx = Influx::new(settings.influx.clone(), http_devices.clone(), influx_stats);

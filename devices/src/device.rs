@@ -66,6 +66,8 @@ pub(crate) struct Device {
     outbox: Outbox,
     stats: SimStats,
     scratch: Vec<Sample>,
+    /// Faults the scenario injects (drift, stuck, silent).
+    faults: crate::fault::Faults,
     /// The outbox size last added to the run's `buffered` gauge.
     reported_buffered: i64,
     generated: u64,
@@ -82,6 +84,7 @@ impl Device {
         stats: SimStats,
     ) -> Self {
         let mut rng = SimRng::new(seed, spec.index);
+        let faults = crate::fault::Faults::new(spec.faults.clone());
         let sensor = kinds::build(spec.kind, &spec.params, &mut rng);
         let interval = Duration::from_secs_f64(1.0 / spec.rate_hz.max(1e-9));
         stats.add_device();
@@ -95,6 +98,7 @@ impl Device {
             outbox: Outbox::new(buffer),
             stats,
             scratch: Vec::with_capacity(4),
+            faults,
             reported_buffered: 0,
             generated: 0,
             acked: 0,
@@ -120,6 +124,7 @@ impl Device {
     pub(crate) fn sample(&mut self, now_ms: i64) {
         self.scratch.clear();
         self.sensor.sample(now_ms, &mut self.rng, &mut self.scratch);
+        self.faults.apply(now_ms, &mut self.scratch);
         let mut dropped = 0;
         for s in &self.scratch {
             let reading = Reading {

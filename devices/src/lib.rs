@@ -18,6 +18,7 @@ pub mod bench;
 pub mod clock;
 pub mod command;
 mod device;
+pub mod fault;
 pub mod kinds;
 pub mod outbox;
 pub mod rng;

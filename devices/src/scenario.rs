@@ -100,6 +100,8 @@ pub struct DeviceGroup {
     pub prefix: String,
     /// Kind-specific parameters.
     pub params: Params,
+    /// Faults injected on purpose (`faults = [...]`), the same for every device.
+    pub faults: Vec<crate::fault::Fault>,
 }
 
 /// One device to simulate, expanded from a group.
@@ -117,6 +119,8 @@ pub struct DeviceSpec {
     pub params: Params,
     /// Position in the scenario; with the seed it picks the device's random stream.
     pub index: u64,
+    /// Faults injected on purpose, from the group.
+    pub faults: Vec<crate::fault::Fault>,
 }
 
 impl Scenario {
@@ -169,6 +173,7 @@ impl Scenario {
                 rate_hz: rate.unwrap_or(kind.default_rate_hz()),
                 prefix: kind.name().replace('_', "-"),
                 params: Params::default(),
+                faults: Vec::new(),
             })
             .filter(|g| g.count > 0)
             .collect();
@@ -219,6 +224,7 @@ impl Scenario {
                         rate_hz: g.rate_hz,
                         params: g.params,
                         index: out.len() as u64,
+                        faults: g.faults.clone(),
                     });
                 }
             }
@@ -308,6 +314,20 @@ struct GroupFile {
     capacity: Option<Spanned<u32>>,
     base_w: Option<Spanned<f64>>,
     center: Option<Spanned<[f64; 2]>>,
+    faults: Option<Vec<Spanned<FaultFile>>>,
+}
+
+/// `faults = [{ kind = "drift", at = "30s", for = "1m", metric = "temperature", by = 15.0 }]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FaultFile {
+    kind: String,
+    at: String,
+    #[serde(rename = "for")]
+    duration: Option<String>,
+    metric: Option<String>,
+    by: Option<f64>,
+    ramp: Option<String>,
 }
 
 struct Validator<'a> {
@@ -477,11 +497,16 @@ impl Validator<'_> {
             }
             None => None,
         };
+        let mut faults = Vec::new();
+        for (i, ff) in f.faults.into_iter().flatten().enumerate() {
+            faults.push(self.fault(&key(&format!("faults[{i}]")), f.kind, ff)?);
+        }
         Ok(DeviceGroup {
             kind: f.kind,
             count,
             rate_hz,
             prefix,
+            faults,
             params: Params {
                 setpoint,
                 capacity,
@@ -492,9 +517,129 @@ impl Validator<'_> {
     }
 }
 
+impl Validator<'_> {
+    fn fault(
+        &self,
+        key: &str,
+        kind: Kind,
+        ff: Spanned<FaultFile>,
+    ) -> Result<crate::fault::Fault, ScenarioError> {
+        use crate::fault::{parse_duration, Fault, FaultKind};
+        let span = ff.span();
+        let f = ff.into_inner();
+        let bad = |k: &str, m: String| self.err(span.clone(), format!("{key}.{k}"), m);
+        let duration = |k: &str, v: &str| {
+            parse_duration(v).ok_or_else(|| {
+                bad(
+                    k,
+                    format!("{v:?} is not a duration: a whole number with ms, s, m or h"),
+                )
+            })
+        };
+        let at_ms = duration("at", &f.at)?;
+        let for_ms = match &f.duration {
+            Some(d) => match duration("for", d)? {
+                0 => return Err(bad("for", "must be more than 0".into())),
+                ms => Some(ms),
+            },
+            None => None,
+        };
+        if let Some(m) = &f.metric {
+            if !kind.metrics().iter().any(|spec| spec.name == m) {
+                return Err(bad(
+                    "metric",
+                    format!("{kind} devices have no metric {m:?}"),
+                ));
+            }
+        }
+        let fault_kind = match f.kind.as_str() {
+            "drift" => {
+                let by = f
+                    .by
+                    .filter(|b| b.is_finite())
+                    .ok_or_else(|| bad("by", "a drift needs `by`, the offset to reach".into()))?;
+                let ramp_ms = match &f.ramp {
+                    Some(r) => duration("ramp", r)?,
+                    None => 0,
+                };
+                FaultKind::Drift { by, ramp_ms }
+            }
+            "stuck" | "silent" => {
+                if f.by.is_some() || f.ramp.is_some() {
+                    return Err(bad("by", "`by` and `ramp` are for drift only".into()));
+                }
+                if f.kind == "silent" && f.metric.is_some() {
+                    return Err(bad(
+                        "metric",
+                        "a silent device sends no metric at all".into(),
+                    ));
+                }
+                if f.kind == "silent" {
+                    FaultKind::Silent
+                } else {
+                    FaultKind::Stuck
+                }
+            }
+            other => {
+                return Err(bad(
+                    "kind",
+                    format!("{other:?} is not a fault: drift, stuck or silent"),
+                ))
+            }
+        };
+        Ok(Fault {
+            kind: fault_kind,
+            at_ms,
+            for_ms,
+            metric: f.metric,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn faults_are_read_and_bad_ones_refused() {
+        let base = "[[rooms]]\nname = \"r\"\n[[rooms.devices]]\nkind = \"climate\"\n";
+        let s = Scenario::from_toml(
+            &format!("{base}faults = [{{ kind = \"drift\", at = \"2s\", for = \"5s\", metric = \"temperature\", by = 20.0, ramp = \"1s\" }}, {{ kind = \"silent\", at = \"10s\" }}]\n"),
+            "t",
+        )
+        .expect("valid");
+        let f = &s.devices()[0].faults;
+        assert_eq!(f.len(), 2);
+        assert_eq!(
+            f[0].kind,
+            crate::fault::FaultKind::Drift {
+                by: 20.0,
+                ramp_ms: 1_000
+            }
+        );
+        assert_eq!((f[1].at_ms, f[1].for_ms), (10_000, None));
+        for (fault, says) in [
+            ("{ kind = \"wobble\", at = \"1s\" }", "not a fault"),
+            ("{ kind = \"drift\", at = \"1s\" }", "needs `by`"),
+            ("{ kind = \"stuck\", at = \"1x\" }", "not a duration"),
+            (
+                "{ kind = \"stuck\", at = \"1s\", metric = \"rpm\" }",
+                "no metric",
+            ),
+            (
+                "{ kind = \"silent\", at = \"1s\", metric = \"humidity\" }",
+                "no metric at all",
+            ),
+        ] {
+            let err = Scenario::from_toml(&format!("{base}faults = [{fault}]\n"), "t")
+                .expect_err(fault)
+                .to_string();
+            assert!(
+                err.contains(says) && err.contains("faults[0]"),
+                "{fault}: {err}"
+            );
+        }
+    }
 
     #[test]
     fn quick_cycles_kinds() {

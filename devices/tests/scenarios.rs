@@ -21,7 +21,12 @@ fn every_shipped_scenario_parses() {
         .iter()
         .filter_map(|f| f.file_name()?.to_str().map(String::from))
         .collect();
-    for expected in ["factory.toml", "greenhouse.toml", "home.toml"] {
+    for expected in [
+        "alerts.toml",
+        "factory.toml",
+        "greenhouse.toml",
+        "home.toml",
+    ] {
         assert!(
             names.iter().any(|n| n == expected),
             "{expected} missing: {names:?}"

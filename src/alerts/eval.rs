@@ -123,6 +123,9 @@ pub(crate) struct Listed {
     pub severity: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ack: Option<Ack>,
+    /// The silence that covers it now, if any (its transitions are not notified).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub silenced_by: Option<String>,
 }
 
 /// The id of an instance in the API: `rule:room:device:metric` (`:` is in no id).
@@ -320,6 +323,7 @@ impl RoomAlerts {
                         since: i.since,
                         severity: i.severity.as_str(),
                         ack: i.ack.clone(),
+                        silenced_by: None,
                     });
                 }
             }
@@ -366,6 +370,7 @@ impl RoomAlerts {
             since: i.since,
             severity: i.severity.as_str(),
             ack: i.ack.clone(),
+            silenced_by: None,
         })
     }
 }

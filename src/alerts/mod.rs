@@ -7,18 +7,24 @@
 //! - [`rule`]: the rules as written, checked and compiled (globs, conditions, `for`).
 //! - [`eval`]: one room's instances, stepped by each reading and by the clock (`stale`).
 //! - [`store`]: live instances and transitions in SQLite, written off the hot path.
+//! - [`silence`]: matchers and an end time under which transitions are not notified.
+//! - [`notify`]: the notification sinks (`[[alerts.sinks]]`), each behind a bounded
+//!   queue, and [`webhook`], the webhook sink's signed HTTP `POST`.
 //!
 //! The rule set is swapped atomically ([`ArcSwap`]), so a reading never waits for a rule
 //! change; each room's instances sit behind a std mutex of their own, taken inside the
 //! room's lock (never the other way round) and never across an `.await`.
 
 pub(crate) mod eval;
+pub(crate) mod notify;
 pub(crate) mod rule;
+pub(crate) mod silence;
 pub(crate) mod store;
+pub(crate) mod webhook;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use arc_swap::ArcSwap;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -28,16 +34,21 @@ use prometheus_client::metrics::gauge::Gauge;
 use serde::{Deserialize, Serialize};
 
 use self::eval::{Listed, RoomAlerts, RuleSet, State, Transition};
+pub(crate) use self::notify::SinkConfig;
+use self::notify::{Notifier, SinkMetrics};
 pub use self::rule::{RuleConfig, Severity};
+use self::silence::{Silence, SilenceError, SilenceRequest, Silences};
 use self::store::{AlertStore, AlertStoreError};
 use crate::net::ws::frames::{self, Frame};
 
-/// `[alerts]`: the rules in force at start-up.
+/// `[alerts]`: the rules in force at start-up and where notifications go.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlertsConfig {
     /// `[[alerts.rules]]`, in order; ids are unique.
     pub rules: Vec<RuleConfig>,
+    /// `[[alerts.sinks]]`: webhook, mqtt and log notification sinks, none by default.
+    pub sinks: Vec<SinkConfig>,
 }
 
 impl AlertsConfig {
@@ -70,6 +81,12 @@ struct Inner {
     firing: Family<FiringLabels, Gauge>,
     /// Transitions the store's queue had no room for.
     store_dropped: Counter,
+    /// The notification sinks, installed once they are started (none until then).
+    notifier: OnceLock<Notifier>,
+    sink_metrics: SinkMetrics,
+    silences: Silences,
+    /// Transitions a silence kept from the sinks.
+    silenced: Counter,
     /// `None` with `history.persist = false`: alert state lives in memory only.
     store: Option<AlertStore>,
     /// The rules of `config.toml` (read-only over REST).
@@ -119,12 +136,12 @@ impl Alerts {
         db: Option<&Path>,
     ) -> Result<Alerts, AlertStoreError> {
         let store_dropped = Counter::default();
-        let (store, live, stored_rules) = match db {
+        let (store, live, stored_rules, stored_silences) = match db {
             Some(path) => {
                 let (store, loaded) = AlertStore::open(path, store_dropped.clone())?;
-                (Some(store), loaded.live, loaded.rules)
+                (Some(store), loaded.live, loaded.rules, loaded.silences)
             }
-            None => (None, Vec::new(), Vec::new()),
+            None => (None, Vec::new(), Vec::new(), Vec::new()),
         };
         // Rules made over REST come back after the config's; one the config now defines
         // too, or that no longer passes the checks, is left out (and said so).
@@ -152,6 +169,10 @@ impl Alerts {
                 rooms: Mutex::new(HashMap::new()),
                 firing: Family::default(),
                 store_dropped,
+                notifier: OnceLock::new(),
+                sink_metrics: SinkMetrics::default(),
+                silences: Silences::load(stored_silences, crate::clock::now_ms()),
+                silenced: Counter::default(),
                 store,
                 config_rules: config.rules.clone(),
                 runtime: Mutex::new(runtime),
@@ -179,6 +200,33 @@ impl Alerts {
             "Alert transitions not written to the database because its queue was full",
             self.inner.store_dropped.clone(),
         );
+        self.inner.sink_metrics.register(metrics);
+        metrics.register(
+            "telehub_alerts_silenced",
+            "Alert transitions a silence kept from the notification sinks",
+            self.inner.silenced.clone(),
+        );
+    }
+
+    /// Starts the notification sinks (once, at start-up; `links`: the bridges by name).
+    pub(crate) fn start_sinks(
+        &self,
+        specs: Vec<notify::SinkSpec>,
+        links: &HashMap<String, crate::sources::mqtt::link::BridgeLink>,
+        shutdown: &crate::shutdown::Shutdown,
+        completion: &crate::shutdown::Completion,
+    ) {
+        let n = Notifier::start(specs, links, &self.inner.sink_metrics, shutdown, completion);
+        let _ = self.inner.notifier.set(n);
+    }
+
+    /// Every sink's state (`GET /api/alerts/sinks`).
+    pub(crate) fn sinks(&self) -> Vec<notify::SinkStatus> {
+        self.inner
+            .notifier
+            .get()
+            .map(Notifier::statuses)
+            .unwrap_or_default()
     }
 
     fn gauge(&self, rule: &str, severity: Severity) -> Gauge {
@@ -223,9 +271,45 @@ impl Alerts {
             }
             _ => {}
         }
+        let now = crate::clock::now_ms();
         if let Some(s) = &self.inner.store {
-            s.transition(t, crate::clock::now_ms());
+            s.transition(t, now);
         }
+        if let Some(n) = self.inner.notifier.get() {
+            if self.inner.silences.covering(t, now).is_some() {
+                self.inner.silenced.inc();
+            } else {
+                n.notify(t);
+            }
+        }
+    }
+
+    /// Makes a silence for `by` (`POST /api/alerts/silences`), stored if the store is on.
+    pub(crate) fn silence(&self, req: SilenceRequest, by: String) -> Result<Silence, SilenceError> {
+        let store = self.inner.store.as_ref();
+        self.inner
+            .silences
+            .add(req, by, crate::clock::now_ms(), |s| match store {
+                Some(st) => st.silence(
+                    &Arc::from(s.id.as_str()),
+                    Some((serde_json::to_string(s).unwrap_or_default(), s.ends_at)),
+                ),
+                None => true,
+            })
+    }
+
+    /// Ends silence `id` now.
+    pub(crate) fn unsilence(&self, id: &str) -> Result<(), SilenceError> {
+        let store = self.inner.store.as_ref();
+        self.inner.silences.remove(id, |id| match store {
+            Some(st) => st.silence(&Arc::from(id), None),
+            None => true,
+        })
+    }
+
+    /// The silences in force.
+    pub(crate) fn silences(&self) -> Vec<Silence> {
+        self.inner.silences.list(crate::clock::now_ms())
     }
 
     /// The clock's part (`stale`), over every room; the transitions are for the caller
@@ -366,6 +450,13 @@ impl Alerts {
         }
         out.retain(|l| state.is_none_or(|s| s == l.state));
         out.sort_by(|a, b| a.instance.cmp(&b.instance));
+        let now = crate::clock::now_ms();
+        for l in &mut out {
+            l.silenced_by = self
+                .inner
+                .silences
+                .covering_series((&l.rule, &l.room, &l.device, &l.metric), now);
+        }
         out
     }
 }
@@ -406,12 +497,17 @@ pub(crate) fn listed_frame(l: &Listed) -> Frame {
 
 #[cfg(test)]
 mod tests {
+    use super::notify::SinkKind;
+
     /// The commented `[[alerts.rules]]` example in config.toml, uncommented, is valid.
     #[test]
     fn the_config_toml_example_is_valid() {
         let text = include_str!("../../config.toml");
         let start = text.find("# [[alerts.rules]]").expect("the example");
-        let end = start + text[start..].find("\n[mqtt]").expect("the next section");
+        let end = start
+            + text[start..]
+                .find("\n#\n# Notification sinks")
+                .expect("the sinks");
         let example: String = text[start..end]
             .lines()
             .filter_map(|l| l.strip_prefix("# "))
@@ -426,5 +522,25 @@ mod tests {
             .map(|r| r.id.as_str())
             .collect();
         assert_eq!(ids, ["hot", "silent"]);
+    }
+
+    /// The commented `[[alerts.sinks]]` examples, uncommented (with the bridge the mqtt
+    /// one names, and http for the webhook so no system roots are needed), are valid.
+    #[test]
+    fn the_config_toml_sink_examples_are_valid() {
+        let text = include_str!("../../config.toml");
+        let start = text.find("# [[alerts.sinks]]").expect("the example");
+        let end = start + text[start..].find("\n[mqtt]").expect("the next section");
+        let mut example: String = text[start..end]
+            .lines()
+            .filter_map(|l| l.strip_prefix("# ").or_else(|| (l == "#").then_some("")))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>()
+            .replace("https://", "http://");
+        example.push_str("[[mqtt.bridges]]\nname = \"local\"\nurl = \"mqtt://127.0.0.1:1883\"\n");
+        let settings = crate::Settings::from_sources(&example, "example", Vec::new())
+            .unwrap_or_else(|e| panic!("{e}\n{example}"));
+        let kinds: Vec<SinkKind> = settings.alerts.sinks.iter().map(|s| s.kind).collect();
+        assert_eq!(kinds, [SinkKind::Webhook, SinkKind::Mqtt, SinkKind::Log]);
     }
 }

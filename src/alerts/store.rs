@@ -55,6 +55,8 @@ enum Op {
     },
     /// A run-time rule made or changed (its JSON), or deleted (`None`).
     Rule(Arc<str>, Option<String>),
+    /// A silence made (its JSON and end), or deleted (`None`).
+    Silence(Arc<str>, Option<(String, i64)>),
     Stop,
 }
 
@@ -98,6 +100,9 @@ CREATE INDEX IF NOT EXISTS alert_transitions_at ON alert_transitions (at);
 CREATE TABLE IF NOT EXISTS alert_rules (
     id TEXT PRIMARY KEY NOT NULL, json TEXT NOT NULL, position INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS alert_silences (
+    id TEXT PRIMARY KEY NOT NULL, json TEXT NOT NULL, ends_at INTEGER NOT NULL
+);
 ";
 
 /// What the store held at start-up.
@@ -106,6 +111,8 @@ pub(crate) struct Loaded {
     pub live: Vec<Stored>,
     /// The rules made over REST, in the order they were made (as JSON).
     pub rules: Vec<String>,
+    /// The silences not yet over (as JSON), oldest first.
+    pub silences: Vec<String>,
 }
 
 fn severity(s: &str) -> Severity {
@@ -178,6 +185,18 @@ impl AlertStore {
             let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(err)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(err)?
         };
+        let silences = {
+            conn.execute(
+                "DELETE FROM alert_silences WHERE ends_at <= ?1",
+                [crate::clock::now_ms()],
+            )
+            .map_err(err)?;
+            let mut stmt = conn
+                .prepare("SELECT json FROM alert_silences ORDER BY rowid")
+                .map_err(err)?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(err)?
+        };
         let reader = open(path)?;
         let (tx, rx) = sync_channel(QUEUE);
         let thread = std::thread::Builder::new()
@@ -194,7 +213,11 @@ impl AlertStore {
                 thread: Mutex::new(Some(thread)),
                 dropped,
             },
-            Loaded { live, rules },
+            Loaded {
+                live,
+                rules,
+                silences,
+            },
         ))
     }
 
@@ -224,6 +247,12 @@ impl AlertStore {
     /// the caller refuses the change rather than lose it.
     pub(crate) fn rule(&self, id: &Arc<str>, json: Option<String>) -> bool {
         self.tx.try_send(Op::Rule(id.clone(), json)).is_ok()
+    }
+
+    /// Queues a silence made (its JSON and end) or deleted (`None`). False if the queue
+    /// is full: the caller refuses the change rather than lose it.
+    pub(crate) fn silence(&self, id: &Arc<str>, row: Option<(String, i64)>) -> bool {
+        self.tx.try_send(Op::Silence(id.clone(), row)).is_ok()
     }
 
     /// The transitions recorded from `from` to `to` (hub clock, inclusive), oldest first,
@@ -368,6 +397,15 @@ fn write(conn: &mut Connection, ops: &[Op]) -> rusqlite::Result<()> {
             }
             Op::Rule(id, None) => {
                 tx.execute("DELETE FROM alert_rules WHERE id = ?1", [&**id])?;
+            }
+            Op::Silence(id, Some((json, ends_at))) => {
+                tx.execute(
+                    "INSERT OR REPLACE INTO alert_silences (id, json, ends_at) VALUES (?1, ?2, ?3)",
+                    params![&**id, json, ends_at],
+                )?;
+            }
+            Op::Silence(id, None) => {
+                tx.execute("DELETE FROM alert_silences WHERE id = ?1", [&**id])?;
             }
             Op::Stop => {}
         }

@@ -1,7 +1,9 @@
 //! The alerts endpoints: `GET /api/alerts` (pending and firing instances, by room and
 //! state), `GET /api/alerts/rules` (the rules in force, with the threshold lines a
 //! chart may draw), rule changes at run time (`POST /api/alerts/rules`,
-//! `PUT`/`DELETE /api/alerts/rules/{id}`, admin only with auth on) and acks.
+//! `PUT`/`DELETE /api/alerts/rules/{id}`, admin only with auth on), acks, silences
+//! (`GET`/`POST /api/alerts/silences`, `DELETE /api/alerts/silences/{id}`, changes admin
+//! only with auth on) and the notification sinks' state (`GET /api/alerts/sinks`, admin).
 //!
 //! Readers at the end of the data flow, like the history endpoints: what a request may
 //! see is limited to the rooms its token covers.
@@ -28,6 +30,8 @@ pub(crate) fn routes(
 ) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
     instances(hub.clone(), auth.clone())
         .or(history(hub.clone(), auth.clone()))
+        .or(sinks(hub.clone(), auth.clone()))
+        .or(silences(hub.clone(), auth.clone()))
         .or(rules(hub.clone(), auth.clone()))
         .or(ack(hub.clone(), auth.clone()))
         .or(change(hub, auth))
@@ -35,27 +39,110 @@ pub(crate) fn routes(
 
 /// Largest body of a rule.
 const RULE_BODY_LIMIT: u64 = 16 * 1024;
+/// Largest body of a silence.
+const SILENCE_BODY_LIMIT: u64 = 8 * 1024;
+
+/// The caller's access, refused unless it is admin (or auth is off).
+fn admin_access(auth: Authorizer) -> impl Filter<Extract = (Access,), Error = Rejection> + Clone {
+    access(auth.clone()).and_then(move |a: Access| {
+        let auth = auth.clone();
+        async move {
+            if a.is_admin() {
+                Ok(a)
+            } else {
+                Err(warp::reject::custom(super::auth::Denied(
+                    auth.refuse(Refusal::NotAdmin),
+                )))
+            }
+        }
+    })
+}
+
+/// GET /api/alerts/sinks: each notification sink's counts, queue and last error (admin
+/// with auth on; never its secret).
+fn sinks(
+    hub: Hub,
+    auth: Authorizer,
+) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    warp::path!("api" / "alerts" / "sinks")
+        .and(warp::get())
+        .and(admin_access(auth))
+        .and(with_hub(hub))
+        .map(|_: Access, hub: Hub| {
+            let sinks = hub.alerts().map(|a| a.sinks()).unwrap_or_default();
+            warp::reply::json(&serde_json::json!({ "sinks": sinks }))
+        })
+}
+
+/// GET /api/alerts/silences, POST /api/alerts/silences, DELETE /api/alerts/silences/{id}
+fn silences(
+    hub: Hub,
+    auth: Authorizer,
+) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    let list = warp::path!("api" / "alerts" / "silences")
+        .and(warp::get())
+        .and(access(auth.clone()))
+        .and(with_hub(hub.clone()))
+        .map(|_: Access, hub: Hub| {
+            let silences = hub.alerts().map(|a| a.silences()).unwrap_or_default();
+            warp::reply::json(&serde_json::json!({ "silences": silences })).into_response()
+        });
+    let create = warp::path!("api" / "alerts" / "silences")
+        .and(warp::post())
+        .and(admin_access(auth.clone()))
+        .and(with_hub(hub.clone()))
+        .and(warp::body::content_length_limit(SILENCE_BODY_LIMIT))
+        .and(warp::body::bytes())
+        .map(|access: Access, hub: Hub, body: bytes::Bytes| {
+            respond_now(make_silence(&access, &hub, &body))
+        });
+    let delete = warp::path!("api" / "alerts" / "silences" / String)
+        .and(warp::delete())
+        .and(admin_access(auth))
+        .and(with_hub(hub))
+        .map(|id: String, _: Access, hub: Hub| {
+            respond_now(
+                hub.alerts()
+                    .ok_or_else(|| ApiError::internal("alerts are not running".into()))
+                    .and_then(|a| a.unsilence(&id).map_err(|e| ApiError::silence(&e)))
+                    .map(|()| warp::http::StatusCode::NO_CONTENT.into_response()),
+            )
+        });
+    list.or(create).unify().or(delete).unify()
+}
+
+fn make_silence(access: &Access, hub: &Hub, body: &[u8]) -> Result<Response, ApiError> {
+    let req: crate::alerts::silence::SilenceRequest =
+        serde_json::from_slice(body).map_err(|e| ApiError::body(e.to_string()))?;
+    let by = who(access, req.by.clone())?;
+    let alerts = hub
+        .alerts()
+        .ok_or_else(|| ApiError::internal("alerts are not running".into()))?;
+    let silence = alerts.silence(req, by).map_err(|e| ApiError::silence(&e))?;
+    Ok(
+        warp::reply::with_status(warp::reply::json(&silence), warp::http::StatusCode::CREATED)
+            .into_response(),
+    )
+}
+
+/// Who does it: a token's `sub`, else the body's `by` (an id), else `anonymous`.
+fn who(access: &Access, by: Option<String>) -> Result<String, ApiError> {
+    match (access, by) {
+        (Access::Token(g), _) => Ok(g.sub.clone()),
+        (Access::Open, Some(by)) if valid_id(&by) => Ok(by),
+        (Access::Open, Some(_)) => Err(ApiError::body(
+            "`by` must be 1 to 64 of A-Za-z0-9_.-".into(),
+        )),
+        (Access::Open, None) => Ok("anonymous".to_string()),
+    }
+}
 
 /// POST /api/alerts/rules, PUT /api/alerts/rules/{id}, DELETE /api/alerts/rules/{id}
 fn change(
     hub: Hub,
     auth: Authorizer,
 ) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
-    let admin = {
-        let auth = auth.clone();
-        access(auth.clone()).and_then(move |a: Access| {
-            let auth = auth.clone();
-            async move {
-                if a.is_admin() {
-                    Ok(())
-                } else {
-                    Err(warp::reject::custom(super::auth::Denied(
-                        auth.refuse(Refusal::NotAdmin),
-                    )))
-                }
-            }
-        })
-    };
+    let admin = admin_access(auth).map(|_: Access| ());
     let body = warp::body::content_length_limit(RULE_BODY_LIMIT).and(warp::body::bytes());
     let create = warp::path!("api" / "alerts" / "rules")
         .and(warp::post())
@@ -163,16 +250,7 @@ fn acknowledge(
     if !access.may_read(room) {
         return Err(ApiError::not_found(format!("no live alert `{instance}`")));
     }
-    let by = match (access, body.by) {
-        (Access::Token(g), _) => g.sub.clone(),
-        (Access::Open, Some(by)) if valid_id(&by) => by,
-        (Access::Open, Some(_)) => {
-            return Err(ApiError::body(
-                "`by` must be 1 to 64 of A-Za-z0-9_.-".into(),
-            ))
-        }
-        (Access::Open, None) => "anonymous".to_string(),
-    };
+    let by = who(access, body.by)?;
     let listed = hub
         .alerts()
         .and_then(|a| a.ack(instance, &by, crate::clock::now_ms()))

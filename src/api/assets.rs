@@ -39,6 +39,7 @@ const ASSETS: &[Asset] = &[
     asset!("index.html", HTML),
     asset!("style.css", CSS),
     asset!("app.js", JS),
+    asset!("alerts.js", JS),
     asset!("api.js", JS),
     asset!("auth.js", JS),
     asset!("axis.js", JS),

@@ -77,6 +77,22 @@ impl ApiError {
         }
     }
 
+    /// A refused silence change, with the status its reason calls for.
+    pub(crate) fn silence(e: &crate::alerts::silence::SilenceError) -> ApiError {
+        use crate::alerts::silence::SilenceError;
+        let (status, code) = match e {
+            SilenceError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_silence"),
+            SilenceError::Limit => (StatusCode::CONFLICT, "silence_limit"),
+            SilenceError::Unknown(_) => (StatusCode::NOT_FOUND, "unknown_silence"),
+            SilenceError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+        };
+        ApiError {
+            status,
+            code,
+            message: e.to_string(),
+        }
+    }
+
     pub(crate) fn not_found(message: String) -> ApiError {
         ApiError {
             status: StatusCode::NOT_FOUND,

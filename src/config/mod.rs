@@ -353,6 +353,20 @@ impl Settings {
                 message: other.to_string(),
             },
         })?;
+        // Sinks after the bridges: an `mqtt` sink names one.
+        let bridges: Vec<&str> = settings
+            .mqtt
+            .bridges
+            .iter()
+            .map(|b| b.name.as_str())
+            .collect();
+        crate::alerts::notify::validate(&settings.alerts.sinks, &bridges).map_err(
+            |(key, message)| ConfigError::Key {
+                source_name: source_name.to_string(),
+                key,
+                message,
+            },
+        )?;
         Ok(settings)
     }
 

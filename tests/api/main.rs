@@ -6,7 +6,9 @@ mod cdp;
 mod helpers;
 
 mod abuse;
+mod alert_sinks;
 mod alerts;
+mod alerts_dashboard;
 mod auth;
 mod backpressure;
 mod browser;

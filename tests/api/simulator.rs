@@ -971,3 +971,79 @@ async fn http_devices_deliver_every_reading_once_through_rate_limits_and_answer_
     assert!(seen.duplicates().is_empty(), "resends were deduplicated");
     app.stop().await;
 }
+
+/// devices/alerts.toml against a hub with devices/hub/alerts.toml: each kind of rule
+/// (above with `for` and hysteresis, below, outside, stale) fires and then resolves, on
+/// the faults the simulator injects (drift, silent, and stuck at a hot value).
+#[tokio::test]
+async fn the_alerts_scenario_fires_and_resolves_each_kind_of_rule() {
+    let rules = include_str!("../../devices/hub/alerts.toml");
+    let alerts = telehub::Settings::from_sources(rules, "devices/hub/alerts.toml", Vec::new())
+        .expect("the hub's rules are valid")
+        .alerts;
+    let app = spawn_app_with(move |s| s.alerts = alerts).await;
+    let (mut screen, _) = app.connect("alerts-demo", "screen", "dashboard").await;
+    let scenario = Scenario::load(concat!(env!("CARGO_MANIFEST_DIR"), "/devices/alerts.toml"))
+        .expect("the scenario is valid");
+    let run = SimRun::start(
+        scenario,
+        options(
+            format!("ws://{}", app.addr),
+            BackoffConfig {
+                initial: Duration::from_millis(50),
+                max: Duration::from_millis(500),
+            },
+        ),
+    );
+
+    // (rule, device) → the states it went through, until every expected one resolved.
+    let expected = [
+        ("too-hot", "hot-1"),
+        ("too-cold", "cold-1"),
+        ("humidity-range", "humid-1"),
+        ("went-silent", "quiet-1"),
+        ("too-hot", "stuck-1"),
+    ];
+    let mut seen: HashMap<(String, String), Vec<String>> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let done = |seen: &HashMap<(String, String), Vec<String>>| {
+        expected.iter().all(|(r, d)| {
+            seen.get(&(r.to_string(), d.to_string())).is_some_and(|s| {
+                s.iter().any(|x| x == "firing") && s.last().is_some_and(|x| x == "resolved")
+            })
+        })
+    };
+    while !done(&seen) {
+        assert!(
+            Instant::now() < deadline,
+            "not every rule fired and resolved: {seen:?}"
+        );
+        let v = match screen.poll_json(Duration::from_millis(500)).await {
+            Polled::Json(v) => v,
+            Polled::Quiet => continue,
+            Polled::Closed => panic!("the dashboard was closed: {seen:?}"),
+        };
+        if v["type"] == "alert" {
+            let key = (
+                v["rule"].as_str().unwrap_or("").to_string(),
+                v["device"].as_str().unwrap_or("").to_string(),
+            );
+            seen.entry(key)
+                .or_default()
+                .push(v["state"].as_str().unwrap_or("").to_string());
+        }
+    }
+    // `for = "1s"`: the hot ones were pending before they fired.
+    assert_eq!(
+        seen[&("too-hot".to_string(), "hot-1".to_string())][..2],
+        ["pending", "firing"]
+    );
+    // Nothing fires for a device that behaves.
+    assert!(
+        seen.keys()
+            .all(|(r, d)| expected.contains(&(r.as_str(), d.as_str()))),
+        "{seen:?}"
+    );
+    run.finish().await;
+    app.stop().await;
+}

@@ -274,6 +274,7 @@ mod tests {
             rate_hz: 100.0,
             params: Params::default(),
             index: 0,
+            faults: Vec::new(),
         };
         let (tx, shutdown) = watch::channel(false);
         let ctx = DeviceCtx {

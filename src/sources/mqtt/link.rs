@@ -175,6 +175,38 @@ impl BridgeLink {
         Ok(())
     }
 
+    /// Publishes `payload` (QoS 1, not retained) on `topic`, for the alert notification
+    /// sink. Refused at once while the bridge is not connected (the sink retries with
+    /// backoff); waits (up to [`COMMAND_WAIT`]) while [`MAX_QUEUED_PUBLISHES`] publishes
+    /// are queued.
+    pub(crate) async fn publish(&self, topic: &str, payload: Vec<u8>) -> Result<(), BridgeError> {
+        let spec = &self.inner.spec;
+        let fail = |message: String| BridgeError::Publish {
+            bridge: spec.name.clone(),
+            topic: topic.to_string(),
+            message,
+        };
+        if !self.inner.state.is_connected() {
+            return Err(fail("the bridge is not connected to its broker".into()));
+        }
+        let deadline = tokio::time::Instant::now() + COMMAND_WAIT;
+        while !self.inner.reserve_publish() {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(fail(
+                    "the broker is not taking publishes (request queue busy)".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.inner
+            .client
+            .try_publish(topic.to_string(), QoS::AtLeastOnce, false, payload)
+            .map_err(|e| {
+                self.inner.release_publish();
+                fail(e.to_string())
+            })
+    }
+
     /// Publishes a WebSocket device's reading (QoS 1, not retained) on the first topic
     /// template, as a reading object. Never waits: a full request queue drops it and
     /// counts it in `mirror_dropped`.
