@@ -33,9 +33,9 @@ use crate::auth::{Access, Authorizer, Refusal};
 use crate::hub::Hub;
 use crate::render::plot::Format;
 use crate::sinks::history::RoomHistory;
+use crate::sinks::layouts::Layouts;
 use crate::sources::http_ingest::HttpIngest;
 use crate::sources::influx::Influx;
-use crate::sinks::layouts::Layouts;
 use crate::sources::mqtt::Bridges;
 use telehub_protocol::ids::valid_id;
 
@@ -72,18 +72,28 @@ fn with_hub(hub: Hub) -> impl Filter<Extract = (Hub,), Error = Infallible> + Clo
 }
 
 /// GET /healthz: `ok`, or 503 with the reason while the history store's commits fail
-/// (readings are then fanned out but not acknowledged).
+/// (readings are then fanned out but not acknowledged), or while a cluster hub cannot
+/// reach Redis (`redis_unavailable: ...`).
 fn healthz(hub: Hub) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
     warp::path!("healthz")
         .and(warp::get())
         .and(with_hub(hub))
-        .map(|hub: Hub| match hub.history().store_failing() {
-            None => warp::reply::with_status("ok".to_string(), StatusCode::OK).into_response(),
-            Some(why) => warp::reply::with_status(
-                format!("store_unavailable: {why}"),
-                StatusCode::SERVICE_UNAVAILABLE,
-            )
-            .into_response(),
+        .map(|hub: Hub| {
+            let failing = hub
+                .history()
+                .store_failing()
+                .map(|why| format!("store_unavailable: {why}"))
+                .or_else(|| {
+                    hub.cluster()
+                        .and_then(|c| c.unhealthy())
+                        .map(|why| format!("redis_unavailable: {why}"))
+                });
+            match failing {
+                None => warp::reply::with_status("ok".to_string(), StatusCode::OK).into_response(),
+                Some(why) => {
+                    warp::reply::with_status(why, StatusCode::SERVICE_UNAVAILABLE).into_response()
+                }
+            }
         })
 }
 

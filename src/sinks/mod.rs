@@ -6,8 +6,8 @@
 //! - [`store`]: the SQLite file behind history, written in batches off the hot path.
 
 pub(crate) mod history;
-pub(crate) mod linger;
 pub(crate) mod layouts;
+pub(crate) mod linger;
 pub(crate) mod store;
 pub(crate) mod ws_writer;
 

@@ -123,7 +123,10 @@ mod tests {
             [Answer::Accepted(seqs(2, 3)), Answer::Accepted(seqs(4, 4))]
         );
         for i in 0..MAX_PENDING_ACKS as u64 {
-            assert_eq!(p.admit(Receipt::new(9, Some(rx.clone())), seqs(10 + i, 10 + i)), None);
+            assert_eq!(
+                p.admit(Receipt::new(9, Some(rx.clone())), seqs(10 + i, 10 + i)),
+                None
+            );
         }
         assert!(matches!(
             p.admit(Receipt::new(9, Some(rx.clone())), seqs(1, 1)),

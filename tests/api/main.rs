@@ -10,6 +10,7 @@ mod alerts;
 mod auth;
 mod backpressure;
 mod browser;
+mod cluster;
 mod dashboard;
 mod durability;
 mod errors;
