@@ -86,6 +86,16 @@ async fn a_device_on_one_hub_reaches_dashboards_on_two_others_with_the_same_offs
     let expected: Vec<(u64, f64)> = (1..=50).map(|i| (i, i as f64)).collect();
     assert_eq!(readings(&mut d2, 50).await, expected);
     assert_eq!(readings(&mut d3, 50).await, expected);
+    // One script call and one PUBLISH per message, however many hubs and dashboards:
+    // 50 publishes and 2 joins' reads, plus at most one EVALSHA per script refused with
+    // NOSCRIPT before it was loaded.
+    assert_eq!(redis.calls("publish"), 50);
+    let evalsha = redis.calls("evalsha");
+    assert!(
+        (52..=54).contains(&evalsha),
+        "{}",
+        redis.info("commandstats")
+    );
     // A resend of seq 50 is a duplicate in Redis: acknowledged, not stamped again.
     dev.reading("t", 50.0, 50).await;
     dev.recv_type("accepted").await;
@@ -191,19 +201,8 @@ async fn redis_losing_its_data_means_a_new_epoch_and_recovered_false() {
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
     assert!(healthy, "hub 2 reconnected to Redis");
-    // The device's next reading starts the room over in a new epoch (retried while the
-    // command connection reconnects: each refusal is a `store_unavailable`).
-    let mut seq = 4;
-    loop {
-        dev.reading("t", seq as f64, seq).await;
-        match dev.poll_json(WAIT).await {
-            Polled::Json(v) if v["type"] == "accepted" => break,
-            Polled::Json(v) if v["code"] == "store_unavailable" => seq += 1,
-            other => panic!("unexpected answer: {other:?}"),
-        }
-        assert!(seq < 200, "Redis never took a reading again");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    // The device's next reading starts the room over in a new epoch.
+    publish_until_taken(&mut dev, 4).await;
 
     // Assert: the live dashboard is told to resync, and comes back to recovered:false
     let (code, reason) = d.recv_close().await;
@@ -214,4 +213,96 @@ async fn redis_losing_its_data_means_a_new_epoch_and_recovered_false() {
     assert_eq!(welcome["offset"], json!(1));
     let (_, metrics) = http_get(h2.addr(), "/metrics", "").await;
     assert!(metrics.contains("telehub_cluster_redis_up 1"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_subscription_mid_stream_leaves_no_silent_gap() {
+    // Arrange
+    let redis = Redis::start();
+    let h1 = cluster_hub(&redis, "hub1", &[]);
+    let h2 = cluster_hub(&redis, "hub2", &[]);
+    let (mut d, welcome) = dashboard(&h2, "plant", "dash", "").await;
+    let epoch = welcome["epoch"].as_str().expect("epoch").to_string();
+    let mut dev = device(&h1, "plant", "sensor").await;
+    publish(&mut dev, 1, 10).await;
+
+    // Act: Redis drops every pub/sub connection while the device keeps publishing
+    let killed = redis.command(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    assert!(killed.starts_with(':'), "CLIENT KILL answered {killed}");
+    let publisher = tokio::spawn(async move {
+        publish(&mut dev, 11, 200).await;
+        dev
+    });
+
+    // Assert: what the dashboard sees is 1..=200 in order, each once; where the hub
+    // missed readings it closed the dashboard (1013 cluster resync) and the dashboard's
+    // reconnect with since/epoch recovered them from the stream.
+    let mut seen: Vec<u64> = Vec::new();
+    let mut resyncs = 0;
+    while seen.last() != Some(&200) {
+        match d.poll_json(WAIT).await {
+            Polled::Json(v) if v["type"] == "reading" => {
+                let offset = v["offset"].as_u64().expect("offset");
+                assert_eq!(offset, seen.len() as u64 + 1, "contiguous: {seen:?}");
+                seen.push(offset);
+            }
+            Polled::Json(_) => {}
+            Polled::Closed => {
+                resyncs += 1;
+                assert!(resyncs < 5, "resynced too often");
+                let since = seen.last().copied().unwrap_or(0);
+                let query = format!("since={since}&epoch={epoch}");
+                let (c, welcome) = dashboard(&h2, "plant", "dash", &query).await;
+                assert_eq!(welcome["recovered"], json!(true), "{welcome}");
+                d = c;
+            }
+            Polled::Quiet => panic!("readings stopped after {:?}", seen.last()),
+        }
+    }
+    let mut dev = publisher.await.expect("publisher");
+    publish(&mut dev, 201, 201).await;
+    assert_eq!(readings(&mut d, 1).await, vec![(201, 201.0)]);
+}
+
+/// Publishes reading `seq` until Redis takes it (the command connection reconnects on
+/// the first error after a Redis restart: those are answered `store_unavailable`).
+async fn publish_until_taken(dev: &mut Client, seq: u64) {
+    for _ in 0..100 {
+        dev.reading("t", seq as f64, seq).await;
+        match dev.poll_json(WAIT).await {
+            Polled::Json(v) if v["type"] == "accepted" => return,
+            Polled::Json(v) if v["code"] == "store_unavailable" => {}
+            other => panic!("unexpected answer: {other:?}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("Redis never took reading {seq}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_aof_a_redis_restart_keeps_the_epoch_and_recovery_works() {
+    // Arrange
+    let mut redis = Redis::start_aof();
+    let h1 = cluster_hub(&redis, "hub1", &[]);
+    let h2 = cluster_hub(&redis, "hub2", &[]);
+    let (mut d, welcome) = dashboard(&h2, "plant", "dash", "").await;
+    let epoch = welcome["epoch"].as_str().expect("epoch").to_string();
+    let mut dev = device(&h1, "plant", "sensor").await;
+    publish(&mut dev, 1, 3).await;
+    readings(&mut d, 3).await;
+    d.close().await;
+
+    // Act: Redis restarts and reads its append-only file back
+    redis.restart();
+    publish_until_taken(&mut dev, 4).await;
+    publish(&mut dev, 5, 6).await;
+    let (mut d, welcome) = dashboard(&h1, "plant", "dash", &format!("since=3&epoch={epoch}")).await;
+
+    // Assert: same epoch, offsets continue, nothing missed
+    assert_eq!(welcome["recovered"], json!(true), "{welcome}");
+    assert_eq!(welcome["epoch"], json!(epoch));
+    assert_eq!(
+        readings(&mut d, 3).await,
+        vec![(4, 4.0), (5, 5.0), (6, 6.0)]
+    );
 }

@@ -147,6 +147,33 @@ impl Redis {
         line.trim_end().to_string()
     }
 
+    /// `INFO section` as text (`commandstats`, `cpu`, ...).
+    pub fn info(&self, section: &str) -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to redis");
+        s.set_read_timeout(Some(crate::WAIT)).ok();
+        let req = format!("*2\r\n$4\r\nINFO\r\n${}\r\n{section}\r\n", section.len());
+        s.write_all(req.as_bytes()).expect("write to redis");
+        let mut r = BufReader::new(s);
+        let mut head = String::new();
+        let _ = r.read_line(&mut head);
+        let len: usize = head.trim_end().trim_start_matches('$').parse().unwrap_or(0);
+        let mut body = vec![0u8; len];
+        let _ = r.read_exact(&mut body);
+        String::from_utf8_lossy(&body).into_owned()
+    }
+
+    /// `calls` of one command in `INFO commandstats` (0 if it never ran).
+    pub fn calls(&self, command: &str) -> u64 {
+        let stats = self.info("commandstats");
+        let key = format!("cmdstat_{command}:calls=");
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// `SHUTDOWN NOSAVE`, waits for the process to exit, and starts Redis again on the
     /// same port and directory (with AOF, its data comes back).
     pub fn restart(&mut self) {
