@@ -109,7 +109,14 @@ fn rooms(
         .map(|access: Access, hub: Hub| {
             let mut rooms = hub.summaries();
             rooms.retain(|r| access.may_read(&r.room));
-            warp::reply::json(&serde_json::json!({ "rooms": rooms }))
+            match hub.cluster() {
+                // Which hub answered: presence is per hub in a cluster (for now).
+                Some(c) => warp::reply::json(&serde_json::json!({
+                    "node": c.node_id(),
+                    "rooms": rooms,
+                })),
+                None => warp::reply::json(&serde_json::json!({ "rooms": rooms })),
+            }
         })
 }
 

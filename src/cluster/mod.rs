@@ -145,6 +145,15 @@ impl Cluster {
             cfg.node_id.as_str().into()
         };
         let stats = Stats::default();
+        let node =
+            prometheus_client::metrics::family::Family::<Vec<(String, String)>, Gauge>::default();
+        node.get_or_create(&vec![("node".to_string(), node_id.to_string())])
+            .set(1);
+        metrics.register(
+            "telehub_cluster_node",
+            "1, labelled with this hub's cluster node id (cluster.node_id)",
+            node,
+        );
         metrics.register(
             "telehub_cluster_redis_up",
             "1 while this hub's Redis subscription connection is up, 0 while it reconnects",

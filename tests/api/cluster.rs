@@ -213,6 +213,14 @@ async fn redis_losing_its_data_means_a_new_epoch_and_recovered_false() {
     assert_eq!(welcome["offset"], json!(1));
     let (_, metrics) = http_get(h2.addr(), "/metrics", "").await;
     assert!(metrics.contains("telehub_cluster_redis_up 1"), "{metrics}");
+    assert!(
+        metrics.contains(r#"telehub_cluster_node{node="hub2"} 1"#),
+        "{metrics}"
+    );
+    let (_, rooms) = http_get(h2.addr(), "/api/rooms", "").await;
+    let rooms: Value = serde_json::from_str(&rooms).expect("JSON");
+    assert_eq!(rooms["node"], json!("hub2"));
+    assert_eq!(rooms["rooms"][0]["epoch"], welcome["epoch"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
