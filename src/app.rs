@@ -62,6 +62,9 @@ pub enum ServerError {
     /// The alert tables cannot be opened.
     #[error("{0}")]
     Alerts(String),
+    /// `[cluster]`: Redis cannot be reached at start (the message never holds the URL).
+    #[error("cluster: {0}")]
+    Cluster(String),
 }
 
 /// Runs the hub on `listener` until `stop` resolves, then shuts down gracefully: every
@@ -140,6 +143,16 @@ pub async fn run(
     let alerts = Alerts::open(&settings.alerts, alerts_db.as_deref())
         .map_err(|e| ServerError::Alerts(e.to_string()))?;
     alerts.register(&mut metrics);
+    // `[cluster]`: Redis must answer now; its metrics join the registry first.
+    let cluster = if settings.cluster.enabled() {
+        let c = crate::cluster::Cluster::connect(&settings.cluster, &mut metrics)
+            .await
+            .map_err(|e| ServerError::Cluster(e.to_string()))?;
+        info!(node = %c.node_id(), prefix = %settings.cluster.key_prefix, "cluster: rooms shared through Redis");
+        Some(c)
+    } else {
+        None
+    };
     let hub = Hub::with_metrics(settings.limits.clone(), history.clone(), metrics);
     hub.set_taps(taps);
     hub.set_alerts(alerts);
@@ -152,6 +165,10 @@ pub async fn run(
         if let Some(alerts) = hub.alerts() {
             alerts.start_sinks(specs, &bridge_links, &shutdown, &completion);
         }
+    }
+    if let Some(cluster) = cluster {
+        hub.set_cluster(cluster.clone());
+        cluster.start_feed(Arc::new(hub.clone()), shutdown.clone(), completion.clone());
     }
     // Devices that post over HTTP, held between their requests.
     let http_devices = HttpDevices::new(hub.clone(), influx_stats.devices_gauge());

@@ -34,6 +34,7 @@ pub(crate) mod api;
 pub(crate) mod app;
 pub(crate) mod auth;
 pub(crate) mod clock;
+pub(crate) mod cluster;
 pub(crate) mod config;
 pub(crate) mod hub;
 pub(crate) mod metrics;

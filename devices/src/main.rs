@@ -167,6 +167,10 @@ struct BenchArgs {
     /// Hub base URL.
     #[arg(long, default_value = "ws://127.0.0.1:8080")]
     url: String,
+    /// Spread the dashboards round-robin over these hubs (repeat the flag) instead of
+    /// --url, which keeps the devices: for several hubs sharing rooms (`[cluster]`).
+    #[arg(long = "dashboard-url", value_name = "URL")]
+    dashboard_urls: Vec<String>,
     #[command(flatten)]
     shape: LoadShape,
     /// Measured window (e.g. 10s).
@@ -507,6 +511,7 @@ async fn cmd_bench(args: BenchArgs) -> anyhow::Result<()> {
     }
     let report = run_bench(BenchOptions {
         url: args.url,
+        dashboard_urls: args.dashboard_urls,
         rooms,
         devices,
         dashboards,

@@ -139,6 +139,12 @@ pub mod close {
     /// Reason sent with [`TRY_AGAIN_LATER`] when a join after a first-frame `auth` would
     /// pass `limits.max_rooms`.
     pub const REASON_TOO_MANY_ROOMS: &str = "too many rooms";
+    /// Reason sent with [`TRY_AGAIN_LATER`] by a cluster hub that saw a gap in a room's
+    /// offsets, or a new epoch: reconnect with `since` and `epoch`.
+    pub const REASON_CLUSTER_RESYNC: &str = "cluster resync";
+    /// Reason sent with [`TRY_AGAIN_LATER`] by a cluster hub that cannot reach Redis to
+    /// complete a dashboard's join.
+    pub const REASON_CLUSTER_UNAVAILABLE: &str = "cluster unavailable";
     /// Reason sent with [`TOKEN_EXPIRED`].
     pub const REASON_TOKEN_EXPIRED: &str = "token expired";
 
@@ -152,7 +158,7 @@ pub mod close {
     }
 
     /// Every (code, reason) the hub sends; [`NORMAL`] goes without a reason.
-    pub const ALL: [(u16, &str); 13] = [
+    pub const ALL: [(u16, &str); 15] = [
         (NORMAL, ""),
         (GOING_AWAY, REASON_SHUTTING_DOWN),
         (GOING_AWAY, REASON_PING_TIMEOUT),
@@ -164,6 +170,8 @@ pub mod close {
         (TRY_AGAIN_LATER, REASON_SLOW_CONSUMER),
         (TRY_AGAIN_LATER, REASON_ROOM_FULL),
         (TRY_AGAIN_LATER, REASON_TOO_MANY_ROOMS),
+        (TRY_AGAIN_LATER, REASON_CLUSTER_RESYNC),
+        (TRY_AGAIN_LATER, REASON_CLUSTER_UNAVAILABLE),
         (REPLACED, REASON_REPLACED),
         (TOKEN_EXPIRED, REASON_TOKEN_EXPIRED),
     ];

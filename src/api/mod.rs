@@ -75,18 +75,28 @@ fn with_hub(hub: Hub) -> impl Filter<Extract = (Hub,), Error = Infallible> + Clo
 }
 
 /// GET /healthz: `ok`, or 503 with the reason while the history store's commits fail
-/// (readings are then fanned out but not acknowledged).
+/// (readings are then fanned out but not acknowledged), or while a cluster hub cannot
+/// reach Redis (`redis_unavailable: ...`).
 fn healthz(hub: Hub) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
     warp::path!("healthz")
         .and(warp::get())
         .and(with_hub(hub))
-        .map(|hub: Hub| match hub.history().store_failing() {
-            None => warp::reply::with_status("ok".to_string(), StatusCode::OK).into_response(),
-            Some(why) => warp::reply::with_status(
-                format!("store_unavailable: {why}"),
-                StatusCode::SERVICE_UNAVAILABLE,
-            )
-            .into_response(),
+        .map(|hub: Hub| {
+            let failing = hub
+                .history()
+                .store_failing()
+                .map(|why| format!("store_unavailable: {why}"))
+                .or_else(|| {
+                    hub.cluster()
+                        .and_then(|c| c.unhealthy())
+                        .map(|why| format!("redis_unavailable: {why}"))
+                });
+            match failing {
+                None => warp::reply::with_status("ok".to_string(), StatusCode::OK).into_response(),
+                Some(why) => {
+                    warp::reply::with_status(why, StatusCode::SERVICE_UNAVAILABLE).into_response()
+                }
+            }
         })
 }
 
@@ -102,7 +112,14 @@ fn rooms(
         .map(|access: Access, hub: Hub| {
             let mut rooms = hub.summaries();
             rooms.retain(|r| access.may_read(&r.room));
-            warp::reply::json(&serde_json::json!({ "rooms": rooms }))
+            match hub.cluster() {
+                // Which hub answered: presence is per hub in a cluster (for now).
+                Some(c) => warp::reply::json(&serde_json::json!({
+                    "node": c.node_id(),
+                    "rooms": rooms,
+                })),
+                None => warp::reply::json(&serde_json::json!({ "rooms": rooms })),
+            }
         })
 }
 

@@ -92,6 +92,19 @@ impl Close {
         reason: close::REASON_SHUTTING_DOWN,
         flush_first: true,
     };
+    /// A cluster room saw a gap in its offsets or a new epoch: reconnect with `since`
+    /// (the stream fills the gap, or the welcome says `recovered: false`).
+    pub(crate) const RESYNC: Close = Close {
+        code: close::TRY_AGAIN_LATER,
+        reason: close::REASON_CLUSTER_RESYNC,
+        flush_first: true,
+    };
+    /// A cluster dashboard's join could not read Redis: try again later.
+    pub(crate) const CLUSTER_UNAVAILABLE: Close = Close {
+        code: close::TRY_AGAIN_LATER,
+        reason: close::REASON_CLUSTER_UNAVAILABLE,
+        flush_first: false,
+    };
     /// The client answered nothing for two ping intervals.
     pub(crate) const TIMED_OUT: Close = Close {
         code: close::GOING_AWAY,

@@ -26,6 +26,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use crate::alerts::Alerts;
+use crate::cluster::feed::RoomSink;
+use crate::cluster::{Cluster, Seat, WireReading};
 use crate::config::{AckMode, LimitsConfig, Overflow};
 use crate::hub::mailbox::{Close, Mailbox};
 use crate::hub::room::{
@@ -36,6 +38,7 @@ use crate::sinks::history::durable::Commits;
 use crate::sinks::history::{History, SeriesCaps};
 use telehub_protocol::inbound::{AckIn, CommandIn, ProtoError, ReadingIn};
 use telehub_protocol::role::{Role, Via};
+use telehub_protocol::seqs::SeqRanges;
 
 /// A cheap, cloneable handle to the hub's shared state.
 #[derive(Clone)]
@@ -61,6 +64,8 @@ struct Inner {
     alerts: OnceLock<Alerts>,
     /// Series' names and device classes (MQTT discovery).
     labels: labels::Labels,
+    /// Set once at start-up with `[cluster] redis_url`: rooms are shared through Redis.
+    cluster: OnceLock<Cluster>,
 }
 
 /// Sees every message of readings a WebSocket device publishes, after its room took
@@ -101,7 +106,13 @@ pub(crate) struct Membership {
     mailbox: Arc<Mailbox>,
     /// A dashboard that joined with `since` and has not caught up with the room yet.
     catching_up: AtomicBool,
+    /// A cluster dashboard's hold on its room's Redis subscription, and the `since`
+    /// its join still has to read Redis for ([`Membership::cluster_join`]).
+    cluster: Option<(Seat, Option<OwnedSince>)>,
 }
+
+/// A `since` and its `epoch`, kept past the upgrade for a cluster dashboard's join.
+type OwnedSince = (u64, Option<String>);
 
 /// Readings in one page of a catching-up dashboard's replay at most; the page is also
 /// kept to half the outbound queue, so the frames that arrive meanwhile (presence, acks)
@@ -129,6 +140,33 @@ impl Membership {
 
     pub(crate) fn room(&self) -> &Arc<Room> {
         &self.room
+    }
+
+    /// A cluster dashboard's join, after [`Hub::join`]: waits for its room's Redis
+    /// subscription, reads the room from Redis and queues the welcome, snapshot and
+    /// recovered readings ([`Room::cluster_finish`]). Nothing for anyone else. At most
+    /// [`crate::cluster::SUBSCRIBE_TIMEOUT`] plus one Redis round trip.
+    pub(crate) async fn cluster_join(&mut self) {
+        let Some((seat, since)) = self.cluster.as_mut() else {
+            return;
+        };
+        let since = since.take();
+        let fetched = match seat.confirmed().await {
+            Ok(()) => {
+                seat.cluster()
+                    .fetch(&self.room.name, since.as_ref().map(|s| s.0))
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        let since = since.as_ref().map(|(o, e)| (*o, e.as_deref()));
+        self.room.cluster_finish(
+            &self.client,
+            self.conn,
+            fetched,
+            since,
+            &self.hub.inner.metrics,
+        );
     }
     pub(crate) fn client(&self) -> &Arc<str> {
         &self.client
@@ -179,6 +217,7 @@ impl Hub {
                 accepting: AtomicBool::new(true),
                 alerts: OnceLock::new(),
                 labels: labels::Labels::default(),
+                cluster: OnceLock::new(),
             }),
         }
     }
@@ -257,6 +296,13 @@ impl Hub {
             }
         };
         self.inner.metrics.connected(role, 1);
+        let cluster = match (self.inner.cluster.get(), role) {
+            (Some(c), Role::Dashboard) => Some((
+                c.seat(&room.name),
+                since.map(|s| (s.offset, s.epoch.map(str::to_string))),
+            )),
+            _ => None,
+        };
         Ok(Membership {
             hub: self.clone(),
             room,
@@ -266,6 +312,7 @@ impl Hub {
             conn,
             mailbox,
             catching_up: AtomicBool::new(catching_up),
+            cluster,
         })
     }
 
@@ -296,7 +343,11 @@ impl Hub {
         }
         let name: Arc<str> = name.into();
         let history = self.inner.history.room(&name);
-        let r = Arc::new(Room::new(name.clone(), history).with_alerts(self.inner.alerts.get()));
+        let mut r = Room::new(name.clone(), history).with_alerts(self.inner.alerts.get());
+        if self.inner.cluster.get().is_some() {
+            r = r.clustered();
+        }
+        let r = Arc::new(r);
         rooms.insert(name, r.clone());
         self.inner.metrics.rooms(rooms.len());
         Ok(r)
@@ -310,9 +361,13 @@ impl Hub {
     /// the source waits on before acknowledging [`Published::seqs`] (the commit to disk
     /// with durable acks), and [`Published::unstored`] must not be acknowledged at all.
     pub(crate) fn publish(&self, from: &Membership, mut items: Vec<ReadingIn>) -> Published {
-        if !self.inner.accepting.load(Ordering::Acquire) {
+        // A cluster hub takes readings only through `publish_cluster` (WebSocket devices);
+        // other sources' readings are refused unstored rather than fanned out locally
+        // with offsets Redis never gave (see docs/DESIGN.md, "Several hubs").
+        let clustered = self.inner.cluster.get().is_some();
+        if clustered || !self.inner.accepting.load(Ordering::Acquire) {
             let mut refused = Published {
-                stopping: true,
+                stopping: !clustered,
                 unstored_count: items.len(),
                 ..Published::default()
             };
@@ -359,6 +414,60 @@ impl Hub {
             }
         }
         published
+    }
+
+    /// The cluster, on a hub with `[cluster] redis_url`.
+    pub(crate) fn cluster(&self) -> Option<&Cluster> {
+        self.inner.cluster.get()
+    }
+
+    /// Installs the cluster (once, at start-up, before any room exists).
+    pub(crate) fn set_cluster(&self, cluster: Cluster) {
+        let _ = self.inner.cluster.set(cluster);
+    }
+
+    /// A cluster hub's publish of a WebSocket device's readings: Redis stamps, stores
+    /// and PUBLISHes them in one script call, and every hub's dashboards (this one's
+    /// too) get them from their subscription. Readings too far in the future are
+    /// refused now (their count is returned); the rest is what the future answers.
+    pub(crate) fn publish_cluster(
+        &self,
+        cluster: &Cluster,
+        from: &Membership,
+        mut items: Vec<ReadingIn>,
+    ) -> (usize, ClusterPublishing) {
+        let seqs: Vec<Option<u64>> = items.iter().map(|r| r.seq).collect();
+        if !self.inner.accepting.load(Ordering::Acquire) {
+            let out = ClusterPublished::refused(&seqs, "the hub is shutting down".into());
+            return (0, Box::pin(std::future::ready(out)));
+        }
+        let now = now_ms();
+        let latest = self.latest_ts(now);
+        let before = items.len();
+        items.retain(|r| r.ts.is_none_or(|ts| ts <= latest));
+        let future_ts = before - items.len();
+        let seqs: Vec<Option<u64>> = items.iter().map(|r| r.seq).collect();
+        let stamping = cluster.publish(
+            &from.room.name,
+            &from.client,
+            &items,
+            now,
+            self.inner.limits.max_series_per_room,
+        );
+        let hub = self.clone();
+        let fut = async move {
+            let out = match stamping.await {
+                Ok(stamped) => ClusterPublished::from_answers(&seqs, &stamped.answers),
+                Err(e) => {
+                    ClusterPublished::refused(&seqs, format!("Redis did not take them ({e})"))
+                }
+            };
+            let m = &hub.inner.metrics;
+            m.readings_in(out.accepted);
+            m.duplicates(out.duplicates);
+            out
+        };
+        (future_ts, Box::pin(fut))
     }
 
     /// The latest `ts` a reading may carry at `now_ms` (`limits.max_future_ms` ahead).
@@ -461,5 +570,75 @@ impl Hub {
         for room in rooms {
             room.close_all(close);
         }
+    }
+}
+
+impl RoomSink for Hub {
+    fn deliver(&self, room: &str, offset: u64, epoch: &str, reading: &WireReading<'_>) {
+        let room = self.rooms().get(room).cloned();
+        if let Some(room) = room {
+            let resyncs = room.cluster_deliver(offset, epoch, reading, &self.inner.metrics);
+            if let (true, Some(c)) = (resyncs > 0, self.inner.cluster.get()) {
+                for _ in 0..resyncs {
+                    c.resynced();
+                }
+            }
+        }
+    }
+}
+
+/// A cluster publish in flight: what a device's session waits on before it answers.
+pub(crate) type ClusterPublishing =
+    std::pin::Pin<Box<dyn std::future::Future<Output = ClusterPublished> + Send>>;
+
+/// What became of a device message a cluster hub published through Redis.
+#[derive(Debug, Default)]
+pub(crate) struct ClusterPublished {
+    /// Readings Redis stamped (and PUBLISHed).
+    pub accepted: usize,
+    pub duplicates: usize,
+    /// Seqs Redis keeps (stamped now, or duplicates of ones it stamped before).
+    pub seqs: SeqRanges,
+    /// Refused because they would create a series past `limits.max_series_per_room`.
+    pub series_limited: usize,
+    /// Not taken (Redis unreachable, the hub stopping): resend them. With the reason.
+    pub unstored: SeqRanges,
+    pub unstored_count: usize,
+    pub why_unstored: Option<String>,
+}
+
+impl ClusterPublished {
+    fn refused(seqs: &[Option<u64>], why: String) -> ClusterPublished {
+        let mut out = ClusterPublished {
+            unstored_count: seqs.len(),
+            why_unstored: Some(why),
+            ..ClusterPublished::default()
+        };
+        for s in seqs.iter().flatten() {
+            out.unstored.insert(*s);
+        }
+        out
+    }
+
+    fn from_answers(seqs: &[Option<u64>], answers: &[i64]) -> ClusterPublished {
+        let mut out = ClusterPublished::default();
+        for (seq, answer) in seqs.iter().zip(answers) {
+            match *answer {
+                a if a > 0 => {
+                    out.accepted += 1;
+                    if let Some(s) = seq {
+                        out.seqs.insert(*s);
+                    }
+                }
+                0 => {
+                    out.duplicates += 1;
+                    if let Some(s) = seq {
+                        out.seqs.insert(*s);
+                    }
+                }
+                _ => out.series_limited += 1,
+            }
+        }
+        out
     }
 }

@@ -7,12 +7,14 @@
 //! a wait. Readings are stamped with their offset and serialised once under the lock, so
 //! offsets and per-device order are the same for every dashboard.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::alerts::eval::{RoomAlerts, State as AlertState};
 use crate::alerts::{self, Alerts};
+use crate::cluster::{ClusterError, Fetched, WireReading};
 use crate::hub::commands::{Pending, PendingCommands};
 use crate::hub::dedup::SeqWindow;
 use crate::hub::mailbox::{Close, CommandLetter, Letter, Mailbox, Push};
@@ -23,7 +25,7 @@ use crate::sinks::history::durable::{Queued, Ticket};
 use crate::sinks::history::{HistoryError, Record, RoomHistory, SeriesCaps};
 use telehub_protocol::codes::ErrorCode;
 use telehub_protocol::inbound::{AckIn, CommandIn, ProtoError, ReadingIn};
-use telehub_protocol::outbound::MemberInfo;
+use telehub_protocol::outbound::{MemberInfo, SnapshotEntry};
 use telehub_protocol::role::{Role, Via};
 use telehub_protocol::seqs::SeqRanges;
 
@@ -90,6 +92,50 @@ struct RoomState {
     dedup: HashMap<Arc<str>, SeqWindow>,
     /// When the last member left; `None` while the room has members.
     empty_since: Option<Instant>,
+    /// A cluster hub's room (`[cluster]`): its dashboards are fed from Redis, not by
+    /// `publish`. `None` on a single hub, so its hot path never looks at it.
+    cluster: Option<Box<ClusterRoom>>,
+}
+
+/// Frames one joining dashboard of a cluster room buffers at most while its join reads
+/// Redis; past it the dashboard is closed as a slow consumer (1013) and reconnects.
+pub(crate) const CLUSTER_JOIN_BUFFER: usize = 4096;
+
+/// The dashboards of a cluster room, fed in Redis's offset order ([`Room::cluster_deliver`]).
+#[derive(Default)]
+struct ClusterRoom {
+    /// The epoch of the last reading seen (or fetched); a different one means Redis
+    /// lost the room and every dashboard here starts over.
+    epoch: Option<Arc<str>>,
+    /// Live dashboards and the last offset each was sent.
+    live: Vec<LiveSub>,
+    /// Dashboards whose join is reading Redis: what arrives meanwhile is buffered.
+    joining: Vec<Joining>,
+}
+
+struct LiveSub {
+    conn: u64,
+    mailbox: Arc<Mailbox>,
+    last: u64,
+}
+
+struct Joining {
+    conn: u64,
+    mailbox: Arc<Mailbox>,
+    /// (offset, epoch, frame), in arrival order; at most [`CLUSTER_JOIN_BUFFER`].
+    buffer: Vec<(u64, Arc<str>, Frame)>,
+    overflowed: bool,
+}
+
+/// How a cluster dashboard's join ended ([`Room::cluster_finish`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClusterJoined {
+    /// Live, with `recovered` as the welcome said.
+    Live { recovered: Option<bool> },
+    /// Closed (Redis unreachable, buffer overflow, epoch changed meanwhile).
+    Closed,
+    /// It left before its join finished.
+    Gone,
 }
 
 /// A dashboard replaying the room log at its own pace.
@@ -241,6 +287,12 @@ impl Room {
         }
     }
 
+    /// The same room on a cluster hub: dashboards are fed from Redis.
+    pub(crate) fn clustered(self) -> Room {
+        self.lock().cluster = Some(Box::default());
+        self
+    }
+
     /// The same room, evaluating `alerts`' rules on its readings.
     pub(crate) fn with_alerts(mut self, alerts: Option<&Alerts>) -> Room {
         self.alerts = alerts.map(|a| (a.clone(), a.room(&self.name)));
@@ -301,7 +353,12 @@ impl Room {
             old.mailbox.close(Close::REPLACED);
             st.subscribers.retain(|(conn, _)| *conn != old.conn);
             st.catching_up.retain(|c| c.conn != old.conn);
+            if let Some(cr) = st.cluster.as_mut() {
+                cr.live.retain(|s| s.conn != old.conn);
+                cr.joining.retain(|j| j.conn != old.conn);
+            }
         }
+        let clustered = st.cluster.is_some() && member.role == Role::Dashboard;
         let all = member.presence == Presence::All;
         let dashboards = st
             .members
@@ -321,7 +378,7 @@ impl Room {
         let mut snapshot = None;
         let mut recovered = None;
         let mut cursor = None;
-        if member.role == Role::Dashboard {
+        if member.role == Role::Dashboard && !clustered {
             // A room with no series yet has nothing to show: no snapshot then. Its size
             // is bounded by `limits.max_series_per_room`.
             snapshot = self.history.snapshot(|all| {
@@ -338,49 +395,296 @@ impl Room {
                 }
             }
         }
+        let epoch = match st.cluster.as_ref().and_then(|c| c.epoch.clone()) {
+            Some(e) => e,
+            None => self.epoch.clone(),
+        };
         let welcome = frames::welcome(
             &self.name,
             client,
             member.role,
             st.offset,
-            &self.epoch,
+            &epoch,
             &others,
             dashboards,
             recovered,
         );
         // A dashboard learns the room's firing alerts right after the snapshot.
         let mut firing = Vec::new();
-        if let (Role::Dashboard, Some((_, room_alerts))) = (member.role, &self.alerts) {
+        if let (Role::Dashboard, false, Some((_, room_alerts))) =
+            (member.role, clustered, &self.alerts)
+        {
             let mut live = Vec::new();
             alerts::lock(room_alerts).list(&mut live);
             live.retain(|l| l.state == AlertState::Firing);
             live.sort_by_key(|l| l.since);
             firing = live.iter().map(alerts::listed_frame).collect();
         }
-        member
-            .mailbox
-            .push_all(std::iter::once(welcome).chain(snapshot).chain(firing));
+        if !clustered {
+            member
+                .mailbox
+                .push_all(std::iter::once(welcome).chain(snapshot).chain(firing));
+        }
         let join = frames::presence("join", client, member.role, member.via);
         for (c, m) in st.members.iter() {
             if c != client && (member.role == Role::Device || m.presence == Presence::All) {
                 deliver(&m.mailbox, join.clone(), metrics);
             }
         }
-        match cursor {
-            Some(cursor) => st.catching_up.push(CatchUp {
-                conn: member.conn,
-                mailbox: member.mailbox.clone(),
-                cursor,
-                replayed: 0,
-            }),
-            None if member.role == Role::Dashboard => {
-                st.subscribers.push((member.conn, member.mailbox.clone()))
+        if clustered {
+            if let Some(cr) = st.cluster.as_mut() {
+                cr.joining.push(Joining {
+                    conn: member.conn,
+                    mailbox: member.mailbox.clone(),
+                    buffer: Vec::new(),
+                    overflowed: false,
+                });
             }
-            None => {}
+        } else {
+            match cursor {
+                Some(cursor) => st.catching_up.push(CatchUp {
+                    conn: member.conn,
+                    mailbox: member.mailbox.clone(),
+                    cursor,
+                    replayed: 0,
+                }),
+                None if member.role == Role::Dashboard => {
+                    st.subscribers.push((member.conn, member.mailbox.clone()))
+                }
+                None => {}
+            }
         }
         st.members.insert(client.clone(), member);
         st.empty_since = None;
         Ok(cursor.is_some())
+    }
+
+    /// A reading Redis stamped `offset` in `epoch`, from this hub's subscription: fanned
+    /// out to the live dashboards in order (each skips what it already has), buffered for
+    /// the joining ones. A gap, or a new epoch (Redis lost the room), closes the live
+    /// dashboards with 1013 `cluster resync`: they reconnect with `since` and recover
+    /// from the stream, or are told `recovered: false`. Returns how many were closed so.
+    pub(crate) fn cluster_deliver(
+        &self,
+        offset: u64,
+        epoch: &str,
+        reading: &WireReading<'_>,
+        metrics: &Metrics,
+    ) -> usize {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let Some(cr) = st.cluster.as_deref_mut() else {
+            return 0;
+        };
+        let mut resyncs = 0;
+        let same_epoch = cr.epoch.as_deref() == Some(epoch);
+        if !same_epoch {
+            if cr.epoch.is_some() {
+                for s in cr.live.drain(..) {
+                    s.mailbox.close(Close::RESYNC);
+                    resyncs += 1;
+                }
+                for j in &mut cr.joining {
+                    j.buffer.clear();
+                }
+                st.offset = 0;
+            }
+            cr.epoch = Some(epoch.into());
+        }
+        st.offset = st.offset.max(offset);
+        if cr.live.is_empty() && cr.joining.is_empty() {
+            return resyncs;
+        }
+        let device: Arc<str> = reading.device.as_ref().into();
+        let frame = frames::reading_frame(&ReadingOut {
+            room: &self.name,
+            device: &device,
+            metric: &reading.metric,
+            value: reading.value,
+            unit: reading.unit.as_deref(),
+            ts: reading.ts,
+            seq: reading.seq,
+            offset,
+        });
+        let mut sent = 0;
+        cr.live.retain_mut(|s| {
+            if offset <= s.last {
+                return true;
+            }
+            if offset != s.last + 1 {
+                s.mailbox.close(Close::RESYNC);
+                resyncs += 1;
+                return false;
+            }
+            deliver_reading(
+                &s.mailbox,
+                frame.clone(),
+                (&device, &reading.metric),
+                offset,
+                metrics,
+            );
+            s.last = offset;
+            sent += 1;
+            true
+        });
+        metrics.frames_out(sent);
+        if let Some(epoch) = &cr.epoch {
+            for j in &mut cr.joining {
+                if j.buffer.len() < CLUSTER_JOIN_BUFFER {
+                    j.buffer.push((offset, epoch.clone(), frame.clone()));
+                } else {
+                    j.overflowed = true;
+                }
+            }
+        }
+        resyncs
+    }
+
+    /// Ends a cluster dashboard's join with what it read from Redis (after its room's
+    /// subscription was confirmed, so every later reading is in its buffer): queues the
+    /// welcome, the snapshot of last values and the readings after them, and makes it
+    /// live. With `since`, `recovered: true` only if the stream from `since + 1` and the
+    /// buffer, duplicates dropped by offset, are contiguous in the same epoch; otherwise
+    /// `recovered: false` and the readings after the snapshot only.
+    pub(crate) fn cluster_finish(
+        &self,
+        client: &Arc<str>,
+        conn: u64,
+        fetched: Result<Fetched, ClusterError>,
+        since: Option<(u64, Option<&str>)>,
+        metrics: &Metrics,
+    ) -> ClusterJoined {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let Some(cr) = st.cluster.as_deref_mut() else {
+            return ClusterJoined::Gone;
+        };
+        let Some(i) = cr.joining.iter().position(|j| j.conn == conn) else {
+            return ClusterJoined::Gone;
+        };
+        let j = cr.joining.swap_remove(i);
+        let f = match fetched {
+            Ok(f) if !j.overflowed => f,
+            Ok(_) => {
+                j.mailbox.close(Close::SLOW_CONSUMER);
+                metrics.slow_consumer();
+                return ClusterJoined::Closed;
+            }
+            Err(e) => {
+                tracing::debug!(room = %self.name, error = %e, "cluster join failed");
+                j.mailbox.close(Close::CLUSTER_UNAVAILABLE);
+                return ClusterJoined::Closed;
+            }
+        };
+        // Readings buffered in another epoch than the one fetched: Redis lost the room
+        // in between; this dashboard starts over.
+        if j.buffer.iter().any(|(_, e, _)| **e != *f.epoch) {
+            j.mailbox.close(Close::RESYNC);
+            return ClusterJoined::Closed;
+        }
+        let mut frames_out: Vec<Frame> = Vec::new();
+        let mut last = f.top;
+        let mut recovered = None;
+        if let Some((from, epoch)) = since {
+            let same_epoch = epoch.is_none_or(|e| e == f.epoch);
+            let mut ok = same_epoch && from <= f.top;
+            let mut next = from + 1;
+            let mut replay = Vec::new();
+            if ok {
+                for (offset, json) in &f.entries {
+                    if *offset != next {
+                        ok = false;
+                        break;
+                    }
+                    let Ok(r) = serde_json::from_str::<WireReading<'_>>(json) else {
+                        ok = false;
+                        break;
+                    };
+                    replay.push(frames::reading_frame(&ReadingOut {
+                        room: &self.name,
+                        device: &r.device,
+                        metric: &r.metric,
+                        value: r.value,
+                        unit: r.unit.as_deref(),
+                        ts: r.ts,
+                        seq: r.seq,
+                        offset: *offset,
+                    }));
+                    next += 1;
+                }
+                // The stream must reach the top it was read with (COUNT may cut it).
+                ok &= next == f.top + 1;
+            }
+            if ok {
+                frames_out = replay;
+                last = f.top;
+            }
+            recovered = Some(ok);
+            metrics.replayed(frames_out.len());
+        }
+        // The buffer, after whatever the fetch already covered; it must follow on.
+        for (offset, _, frame) in j.buffer {
+            if offset <= last {
+                continue;
+            }
+            if offset != last + 1 {
+                j.mailbox.close(Close::RESYNC);
+                return ClusterJoined::Closed;
+            }
+            frames_out.push(frame);
+            last = offset;
+        }
+        let parsed: Vec<(u64, WireReading<'_>)> = f
+            .last_values
+            .iter()
+            .filter_map(|(off, json)| Some((*off, serde_json::from_str(json).ok()?)))
+            .collect();
+        let series: Vec<SnapshotEntry<'_>> = parsed
+            .iter()
+            .map(|(offset, r)| SnapshotEntry {
+                device: Cow::Borrowed(&r.device),
+                metric: Cow::Borrowed(&r.metric),
+                value: r.value,
+                unit: r.unit.as_deref().map(Cow::Borrowed),
+                ts: r.ts,
+                offset: *offset,
+            })
+            .collect();
+        let snapshot = (!series.is_empty()).then(|| frames::snapshot_frame(&series));
+        let (all, role) = match st.members.get(client) {
+            Some(m) => (m.presence == Presence::All, m.role),
+            None => return ClusterJoined::Gone,
+        };
+        let dashboards = st
+            .members
+            .iter()
+            .filter(|(c, m)| *c != client && m.role == Role::Dashboard)
+            .count();
+        let others: Vec<MemberInfo> = st
+            .members
+            .iter()
+            .filter(|(c, m)| *c != client && (all || m.role == Role::Device))
+            .map(|(c, m)| MemberInfo {
+                client: c,
+                role: m.role,
+                via: m.via,
+            })
+            .collect();
+        let welcome = frames::welcome(
+            &self.name, client, role, f.top, &f.epoch, &others, dashboards, recovered,
+        );
+        j.mailbox
+            .push_all(std::iter::once(welcome).chain(snapshot).chain(frames_out));
+        if cr.epoch.is_none() {
+            cr.epoch = Some(f.epoch.as_str().into());
+        }
+        st.offset = st.offset.max(last);
+        cr.live.push(LiveSub {
+            conn,
+            mailbox: j.mailbox,
+            last,
+        });
+        ClusterJoined::Live { recovered }
     }
 
     /// Queues the next page (at most `page` readings) of a catching-up dashboard's
@@ -444,6 +748,10 @@ impl Room {
         st.members.remove(client);
         st.subscribers.retain(|(c, _)| *c != conn);
         st.catching_up.retain(|c| c.conn != conn);
+        if let Some(cr) = st.cluster.as_mut() {
+            cr.live.retain(|s| s.conn != conn);
+            cr.joining.retain(|j| j.conn != conn);
+        }
         st.pending.forget_connection(conn);
         let leave = frames::presence("leave", client, role, via);
         for m in st.members.values() {
@@ -719,7 +1027,10 @@ impl Room {
         RoomSummary {
             room: self.name.clone(),
             offset: st.offset,
-            epoch: self.epoch.clone(),
+            epoch: match st.cluster.as_ref().and_then(|c| c.epoch.clone()) {
+                Some(e) => e,
+                None => self.epoch.clone(),
+            },
             devices,
             dashboards,
         }

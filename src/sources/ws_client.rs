@@ -29,7 +29,7 @@ use crate::auth::{time_left, Answer, Authorizer, Grant, Refusal};
 use crate::config::Overflow;
 use crate::hub::mailbox::{Close, Mailbox, Push};
 use crate::hub::room::{Presence, Since};
-use crate::hub::{Hub, JoinError, Membership};
+use crate::hub::{ClusterPublished, ClusterPublishing, Hub, JoinError, Membership};
 use crate::net::transport::{WsRead, WsWrite};
 use crate::net::ws::codec::{self, Decoder, Message};
 use crate::net::ws::frames::{self, Frame};
@@ -187,7 +187,7 @@ pub(crate) async fn run<R: WsRead, W: WsWrite>(
     } = socket;
     let limits = hub.limits();
     let mut decoder = Decoder::new(limits.max_frame_bytes, already_read);
-    let (membership, grant) = match start {
+    let (mut membership, grant) = match start {
         Start::Joined(membership, grant) => (membership, grant),
         Start::AwaitAuth(pending) => {
             let io = (&mut read, &mut write, &mut decoder);
@@ -205,7 +205,13 @@ pub(crate) async fn run<R: WsRead, W: WsWrite>(
         membership.role(),
     );
     debug!(%room, %client, %role, "connected");
+    // A cluster dashboard's welcome comes from Redis (nothing to do otherwise).
+    membership.cluster_join().await;
+    let membership = membership;
     let mailbox = membership.mailbox().clone();
+    // A cluster device's message in flight to Redis: reading pauses until it is
+    // answered, so messages are stamped in the order they came (one at a time).
+    let mut publishing: Option<ClusterPublishing> = None;
     let mut reader = Reader {
         bucket: TokenBucket::new(limits.rate_per_sec, limits.rate_burst),
         last_flood_notice: None,
@@ -217,6 +223,7 @@ pub(crate) async fn run<R: WsRead, W: WsWrite>(
         token: grant.map(|g| Box::new(TokenClock::new(g))),
         rearm: false,
         pending: PendingAcks::default(),
+        publishing: None,
     };
     // Announces commits while durable acks wait (devices with `acks=true` only).
     let mut commits = hub.commits().filter(|_| opts.acks && role == Role::Device);
@@ -254,12 +261,17 @@ pub(crate) async fn run<R: WsRead, W: WsWrite>(
             }
         }
         tokio::select! {
-            msg = decoder.next(&mut read), if reading => {
+            done = in_flight(&mut publishing), if publishing.is_some() => {
+                publishing = None;
+                reader.cluster_published(done);
+            }
+            msg = decoder.next(&mut read), if reading && publishing.is_none() => {
                 last_heard = Instant::now();
                 match msg {
                     Ok(Message::Text(text)) => {
                         if mailbox.closing().is_none() {
                             reader.handle_text(&text);
+                            publishing = reader.publishing.take();
                             if std::mem::take(&mut reader.rearm) && mailbox.closing().is_none() {
                                 timer.as_mut().reset(wake_at(next_ping, reader.token.as_deref()));
                             }
@@ -496,6 +508,8 @@ struct Reader<'a> {
     /// Messages whose readings are kept once their receipt is: `accepted` then (durable
     /// acks), in the order they came.
     pending: PendingAcks,
+    /// A cluster publish just started, for the loop to wait on.
+    publishing: Option<ClusterPublishing>,
 }
 
 impl Reader<'_> {
@@ -660,16 +674,18 @@ impl Reader<'_> {
         if valid.is_empty() {
             return;
         }
+        if let Some(cluster) = self.hub.cluster() {
+            let (future_ts, publishing) = self.hub.publish_cluster(cluster, self.membership, valid);
+            if future_ts > 0 {
+                self.future_ts_error(future_ts);
+            }
+            self.publishing = Some(publishing);
+            return;
+        }
         let count = valid.len();
         let published = self.hub.publish(self.membership, valid);
         if published.future_ts > 0 {
-            self.reply_error(ProtoError::new(
-                ErrorCode::InvalidField,
-                format!(
-                    "{} reading(s) refused: field `ts` is more than {} ms ahead of the hub's clock (limits.max_future_ms)",
-                    published.future_ts, limits.max_future_ms
-                ),
-            ));
+            self.future_ts_error(published.future_ts);
         }
         if let Some((key, max)) = published.series_limit {
             self.reply_error(ProtoError::new(
@@ -699,6 +715,43 @@ impl Reader<'_> {
         }
         if let Some(answer) = self.pending.admit(published.receipt, published.seqs) {
             self.answer(answer);
+        }
+    }
+
+    fn future_ts_error(&self, n: usize) {
+        self.reply_error(ProtoError::new(
+            ErrorCode::InvalidField,
+            format!(
+                "{n} reading(s) refused: field `ts` is more than {} ms ahead of the hub's clock (limits.max_future_ms)",
+                self.hub.limits().max_future_ms
+            ),
+        ));
+    }
+
+    /// Answers a cluster publish once Redis has: `accepted` for what it keeps (with
+    /// `acks=true`), `series_limit` and `store_unavailable` for what it does not.
+    fn cluster_published(&mut self, done: ClusterPublished) {
+        if done.series_limited > 0 {
+            let max = self.hub.limits().max_series_per_room;
+            self.reply_error(ProtoError::new(
+                ErrorCode::SeriesLimit,
+                format!(
+                    "{} reading(s) refused: they would create series past limits.max_series_per_room ({max})",
+                    done.series_limited
+                ),
+            ));
+        }
+        if let Some(why) = &done.why_unstored {
+            self.unavailable(
+                &format!(
+                    "{} reading(s) not taken: {why}; resend them later",
+                    done.unstored_count
+                ),
+                &done.unstored,
+            );
+        }
+        if self.acks && !done.seqs.is_empty() {
+            self.send(frames::accepted_frame(&done.seqs));
         }
     }
 
@@ -768,5 +821,13 @@ impl Reader<'_> {
             self.mailbox.close(Close::SLOW_CONSUMER);
             self.hub.metrics().slow_consumer();
         }
+    }
+}
+
+/// The cluster publish in flight, or never (the loop only polls it while there is one).
+async fn in_flight(p: &mut Option<ClusterPublishing>) -> ClusterPublished {
+    match p {
+        Some(f) => f.await,
+        None => std::future::pending().await,
     }
 }

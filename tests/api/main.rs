@@ -12,6 +12,7 @@ mod alerts_dashboard;
 mod auth;
 mod backpressure;
 mod browser;
+mod cluster;
 mod dashboard;
 mod discovery;
 mod durability;

@@ -573,6 +573,7 @@ async fn bench_measures_a_live_hub_without_loss() {
     // hub's (the hub runs in this process).
     let report = telehub_sim::bench::run_bench(telehub_sim::bench::BenchOptions {
         url: url.clone(),
+        dashboard_urls: Vec::new(),
         rooms: 2,
         devices: 2,
         dashboards: 3,

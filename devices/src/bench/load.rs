@@ -234,7 +234,26 @@ pub async fn run_bench(opts: BenchOptions) -> Result<BenchReport, BenchError> {
             dash_paths.push((format!("/ws/{room}/{client}?role=dashboard"), token));
         }
     }
-    let dash_streams = open_all(&hub, addr, dash_paths, DASHBOARD_READ_BUFFER).await?;
+    let dash_streams = if opts.dashboard_urls.is_empty() {
+        open_all(&hub, addr, dash_paths, DASHBOARD_READ_BUFFER).await?
+    } else {
+        // Round-robin over the given hubs (several hubs sharing rooms).
+        let mut hubs = Vec::with_capacity(opts.dashboard_urls.len());
+        for url in &opts.dashboard_urls {
+            let h = HubUrl::parse(url)?;
+            let a = h.resolve().await?;
+            hubs.push((h, a, Vec::new()));
+        }
+        let n = hubs.len();
+        for (i, p) in dash_paths.into_iter().enumerate() {
+            hubs[i % n].2.push(p);
+        }
+        let mut all = Vec::new();
+        for (h, a, paths) in hubs {
+            all.extend(open_all(&h, a, paths, DASHBOARD_READ_BUFFER).await?);
+        }
+        all
+    };
     let mut dash_tasks = Vec::with_capacity(dash_streams.len());
     for ws in dash_streams {
         dash_tasks.push(tokio::spawn(dashboard(ws, shared.clone(), stop_rx.clone())));

@@ -70,6 +70,8 @@ pub struct LoadShape {
 pub struct BenchOptions {
     /// Hub base URL, `ws://127.0.0.1:8080`.
     pub url: String,
+    /// Hubs to spread the dashboards over, round-robin (empty: all on `url`).
+    pub dashboard_urls: Vec<String>,
     /// Rooms.
     pub rooms: u32,
     /// Devices per room.

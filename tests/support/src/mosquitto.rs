@@ -94,7 +94,7 @@ static NEXT: AtomicU64 = AtomicU64::new(0);
 
 /// A port to try, spread over 20000..60000 by process, counter and clock, so that
 /// parallel tests and processes rarely pick the same one (and retry when they do).
-fn pick_port() -> u16 {
+pub(crate) fn pick_port() -> u16 {
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

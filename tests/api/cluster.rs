@@ -1,0 +1,316 @@
+//! `[cluster]`: several real hub processes sharing rooms through a real `redis-server`
+//! started on a free port (Debian's, which `.ci/run` installs; missing, these fail).
+//! Each test has its own Redis and key prefix.
+
+use serde_json::{json, Value};
+use telehub_testkit::redis::Redis;
+
+use crate::helpers::{http_get, hub_process, Client, Hub, Polled, WAIT};
+
+/// A hub of the cluster on `redis`, with extra `TELEHUB_CLUSTER_*` settings.
+fn cluster_hub(redis: &Redis, node: &str, extra: &[(&str, &str)]) -> Hub {
+    let mut b = hub_process()
+        .env("TELEHUB_CLUSTER_REDIS_URL", redis.url())
+        .env("TELEHUB_CLUSTER_KEY_PREFIX", "t")
+        .env("TELEHUB_CLUSTER_NODE_ID", node);
+    for (k, v) in extra {
+        b = b.env(*k, *v);
+    }
+    b.start()
+}
+
+async fn dashboard(hub: &Hub, room: &str, client: &str, query: &str) -> (Client, Value) {
+    let mut c = Client::connect(&hub.ws_url(room, client, query))
+        .await
+        .expect("dashboard connects");
+    let welcome = c.recv_type("welcome").await;
+    (c, welcome)
+}
+
+async fn device(hub: &Hub, room: &str, client: &str) -> Client {
+    let mut c = Client::connect(&hub.ws_url(room, client, "role=device&acks=true"))
+        .await
+        .expect("device connects");
+    c.recv_type("welcome").await;
+    c
+}
+
+/// Sends readings `from..=to` (value = seq) and waits for each `accepted`, so every one
+/// of them is in Redis when this returns.
+async fn publish(dev: &mut Client, from: u64, to: u64) {
+    for seq in from..=to {
+        dev.reading("t", seq as f64, seq).await;
+        let acc = dev.recv_type("accepted").await;
+        assert!(
+            acc["seqs"].to_string().contains(&seq.to_string()),
+            "accepted {seq}: {acc}"
+        );
+    }
+}
+
+/// The next `n` readings (other frames skipped): (offset, value).
+async fn readings(c: &mut Client, n: usize) -> Vec<(u64, f64)> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let v = c.recv_json().await;
+        if v["type"] == "reading" {
+            out.push((
+                v["offset"].as_u64().expect("offset"),
+                v["value"].as_f64().expect("value"),
+            ));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_on_one_hub_reaches_dashboards_on_two_others_with_the_same_offsets() {
+    // Arrange
+    let redis = Redis::start();
+    let hubs: Vec<Hub> = (1..=3)
+        .map(|i| cluster_hub(&redis, &format!("hub{i}"), &[]))
+        .collect();
+    let (mut d2, w2) = dashboard(&hubs[1], "plant", "dash2", "").await;
+    let (mut d3, w3) = dashboard(&hubs[2], "plant", "dash3", "").await;
+    assert_eq!(
+        w2["epoch"], w3["epoch"],
+        "one epoch for the room on every hub"
+    );
+    assert!(!w2["epoch"].as_str().unwrap_or_default().is_empty());
+    let mut dev = device(&hubs[0], "plant", "sensor").await;
+
+    // Act
+    publish(&mut dev, 1, 50).await;
+
+    // Assert: every reading, in order, offsets 1..=50 on both hubs
+    let expected: Vec<(u64, f64)> = (1..=50).map(|i| (i, i as f64)).collect();
+    assert_eq!(readings(&mut d2, 50).await, expected);
+    assert_eq!(readings(&mut d3, 50).await, expected);
+    // One script call and one PUBLISH per message, however many hubs and dashboards:
+    // 50 publishes and 2 joins' reads, plus at most one EVALSHA per script refused with
+    // NOSCRIPT before it was loaded.
+    assert_eq!(redis.calls("publish"), 50);
+    let evalsha = redis.calls("evalsha");
+    assert!(
+        (52..=54).contains(&evalsha),
+        "{}",
+        redis.info("commandstats")
+    );
+    // A resend of seq 50 is a duplicate in Redis: acknowledged, not stamped again.
+    dev.reading("t", 50.0, 50).await;
+    dev.recv_type("accepted").await;
+    publish(&mut dev, 51, 51).await;
+    assert_eq!(readings(&mut d2, 1).await, vec![(51, 51.0)]);
+    assert_eq!(readings(&mut d3, 1).await, vec![(51, 51.0)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dashboard_moving_to_another_hub_with_since_gets_exactly_what_it_missed() {
+    // Arrange
+    let redis = Redis::start();
+    let hubs: Vec<Hub> = (1..=3)
+        .map(|i| cluster_hub(&redis, &format!("hub{i}"), &[]))
+        .collect();
+    let (mut d, welcome) = dashboard(&hubs[1], "plant", "dash", "").await;
+    let epoch = welcome["epoch"].as_str().expect("epoch").to_string();
+    let mut dev = device(&hubs[0], "plant", "sensor").await;
+    publish(&mut dev, 1, 5).await;
+    assert_eq!(readings(&mut d, 5).await.last(), Some(&(5, 5.0)));
+    d.close().await;
+
+    // Act: the device keeps publishing while the dashboard comes back on hub 3
+    let publisher = tokio::spawn(async move {
+        publish(&mut dev, 6, 60).await;
+        dev
+    });
+    let url = hubs[2].ws_url("plant", "dash", &format!("since=5&epoch={epoch}"));
+    let mut d = Client::connect(&url).await.expect("reconnects");
+    let welcome = d.recv_type("welcome").await;
+    let mut dev = publisher.await.expect("publisher");
+
+    // Assert: recovered, then 6..=60 exactly once each, in order, then live
+    assert_eq!(welcome["recovered"], json!(true), "{welcome}");
+    assert_eq!(welcome["epoch"], json!(epoch));
+    let expected: Vec<(u64, f64)> = (6..=60).map(|i| (i, i as f64)).collect();
+    assert_eq!(readings(&mut d, 55).await, expected);
+    publish(&mut dev, 61, 61).await;
+    assert_eq!(readings(&mut d, 1).await, vec![(61, 61.0)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dashboard_further_behind_than_the_stream_is_told_recovered_false() {
+    // Arrange: a stream of 5 readings per room
+    let redis = Redis::start();
+    let cfg = [("TELEHUB_CLUSTER_STREAM_LEN", "5")];
+    let h1 = cluster_hub(&redis, "hub1", &cfg);
+    let h2 = cluster_hub(&redis, "hub2", &cfg);
+    let (mut d, welcome) = dashboard(&h2, "plant", "dash", "").await;
+    let epoch = welcome["epoch"].as_str().expect("epoch").to_string();
+    let mut dev = device(&h1, "plant", "sensor").await;
+    publish(&mut dev, 1, 2).await;
+    readings(&mut d, 2).await;
+    d.close().await;
+
+    // Act: 18 more while it is away, then it asks for what followed offset 2
+    publish(&mut dev, 3, 20).await;
+    let (mut d, welcome) = dashboard(&h1, "plant", "dash", &format!("since=2&epoch={epoch}")).await;
+
+    // Assert: not recovered, a snapshot of the last value, then live readings
+    assert_eq!(welcome["recovered"], json!(false), "{welcome}");
+    assert_eq!(welcome["offset"], json!(20));
+    let snapshot = d.recv_type("snapshot").await;
+    assert_eq!(snapshot["series"][0]["value"], json!(20.0), "{snapshot}");
+    assert_eq!(snapshot["series"][0]["offset"], json!(20));
+    publish(&mut dev, 21, 21).await;
+    assert_eq!(readings(&mut d, 1).await, vec![(21, 21.0)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_losing_its_data_means_a_new_epoch_and_recovered_false() {
+    // Arrange
+    let mut redis = Redis::start();
+    let h1 = cluster_hub(&redis, "hub1", &[]);
+    let h2 = cluster_hub(&redis, "hub2", &[]);
+    let (mut d, welcome) = dashboard(&h2, "plant", "dash", "").await;
+    let old_epoch = welcome["epoch"].as_str().expect("epoch").to_string();
+    let mut dev = device(&h1, "plant", "sensor").await;
+    publish(&mut dev, 1, 3).await;
+    readings(&mut d, 3).await;
+
+    // Act: Redis restarts without persistence
+    redis.restart();
+    // Each hub notices (its subscription drops) and says so until it reconnects.
+    let mut saw_down = false;
+    let mut healthy = false;
+    for _ in 0..200 {
+        let (status, body) = http_get(h2.addr(), "/healthz", "").await;
+        if status == 503 {
+            assert!(body.contains("redis_unavailable"), "{body}");
+            saw_down = true;
+        } else if status == 200 && saw_down {
+            healthy = true;
+            break;
+        } else if status == 200 {
+            // Either the drop was not seen yet, or it came and went between polls.
+            let (_, metrics) = http_get(h2.addr(), "/metrics", "").await;
+            if metrics.contains("telehub_cluster_reconnects_total 1") {
+                healthy = true;
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(healthy, "hub 2 reconnected to Redis");
+    // The device's next reading starts the room over in a new epoch.
+    publish_until_taken(&mut dev, 4).await;
+
+    // Assert: the live dashboard is told to resync, and comes back to recovered:false
+    let (code, reason) = d.recv_close().await;
+    assert_eq!((u16::from(code), reason.as_str()), (1013, "cluster resync"));
+    let (_, welcome) = dashboard(&h2, "plant", "dash", &format!("since=3&epoch={old_epoch}")).await;
+    assert_eq!(welcome["recovered"], json!(false), "{welcome}");
+    assert_ne!(welcome["epoch"], json!(old_epoch));
+    assert_eq!(welcome["offset"], json!(1));
+    let (_, metrics) = http_get(h2.addr(), "/metrics", "").await;
+    assert!(metrics.contains("telehub_cluster_redis_up 1"), "{metrics}");
+    assert!(
+        metrics.contains(r#"telehub_cluster_node{node="hub2"} 1"#),
+        "{metrics}"
+    );
+    let (_, rooms) = http_get(h2.addr(), "/api/rooms", "").await;
+    let rooms: Value = serde_json::from_str(&rooms).expect("JSON");
+    assert_eq!(rooms["node"], json!("hub2"));
+    assert_eq!(rooms["rooms"][0]["epoch"], welcome["epoch"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_subscription_mid_stream_leaves_no_silent_gap() {
+    // Arrange
+    let redis = Redis::start();
+    let h1 = cluster_hub(&redis, "hub1", &[]);
+    let h2 = cluster_hub(&redis, "hub2", &[]);
+    let (mut d, welcome) = dashboard(&h2, "plant", "dash", "").await;
+    let epoch = welcome["epoch"].as_str().expect("epoch").to_string();
+    let mut dev = device(&h1, "plant", "sensor").await;
+    publish(&mut dev, 1, 10).await;
+
+    // Act: Redis drops every pub/sub connection while the device keeps publishing
+    let killed = redis.command(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    assert!(killed.starts_with(':'), "CLIENT KILL answered {killed}");
+    let publisher = tokio::spawn(async move {
+        publish(&mut dev, 11, 200).await;
+        dev
+    });
+
+    // Assert: what the dashboard sees is 1..=200 in order, each once; where the hub
+    // missed readings it closed the dashboard (1013 cluster resync) and the dashboard's
+    // reconnect with since/epoch recovered them from the stream.
+    let mut seen: Vec<u64> = Vec::new();
+    let mut resyncs = 0;
+    while seen.last() != Some(&200) {
+        match d.poll_json(WAIT).await {
+            Polled::Json(v) if v["type"] == "reading" => {
+                let offset = v["offset"].as_u64().expect("offset");
+                assert_eq!(offset, seen.len() as u64 + 1, "contiguous: {seen:?}");
+                seen.push(offset);
+            }
+            Polled::Json(_) => {}
+            Polled::Closed => {
+                resyncs += 1;
+                assert!(resyncs < 5, "resynced too often");
+                let since = seen.last().copied().unwrap_or(0);
+                let query = format!("since={since}&epoch={epoch}");
+                let (c, welcome) = dashboard(&h2, "plant", "dash", &query).await;
+                assert_eq!(welcome["recovered"], json!(true), "{welcome}");
+                d = c;
+            }
+            Polled::Quiet => panic!("readings stopped after {:?}", seen.last()),
+        }
+    }
+    let mut dev = publisher.await.expect("publisher");
+    publish(&mut dev, 201, 201).await;
+    assert_eq!(readings(&mut d, 1).await, vec![(201, 201.0)]);
+}
+
+/// Publishes reading `seq` until Redis takes it (the command connection reconnects on
+/// the first error after a Redis restart: those are answered `store_unavailable`).
+async fn publish_until_taken(dev: &mut Client, seq: u64) {
+    for _ in 0..100 {
+        dev.reading("t", seq as f64, seq).await;
+        match dev.poll_json(WAIT).await {
+            Polled::Json(v) if v["type"] == "accepted" => return,
+            Polled::Json(v) if v["code"] == "store_unavailable" => {}
+            other => panic!("unexpected answer: {other:?}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("Redis never took reading {seq}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_aof_a_redis_restart_keeps_the_epoch_and_recovery_works() {
+    // Arrange
+    let mut redis = Redis::start_aof();
+    let h1 = cluster_hub(&redis, "hub1", &[]);
+    let h2 = cluster_hub(&redis, "hub2", &[]);
+    let (mut d, welcome) = dashboard(&h2, "plant", "dash", "").await;
+    let epoch = welcome["epoch"].as_str().expect("epoch").to_string();
+    let mut dev = device(&h1, "plant", "sensor").await;
+    publish(&mut dev, 1, 3).await;
+    readings(&mut d, 3).await;
+    d.close().await;
+
+    // Act: Redis restarts and reads its append-only file back
+    redis.restart();
+    publish_until_taken(&mut dev, 4).await;
+    publish(&mut dev, 5, 6).await;
+    let (mut d, welcome) = dashboard(&h1, "plant", "dash", &format!("since=3&epoch={epoch}")).await;
+
+    // Assert: same epoch, offsets continue, nothing missed
+    assert_eq!(welcome["recovered"], json!(true), "{welcome}");
+    assert_eq!(welcome["epoch"], json!(epoch));
+    assert_eq!(
+        readings(&mut d, 3).await,
+        vec![(4, 4.0), (5, 5.0), (6, 6.0)]
+    );
+}
