@@ -469,8 +469,8 @@ async fn a_silence_keeps_transitions_from_the_sinks_but_not_from_dashboards() {
 #[tokio::test]
 async fn silences_need_an_admin_with_auth_on() {
     let app = crate::auth::token_hub().await;
-    let viewer = crate::auth::bearer(&crate::auth::tok("bob", "dashboard", &["*"]));
-    let admin = crate::auth::bearer(&crate::auth::tok("carol", "admin", &[]));
+    let viewer = crate::tokens::bearer(&crate::tokens::tok("bob", "dashboard", &["*"]));
+    let admin = crate::tokens::bearer(&crate::tokens::tok("carol", "admin", &[]));
     let body = json!({"matchers":{"rule":"*"},"for":"10m","by":"mallory"}).to_string();
     let refused = post(
         app.addr,
