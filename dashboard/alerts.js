@@ -1,8 +1,8 @@
 // Alerts in the dashboard: the bell in the header (the count of firing alerts, on every
 // page), the alerts page (#/alerts: firing, pending, acknowledged and resolved, filters,
 // ack and silence buttons), a red badge on each device card of the open room whose
-// series has a firing alert, and dashed threshold lines on the line charts of metrics a
-// rule watches (GET /api/alerts/rules `thresholds`).
+// series has a firing alert, and dashed threshold lines on the line charts (marks on the
+// gauges) of metrics a rule watches (GET /api/alerts/rules `thresholds`).
 //
 // Kept to itself: it reads GET /api/alerts (every few seconds and on each page change),
 // GET /api/alerts/history for the resolved ones, and POSTs acks and silences. The cards
@@ -33,9 +33,10 @@ function paintThresholds() {
   if (!room) return;
   for (const canvas of document.querySelectorAll("#view canvas[data-metric]")) {
     const chart = canvas.telehubChart;
-    // Line charts only (the other panel kinds draw their own way).
+    // Line charts (dashed lines) and gauges (marks on the arc); the other kinds have no
+    // value axis to mark.
     const kind = canvas.closest("figure[data-kind]")?.dataset.kind;
-    if (!chart || (kind && kind !== "timeseries")) continue;
+    if (!chart || (kind && kind !== "timeseries" && kind !== "gauge")) continue;
     const metric = canvas.dataset.metric;
     const values = [...new Set(rules
       .filter((r) => globRe(r.room || "*").test(room) && globRe(r.metric || "*").test(metric))

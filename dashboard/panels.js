@@ -187,6 +187,19 @@ export class GaugeChart extends LineChart {
     ctx.arc(cx, cy, r, a0, a0 + (a1 - a0) * f);
     ctx.stroke();
     ctx.lineCap = "butt";
+    // Alert thresholds (alerts.js sets `thresholds`): a mark across the arc at each one
+    // within the scale.
+    const marks = (this.thresholds || []).filter((t) => t >= lo && t <= hi);
+    ctx.strokeStyle = theme.threshold;
+    ctx.lineWidth = 3;
+    for (const t of marks) {
+      const a = a0 + (a1 - a0) * ((t - lo) / (hi - lo));
+      const w = Math.max(8, r * 0.16);
+      ctx.beginPath();
+      ctx.moveTo(cx + Math.cos(a) * (r - w), cy + Math.sin(a) * (r - w));
+      ctx.lineTo(cx + Math.cos(a) * (r + w), cy + Math.sin(a) * (r + w));
+      ctx.stroke();
+    }
     const family = getComputedStyle(this.canvas).fontFamily || "system-ui, sans-serif";
     const text = `${fmtValue(value)}${this.unit ? ` ${this.unit}` : ""}`;
     fitText(ctx, text, family, Math.min(40, r * 0.45), r * 1.4);
@@ -200,7 +213,7 @@ export class GaugeChart extends LineChart {
     ctx.fillText(fmtValue(lo), Math.max(2, cx - r - 10), Math.min(H - 8, cy + r * 0.75));
     ctx.textAlign = "right";
     ctx.fillText(fmtValue(hi), Math.min(W - 2, cx + r + 10), Math.min(H - 8, cy + r * 0.75));
-    this.gauge = { key, value, min: lo, max: hi, fraction: f };
+    this.gauge = { key, value, min: lo, max: hi, fraction: f, thresholds: marks };
   }
 }
 

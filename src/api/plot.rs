@@ -1,5 +1,8 @@
 //! The plot endpoint (`/api/rooms/{room}/plot.svg`, `plot.png`): query parameters in,
 //! an image out, drawn by [`crate::render::plot`] on the blocking pool with no lock held.
+//! A window that reaches past what memory holds (`history.memory_ms`) is drawn from the
+//! coarsest rollup tier that still gives about [`PLOT_BUCKETS`] points per line (each
+//! bucket's mean), as the REST history answers such windows.
 
 use warp::reply::Response;
 
@@ -9,9 +12,14 @@ use super::{find_room_history, with_type};
 use crate::clock::{now_ms, parse_duration};
 use crate::hub::Hub;
 use crate::render::plot::{self, Format, PlotOptions, Theme};
+use crate::sinks::history::query::BucketRow;
+use crate::sinks::history::{PlotData, Point, Query, MAX_QUERY_LIMIT};
+use crate::sinks::store::{read, rollup};
 
 /// Default window of a plot.
 const DEFAULT_WINDOW: &str = "15m";
+/// Points per line, about, when a plot is drawn from a rollup tier.
+const PLOT_BUCKETS: i64 = 1_000;
 
 /// `GET /api/rooms/{room}/plot.svg` and `plot.png`
 pub(crate) async fn plot(
@@ -58,7 +66,80 @@ async fn plot_inner(
     let opts = PlotOptions::new(format, width, height, theme)?;
     let rh = find_room_history(&hub, &room)?;
     let to = now_ms();
-    let data = rh.plot_data(&metric, device.as_deref(), to - window, to)?;
+    let from = to - window;
+    let history = hub.history().clone();
+    let past_memory =
+        history.persistent() && from < to - history.config().memory_window_ms() as i64;
+    let tiers = rollup::tiers(history.config());
+    let tier = past_memory
+        .then(|| rollup::auto_step(&tiers, window, PLOT_BUCKETS))
+        .flatten()
+        .map(|(t, step)| (t.clone(), step));
+    let data = match tier {
+        None => rh.plot_data(&metric, device.as_deref(), from, to)?,
+        Some((tier, step)) => {
+            let q = Query {
+                device: device.clone(),
+                metric: Some(metric.clone()),
+                from: Some(from),
+                to: Some(to),
+                limit: MAX_QUERY_LIMIT,
+                step: Some(step),
+            };
+            let dir = history.config().data_dir.clone();
+            let name = room.clone();
+            let rows = super::blocking(move || {
+                read::query_rollup(&dir, &tier, &name, &q, step)
+                    .map_err(|e| ApiError::internal(format!("history rollups: {e}")))
+            })
+            .await?;
+            // Memory names the unit (and, with no rows on disk either, refuses an
+            // unknown series with 404 as a memory-only plot does).
+            let recent = rh.plot_data(&metric, device.as_deref(), from, to);
+            if rows.is_empty() {
+                recent?
+            } else {
+                let unit = recent.ok().and_then(|d| d.unit);
+                bucket_lines(room, metric, unit, (from, to), rows)
+            }
+        }
+    };
     let image = plot::render_blocking(data, opts).await?;
     Ok(with_type(image, format.content_type()))
+}
+
+/// Rollup buckets as plot lines: one per device, each bucket's mean at its start, oldest
+/// first.
+fn bucket_lines(
+    room: String,
+    metric: String,
+    unit: Option<String>,
+    (from, to): (i64, i64),
+    rows: Vec<BucketRow>,
+) -> PlotData {
+    let mut by_device: std::collections::BTreeMap<String, Vec<Point>> = Default::default();
+    for r in rows {
+        by_device
+            .entry(r.device.to_string())
+            .or_default()
+            .push(Point {
+                ts: r.ts,
+                value: r.mean,
+            });
+    }
+    let lines = by_device
+        .into_iter()
+        .map(|(device, mut points)| {
+            points.sort_by_key(|p| p.ts);
+            (device, points)
+        })
+        .collect();
+    PlotData {
+        room,
+        metric,
+        unit,
+        from,
+        to,
+        lines,
+    }
 }

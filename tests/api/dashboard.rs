@@ -514,6 +514,11 @@ async fn a_gps_tracker_shows_a_track_and_a_layout_shows_stat_and_gauge_panels() 
     let (status, _) =
         crate::layout::put(app.addr, "/api/rooms/fleet/layout", &layout.to_string(), "").await;
     assert_eq!(status, 200);
+    // An alert rule on the temperature: the gauge marks its threshold.
+    let rule = r#"{"id":"warm","room":"fleet","metric":"temperature","above":30.0}"#;
+    let (status, body) =
+        telehub_testkit::http::http_post(app.addr, "/api/alerts/rules", rule).await;
+    assert_eq!(status, 201, "{body}");
     let browser = Browser::launch().await;
     let page = browser.new_page(1280, 800).await;
 
@@ -563,13 +568,19 @@ async fn a_gps_tracker_shows_a_track_and_a_layout_shows_stat_and_gauge_panels() 
     assert_eq!(stat["trend"], "▲", "the temperature rises: {stat}");
     let gauge = page
         .wait_for(
-            r#"document.querySelector('figure.chart[data-kind="gauge"] canvas')?.telehubChart?.gauge ?? null"#,
+            r#"(() => { const g = document.querySelector('figure.chart[data-kind="gauge"] canvas')?.telehubChart?.gauge;
+                return g?.thresholds?.length ? g : null; })()"#,
             WAIT,
             "the gauge panel",
         )
         .await;
     let f = gauge["fraction"].as_f64().unwrap();
     assert!((0.5..0.6).contains(&f), "about 23 of 0..40: {gauge}");
+    assert_eq!(
+        gauge["thresholds"][0].as_f64(),
+        Some(30.0),
+        "the rule's threshold: {gauge}"
+    );
     print_screenshot(
         "stat and gauge",
         &page.screenshot_to_dir("panel-stat-gauge").await,

@@ -192,6 +192,36 @@ async fn four_hundred_days_sent_late_are_answered_from_the_1h_and_1m_tiers_befor
             (json!("1m"), json!(43 * MINUTE))
         );
 
+        // A plot of the 30 days is drawn from the 1m tier (memory holds an hour): about
+        // a thousand bucket means, not the last hour's few readings.
+        let plot = telehub_testkit::http::get(
+            hub.addr(),
+            "/api/rooms/farm/plot.svg?metric=t&window=30d",
+            "",
+        )
+        .await;
+        assert_eq!(plot.status, 200, "{round}: {}", plot.text());
+        let svg = plot.text();
+        let points = svg
+            .split("<polyline")
+            .skip(1)
+            .filter(|p| !p.contains("stroke-width=\"1\""))
+            .map(|p| {
+                p.split("points=\"").nth(1).map_or(0, |pts| {
+                    pts.split('"')
+                        .next()
+                        .unwrap_or("")
+                        .split_whitespace()
+                        .count()
+                })
+            })
+            .max()
+            .unwrap_or(0);
+        assert!(
+            points >= 500,
+            "{round}: the 30-day line has {points} points"
+        );
+
         if round == "running" {
             assert_eq!(hub.stop().await.code(), Some(0), "{}", hub.log());
             hub.restart();
