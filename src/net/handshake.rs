@@ -487,11 +487,13 @@ pub(super) async fn run_session<S: Transport, G: Send + Sync + 'static>(
         let _ = socket2::SockRef::from(stream.tcp())
             .set_send_buffer_size(ws_client::COALESCING_SEND_BUFFER);
     }
+    let fd = std::os::fd::AsRawFd::as_raw_fd(stream.tcp());
     let (read, write) = stream.into_halves();
     let socket = Socket {
         read,
         write,
         already_read,
+        fd,
     };
     ws_client::run(
         socket,

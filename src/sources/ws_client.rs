@@ -30,6 +30,7 @@ use crate::config::Overflow;
 use crate::hub::mailbox::{Close, Mailbox, Push};
 use crate::hub::room::{Presence, Since};
 use crate::hub::{ClusterPublished, ClusterPublishing, Hub, JoinError, Membership};
+use crate::net::tcp_info;
 use crate::net::transport::{WsRead, WsWrite};
 use crate::net::ws::codec::{self, Decoder, Message};
 use crate::net::ws::frames::{self, Frame};
@@ -45,6 +46,9 @@ use telehub_protocol::seqs::SeqRanges;
 
 /// How long the session waits for the peer's answer to our close frame.
 const CLOSE_ECHO_TIMEOUT: Duration = Duration::from_secs(2);
+/// A quiet client whose TCP acknowledged more than this many new bytes over a ping
+/// interval is alive and reading, pong or not (pings alone are a few bytes).
+const LIVE_ACKED_BYTES: u64 = 1024;
 /// How often a client over its rate limit is told so, at most.
 const FLOOD_NOTICE_INTERVAL: Duration = Duration::from_secs(1);
 /// Item errors sent for one `readings` batch at most; one summary stands for the rest.
@@ -169,6 +173,8 @@ pub(crate) struct Socket<R, W> {
     pub read: R,
     pub write: W,
     pub already_read: Bytes,
+    /// The TCP socket under both halves, open as long as they are (for `TCP_INFO`).
+    pub fd: std::os::fd::RawFd,
 }
 
 /// Runs the connection until either side closes it or the hub shuts down.
@@ -184,6 +190,7 @@ pub(crate) async fn run<R: WsRead, W: WsWrite>(
         mut read,
         mut write,
         already_read,
+        fd: socket_fd,
     } = socket;
     let limits = hub.limits();
     let mut decoder = Decoder::new(limits.max_frame_bytes, already_read);
@@ -235,6 +242,8 @@ pub(crate) async fn run<R: WsRead, W: WsWrite>(
     let timer = tokio::time::sleep_until(wake_at(next_ping, reader.token.as_deref()));
     tokio::pin!(timer);
     let mut last_heard = Instant::now();
+    // The peer's acknowledged bytes when it was last found quiet (see `tcp_info`).
+    let mut last_acked: Option<u64> = None;
     let mut shutting_down = false;
     let mut reading = true;
     let mut peer_closed = false;
@@ -373,8 +382,21 @@ pub(crate) async fn run<R: WsRead, W: WsWrite>(
                     }
                 }
                 if now >= next_ping {
+                    if last_heard.elapsed() < opts.ping_interval {
+                        last_acked = None;
+                    } else {
+                        // Quiet for an interval: is its TCP still taking our bytes? A slow
+                        // reader's pong waits behind its backlog; a dead peer acks nothing.
+                        let acked = tcp_info::bytes_acked(socket_fd);
+                        if let (Some(now_acked), Some(before)) = (acked, last_acked) {
+                            if now_acked.saturating_sub(before) > LIVE_ACKED_BYTES {
+                                last_heard = now;
+                            }
+                        }
+                        last_acked = acked;
+                    }
                     if last_heard.elapsed() >= opts.ping_interval * 2 {
-                        debug!(%room, %client, "no frame for two ping intervals");
+                        debug!(%room, %client, "nothing heard or acknowledged for two ping intervals");
                         mailbox.close(Close::TIMED_OUT);
                     } else {
                         // Every interval whatever the traffic: a dashboard only ever

@@ -195,22 +195,18 @@ async fn publish_for(dev: &mut Client, run: Duration, last: &mut [f64], publishe
 }
 
 /// The slow viewer: a dashboard with `?overflow=latest` that reads 10 frames a
-/// second in a room of 2,000 readings a second stays connected, gets `skipped` frames
-/// whose counts and the readings it got add up to everything published, never sees a
-/// series go backwards, and ends holding the true latest value of every series; a
-/// neighbour that keeps up loses nothing meanwhile.
-///
-/// The slow phase runs 20 s rather than a minute. Once the viewer's queue is full its
-/// mailbox holds one slot per series and its writer waits on the socket; from then on a
-/// longer run changes only the skipped count, not what the hub holds or sends. What a
-/// longer run would add, going round the fill-coalesce-drain cycle again, the test does
-/// on purpose: after draining, the viewer stalls for a second burst, falls behind again,
-/// and is counted right again.
+/// second in a room of 2,000 readings a second stays connected for a minute, gets
+/// `skipped` frames whose counts and the readings it got add up to everything published,
+/// never sees a series go backwards, and ends holding the true latest value of every
+/// series; a neighbour that keeps up loses nothing meanwhile. After draining, the viewer
+/// stalls for a second burst, falls behind again, and is counted right again. What the
+/// slow viewer costs its neighbours' latency is measured, not asserted here: `telehub-sim
+/// bench --slow-viewers 1` (BENCHMARKS.md).
 #[tokio::test]
 async fn a_slow_dashboard_with_overflow_latest_gets_the_latest_values_and_what_it_skipped() {
     // A queue of about a second of the room's readings: the neighbour, a test task on a
     // machine that may be busy, keeps up with that much slack, while a viewer reading 10
-    // frames a second is far behind within the 20 s.
+    // frames a second is far behind within the minute.
     let app = spawn_app_with(|s| {
         s.limits.outbound_queue = 2048;
         s.limits.rate_per_sec = 1e9;
@@ -259,14 +255,14 @@ async fn a_slow_dashboard_with_overflow_latest_gets_the_latest_values_and_what_i
 
     let mut last = vec![0.0f64; SERIES];
     let mut published = 0u64;
-    publish_for(&mut dev, Duration::from_secs(20), &mut last, &mut published).await;
+    publish_for(&mut dev, Duration::from_secs(60), &mut last, &mut published).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (mut slow, mut seen) = slow_task.await.expect("slow viewer");
     let slow_phase = seen.readings.len();
     let metrics = app.get("/metrics").await.1;
     assert!(
         !metrics.contains("telehub_readings_skipped_total 0"),
-        "the viewer fell behind within 20 s at 10 frames a second:\n{metrics}"
+        "the viewer fell behind within a minute at 10 frames a second:\n{metrics}"
     );
     // It now reads at full speed what is still on its way.
     seen.drain(&mut slow, published).await;
