@@ -198,6 +198,14 @@ struct BenchArgs {
     /// With --churn: for how long.
     #[arg(long, value_parser = parse_duration, default_value = "60s")]
     churn_for: Duration,
+    /// Also open N slow viewers per room: dashboards with `?overflow=latest` that read
+    /// one frame every --slow-read-every. Not counted in the deliveries and latency, which
+    /// then show what they cost the other dashboards.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    slow_viewers: u32,
+    /// With --slow-viewers: how often each reads a frame.
+    #[arg(long, value_parser = parse_duration, default_value = "100ms")]
+    slow_read_every: Duration,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -520,6 +528,8 @@ async fn cmd_bench(args: BenchArgs) -> anyhow::Result<()> {
         warmup: args.warmup,
         pid: args.pid,
         auth,
+        slow_viewers: args.slow_viewers,
+        slow_read_every: args.slow_read_every,
     })
     .await?;
     if args.json {
@@ -568,6 +578,16 @@ fn print_bench(r: &BenchReport) {
             h.cpu_us_per_delivery
         );
     }
+    if let Some(s) = &r.slow_viewers {
+        print_slow(s);
+    }
+}
+
+fn print_slow(s: &telehub_sim::bench::slow::SlowCounts) {
+    println!(
+        "slow viewers  {}: {} readings and {} skipped frames ({} readings skipped); {} closed",
+        s.viewers, s.readings, s.skipped_frames, s.skipped_readings, s.closed
+    );
 }
 
 fn print_idle(r: &IdleReport) {

@@ -166,6 +166,21 @@ pub async fn connect(
     config: WebSocketConfig,
     bearer: Option<&str>,
 ) -> Result<WsStream, ConnectError> {
+    connect_with_recv_buffer(hub, addr, path_and_query, bind, config, bearer, None).await
+}
+
+/// [`connect`], with the kernel's receive buffer for the socket set to `recv_buffer`
+/// bytes if given: a small one makes a slow reader's backlog reach the hub within
+/// seconds instead of after megabytes (the bench's `--slow-viewers`).
+pub async fn connect_with_recv_buffer(
+    hub: &HubUrl,
+    addr: SocketAddr,
+    path_and_query: &str,
+    bind: Option<IpAddr>,
+    config: WebSocketConfig,
+    bearer: Option<&str>,
+    recv_buffer: Option<u32>,
+) -> Result<WsStream, ConnectError> {
     let tcp_err = |error| ConnectError::Tcp { addr, error };
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()
@@ -175,6 +190,9 @@ pub async fn connect(
     .map_err(tcp_err)?;
     if let Some(ip) = bind {
         socket.bind(SocketAddr::new(ip, 0)).map_err(tcp_err)?;
+    }
+    if let Some(bytes) = recv_buffer {
+        socket.set_recv_buffer_size(bytes).map_err(tcp_err)?;
     }
     let stream = socket.connect(addr).await.map_err(tcp_err)?;
     stream.set_nodelay(true).map_err(tcp_err)?;

@@ -582,6 +582,8 @@ async fn bench_measures_a_live_hub_without_loss() {
         warmup: Duration::from_millis(300),
         pid: Some(std::process::id()),
         auth: None,
+        slow_viewers: 0,
+        slow_read_every: Duration::from_millis(100),
     })
     .await
     .expect("bench runs");
@@ -622,6 +624,56 @@ async fn bench_measures_a_live_hub_without_loss() {
     assert_eq!(idle.dropped_while_held, 0);
     assert_eq!(idle.rooms, 4);
     assert!(idle.bytes_per_connection.is_some());
+    app.stop().await;
+}
+
+/// `--slow-viewers`: a viewer reading 10 frames a second in a room of 2,000 readings a
+/// second is coalesced by the hub (it gets `skipped` frames, is never closed), while the
+/// measured dashboards beside it still get every reading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_slow_viewers_are_coalesced_beside_dashboards_that_lose_nothing() {
+    // Arrange: a queue of 64, so the slow viewer's overflows within the run; no rate
+    // limit on the devices.
+    let app = spawn_app_with(|s| {
+        s.limits.outbound_queue = 64;
+        s.limits.rate_per_sec = 1e9;
+        s.limits.rate_burst = 1e9;
+    })
+    .await;
+
+    // Act
+    let report = telehub_sim::bench::run_bench(telehub_sim::bench::BenchOptions {
+        url: format!("ws://{}", app.addr),
+        dashboard_urls: Vec::new(),
+        rooms: 1,
+        devices: 10,
+        dashboards: 2,
+        rate_hz: 200.0,
+        duration: Duration::from_secs(3),
+        warmup: Duration::from_millis(300),
+        pid: None,
+        auth: None,
+        slow_viewers: 1,
+        slow_read_every: Duration::from_millis(100),
+    })
+    .await
+    .expect("bench runs");
+
+    // Assert: the measured dashboards lost nothing, the slow viewer read a few dozen
+    // frames, some of them `skipped` ones counting what it did not get, and stayed open.
+    assert!(report.readings_sent >= 3_000, "{report:?}");
+    assert_eq!(report.lost, 0, "{report:?}");
+    assert_eq!(report.dashboards_closed, 0, "{report:?}");
+    let slow = report.slow_viewers.expect("slow viewer counts");
+    assert_eq!((slow.viewers, slow.closed), (1, 0), "{slow:?}");
+    assert!(
+        slow.readings > 0 && slow.readings < report.readings_sent / 10,
+        "{slow:?}"
+    );
+    assert!(
+        slow.skipped_frames > 0 && slow.skipped_readings > 0,
+        "{slow:?}"
+    );
     app.stop().await;
 }
 

@@ -17,6 +17,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::report::{report, BenchReport, Measured};
+use super::slow;
 use super::timing::{SendTimes, Shared};
 use super::{
     check, procfs, raise_fd_limit, token_for, BenchError, BenchOptions, CONNECT_CONCURRENCY, DRAIN,
@@ -57,16 +58,18 @@ async fn open(
     addr: SocketAddr,
     (path, token): (String, Option<String>),
     read_buffer: usize,
+    recv_buffer: Option<u32>,
 ) -> Result<WsStream, BenchError> {
     let mut ws = tokio::time::timeout(
         Duration::from_secs(10),
-        wsclient::connect(
+        wsclient::connect_with_recv_buffer(
             hub,
             addr,
             &path,
             None,
             wsclient::small_config(read_buffer),
             token.as_deref(),
+            recv_buffer,
         ),
     )
     .await
@@ -235,7 +238,7 @@ pub async fn run_bench(opts: BenchOptions) -> Result<BenchReport, BenchError> {
         }
     }
     let dash_streams = if opts.dashboard_urls.is_empty() {
-        open_all(&hub, addr, dash_paths, DASHBOARD_READ_BUFFER).await?
+        open_all(&hub, addr, dash_paths, DASHBOARD_READ_BUFFER, None).await?
     } else {
         // Round-robin over the given hubs (several hubs sharing rooms).
         let mut hubs = Vec::with_capacity(opts.dashboard_urls.len());
@@ -250,7 +253,7 @@ pub async fn run_bench(opts: BenchOptions) -> Result<BenchReport, BenchError> {
         }
         let mut all = Vec::new();
         for (h, a, paths) in hubs {
-            all.extend(open_all(&h, a, paths, DASHBOARD_READ_BUFFER).await?);
+            all.extend(open_all(&h, a, paths, DASHBOARD_READ_BUFFER, None).await?);
         }
         all
     };
@@ -258,6 +261,40 @@ pub async fn run_bench(opts: BenchOptions) -> Result<BenchReport, BenchError> {
     for ws in dash_streams {
         dash_tasks.push(tokio::spawn(dashboard(ws, shared.clone(), stop_rx.clone())));
     }
+    // Slow viewers (`--slow-viewers`): beside the measured dashboards, never counted in
+    // their deliveries or latency, so the report shows what they cost their neighbours.
+    let mut slow_paths = Vec::with_capacity(rooms * opts.slow_viewers as usize);
+    for r in 0..rooms {
+        for s in 0..opts.slow_viewers as usize {
+            let (room, client) = (format!("bench-{r}"), format!("slow-{s}"));
+            let token = token_for(auth, &room, &client, Role::Dashboard)?;
+            slow_paths.push((
+                format!("/ws/{room}/{client}?role=dashboard&overflow=latest"),
+                token,
+            ));
+        }
+    }
+    let slow_streams = open_all(
+        &hub,
+        addr,
+        slow_paths,
+        slow::READ_BUFFER,
+        Some(slow::RECV_BUFFER),
+    )
+    .await?;
+    let (dev_stop_tx, dev_stop_rx) = watch::channel(false);
+    let slow_tasks: Vec<_> = slow_streams
+        .into_iter()
+        .map(|ws| {
+            let every = opts.slow_read_every;
+            tokio::spawn(slow::viewer(
+                ws,
+                every,
+                dev_stop_rx.clone(),
+                stop_rx.clone(),
+            ))
+        })
+        .collect();
 
     let mut dev_paths = Vec::with_capacity(total_devices);
     for g in 0..total_devices {
@@ -265,9 +302,8 @@ pub async fn run_bench(opts: BenchOptions) -> Result<BenchReport, BenchError> {
         let token = token_for(auth, &room, &client, Role::Device)?;
         dev_paths.push((format!("/ws/{room}/{client}?role=device"), token));
     }
-    let dev_streams = open_all(&hub, addr, dev_paths, 4 * 1024).await?;
+    let dev_streams = open_all(&hub, addr, dev_paths, 4 * 1024, None).await?;
     let period = Duration::from_secs_f64(1.0 / opts.rate_hz);
-    let (dev_stop_tx, dev_stop_rx) = watch::channel(false);
     let mut dev_tasks = Vec::with_capacity(total_devices);
     for (g, ws) in dev_streams.into_iter().enumerate() {
         // Spread the devices' sends evenly over one period.
@@ -330,6 +366,12 @@ pub async fn run_bench(opts: BenchOptions) -> Result<BenchReport, BenchError> {
             let _ = histogram.add(&r.histogram);
         }
     }
+    let mut slow_counts = slow::SlowCounts::default();
+    for task in slow_tasks {
+        if let Ok(c) = task.await {
+            slow_counts.add(&c);
+        }
+    }
     let readings_sent: u64 = sent_per_room.iter().sum();
     Ok(report(
         &opts,
@@ -343,6 +385,7 @@ pub async fn run_bench(opts: BenchOptions) -> Result<BenchReport, BenchError> {
             histogram,
             start_usage,
             end_usage,
+            slow: slow_counts,
         },
     ))
 }
@@ -353,9 +396,10 @@ async fn open_all(
     addr: SocketAddr,
     paths: Vec<(String, Option<String>)>,
     read_buffer: usize,
+    recv_buffer: Option<u32>,
 ) -> Result<Vec<WsStream>, BenchError> {
     let results: Vec<Result<WsStream, BenchError>> = stream::iter(paths)
-        .map(|p| open(hub, addr, p, read_buffer))
+        .map(|p| open(hub, addr, p, read_buffer, recv_buffer))
         .buffered(CONNECT_CONCURRENCY)
         .collect()
         .await;

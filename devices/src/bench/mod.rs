@@ -19,13 +19,15 @@
 //! connections and runs the dashboard and device tasks; `timing` is the send-time ring
 //! and the measured window; `report` turns the counts into a [`BenchReport`]; [`procfs`]
 //! reads the hub's RSS and CPU time; [`churn`] is `--churn RATE`, connections opened
-//! and closed at a steady rate (W6).
+//! and closed at a steady rate (W6); [`slow`] is `--slow-viewers N`, dashboards on a
+//! slow link beside the measured ones.
 
 pub mod churn;
 pub mod idle;
 mod load;
 pub mod procfs;
 mod report;
+pub mod slow;
 mod timing;
 
 use std::time::Duration;
@@ -90,6 +92,11 @@ pub struct BenchOptions {
     /// with [`TokenSource::mint`] so each gets its own `sub`, role and room). A bench
     /// window is short, so its connections do not refresh.
     pub auth: Option<TokenSource>,
+    /// Slow viewers per room (`?overflow=latest`, reading one frame every
+    /// `slow_read_every`), not counted among the dashboards; 0 for none.
+    pub slow_viewers: u32,
+    /// How often a slow viewer reads a frame.
+    pub slow_read_every: Duration,
 }
 
 /// The bearer token of one bench connection, if the bench has a token source.

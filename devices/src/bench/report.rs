@@ -4,6 +4,7 @@
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use super::slow::SlowCounts;
 use super::BenchOptions;
 
 /// Latency percentiles, in microseconds.
@@ -77,6 +78,8 @@ pub struct BenchReport {
     pub device_errors: u64,
     /// Hub resources, with `--pid`.
     pub hub: Option<HubUsage>,
+    /// What the slow viewers got, with `--slow-viewers`.
+    pub slow_viewers: Option<SlowCounts>,
 }
 
 /// What the load tasks counted over the window, before it is turned into rates.
@@ -99,6 +102,8 @@ pub(super) struct Measured {
     pub(super) start_usage: Option<(u64, u64)>,
     /// See `start_usage`.
     pub(super) end_usage: Option<(u64, u64)>,
+    /// What the slow viewers got.
+    pub(super) slow: SlowCounts,
 }
 
 /// Turn the counts into the report.
@@ -159,5 +164,6 @@ pub(super) fn report(opts: &BenchOptions, m: Measured) -> BenchReport {
         dashboards_closed: m.closed,
         device_errors: m.device_errors,
         hub: hub_usage,
+        slow_viewers: (m.slow.viewers > 0).then_some(m.slow),
     }
 }
