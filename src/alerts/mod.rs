@@ -88,7 +88,9 @@ struct Inner {
     /// Transitions a silence kept from the sinks.
     silenced: Counter,
     /// `None` with `history.persist = false`: alert state lives in memory only.
-    store: Option<AlertStore>,
+    store: Option<Arc<AlertStore>>,
+    /// The outbox's rows from before the restart, until the sinks start.
+    unsent: Mutex<Vec<store::Unsent>>,
     /// The rules of `config.toml` (read-only over REST).
     config_rules: Vec<RuleConfig>,
     /// The rules made over REST, in order; its lock also serialises rule changes.
@@ -136,12 +138,13 @@ impl Alerts {
         db: Option<&Path>,
     ) -> Result<Alerts, AlertStoreError> {
         let store_dropped = Counter::default();
-        let (store, live, stored_rules, stored_silences) = match db {
+        let (store, live, stored_rules, stored_silences, unsent) = match db {
             Some(path) => {
                 let (store, loaded) = AlertStore::open(path, store_dropped.clone())?;
-                (Some(store), loaded.live, loaded.rules, loaded.silences)
+                let l = loaded;
+                (Some(Arc::new(store)), l.live, l.rules, l.silences, l.unsent)
             }
-            None => (None, Vec::new(), Vec::new(), Vec::new()),
+            None => (None, Vec::new(), Vec::new(), Vec::new(), Vec::new()),
         };
         // Rules made over REST come back after the config's; one the config now defines
         // too, or that no longer passes the checks, is left out (and said so).
@@ -174,6 +177,7 @@ impl Alerts {
                 silences: Silences::load(stored_silences, crate::clock::now_ms()),
                 silenced: Counter::default(),
                 store,
+                unsent: Mutex::new(unsent),
                 config_rules: config.rules.clone(),
                 runtime: Mutex::new(runtime),
             }),
@@ -216,7 +220,15 @@ impl Alerts {
         shutdown: &crate::shutdown::Shutdown,
         completion: &crate::shutdown::Completion,
     ) {
-        let n = Notifier::start(specs, links, &self.inner.sink_metrics, shutdown, completion);
+        let unsent = std::mem::take(&mut *lock(&self.inner.unsent));
+        let n = Notifier::start(
+            specs,
+            links,
+            &self.inner.sink_metrics,
+            (shutdown, completion),
+            self.inner.store.clone(),
+            unsent,
+        );
         let _ = self.inner.notifier.set(n);
     }
 

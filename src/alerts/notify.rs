@@ -8,6 +8,10 @@
 //! ([`SINK_QUEUE`]) drops the transition and counts it, and evaluation never waits for a
 //! slow or dead endpoint. A restored instance makes no transition after a restart, so
 //! nothing still firing is notified twice.
+//!
+//! With the alert store on, each queued notification is also written to its outbox
+//! (`alert_outbox`, see [`super::store`]) and deleted once its sink has delivered it or
+//! given up: what a stopping hub had not delivered is queued again at the next start.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
@@ -24,6 +28,7 @@ use tokio::sync::mpsc;
 use super::eval::Transition;
 use super::lock;
 use super::rule::parse_duration;
+use super::store::{AlertStore, Unsent};
 use super::webhook::Webhook;
 use crate::shutdown::{Completion, Shutdown};
 use crate::sources::mqtt::link::BridgeLink;
@@ -420,9 +425,17 @@ pub(crate) struct SinkStatus {
     pub last_error: Option<LastError>,
 }
 
+/// One notification in a sink's queue: `id` is its outbox row (`None`: not stored).
+struct Queued {
+    id: Option<i64>,
+    t: Transition,
+}
+
 struct Sink {
     spec: SinkSpec,
-    tx: mpsc::Sender<Transition>,
+    /// `spec.name`, shared with the outbox rows.
+    name: Arc<str>,
+    tx: mpsc::Sender<Queued>,
     stats: Arc<Stats>,
 }
 
@@ -430,17 +443,24 @@ struct Sink {
 #[derive(Clone, Default)]
 pub(crate) struct Notifier {
     sinks: Arc<Vec<Sink>>,
+    /// The outbox, with the alert store on.
+    outbox: Option<Arc<AlertStore>>,
+    /// The next outbox row's id.
+    next_id: Arc<AtomicI64>,
 }
 
 impl Notifier {
     /// Starts one worker per sink (`links`: the bridges' links by name), each running
-    /// until `shutdown`.
+    /// until `shutdown`, its queue starting with what `unsent` holds for it (the
+    /// outbox's rows from before the restart; rows of a sink no longer configured are
+    /// deleted).
     pub(crate) fn start(
         specs: Vec<SinkSpec>,
         links: &HashMap<String, BridgeLink>,
         metrics: &SinkMetrics,
-        shutdown: &Shutdown,
-        completion: &Completion,
+        (shutdown, completion): (&Shutdown, &Completion),
+        outbox: Option<Arc<AlertStore>>,
+        unsent: Vec<Unsent>,
     ) -> Notifier {
         let mut sinks = Vec::new();
         for spec in specs {
@@ -465,24 +485,76 @@ impl Notifier {
                 spec: spec.clone(),
                 stats: stats.clone(),
                 link,
+                outbox: outbox.clone(),
             };
             tokio::spawn(worker.run(rx, shutdown.clone(), completion.clone()));
-            sinks.push(Sink { spec, tx, stats });
+            let name = Arc::from(spec.name.as_str());
+            sinks.push(Sink {
+                spec,
+                name,
+                tx,
+                stats,
+            });
         }
-        Notifier {
+        let next_id = unsent.iter().map(|u| u.id).max().unwrap_or(0) + 1;
+        let notifier = Notifier {
             sinks: Arc::new(sinks),
+            outbox,
+            next_id: Arc::new(AtomicI64::new(next_id)),
+        };
+        let mut gone = Vec::new();
+        let mut requeued = 0usize;
+        for u in unsent {
+            match notifier.sinks.iter().find(|s| *s.name == *u.sink) {
+                Some(s) => {
+                    let q = Queued {
+                        id: Some(u.id),
+                        t: u.transition,
+                    };
+                    if s.tx.try_send(q).is_ok() {
+                        s.stats.queued.inc();
+                        requeued += 1;
+                    } else {
+                        s.stats.dropped.inc();
+                        gone.push(u.id);
+                    }
+                }
+                None => gone.push(u.id),
+            }
         }
+        if requeued > 0 || !gone.is_empty() {
+            tracing::info!(
+                requeued,
+                dropped = gone.len(),
+                "alert notifications not delivered before the last stop"
+            );
+        }
+        if let Some(store) = &notifier.outbox {
+            store.sent(gone);
+        }
+        notifier
     }
 
-    /// Queues `t` for every sink; never waits (a full queue drops and counts it).
+    /// Queues `t` for every sink, and in the outbox; never waits (a full queue drops and
+    /// counts it).
     pub(crate) fn notify(&self, t: &Transition) {
         for s in self.sinks.iter() {
-            match s.tx.try_send(t.clone()) {
+            // Into the outbox before the queue, so the row's delete, which the worker
+            // queues after delivering, cannot reach the store before its insert.
+            let id = self.outbox.as_ref().and_then(|store| {
+                let id = self.next_id.fetch_add(1, Relaxed);
+                store.outbox(id, &s.name, t).then_some(id)
+            });
+            let q = Queued { id, t: t.clone() };
+            match s.tx.try_send(q) {
                 Ok(()) => {
                     s.stats.queued.inc();
                 }
                 Err(_) => {
                     s.stats.dropped.inc();
+                    if let (Some(store), Some(id)) = (&self.outbox, id) {
+                        store.sent(vec![id]);
+                    }
                 }
             }
         }
@@ -534,6 +606,7 @@ struct Worker {
     spec: SinkSpec,
     stats: Arc<Stats>,
     link: Option<BridgeLink>,
+    outbox: Option<Arc<AlertStore>>,
 }
 
 /// Why one try failed, and whether another may help.
@@ -546,7 +619,7 @@ impl Worker {
     #[tracing::instrument(name = "alert_sink", skip_all, fields(sink = %self.spec.name))]
     async fn run(
         self,
-        mut rx: mpsc::Receiver<Transition>,
+        mut rx: mpsc::Receiver<Queued>,
         mut shutdown: Shutdown,
         _completion: Completion,
     ) {
@@ -555,19 +628,22 @@ impl Worker {
             _ => 1,
         };
         let mut batch = Vec::with_capacity(batch_max);
+        let mut ids = Vec::with_capacity(batch_max);
         loop {
+            // What is still queued at shutdown stays in the outbox for the next start.
             let first = tokio::select! {
-                t = rx.recv() => match t {
-                    Some(t) => t,
+                q = rx.recv() => match q {
+                    Some(q) => q,
                     None => return,
                 },
                 _ = shutdown.recv() => return,
             };
-            batch.push(first);
-            while batch.len() < batch_max {
-                match rx.try_recv() {
-                    Ok(t) => batch.push(t),
-                    Err(_) => break,
+            let mut next = Some(first);
+            while let Some(q) = next.take() {
+                ids.extend(q.id);
+                batch.push(q.t);
+                if batch.len() < batch_max {
+                    next = rx.try_recv().ok();
                 }
             }
             self.stats.queued.dec_by(batch.len() as i64);
@@ -615,6 +691,11 @@ impl Worker {
                     }
                 }
             }
+            // Delivered, or given up on (counted as failed): out of the outbox.
+            if let Some(store) = &self.outbox {
+                store.sent(std::mem::take(&mut ids));
+            }
+            ids.clear();
             batch.clear();
         }
     }

@@ -7,6 +7,11 @@
 //! (`telehub_alerts_store_dropped_total`). At start-up the live instances are read back,
 //! so a firing alert is still firing after a restart, with no new transition; so are the
 //! rules made over REST (`alert_rules`, one JSON rule per row).
+//!
+//! `alert_outbox` holds each notification from the moment it is queued for a sink until
+//! that sink has delivered it or given up on it: what a stopping (or crashing) hub had
+//! not sent yet is sent after the restart. Delivery is at least once: a hub that dies
+//! between a delivery and the row's delete sends that notification again.
 
 use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
@@ -57,7 +62,18 @@ enum Op {
     Rule(Arc<str>, Option<String>),
     /// A silence made (its JSON and end), or deleted (`None`).
     Silence(Arc<str>, Option<(String, i64)>),
+    /// A notification queued for a sink: (id, sink, transition).
+    Outbox(i64, Arc<str>, Box<Transition>),
+    /// Notifications a sink is done with (delivered, or given up on).
+    Sent(Vec<i64>),
     Stop,
+}
+
+/// A notification a sink had not delivered when the hub stopped.
+pub(crate) struct Unsent {
+    pub id: i64,
+    pub sink: String,
+    pub transition: Transition,
 }
 
 /// One stored transition, as `GET /api/alerts/history` lists it.
@@ -103,6 +119,12 @@ CREATE TABLE IF NOT EXISTS alert_rules (
 CREATE TABLE IF NOT EXISTS alert_silences (
     id TEXT PRIMARY KEY NOT NULL, json TEXT NOT NULL, ends_at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS alert_outbox (
+    id INTEGER PRIMARY KEY NOT NULL, sink TEXT NOT NULL,
+    rule TEXT NOT NULL, room TEXT NOT NULL, device TEXT NOT NULL, metric TEXT NOT NULL,
+    state TEXT NOT NULL, was TEXT, value REAL NOT NULL, since INTEGER NOT NULL,
+    severity TEXT NOT NULL
+);
 ";
 
 /// What the store held at start-up.
@@ -113,6 +135,8 @@ pub(crate) struct Loaded {
     pub rules: Vec<String>,
     /// The silences not yet over (as JSON), oldest first.
     pub silences: Vec<String>,
+    /// The notifications not yet delivered, oldest first.
+    pub unsent: Vec<Unsent>,
 }
 
 fn severity(s: &str) -> Severity {
@@ -197,6 +221,37 @@ impl AlertStore {
             let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(err)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(err)?
         };
+        let unsent = {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT id, sink, rule, room, device, metric, state, was, value, since, severity
+                     FROM alert_outbox ORDER BY id",
+                )
+                .map_err(err)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    let state: String = r.get(6)?;
+                    let was: Option<String> = r.get(7)?;
+                    let sev: String = r.get(10)?;
+                    Ok(Unsent {
+                        id: r.get(0)?,
+                        sink: r.get(1)?,
+                        transition: Transition {
+                            rule: r.get::<_, String>(2)?.into(),
+                            room: r.get::<_, String>(3)?.into(),
+                            device: r.get::<_, String>(4)?.into(),
+                            metric: r.get::<_, String>(5)?.into(),
+                            state: State::parse(&state).unwrap_or(State::Firing),
+                            was: was.as_deref().and_then(State::parse),
+                            value: r.get(8)?,
+                            since: r.get(9)?,
+                            severity: severity(&sev),
+                        },
+                    })
+                })
+                .map_err(err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(err)?
+        };
         let reader = open(path)?;
         let (tx, rx) = sync_channel(QUEUE);
         let thread = std::thread::Builder::new()
@@ -217,6 +272,7 @@ impl AlertStore {
                 live,
                 rules,
                 silences,
+                unsent,
             },
         ))
     }
@@ -253,6 +309,30 @@ impl AlertStore {
     /// is full: the caller refuses the change rather than lose it.
     pub(crate) fn silence(&self, id: &Arc<str>, row: Option<(String, i64)>) -> bool {
         self.tx.try_send(Op::Silence(id.clone(), row)).is_ok()
+    }
+
+    /// Queues a notification for sink `sink` under `id`, kept until [`Self::sent`].
+    /// False (counted as dropped) if the queue is full: the notification then lives in
+    /// the sink's queue only.
+    pub(crate) fn outbox(&self, id: i64, sink: &Arc<str>, t: &Transition) -> bool {
+        match self
+            .tx
+            .try_send(Op::Outbox(id, sink.clone(), Box::new(t.clone())))
+        {
+            Ok(()) => true,
+            Err(_) => {
+                self.dropped.inc();
+                false
+            }
+        }
+    }
+
+    /// Queues the delete of notifications a sink is done with. Never waits; a full queue
+    /// leaves them to be sent again after a restart (at least once).
+    pub(crate) fn sent(&self, ids: Vec<i64>) {
+        if !ids.is_empty() {
+            self.send(Op::Sent(ids));
+        }
     }
 
     /// The transitions recorded from `from` to `to` (hub clock, inclusive), oldest first,
@@ -407,6 +487,32 @@ fn write(conn: &mut Connection, ops: &[Op]) -> rusqlite::Result<()> {
             Op::Silence(id, None) => {
                 tx.execute("DELETE FROM alert_silences WHERE id = ?1", [&**id])?;
             }
+            Op::Outbox(id, sink, t) => {
+                tx.execute(
+                    "INSERT OR REPLACE INTO alert_outbox
+                       (id, sink, rule, room, device, metric, state, was, value, since, severity)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                    params![
+                        id,
+                        &**sink,
+                        &*t.rule,
+                        &*t.room,
+                        &*t.device,
+                        &*t.metric,
+                        t.state.as_str(),
+                        t.was.map(State::as_str),
+                        t.value,
+                        t.since,
+                        t.severity.as_str()
+                    ],
+                )?;
+            }
+            Op::Sent(ids) => {
+                let mut stmt = tx.prepare_cached("DELETE FROM alert_outbox WHERE id = ?1")?;
+                for id in ids {
+                    stmt.execute([id])?;
+                }
+            }
             Op::Stop => {}
         }
     }
@@ -468,5 +574,43 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM alert_transitions", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 2);
+    }
+
+    #[test]
+    fn notifications_not_yet_sent_come_back_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("telehub.db");
+        let (store, _) = AlertStore::open(&path, Counter::default()).unwrap();
+        let hook: Arc<str> = "hook".into();
+        let mut firing = t(State::Firing, 40.0);
+        firing.was = Some(State::Pending);
+        assert!(store.outbox(1, &hook, &t(State::Pending, 36.0)));
+        assert!(store.outbox(2, &hook, &firing));
+        store.sent(vec![1]);
+        store.close();
+        let (store, loaded) = AlertStore::open(&path, Counter::default()).unwrap();
+        assert_eq!(loaded.unsent.len(), 1);
+        let u = &loaded.unsent[0];
+        let tr = &u.transition;
+        assert_eq!((u.id, u.sink.as_str()), (2, "hook"));
+        assert_eq!(
+            (tr.state, tr.was, tr.value, tr.since, tr.severity),
+            (
+                State::Firing,
+                Some(State::Pending),
+                40.0,
+                7,
+                Severity::Critical
+            )
+        );
+        assert_eq!(
+            (&*tr.rule, &*tr.room, &*tr.device, &*tr.metric),
+            ("hot", "g", "d", "t")
+        );
+        store.sent(vec![2]);
+        store.close();
+        let (store, loaded) = AlertStore::open(&path, Counter::default()).unwrap();
+        assert!(loaded.unsent.is_empty());
+        store.close();
     }
 }

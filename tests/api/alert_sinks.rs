@@ -288,6 +288,83 @@ async fn a_webhook_sink_retries_while_its_server_is_down_signs_and_does_not_repe
     assert_eq!(hub.stop().await.code(), Some(0));
 }
 
+/// The outbox: a notification the hub had not delivered when it stopped (its webhook was
+/// down) is delivered after the restart, once; the next restart has nothing left to send.
+#[tokio::test]
+async fn a_notification_not_delivered_before_a_stop_is_delivered_after_the_restart_once() {
+    let hook_addr = free_port().await;
+    let data = tempfile::tempdir().expect("data dir");
+    let config = rules_and_sink(&format!(
+        "kind = \"webhook\"\nname = \"ops\"\nurl = \"http://{hook_addr}/hook\"\n\
+         backoff = \"100ms\"\nmax_backoff = \"200ms\"\nattempts = 1000\ntimeout = \"2s\""
+    ));
+    let mut hub = hub_process().config(config).data_dir(data.path()).start();
+
+    // The webhook is down: the firing transition waits in its sink, retried.
+    let mut dev = Client::connect(&hub.ws_url("gh", "t1", "role=device"))
+        .await
+        .expect("device");
+    dev.recv_type("welcome").await;
+    send(&mut dev, 40.0).await;
+    let down = sink_until(hub.addr(), |s| s["retried"].as_u64() >= Some(1)).await;
+    assert_eq!(down["sent"], 0, "{down}");
+    drop(dev);
+    assert_eq!(hub.stop().await.code(), Some(0));
+
+    // Up now, and the hub back: the transition it had not delivered arrives.
+    let mut hooks = webhook_server(hook_addr, 0).await;
+    hub.restart();
+    let a = one_alert(&next_hook(&mut hooks).await);
+    assert_eq!(
+        (&a["state"], &a["value"], &a["device"]),
+        (&json!("firing"), &json!(40.0), &json!("t1")),
+        "{a}"
+    );
+    let up = sink_until(hub.addr(), |s| s["sent"] == 1).await;
+    assert_eq!(up["queue"], 0, "{up}");
+    assert!(
+        hub.log().contains("not delivered before the last stop"),
+        "{}",
+        hub.log()
+    );
+    // Still firing, not notified again: the next POST is the resolution.
+    let mut dev = Client::connect(&hub.ws_url("gh", "t1", "role=device"))
+        .await
+        .expect("device");
+    dev.recv_type("welcome").await;
+    send(&mut dev, 20.0).await;
+    let states: Vec<String> = next_hook(&mut hooks).await.json()["alerts"]
+        .as_array()
+        .expect("alerts")
+        .iter()
+        .map(|a| a["state"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(states, ["resolved"]);
+    sink_until(hub.addr(), |s| s["sent"] == 2).await;
+    drop(dev);
+    assert_eq!(hub.stop().await.code(), Some(0));
+
+    // Everything was delivered: a third start sends nothing.
+    hub.restart();
+    let (sinks, _) = sinks_at(hub.addr()).await;
+    assert_eq!(
+        (&sinks[0]["sent"], &sinks[0]["queue"]),
+        (&json!(0), &json!(0))
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), hooks.recv())
+            .await
+            .is_err(),
+        "a notification was sent twice"
+    );
+    assert!(
+        !hub.log().contains("not delivered before the last stop"),
+        "{}",
+        hub.log()
+    );
+    assert_eq!(hub.stop().await.code(), Some(0));
+}
+
 #[test]
 fn a_bad_sink_stops_start_up_naming_it() {
     let dir = tempfile::tempdir().expect("dir");
