@@ -157,22 +157,11 @@ pub fn small_config(read_buffer: usize) -> WebSocketConfig {
 }
 
 /// Open `ws://{hub}{path_and_query}` to the already-resolved `addr`, from `bind` if given,
-/// with `Authorization: Bearer {bearer}` if given (marked sensitive, never logged).
+/// with `Authorization: Bearer {bearer}` if given (marked sensitive, never logged), and
+/// the socket's kernel receive buffer set to `recv_buffer` bytes if given: a small one
+/// makes a slow reader's backlog reach the hub within seconds instead of after megabytes
+/// (the bench's `--slow-viewers`).
 pub async fn connect(
-    hub: &HubUrl,
-    addr: SocketAddr,
-    path_and_query: &str,
-    bind: Option<IpAddr>,
-    config: WebSocketConfig,
-    bearer: Option<&str>,
-) -> Result<WsStream, ConnectError> {
-    connect_with_recv_buffer(hub, addr, path_and_query, bind, config, bearer, None).await
-}
-
-/// [`connect`], with the kernel's receive buffer for the socket set to `recv_buffer`
-/// bytes if given: a small one makes a slow reader's backlog reach the hub within
-/// seconds instead of after megabytes (the bench's `--slow-viewers`).
-pub async fn connect_with_recv_buffer(
     hub: &HubUrl,
     addr: SocketAddr,
     path_and_query: &str,

@@ -143,6 +143,7 @@ pub async fn run_churn(opts: ChurnOptions) -> Result<ChurnReport, BenchError> {
                         Some(bind),
                         wsclient::small_config(1024),
                         token.as_deref(),
+                        None,
                     ),
                 )
                 .await

@@ -133,6 +133,7 @@ pub async fn run_idle(opts: IdleOptions) -> Result<IdleReport, BenchError> {
                         Some(source_addr(i, addrs)),
                         wsclient::small_config(IDLE_READ_BUFFER),
                         token.as_deref(),
+                        None,
                     ),
                 )
                 .await

@@ -62,7 +62,7 @@ async fn open(
 ) -> Result<WsStream, BenchError> {
     let mut ws = tokio::time::timeout(
         Duration::from_secs(10),
-        wsclient::connect_with_recv_buffer(
+        wsclient::connect(
             hub,
             addr,
             &path,

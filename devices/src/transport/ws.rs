@@ -202,6 +202,7 @@ async fn connect_device(
         None,
         wsclient::small_config(DEVICE_READ_BUFFER),
         token.as_deref(),
+        None,
     );
     match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
         Ok(r) => r,
