@@ -889,6 +889,7 @@ async fn a_wrong_secret_is_refused_clearly_and_not_retried_in_a_loop() {
         None,
         telehub_sim::wsclient::small_config(4096),
         Some(&token),
+        None,
     )
     .await
     .expect_err("refused");
