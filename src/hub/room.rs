@@ -97,6 +97,29 @@ struct RoomState {
     cluster: Option<Box<ClusterRoom>>,
 }
 
+/// What a joining `client`'s welcome lists: how many other dashboards there are, and the
+/// other members it is shown (devices, and with `all` the dashboards too).
+fn roster<'a>(
+    members: &'a HashMap<Arc<str>, Member>,
+    client: &str,
+    all: bool,
+) -> (usize, Vec<MemberInfo<'a>>) {
+    let others = members.iter().filter(|(c, _)| &***c != client);
+    let dashboards = others
+        .clone()
+        .filter(|(_, m)| m.role == Role::Dashboard)
+        .count();
+    let shown = others
+        .filter(|(_, m)| all || m.role == Role::Device)
+        .map(|(c, m)| MemberInfo {
+            client: c,
+            role: m.role,
+            via: m.via,
+        })
+        .collect();
+    (dashboards, shown)
+}
+
 /// Frames one joining dashboard of a cluster room buffers at most while its join reads
 /// Redis; past it the dashboard is closed as a slow consumer (1013) and reconnects.
 pub(crate) const CLUSTER_JOIN_BUFFER: usize = 4096;
@@ -360,21 +383,7 @@ impl Room {
         }
         let clustered = st.cluster.is_some() && member.role == Role::Dashboard;
         let all = member.presence == Presence::All;
-        let dashboards = st
-            .members
-            .iter()
-            .filter(|(c, m)| *c != client && m.role == Role::Dashboard)
-            .count();
-        let others: Vec<MemberInfo> = st
-            .members
-            .iter()
-            .filter(|(c, m)| *c != client && (all || m.role == Role::Device))
-            .map(|(c, m)| MemberInfo {
-                client: c,
-                role: m.role,
-                via: m.via,
-            })
-            .collect();
+        let (dashboards, others) = roster(&st.members, client, all);
         let mut snapshot = None;
         let mut recovered = None;
         let mut cursor = None;
@@ -655,21 +664,7 @@ impl Room {
             Some(m) => (m.presence == Presence::All, m.role),
             None => return ClusterJoined::Gone,
         };
-        let dashboards = st
-            .members
-            .iter()
-            .filter(|(c, m)| *c != client && m.role == Role::Dashboard)
-            .count();
-        let others: Vec<MemberInfo> = st
-            .members
-            .iter()
-            .filter(|(c, m)| *c != client && (all || m.role == Role::Device))
-            .map(|(c, m)| MemberInfo {
-                client: c,
-                role: m.role,
-                via: m.via,
-            })
-            .collect();
+        let (dashboards, others) = roster(&st.members, client, all);
         let welcome = frames::welcome(
             &self.name, client, role, f.top, &f.epoch, &others, dashboards, recovered,
         );
