@@ -206,6 +206,10 @@ struct BenchArgs {
     /// With --slow-viewers: how often each reads a frame.
     #[arg(long, value_parser = parse_duration, default_value = "100ms")]
     slow_read_every: Duration,
+    /// With --slow-viewers: each one's socket receive buffer (SO_RCVBUF), in bytes; 0
+    /// keeps the kernel's default. Small, the hub's queue for it fills within seconds.
+    #[arg(long, value_name = "BYTES", default_value_t = 4096)]
+    slow_recv_buffer: u32,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -530,6 +534,7 @@ async fn cmd_bench(args: BenchArgs) -> anyhow::Result<()> {
         auth,
         slow_viewers: args.slow_viewers,
         slow_read_every: args.slow_read_every,
+        slow_recv_buffer: args.slow_recv_buffer,
     })
     .await?;
     if args.json {

@@ -584,6 +584,7 @@ async fn bench_measures_a_live_hub_without_loss() {
         auth: None,
         slow_viewers: 0,
         slow_read_every: Duration::from_millis(100),
+        slow_recv_buffer: 4096,
     })
     .await
     .expect("bench runs");
@@ -655,6 +656,7 @@ async fn bench_slow_viewers_are_coalesced_beside_dashboards_that_lose_nothing() 
         auth: None,
         slow_viewers: 1,
         slow_read_every: Duration::from_millis(100),
+        slow_recv_buffer: 4096,
     })
     .await
     .expect("bench runs");

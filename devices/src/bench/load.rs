@@ -279,7 +279,7 @@ pub async fn run_bench(opts: BenchOptions) -> Result<BenchReport, BenchError> {
         addr,
         slow_paths,
         slow::READ_BUFFER,
-        Some(slow::RECV_BUFFER),
+        (opts.slow_recv_buffer > 0).then_some(opts.slow_recv_buffer),
     )
     .await?;
     let (dev_stop_tx, dev_stop_rx) = watch::channel(false);

@@ -97,6 +97,8 @@ pub struct BenchOptions {
     pub slow_viewers: u32,
     /// How often a slow viewer reads a frame.
     pub slow_read_every: Duration,
+    /// A slow viewer's socket receive buffer in bytes (0: the kernel's default).
+    pub slow_recv_buffer: u32,
 }
 
 /// The bearer token of one bench connection, if the bench has a token source.

@@ -1,6 +1,7 @@
 //! `--slow-viewers N`: dashboards on a slow link, beside the measured ones.
 //!
-//! Each joins its room with `?overflow=latest`, a 4 KiB socket receive buffer and reads
+//! Each joins its room with `?overflow=latest`, a 4 KiB socket receive buffer
+//! (`--slow-recv-buffer`) and reads
 //! one frame every `--slow-read-every` (100 ms by default: 10 frames a second, a phone
 //! on a train). The hub's queue for it fills within seconds and the hub coalesces it to
 //! the latest value per series plus `skipped` frames, which it reads at full speed once
@@ -20,8 +21,6 @@ use crate::wsclient::WsStream;
 
 /// The slow viewer's read buffer: small, so it reads little more than a frame at a time.
 pub(super) const READ_BUFFER: usize = 4 * 1024;
-/// The kernel's receive buffer for its socket, bytes.
-pub(super) const RECV_BUFFER: u32 = 4 * 1024;
 
 /// What the slow viewers received, summed over all of them.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
