@@ -89,6 +89,26 @@ pub(crate) struct Transition {
     pub was: Option<State>,
 }
 
+impl Transition {
+    /// The transition as the `alert` frame and the sinks' payloads carry it (never
+    /// acknowledged: an ack is an event of the instance, not of a transition).
+    pub(crate) fn alert(&self) -> telehub_protocol::outbound::Alert<'_> {
+        use std::borrow::Cow::Borrowed;
+        telehub_protocol::outbound::Alert {
+            rule: Borrowed(&self.rule),
+            room: Borrowed(&self.room),
+            device: Borrowed(&self.device),
+            metric: Borrowed(&self.metric),
+            state: Borrowed(self.state.as_str()),
+            value: self.value,
+            since: self.since,
+            severity: Borrowed(self.severity.as_str()),
+            acked_by: None,
+            acked_at: None,
+        }
+    }
+}
+
 /// One rule watching one series, and its instance if it has one.
 struct Watch {
     rule: Arc<Rule>,

@@ -475,19 +475,7 @@ impl Alerts {
 
 /// The `alert` frame of a transition.
 pub(crate) fn frame(t: &Transition) -> Frame {
-    use std::borrow::Cow::Borrowed;
-    frames::alert_frame(&telehub_protocol::outbound::Alert {
-        rule: Borrowed(&t.rule),
-        room: Borrowed(&t.room),
-        device: Borrowed(&t.device),
-        metric: Borrowed(&t.metric),
-        state: Borrowed(t.state.as_str()),
-        value: t.value,
-        since: t.since,
-        severity: Borrowed(t.severity.as_str()),
-        acked_by: None,
-        acked_at: None,
-    })
+    frames::alert_frame(&t.alert())
 }
 
 /// The `alert` frame of a live instance (a joining dashboard's firing alerts).

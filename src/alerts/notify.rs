@@ -23,6 +23,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use serde::{Deserialize, Serialize};
+use telehub_protocol::outbound::ServerMessage;
 use tokio::sync::mpsc;
 
 use super::eval::Transition;
@@ -703,7 +704,10 @@ impl Worker {
     async fn deliver(&self, batch: &[Transition]) -> Result<(), Failure> {
         match &self.spec.target {
             Target::Webhook(w) => {
-                let alerts: Vec<_> = batch.iter().map(message).collect();
+                let alerts: Vec<_> = batch
+                    .iter()
+                    .map(|t| ServerMessage::Alert(t.alert()))
+                    .collect();
                 let body =
                     serde_json::to_vec(&serde_json::json!({ "alerts": alerts })).map_err(|e| {
                         Failure {
@@ -724,10 +728,13 @@ impl Worker {
                     });
                 };
                 for t in batch {
-                    let payload = serde_json::to_vec(&message(t)).map_err(|e| Failure {
-                        message: e.to_string(),
-                        retryable: false,
-                    })?;
+                    let payload =
+                        serde_json::to_vec(&ServerMessage::Alert(t.alert())).map_err(|e| {
+                            Failure {
+                                message: e.to_string(),
+                                retryable: false,
+                            }
+                        })?;
                     link.publish(&topic.render(t), payload)
                         .await
                         .map_err(|e| Failure {
@@ -756,23 +763,6 @@ impl Worker {
             }
         }
     }
-}
-
-/// A transition as the `alert` frame has it (`"type":"alert"` included).
-fn message(t: &Transition) -> telehub_protocol::outbound::ServerMessage<'_> {
-    use std::borrow::Cow::Borrowed;
-    telehub_protocol::outbound::ServerMessage::Alert(telehub_protocol::outbound::Alert {
-        rule: Borrowed(&t.rule),
-        room: Borrowed(&t.room),
-        device: Borrowed(&t.device),
-        metric: Borrowed(&t.metric),
-        state: Borrowed(t.state.as_str()),
-        value: t.value,
-        since: t.since,
-        severity: Borrowed(t.severity.as_str()),
-        acked_by: None,
-        acked_at: None,
-    })
 }
 
 #[cfg(test)]
