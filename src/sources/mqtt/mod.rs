@@ -22,6 +22,7 @@
 //! `docs/MQTT.md` documents the topic layout and payloads for users.
 
 pub(crate) mod bridge;
+pub(crate) mod client;
 pub(crate) mod config;
 pub(crate) mod discovery;
 pub(crate) mod homie;
