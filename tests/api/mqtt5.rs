@@ -248,3 +248,31 @@ async fn a_subscription_the_broker_acl_refuses_shows_its_reason_code() {
     assert_eq!(next_reading(&mut dash).await["value"], 5.0);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_311_bridge_shows_a_refused_subscription_as_failure() {
+    // 3.1.1 has one refusal code; the same /api/bridges field carries it.
+    let broker = Mosquitto::start_with(Config {
+        deny_subscribe: vec!["secret/#".into()],
+        ..Config::default()
+    });
+    let extra = "[[bridges.topics]]\ntemplate = \"telehub/{room}/{device}/{metric}\"\n\
+                 [[bridges.topics]]\ntemplate = \"secret/{room}/{device}/{metric}\"\n";
+    let app = hub_with_bridge(broker.port, "api311-acl", extra).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let s = loop {
+        let s = bridge_status(&app).await;
+        if s["refused_subscriptions"].is_array() {
+            break s;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{s}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(s["protocol"], "3.1.1", "{s}");
+    assert_eq!(
+        s["refused_subscriptions"],
+        json!([{"filter":"secret/+/+/+","code":128,"reason":"failure"}]),
+        "{s}"
+    );
+    app.stop().await;
+}
