@@ -62,6 +62,9 @@ struct Args {
     /// The broker binary [default: $MOSQUITTO, then `mosquitto` on PATH or in /usr/sbin].
     #[arg(long)]
     mosquitto: Option<PathBuf>,
+    /// The bridge's MQTT version (`[[mqtt.bridges]] protocol`): "3.1.1" or "5".
+    #[arg(long, default_value = "3.1.1")]
+    mqtt_protocol: String,
 }
 
 fn cpu_micros(pid: u32) -> u64 {
@@ -118,9 +121,10 @@ fn start(args: &Args) -> anyhow::Result<Setup> {
              [limits]\nrate_per_sec = 100000.0\nrate_burst = 100000.0\n\
              outbound_queue = 65536\n\
              [[mqtt.bridges]]\nname = \"bench\"\nurl = \"mqtt://127.0.0.1:{}\"\n\
-             client_id = \"telehub-bench-{}\"\n",
+             client_id = \"telehub-bench-{}\"\nprotocol = \"{}\"\n",
             broker.port,
-            std::process::id()
+            std::process::id(),
+            args.mqtt_protocol
         ))
         .start();
     Ok(Setup { broker, hub })

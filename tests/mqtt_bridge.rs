@@ -255,6 +255,7 @@ async fn commands_go_out_and_acks_come_back() {
         .command(
             "lab",
             "valve",
+            "c-1",
             br#"{"id":"c-1","from":"dash","name":"open","args":{"pct":50}}"#.to_vec(),
         )
         .await
@@ -480,4 +481,54 @@ async fn mqtts_with_a_client_certificate() {
         .expect("a mismatched key is refused")
         .to_string();
     assert!(err.contains("key_file cannot be used"), "{err}");
+}
+
+#[tokio::test]
+async fn mqtts_v5_with_a_client_certificate() {
+    // The MQTT 5 client connects through the same TLS set-up as 3.1.1: the test CA and
+    // a client certificate the broker requires.
+    let broker = Mosquitto::start_with(telehub_testkit::mosquitto::Config {
+        tls: true,
+        require_client_certificate: true,
+        ..Default::default()
+    });
+    let tls_port = broker.tls_port.expect("TLS listener");
+    let bridge_toml = |id: &str, cert: &str| {
+        format!(
+            "[[bridges]]\nname = \"cert5\"\nurl = \"mqtts://127.0.0.1:{tls_port}\"\nclient_id = \"{id}\"\n\
+             protocol = \"5\"\nca_file = \"{}\"\nreconnect_min_ms = 50\nreconnect_max_ms = 200\n{cert}",
+            broker.ca_file().display()
+        )
+    };
+
+    // Without a certificate the handshake is refused, and the bridge says so.
+    let cfg: MqttConfig = toml::from_str(&bridge_toml("v5-no-cert", "")).expect("config");
+    let bridge = Bridge::new(cfg.validate().expect("valid").remove(0)).expect("bridge builds");
+    let state = bridge.state();
+    let (tx, _rx) = mpsc::channel(16);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(bridge.run(Collect { tx }, async move {
+        let _ = stopped.await;
+    }));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while state.status().last_error.is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "no error reported");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!state.status().connected);
+    let _ = stop.send(());
+    let _ = task.await;
+
+    let cert = format!(
+        "cert_file = \"{}\"\nkey_file = \"{}\"\n",
+        broker.client_cert_file().display(),
+        broker.client_key_file().display()
+    );
+    let mut bridge = start_bridge(&bridge_toml("v5-with-cert", &cert)).await;
+    let s = bridge.state.status();
+    assert_eq!((s.protocol, s.broker.starts_with("mqtts://")), ("5", true));
+    let sensor = TestClient::connect(broker.port, "sensor-cert5");
+    sensor.publish("telehub/lab/t1/temperature", "9").await;
+    assert_eq!(bridge.next_readings().await.readings[0].value, 9.0);
+    bridge.stop().await;
 }

@@ -25,6 +25,7 @@ mod layout;
 mod lifecycle;
 mod linger;
 mod mqtt;
+mod mqtt5;
 mod rollups;
 mod rooms;
 mod runtimes;

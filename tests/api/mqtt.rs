@@ -15,7 +15,7 @@ use telehub_testkit::mosquitto::Mosquitto;
 use telehub_testkit::mqtt::TestClient;
 
 /// A hub with one bridge `test` to `broker`, configured by the TOML body `extra`.
-async fn hub_with_bridge(port: u16, client_id: &str, extra: &str) -> TestApp {
+pub(crate) async fn hub_with_bridge(port: u16, client_id: &str, extra: &str) -> TestApp {
     let text = format!(
         "[[bridges]]\nname = \"test\"\nurl = \"mqtt://127.0.0.1:{port}\"\nclient_id = \"{client_id}\"\n\
          reconnect_min_ms = 50\nreconnect_max_ms = 200\n{extra}"
@@ -24,7 +24,7 @@ async fn hub_with_bridge(port: u16, client_id: &str, extra: &str) -> TestApp {
     spawn_app_with(move |s: &mut Settings| s.mqtt = mqtt).await
 }
 
-async fn bridge_status(app: &TestApp) -> Value {
+pub(crate) async fn bridge_status(app: &TestApp) -> Value {
     let (status, body) = app.get("/api/bridges").await;
     assert_eq!(status, 200, "{body}");
     let v: Value = serde_json::from_str(&body).expect("JSON");
@@ -33,7 +33,7 @@ async fn bridge_status(app: &TestApp) -> Value {
 
 /// Waits until the bridge is connected and the broker has acknowledged its
 /// subscriptions.
-async fn wait_subscribed(app: &TestApp) {
+pub(crate) async fn wait_subscribed(app: &TestApp) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let s = bridge_status(app).await;
@@ -49,7 +49,7 @@ async fn wait_subscribed(app: &TestApp) {
 }
 
 /// The next `reading` frame a dashboard gets.
-async fn next_reading(dash: &mut Client) -> Value {
+pub(crate) async fn next_reading(dash: &mut Client) -> Value {
     dash.recv_type("reading").await
 }
 
@@ -252,7 +252,10 @@ async fn commands_and_acks_round_trip() {
 
 /// Reads readings until every seq in `want` has arrived (or the time is up); returns
 /// the ones seen and how many arrived more than once.
-async fn collect_seqs(dash: &mut Client, want: &BTreeSet<u64>) -> (BTreeSet<u64>, usize) {
+pub(crate) async fn collect_seqs(
+    dash: &mut Client,
+    want: &BTreeSet<u64>,
+) -> (BTreeSet<u64>, usize) {
     let mut seen = BTreeSet::new();
     let mut repeats = 0;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

@@ -22,20 +22,18 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS,
-    SubscribeFilter, SubscribeReasonCode, TlsConfiguration, Transport,
-};
+use rumqttc::{TlsConfiguration, Transport};
 use telehub_protocol::backoff::{Backoff, BackoffConfig};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::client::{Client, Event, EventLoop, FilterSpec, Incoming, Protocol};
 use super::config::{BridgeSpec, DiscoveryKind};
 use super::discovery::{Registry, CONFIG_FILTERS};
 use super::homie::{Homie, HOMIE_FILTER};
-use super::ingest::{BridgeSink, Ingest, INGEST_QUEUE};
+use super::ingest::{BridgeSink, Ingest, INGEST_QUEUE, MAX_UNACKED};
 use super::link::{BridgeLink, REQUEST_QUEUE};
-use super::state::{BridgeState, LogLimiter};
+use super::state::{BridgeState, LogLimiter, RefusedSubscription};
 use super::BridgeError;
 
 /// Largest MQTT packet accepted or sent.
@@ -53,7 +51,7 @@ const STOP_GRACE: Duration = Duration::from_secs(2);
 pub struct Bridge {
     spec: Arc<BridgeSpec>,
     state: Arc<BridgeState>,
-    client: AsyncClient,
+    client: Client,
     eventloop: EventLoop,
     link: BridgeLink,
     seed_on_start: bool,
@@ -69,27 +67,64 @@ impl Bridge {
         } else {
             spec.broker.host.clone()
         };
-        let state = Arc::new(BridgeState::new(
+        let state = Arc::new(BridgeState::with_protocol(
             &spec.name,
             format!("{scheme}://{host}:{}", spec.broker.port),
             &spec.client_id,
+            spec.protocol.as_str(),
         ));
-        let mut o = MqttOptions::new(&spec.client_id, &spec.broker.host, spec.broker.port);
-        o.set_keep_alive(spec.keep_alive)
-            .set_clean_session(false)
-            .set_manual_acks(true)
-            .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
-        if let Some(user) = &spec.broker.username {
-            o.set_credentials(user, spec.broker.password.clone().unwrap_or_default());
-        }
-        if spec.broker.tls {
-            let tls = tls_config(&spec)?;
-            o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-                Arc::new(tls),
-            )));
-        }
+        // One transport for both versions: TCP, or TLS with the bridge's rustls config
+        // (its CA and client certificate).
+        let transport = if spec.broker.tls {
+            Some(Transport::tls_with_config(TlsConfiguration::Rustls(
+                Arc::new(tls_config(&spec)?),
+            )))
+        } else {
+            None
+        };
+        let (client, eventloop) = match spec.protocol {
+            Protocol::V311 => {
+                let mut o =
+                    rumqttc::MqttOptions::new(&spec.client_id, &spec.broker.host, spec.broker.port);
+                o.set_keep_alive(spec.keep_alive)
+                    .set_clean_session(false)
+                    .set_manual_acks(true)
+                    .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
+                if let Some(user) = &spec.broker.username {
+                    o.set_credentials(user, spec.broker.password.clone().unwrap_or_default());
+                }
+                if let Some(t) = transport {
+                    o.set_transport(t);
+                }
+                let (c, e) = rumqttc::AsyncClient::new(o, REQUEST_QUEUE);
+                (Client::V4(c), EventLoop::V4(Box::new(e)))
+            }
+            Protocol::V5 => {
+                let mut o = rumqttc::v5::MqttOptions::new(
+                    &spec.client_id,
+                    &spec.broker.host,
+                    spec.broker.port,
+                );
+                // A persistent session: not a clean start, and an expiry, without which
+                // MQTT 5 ends the session at the first disconnect. The broker sends at
+                // most `MAX_UNACKED` messages the bridge has not acked yet.
+                o.set_keep_alive(spec.keep_alive)
+                    .set_clean_start(false)
+                    .set_session_expiry_interval(Some(spec.session_expiry))
+                    .set_receive_maximum(Some(MAX_UNACKED as u16))
+                    .set_manual_acks(true)
+                    .set_max_packet_size(Some(MAX_PACKET_BYTES as u32));
+                if let Some(user) = &spec.broker.username {
+                    o.set_credentials(user, spec.broker.password.clone().unwrap_or_default());
+                }
+                if let Some(t) = transport {
+                    o.set_transport(t);
+                }
+                let (c, e) = rumqttc::v5::AsyncClient::new(o, REQUEST_QUEUE);
+                (Client::V5(c), EventLoop::V5(Box::new(e)))
+            }
+        };
         let spec = Arc::new(spec);
-        let (client, eventloop) = AsyncClient::new(o, REQUEST_QUEUE);
         let link = BridgeLink::new(client.clone(), spec.clone(), state.clone());
         Ok(Bridge {
             spec,
@@ -137,7 +172,7 @@ impl Bridge {
             link,
             seed_on_start,
         } = self;
-        let (tx, rx) = mpsc::channel::<Publish>(INGEST_QUEUE);
+        let (tx, rx) = mpsc::channel::<Incoming>(INGEST_QUEUE);
         let redeliver = Arc::new(tokio::sync::Notify::new());
         let mut ingest = tokio::spawn(
             Ingest {
@@ -159,21 +194,7 @@ impl Bridge {
             }
             .run(rx, sink, redeliver.clone()),
         );
-        let filters: Vec<SubscribeFilter> = spec
-            .topics
-            .iter()
-            .map(|t| t.template.filter())
-            .chain(std::iter::once(spec.ack_topic.filter()))
-            .chain(spec.discovery.iter().flat_map(|d| match d.kind {
-                DiscoveryKind::HomeAssistant => {
-                    CONFIG_FILTERS.iter().map(|f| f.to_string()).collect()
-                }
-                DiscoveryKind::Homie => vec![HOMIE_FILTER.to_string()],
-            }))
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .map(|f| SubscribeFilter::new(f, QoS::AtLeastOnce))
-            .collect();
+        let filters = subscriptions(&spec);
         tracing::info!(broker = %state.broker, client_id = %spec.client_id, "mqtt bridge starting");
 
         let mut shutdown = std::pin::pin!(shutdown);
@@ -201,7 +222,7 @@ impl Bridge {
                 event = eventloop.poll() => event,
             };
             match event {
-                Ok(Event::Incoming(Packet::Publish(p))) => {
+                Ok(Event::Message(p)) => {
                     state
                         .messages_in
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -210,16 +231,17 @@ impl Bridge {
                         break;
                     }
                 }
-                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                Ok(Event::Connected { session_present }) => {
                     state.set_connected(true);
+                    state.set_session_present(session_present);
                     backoff.reset();
-                    tracing::info!(session_present = ack.session_present, "connected to broker");
+                    tracing::info!(session_present, "connected to broker");
                     // A resumed session keeps its subscriptions (and re-subscribing would
                     // make the broker re-send every retained message). A new session, or
                     // this process's first connect when it seeds last values from retained
                     // messages (`seed_on_start`), subscribes.
-                    if first_connect || !ack.session_present {
-                        if !ack.session_present {
+                    if first_connect || !session_present {
+                        if !session_present {
                             state.set_subscribed(false);
                         }
                         if let Some(h) = subscriber.take() {
@@ -235,37 +257,63 @@ impl Bridge {
                     }
                     first_connect = false;
                 }
-                Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                    if ack
-                        .return_codes
-                        .iter()
-                        .any(|c| matches!(c, SubscribeReasonCode::Failure))
-                    {
+                Ok(Event::SubAck(codes)) => {
+                    // The bridge's own SUBSCRIBE has every filter, in order; a SUBACK of
+                    // another length answers a discovered state topic's.
+                    let ours = codes.len() == filters.len();
+                    let refused: Vec<RefusedSubscription> = codes
+                        .into_iter()
+                        .enumerate()
+                        .filter_map(|(i, c)| {
+                            c.map(|why| RefusedSubscription {
+                                filter: if ours {
+                                    filters[i].path.clone()
+                                } else {
+                                    "(a discovered state topic)".into()
+                                },
+                                why,
+                            })
+                        })
+                        .collect();
+                    if refused.is_empty() {
+                        if ours {
+                            state.set_refused(Vec::new());
+                            state.set_subscribed(true);
+                        }
+                    } else {
                         let msg = format!(
-                            "broker refused a subscription (filters: {})",
-                            filters
+                            "broker refused {}",
+                            refused
                                 .iter()
-                                .map(|f| f.path.as_str())
+                                .map(|r| format!("the subscription to {}: {}", r.filter, r.why))
                                 .collect::<Vec<_>>()
-                                .join(", ")
+                                .join("; ")
                         );
                         tracing::error!("{msg}");
                         state.set_error(msg);
-                    } else {
-                        state.set_subscribed(true);
+                        if ours {
+                            state.set_refused(refused);
+                        }
                     }
                 }
-                Ok(Event::Incoming(Packet::Disconnect)) => {
+                Ok(Event::PublishRefused(why)) => {
+                    let msg = format!("broker refused a publish: {why}");
+                    if let Some(suppressed) = conn_log.allow() {
+                        tracing::warn!(suppressed, "{msg}");
+                    }
+                    state.set_error(msg);
+                }
+                Ok(Event::Disconnected) => {
                     state.set_connected(false);
                 }
-                Ok(Event::Outgoing(Outgoing::Publish(_))) => link.release_publish(),
+                Ok(Event::PublishSent) => link.release_publish(),
                 Ok(_) => {}
                 Err(e) => {
                     state.set_connected(false);
                     state
                         .connection_errors
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let msg = describe(&e);
+                    let msg = e.to_string();
                     let delay = backoff.next_delay(fastrand::f64());
                     if let Some(suppressed) = conn_log.allow() {
                         tracing::warn!(error = %msg, retry_in_ms = delay.as_millis() as u64, suppressed, "mqtt connection error");
@@ -306,7 +354,7 @@ impl Bridge {
                     }
                 }
                 ev = eventloop.poll() => match ev {
-                    Ok(Event::Outgoing(Outgoing::Disconnect)) if disconnecting => break,
+                    Ok(Event::DisconnectSent) if disconnecting => break,
                     Ok(_) => {}
                     Err(_) => {
                         state.set_connected(false);
@@ -328,18 +376,33 @@ impl Bridge {
     }
 }
 
-/// A short, stable description of a connection error for logs and `/api/bridges`.
-fn describe(e: &ConnectionError) -> String {
-    match e {
-        ConnectionError::ConnectionRefused(code) => {
-            format!("broker refused the connection: {code:?}")
-        }
-        ConnectionError::Io(io) => format!("network: {io}"),
-        ConnectionError::NetworkTimeout => "connect timed out".into(),
-        ConnectionError::FlushTimeout => "write to broker timed out".into(),
-        ConnectionError::Tls(t) => format!("TLS: {t}"),
-        other => other.to_string(),
-    }
+/// What the bridge subscribes (QoS 1): its topic templates' filters (as
+/// `$share/<group>/...` with a `shared_group`), the ack topic, MQTT 5's response topic
+/// and discovery's config topics. Only the reading topics are shared: acks, answers and
+/// discovery configs are every hub's own. MQTT 5's "no local" keeps the bridge's own
+/// publishes (mirrored readings, commands) from coming back, except on a shared
+/// subscription, where the protocol forbids it.
+fn subscriptions(spec: &BridgeSpec) -> Vec<FilterSpec> {
+    let v5 = spec.protocol == Protocol::V5;
+    let own = |path: String| FilterSpec { path, no_local: v5 };
+    let readings = spec.topics.iter().map(|t| match &spec.shared_group {
+        Some(g) => FilterSpec {
+            path: format!("$share/{g}/{}", t.template.filter()),
+            no_local: false,
+        },
+        None => own(t.template.filter()),
+    });
+    let discovery = spec.discovery.iter().flat_map(|d| match d.kind {
+        DiscoveryKind::HomeAssistant => CONFIG_FILTERS.iter().map(|f| f.to_string()).collect(),
+        DiscoveryKind::Homie => vec![HOMIE_FILTER.to_string()],
+    });
+    readings
+        .chain(std::iter::once(own(spec.ack_topic.filter())))
+        .chain(spec.response_topic.iter().cloned().map(own))
+        .chain(discovery.map(own))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect()
 }
 
 /// rustls with the ring provider (no cmake, no system library): the bridge's `ca_file`

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::client::Protocol;
 use super::payload::PayloadFormat;
 use super::template::TopicTemplate;
 use crate::sources::mqtt::BridgeError;
@@ -100,7 +101,37 @@ pub struct BridgeConfig {
     /// (`/api/bridges` `discovery.refused_over_limit`).
     #[serde(default = "default_discovery_max_entities")]
     pub discovery_max_entities: usize,
+    /// The MQTT version: `"3.1.1"` (the default) or `"5"`.
+    #[serde(default = "default_protocol")]
+    pub protocol: String,
+    /// MQTT 5: how long the broker keeps the bridge's session (its subscriptions and the
+    /// QoS 1 messages queued for it) after the bridge disconnects, in seconds. A hub down
+    /// for longer loses what was published meanwhile. Default one day (86400); at most
+    /// 4294967295, which MQTT 5 reads as "never expires".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_expiry_secs: Option<u64>,
+    /// MQTT 5: subscribe the reading topics as the shared subscription
+    /// `$share/<shared_group>/<filter>`, so that the broker splits their messages between
+    /// every hub (bridge) of the group, each message to one of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_group: Option<String>,
+    /// MQTT 5: the response topic set on every command (with correlation data); a device
+    /// that publishes its answer there, echoing the correlation data, has it routed back
+    /// to the commanding dashboard as its ack. `{client_id}` is replaced by the bridge's
+    /// client id. Default `telehub/reply/{client_id}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_topic: Option<String>,
 }
+
+fn default_protocol() -> String {
+    "3.1.1".into()
+}
+
+/// The default `session_expiry_secs`: one day.
+pub(crate) const DEFAULT_SESSION_EXPIRY_SECS: u32 = 86_400;
+
+/// The default `response_topic`.
+const DEFAULT_RESPONSE_TOPIC: &str = "telehub/reply/{client_id}";
 
 fn default_discovery() -> String {
     "off".into()
@@ -226,6 +257,14 @@ pub struct BridgeSpec {
     pub device_idle: Option<Duration>,
     /// `Some`: Home Assistant discovery is on.
     pub discovery: Option<DiscoverySpec>,
+    pub protocol: Protocol,
+    /// MQTT 5's session expiry interval, seconds (unused by 3.1.1, whose sessions do
+    /// not expire).
+    pub session_expiry: u32,
+    /// MQTT 5: the reading topics are subscribed as `$share/<group>/<filter>`.
+    pub shared_group: Option<String>,
+    /// MQTT 5: where devices answer commands (`None` with 3.1.1).
+    pub response_topic: Option<String>,
 }
 
 /// Parses `mqtt://[user[:pass]@]host[:port]` (also `tcp://`; `mqtts://` or `ssl://` for
@@ -498,7 +537,79 @@ impl BridgeConfig {
                 })
             }
         };
+        let protocol = match self.protocol.as_str() {
+            "3.1.1" => Protocol::V311,
+            "5" => Protocol::V5,
+            other => {
+                return Err(bad(
+                    "protocol",
+                    format!("`{other}` is not \"3.1.1\" or \"5\""),
+                ))
+            }
+        };
+        let v5_only = |field: &str| {
+            bad(
+                field,
+                "is an MQTT 5 setting: it needs `protocol = \"5\"`".into(),
+            )
+        };
+        let session_expiry = match (protocol, self.session_expiry_secs) {
+            (Protocol::V311, Some(_)) => return Err(v5_only("session_expiry_secs")),
+            (_, None) => DEFAULT_SESSION_EXPIRY_SECS,
+            (_, Some(s)) => match u32::try_from(s) {
+                Ok(s) if s > 0 => s,
+                _ => {
+                    return Err(bad(
+                        "session_expiry_secs",
+                        "must be from 1 to 4294967295 seconds (0 would end the session, and with it the queued messages, at every disconnect)".into(),
+                    ))
+                }
+            },
+        };
+        let shared_group = match (&self.shared_group, protocol) {
+            (None, _) => None,
+            (Some(_), Protocol::V311) => return Err(v5_only("shared_group")),
+            (Some(g), Protocol::V5) if valid_id(g) => Some(g.clone()),
+            (Some(g), Protocol::V5) => {
+                return Err(bad(
+                    "shared_group",
+                    format!("`{g}` must be 1 to 64 characters of A-Za-z0-9_.-"),
+                ))
+            }
+        };
+        let response_topic = match (&self.response_topic, protocol) {
+            (Some(_), Protocol::V311) => return Err(v5_only("response_topic")),
+            (_, Protocol::V311) => None,
+            (t, Protocol::V5) => {
+                let t = t
+                    .as_deref()
+                    .unwrap_or(DEFAULT_RESPONSE_TOPIC)
+                    .replace("{client_id}", &client_id);
+                if t.is_empty() || t.starts_with('$') || t.contains(['+', '#', '\0']) {
+                    return Err(bad(
+                        "response_topic",
+                        format!("`{t}` must be a topic name: not empty, no `+` or `#`, not starting with `$` (the client id is part of it by default)"),
+                    ));
+                }
+                if topics.iter().any(|m| m.template.matches(&t).is_some())
+                    || command_topic.matches(&t).is_some()
+                    || ack_topic.matches(&t).is_some()
+                {
+                    return Err(bad(
+                        "response_topic",
+                        format!(
+                            "`{t}` must not match a topic template, `command_topic` or `ack_topic`"
+                        ),
+                    ));
+                }
+                Some(t)
+            }
+        };
         Ok(BridgeSpec {
+            protocol,
+            session_expiry,
+            shared_group,
+            response_topic,
             discovery,
             name: self.name.clone(),
             broker,
@@ -592,6 +703,85 @@ mod tests {
     fn parse(text: &str) -> Result<Vec<BridgeSpec>, String> {
         let cfg: MqttConfig = toml::from_str(text).map_err(|e| e.to_string())?;
         cfg.validate().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn mqtt5_keys() {
+        let base = "[[bridges]]\nname = \"b\"\nurl = \"mqtt://h\"\nclient_id = \"hub-1\"\n";
+        let spec = parse(base).expect("valid").remove(0);
+        assert_eq!(
+            (spec.protocol, spec.response_topic, spec.shared_group),
+            (Protocol::V311, None, None),
+            "3.1.1 by default"
+        );
+        let spec = parse(&format!("{base}protocol = \"5\"\n"))
+            .expect("valid")
+            .remove(0);
+        assert_eq!(spec.protocol, Protocol::V5);
+        assert_eq!(spec.session_expiry, DEFAULT_SESSION_EXPIRY_SECS);
+        assert_eq!(spec.response_topic.as_deref(), Some("telehub/reply/hub-1"));
+        let spec = parse(&format!(
+            "{base}protocol = \"5\"\nsession_expiry_secs = 4294967295\nshared_group = \"telehub\"\nresponse_topic = \"answers/{{client_id}}/x\"\n"
+        ))
+        .expect("valid")
+        .remove(0);
+        assert_eq!(
+            (
+                spec.session_expiry,
+                spec.shared_group.as_deref(),
+                spec.response_topic.as_deref()
+            ),
+            (u32::MAX, Some("telehub"), Some("answers/hub-1/x"))
+        );
+        for (extra, key, says) in [
+            ("protocol = \"4\"", "protocol", "is not \"3.1.1\" or \"5\""),
+            (
+                "session_expiry_secs = 60",
+                "session_expiry_secs",
+                "needs `protocol = \"5\"`",
+            ),
+            (
+                "shared_group = \"g\"",
+                "shared_group",
+                "needs `protocol = \"5\"`",
+            ),
+            (
+                "response_topic = \"r\"",
+                "response_topic",
+                "needs `protocol = \"5\"`",
+            ),
+            (
+                "protocol = \"5\"\nsession_expiry_secs = 0",
+                "session_expiry_secs",
+                "from 1 to 4294967295",
+            ),
+            (
+                "protocol = \"5\"\nsession_expiry_secs = 4294967296",
+                "session_expiry_secs",
+                "from 1",
+            ),
+            (
+                "protocol = \"5\"\nshared_group = \"a/b\"",
+                "shared_group",
+                "A-Za-z0-9_.-",
+            ),
+            (
+                "protocol = \"5\"\nresponse_topic = \"r/+\"",
+                "response_topic",
+                "no `+` or `#`",
+            ),
+            (
+                "protocol = \"5\"\nresponse_topic = \"telehub/a/b/c\"",
+                "response_topic",
+                "must not match",
+            ),
+        ] {
+            let e = parse(&format!("{base}{extra}\n")).unwrap_err();
+            assert!(
+                e.contains(&format!("mqtt.bridges[0].{key}")) && e.contains(says),
+                "{extra}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -11,15 +11,15 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Publish};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
+use super::client::{Client, Incoming};
 use super::config::{BridgeSpec, TopicSpec};
 use super::discovery::Registry;
 use super::homie::{Event, Homie};
-use super::link::BridgeLink;
+use super::link::{parse_correlation, BridgeLink};
 use super::payload::{self, PayloadFormat};
 use super::state::{BridgeState, LogLimiter};
 use crate::hub::labels::Label;
@@ -124,12 +124,21 @@ pub(super) struct Ingest {
     pub(super) spec: Arc<BridgeSpec>,
     pub(super) state: Arc<BridgeState>,
     pub(super) link: BridgeLink,
-    pub(super) client: AsyncClient,
+    pub(super) client: Client,
     pub(super) log: LogLimiter,
     /// Home Assistant discovery's entities (`None`: discovery is off).
     pub(super) discovery: Option<Registry>,
     /// Homie 4 properties (`None`: not `discovery = "homie"`).
     pub(super) homie: Option<Homie>,
+}
+
+/// An MQTT 5 answer on the response topic: the command's id is in the correlation
+/// data (an `id` in the payload is not needed, and ignored).
+#[derive(Deserialize)]
+struct ResponsePayload {
+    ok: bool,
+    #[serde(default)]
+    result: Option<Box<RawValue>>,
 }
 
 /// An ack as devices publish it.
@@ -147,13 +156,13 @@ impl Ingest {
     /// reconnect (`redeliver`) so the broker sends it again.
     pub(super) async fn run<S: BridgeSink>(
         mut self,
-        mut rx: mpsc::Receiver<Publish>,
+        mut rx: mpsc::Receiver<Incoming>,
         mut sink: S,
         redeliver: Arc<tokio::sync::Notify>,
     ) {
         let mut tick = tokio::time::interval(SINK_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut unacked: VecDeque<(Publish, Commit)> = VecDeque::new();
+        let mut unacked: VecDeque<(Incoming, Commit)> = VecDeque::new();
         let mut last_redeliver: Option<tokio::time::Instant> = None;
         let mut open = true;
         while open || !unacked.is_empty() {
@@ -195,7 +204,7 @@ impl Ingest {
         }
     }
 
-    async fn puback(&self, p: &Publish) {
+    async fn puback(&self, p: &Incoming) {
         if let Err(e) = self.client.ack(p).await {
             tracing::debug!(error = %e, "cannot queue puback");
         }
@@ -209,10 +218,14 @@ impl Ingest {
         self.state.set_error(format!("{topic}: {message}"));
     }
 
-    fn handle<S: BridgeSink>(&mut self, p: &Publish, sink: &mut S) {
+    fn handle<S: BridgeSink>(&mut self, p: &Incoming, sink: &mut S) {
         use std::sync::atomic::Ordering::Relaxed;
         let state = self.state.clone();
         let topic = p.topic.as_str();
+        if self.spec.response_topic.as_deref() == Some(topic) {
+            self.response(p, sink);
+            return;
+        }
         if let Some(c) = self.spec.ack_topic.matches(topic) {
             let (Some(room), Some(device)) = (c.room, c.device) else {
                 return;
@@ -304,9 +317,47 @@ impl Ingest {
 }
 
 impl Ingest {
+    /// A device's MQTT 5 answer to a command, on the bridge's response topic: its
+    /// correlation data names room, device and command, and it goes to the sink as
+    /// that command's ack.
+    fn response<S: BridgeSink>(&mut self, p: &Incoming, sink: &mut S) {
+        let state = self.state.clone();
+        let topic = p.topic.as_str();
+        let Some((room, device, id)) = p.correlation.as_deref().and_then(parse_correlation) else {
+            self.problem(
+                &state.parse_errors,
+                topic,
+                "answer without the command's correlation data".into(),
+            );
+            return;
+        };
+        match serde_json::from_slice::<ResponsePayload>(&p.payload) {
+            Ok(r) => {
+                state
+                    .acks_in
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let ack = BridgedAck {
+                    room,
+                    device,
+                    id,
+                    ok: r.ok,
+                    result: r.result,
+                };
+                if let Err(e) = sink.ack(ack) {
+                    self.problem(&state.rejected, topic, format!("ack refused: {e}"));
+                }
+            }
+            Err(e) => self.problem(
+                &state.parse_errors,
+                topic,
+                format!("answer is not {{\"ok\",\"result\"?}}: {e}"),
+            ),
+        }
+    }
+
     /// A discovery config, or the state of a discovered entity: handled (true), or not
     /// discovery's (false).
-    fn discovered<S: BridgeSink>(&mut self, p: &Publish, sink: &mut S) -> bool {
+    fn discovered<S: BridgeSink>(&mut self, p: &Incoming, sink: &mut S) -> bool {
         use std::sync::atomic::Ordering::Relaxed;
         if self.homie.is_some() {
             return self.homie(p, sink);
@@ -360,10 +411,7 @@ impl Ingest {
                 }
             }
             if let Some(t) = change.subscribe {
-                if let Err(e) = self
-                    .client
-                    .try_subscribe(t.clone(), rumqttc::QoS::AtLeastOnce)
-                {
+                if let Err(e) = self.client.try_subscribe(t.clone()) {
                     self.problem(
                         &state.connection_errors,
                         &t,
@@ -410,7 +458,7 @@ impl Ingest {
 
 impl Ingest {
     /// A message under `homie/` (true), or not Homie's (false).
-    fn homie<S: BridgeSink>(&mut self, p: &Publish, sink: &mut S) -> bool {
+    fn homie<S: BridgeSink>(&mut self, p: &Incoming, sink: &mut S) -> bool {
         let Some(homie) = self.homie.as_mut() else {
             return false;
         };

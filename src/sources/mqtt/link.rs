@@ -1,5 +1,7 @@
 //! The way back from the hub to the broker: commands for bridged devices and mirrored
-//! readings of WebSocket devices, published through the bridge's rumqttc client.
+//! readings of WebSocket devices, published through the bridge's client (3.1.1 or MQTT 5,
+//! [`super::client`]). With MQTT 5 a command carries a response topic and correlation
+//! data ([`correlation`]), and the device's answer there is routed back as its ack.
 //!
 //! A sink-side handle of the bridge: cheap to clone, held by the hub (mirroring) and by
 //! each bridged device's mailbox drain ([`super::members`]). Publishes share the
@@ -12,8 +14,7 @@ use std::sync::atomic::Ordering::{AcqRel, Acquire};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, QoS};
-
+use super::client::{Client, ResponseRoute};
 use super::config::BridgeSpec;
 use super::state::BridgeState;
 use super::BridgeError;
@@ -44,7 +45,7 @@ pub struct BridgeLink {
 }
 
 struct LinkInner {
-    client: AsyncClient,
+    client: Client,
     /// Publishes handed to the request queue and not yet taken by the event loop.
     queued_publishes: AtomicUsize,
     spec: Arc<BridgeSpec>,
@@ -86,7 +87,7 @@ struct MirrorPayload<'a> {
 impl BridgeLink {
     /// The link of a bridge whose rumqttc client is `client`.
     pub(super) fn new(
-        client: AsyncClient,
+        client: Client,
         spec: Arc<BridgeSpec>,
         state: Arc<BridgeState>,
     ) -> BridgeLink {
@@ -129,12 +130,14 @@ impl BridgeLink {
         self.inner.spec.mirror
     }
 
-    /// Publishes a command (QoS 1) on the device's command topic. Waits (up to
-    /// [`COMMAND_WAIT`]) while [`MAX_QUEUED_PUBLISHES`] publishes are queued.
+    /// Publishes command `id` (QoS 1) on the device's command topic; with MQTT 5, with
+    /// the bridge's response topic and correlation data naming room, device and `id`.
+    /// Waits (up to [`COMMAND_WAIT`]) while [`MAX_QUEUED_PUBLISHES`] publishes are queued.
     pub async fn command(
         &self,
         room: &str,
         device: &str,
+        id: &str,
         payload: Vec<u8>,
     ) -> Result<(), BridgeError> {
         let spec = &self.inner.spec;
@@ -157,9 +160,13 @@ impl BridgeLink {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        let response = spec.response_topic.as_ref().map(|t| ResponseRoute {
+            topic: t.clone(),
+            correlation: correlation(room, device, id),
+        });
         self.inner
             .client
-            .try_publish(topic.clone(), QoS::AtLeastOnce, false, payload)
+            .try_publish(topic.clone(), payload, response)
             .map_err(|e| {
                 self.inner.release_publish();
                 BridgeError::Publish {
@@ -200,7 +207,7 @@ impl BridgeLink {
         }
         self.inner
             .client
-            .try_publish(topic.to_string(), QoS::AtLeastOnce, false, payload)
+            .try_publish(topic.to_string(), payload, None)
             .map_err(|e| {
                 self.inner.release_publish();
                 fail(e.to_string())
@@ -253,11 +260,7 @@ impl BridgeLink {
                 message: format!("{MAX_QUEUED_PUBLISHES} publishes already queued"),
             });
         }
-        match self
-            .inner
-            .client
-            .try_publish(topic.clone(), QoS::AtLeastOnce, false, payload)
-        {
+        match self.inner.client.try_publish(topic.clone(), payload, None) {
             Ok(()) => {
                 self.inner.state.mirrored_out.fetch_add(1, Relaxed);
                 Ok(())
@@ -291,10 +294,34 @@ impl BridgeLink {
     }
 }
 
+/// The correlation data of command `id` to `device` in `room`: the JSON array
+/// `[room, device, id]`, so that the answer names its command without the bridge
+/// keeping a table of commands in flight (and survives a restart of the hub).
+pub(crate) fn correlation(room: &str, device: &str, id: &str) -> bytes::Bytes {
+    serde_json::to_vec(&(room, device, id))
+        .unwrap_or_default()
+        .into()
+}
+
+/// Room, device and command id from correlation data made by [`correlation`].
+pub(crate) fn parse_correlation(data: &[u8]) -> Option<(String, String, String)> {
+    serde_json::from_slice(data).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::sources::mqtt::Bridge;
+
+    #[test]
+    fn correlation_data_names_the_command() {
+        let c = correlation("lab", "valve", "c-\"1\"");
+        assert_eq!(
+            parse_correlation(&c),
+            Some(("lab".into(), "valve".into(), "c-\"1\"".into()))
+        );
+        assert_eq!(parse_correlation(b"not ours"), None);
+    }
 
     #[test]
     fn queued_publishes_are_capped_so_acks_find_room() {

@@ -319,7 +319,7 @@ async fn drain_commands(mailbox: Arc<Mailbox>, link: BridgeLink, room: Arc<str>,
                 continue;
             };
             if let Some(payload) = command_payload(&cmd) {
-                if let Err(e) = link.command(&room, &device, payload).await {
+                if let Err(e) = link.command(&room, &device, &cmd.id, payload).await {
                     tracing::warn!(error = %e, "command not sent");
                 }
             }

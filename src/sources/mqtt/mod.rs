@@ -13,6 +13,8 @@
 //! - [`homie`]: Homie 4 devices' properties to series.
 //! - [`payload`]: payload shapes (number, reading object, flat object, SenML) and the
 //!   timestamp rules.
+//! - [`client`]: the one seam over rumqttc's MQTT 3.1.1 and MQTT 5 clients (requests,
+//!   events, reason codes), so that everything else is written once.
 //! - [`bridge`]: the connection: a persistent QoS 1 session, reconnects with backoff,
 //!   manual acks after the hub has taken each message.
 //! - [`sink`]: the hub seam: bridged devices as `via: mqtt` members, commands out, acks
@@ -22,6 +24,7 @@
 //! `docs/MQTT.md` documents the topic layout and payloads for users.
 
 pub(crate) mod bridge;
+pub(crate) mod client;
 pub(crate) mod config;
 pub(crate) mod discovery;
 pub(crate) mod homie;

@@ -14,6 +14,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use serde::Serialize;
 
+use super::client::Refusal;
 use super::discovery::DiscoveryStatus;
 
 /// Live state of one bridge. Cheap to update from the bridge task (atomics; the last
@@ -24,7 +25,11 @@ pub struct BridgeState {
     /// The broker URL without credentials.
     pub broker: String,
     pub client_id: String,
+    /// The MQTT version spoken: `"3.1.1"` or `"5"`.
+    pub protocol: &'static str,
     connected: AtomicBool,
+    /// The broker's last CONNACK resumed a stored session.
+    session_present: AtomicBool,
     /// The broker has acknowledged every subscription of the current session.
     subscribed: AtomicBool,
     /// Epoch ms of the last successful connect (0: never).
@@ -56,8 +61,18 @@ pub struct BridgeState {
     /// Mirrored readings dropped because the client's request queue was full.
     pub mirror_dropped: AtomicU64,
     last_error: Mutex<Option<LastError>>,
+    /// The filters the broker refused in its last SUBACK, with why.
+    refused: Mutex<Vec<RefusedSubscription>>,
     /// Home Assistant discovery's entities and problems (`None`: discovery is off).
     discovery: Mutex<Option<DiscoveryStatus>>,
+}
+
+/// A subscription the broker refused, with its reason code (`/api/bridges`).
+#[derive(Debug, Clone, Serialize)]
+pub struct RefusedSubscription {
+    pub filter: String,
+    #[serde(flatten)]
+    pub why: Refusal,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -73,7 +88,12 @@ pub struct BridgeStatus {
     pub name: String,
     pub broker: String,
     pub client_id: String,
+    /// `"3.1.1"` or `"5"`.
+    pub protocol: &'static str,
     pub connected: bool,
+    /// The broker resumed the bridge's stored session on the last connect (false: a new
+    /// session, e.g. after the old one expired).
+    pub session_present: bool,
     /// The broker has acknowledged the bridge's subscriptions (kept in its persistent
     /// session across reconnects).
     pub subscribed: bool,
@@ -91,6 +111,10 @@ pub struct BridgeStatus {
     pub mirrored_out: u64,
     pub mirror_dropped: u64,
     pub last_error: Option<LastError>,
+    /// Subscriptions the broker refused in its last SUBACK (e.g. by its ACL), each
+    /// with its reason code, the code in words and the broker's reason string (MQTT 5).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub refused_subscriptions: Vec<RefusedSubscription>,
     /// With `discovery = "homeassistant"`: entities held, refused, and the entities
     /// whose template or state the bridge cannot read.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -99,11 +123,22 @@ pub struct BridgeStatus {
 
 impl BridgeState {
     pub fn new(name: &str, broker: String, client_id: &str) -> BridgeState {
+        BridgeState::with_protocol(name, broker, client_id, "3.1.1")
+    }
+
+    pub(crate) fn with_protocol(
+        name: &str,
+        broker: String,
+        client_id: &str,
+        protocol: &'static str,
+    ) -> BridgeState {
         BridgeState {
             name: name.to_string(),
             broker,
             client_id: client_id.to_string(),
+            protocol,
             connected: AtomicBool::new(false),
+            session_present: AtomicBool::new(false),
             subscribed: AtomicBool::new(false),
             connected_at: AtomicU64::new(0),
             messages_in: AtomicU64::new(0),
@@ -119,6 +154,7 @@ impl BridgeState {
             mirrored_out: AtomicU64::new(0),
             mirror_dropped: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            refused: Mutex::new(Vec::new()),
             discovery: Mutex::new(None),
         }
     }
@@ -141,6 +177,14 @@ impl BridgeState {
         }
     }
 
+    pub(crate) fn set_session_present(&self, yes: bool) {
+        self.session_present.store(yes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_refused(&self, refused: Vec<RefusedSubscription>) {
+        *self.refused.lock().unwrap_or_else(|p| p.into_inner()) = refused;
+    }
+
     pub(crate) fn set_subscribed(&self, yes: bool) {
         self.subscribed.store(yes, Ordering::Relaxed);
     }
@@ -160,7 +204,9 @@ impl BridgeState {
             name: self.name.clone(),
             broker: self.broker.clone(),
             client_id: self.client_id.clone(),
+            protocol: self.protocol,
             connected: self.is_connected(),
+            session_present: self.session_present.load(Ordering::Relaxed),
             subscribed: self.subscribed.load(Ordering::Relaxed),
             connected_at: (at != 0).then_some(at),
             messages_in: get(&self.messages_in),
@@ -176,6 +222,11 @@ impl BridgeState {
             mirror_dropped: get(&self.mirror_dropped),
             last_error: self
                 .last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            refused_subscriptions: self
+                .refused
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),

@@ -6,6 +6,7 @@
 //! - [`mosquitto`]: a Mosquitto broker (plain and TLS) on a port it really bound.
 //! - [`ws`]: a WebSocket client with a timeout on every wait.
 //! - [`mqtt`]: an MQTT client that plays sensors and devices.
+//! - [`mqtt5`]: an MQTT 5 device that answers commands on their response topic.
 //! - [`redis`]: a `redis-server` on a port it really bound, for the cluster tests.
 //! - [`http`]: a raw HTTP/1.1 GET.
 //! - [`tls`]: rustls clients trusting a test's own CA, for a hub with `[server.tls]`.
@@ -16,6 +17,7 @@ pub mod http;
 pub mod hub;
 pub mod mosquitto;
 pub mod mqtt;
+pub mod mqtt5;
 pub mod redis;
 pub mod tls;
 pub mod ws;

@@ -40,6 +40,12 @@ pub struct Config {
     pub max_queued_messages: u32,
     /// Mosquitto's `max_inflight_messages`.
     pub max_inflight_messages: u32,
+    /// Topic patterns no client may subscribe to (e.g. `secret/#`), refused in the
+    /// SUBACK (0x87 "not authorized" to MQTT 5 clients, 0x80 to 3.1.1), so that a test
+    /// can see a broker's ACL at work. Mosquitto 2's `acl_file` only filters what it
+    /// delivers and grants every SUBSCRIBE; its dynamic security plugin refuses them, so
+    /// a non-empty list loads that plugin with a generated config. Empty: no ACL.
+    pub deny_subscribe: Vec<String>,
 }
 
 impl Default for Config {
@@ -50,6 +56,7 @@ impl Default for Config {
             persistence: true,
             max_queued_messages: 100_000,
             max_inflight_messages: 100,
+            deny_subscribe: Vec::new(),
         }
     }
 }
@@ -88,6 +95,28 @@ fn binary() -> PathBuf {
          $PATH and {KNOWN_PATHS:?}); install it with `apt-get install -y mosquitto` \
          (.ci/run does this) or set MOSQUITTO=/path/to/mosquitto"
     );
+}
+
+/// Mosquitto's dynamic security plugin (in Debian's `mosquitto` package).
+fn dynamic_security_plugin() -> PathBuf {
+    const PATHS: [&str; 3] = [
+        "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
+        "/usr/lib/aarch64-linux-gnu/mosquitto_dynamic_security.so",
+        "/usr/local/lib/mosquitto_dynamic_security.so",
+    ];
+    if let Some(p) = std::env::var_os("MOSQUITTO_DYNSEC") {
+        return PathBuf::from(p);
+    }
+    PATHS
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "this test needs Mosquitto's dynamic security plugin (looked at $MOSQUITTO_DYNSEC and {PATHS:?}); \
+                 it comes with Debian's `mosquitto` package"
+            )
+        })
 }
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -335,6 +364,38 @@ impl Mosquitto {
                 dir = self.dir.display(),
                 require = self.config.require_client_certificate,
             ),
+        };
+        let text = if self.config.deny_subscribe.is_empty() {
+            text
+        } else {
+            let path = self.dir.join("dynamic-security.json");
+            let acls: Vec<serde_json::Value> = self
+                .config
+                .deny_subscribe
+                .iter()
+                .map(|t| serde_json::json!({"acltype":"subscribePattern","topic":t,"priority":0,"allow":false}))
+                .collect();
+            // Anonymous clients (every test client) are in the `anonymous` group, whose
+            // one role denies the patterns; everything else is allowed.
+            let config = serde_json::json!({
+                "defaultACLAccess": {"publishClientSend": true, "publishClientReceive": true, "subscribe": true, "unsubscribe": true},
+                "clients": [],
+                "groups": [{"groupname": "anonymous", "roles": [{"rolename": "deny"}]}],
+                "roles": [{"rolename": "deny", "acls": acls}],
+                "anonymousGroup": "anonymous"
+            });
+            std::fs::write(&path, config.to_string()).expect("write the dynamic security config");
+            {
+                use std::os::unix::fs::PermissionsExt;
+                // The plugin saves the file back (as the `mosquitto` user).
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))
+                    .expect("let mosquitto use the dynamic security config");
+            }
+            format!(
+                "{text}plugin {}\nplugin_opt_config_file {}\n",
+                dynamic_security_plugin().display(),
+                path.display()
+            )
         };
         std::fs::write(&conf, text).expect("write mosquitto.conf");
         // The log is appended to across restarts: only what this start wrote counts.
