@@ -331,7 +331,8 @@ async fn the_device_card_shows_the_announced_friendly_names() {
 }
 
 #[tokio::test]
-async fn homie_4_properties_become_series_with_their_units_and_names() {
+async fn homie_4_properties_become_series_with_their_units_and_names_and_a_cleared_homie_removes_them(
+) {
     // Arrange: a Homie 4 device's retained description and values on the broker.
     let broker = Mosquitto::start();
     let publisher = TestClient::connect(broker.port, "homie-device");
@@ -404,6 +405,47 @@ async fn homie_4_properties_become_series_with_their_units_and_names() {
         (&r["metric"], &r["value"]),
         (&json!("door/open"), &json!(0.0))
     );
+
+    // Act: the device is removed (its retained `$homie` cleared), then a stray value of
+    // its door comes, then it announces itself again with one property.
+    publisher
+        .publish_retained("homie/greenhouse-1/$homie", "")
+        .await;
+    until("the removal", || async {
+        let b = bridge(&app).await;
+        if b["discovery"]["entities"] == 0 && b["discovery"]["problems"] == json!([]) {
+            Ok(())
+        } else {
+            Err(b.to_string())
+        }
+    })
+    .await;
+    let s = series(&app, "greenhouse-1").await;
+    let t = &s["greenhouse-1/climate/temperature"];
+    assert!(
+        t.get("name").is_none() && t.get("device_name").is_none(),
+        "a removed property keeps its history, not its label: {t}"
+    );
+    publisher
+        .publish("homie/greenhouse-1/door/open", "true")
+        .await;
+    publisher
+        .publish_retained("homie/greenhouse-1/$homie", "4.0.0")
+        .await;
+    publisher
+        .publish_retained("homie/greenhouse-1/climate/temperature/$datatype", "float")
+        .await;
+    publisher
+        .publish("homie/greenhouse-1/climate/temperature", "25.5")
+        .await;
+    // Assert: the stray door value was not read; the re-announced property is.
+    let r = next_reading(&mut dash).await;
+    assert_eq!(
+        (&r["metric"], &r["value"]),
+        (&json!("climate/temperature"), &json!(25.5)),
+        "the removed device's door value must not count"
+    );
+    assert_eq!(bridge(&app).await["discovery"]["entities"], 1);
     dash.close().await;
     app.stop().await;
 }

@@ -276,3 +276,38 @@ async fn a_311_bridge_shows_a_refused_subscription_as_failure() {
     );
     app.stop().await;
 }
+
+/// The `last_error` of a bridge whose broker refuses every connect.
+async fn refused_connect(protocol: &str, client_id: &str) -> String {
+    let broker = Mosquitto::start_with(Config {
+        allow_anonymous: false,
+        ..Config::default()
+    });
+    let extra = format!("protocol = \"{protocol}\"\n");
+    let app = hub_with_bridge(broker.port, client_id, &extra).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let message = loop {
+        let s = bridge_status(&app).await;
+        let m = s["last_error"]["message"].as_str().unwrap_or_default();
+        if m.contains("refused") {
+            assert_eq!(s["connected"], false, "{s}");
+            break m.to_string();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{s}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    app.stop().await;
+    message
+}
+
+#[tokio::test]
+async fn a_connect_the_broker_refuses_shows_its_reason_code_in_either_protocol() {
+    assert_eq!(
+        refused_connect("5", "api5-refused").await,
+        "broker refused the connection: not authorized (reason code 0x87)"
+    );
+    assert_eq!(
+        refused_connect("3.1.1", "api4-refused").await,
+        "broker refused the connection: not authorized (return code 5)"
+    );
+}

@@ -395,6 +395,39 @@ fn puback_refusal(r: &p5::PubAckReason) -> Option<(u8, &'static str)> {
     })
 }
 
+/// A CONNACK reason code's number (MQTT 5 §3.2.2.2; the 3.1.1 codes 1 to 3 that
+/// rumqttc folds into the same enum keep their 3.1.1 numbers).
+fn connack_code(c: &p5::ConnectReturnCode) -> u8 {
+    use p5::ConnectReturnCode as C;
+    match c {
+        C::Success => 0x00,
+        C::RefusedProtocolVersion => 0x01,
+        C::BadClientId => 0x02,
+        C::ServiceUnavailable => 0x03,
+        C::UnspecifiedError => 0x80,
+        C::MalformedPacket => 0x81,
+        C::ProtocolError => 0x82,
+        C::ImplementationSpecificError => 0x83,
+        C::UnsupportedProtocolVersion => 0x84,
+        C::ClientIdentifierNotValid => 0x85,
+        C::BadUserNamePassword => 0x86,
+        C::NotAuthorized => 0x87,
+        C::ServerUnavailable => 0x88,
+        C::ServerBusy => 0x89,
+        C::Banned => 0x8a,
+        C::BadAuthenticationMethod => 0x8c,
+        C::TopicNameInvalid => 0x90,
+        C::PacketTooLarge => 0x95,
+        C::QuotaExceeded => 0x97,
+        C::PayloadFormatInvalid => 0x99,
+        C::RetainNotSupported => 0x9a,
+        C::QoSNotSupported => 0x9b,
+        C::UseAnotherServer => 0x9c,
+        C::ServerMoved => 0x9d,
+        C::ConnectionRateExceeded => 0x9f,
+    }
+}
+
 /// `NotAuthorized` → `not authorized`: a reason code's name in words.
 fn words(debug: &str) -> String {
     let mut out = String::with_capacity(debug.len() + 4);
@@ -415,9 +448,11 @@ fn words(debug: &str) -> String {
 fn describe_v4(e: &rumqttc::ConnectionError) -> String {
     use rumqttc::ConnectionError as E;
     match e {
-        E::ConnectionRefused(code) => {
-            format!("broker refused the connection: {code:?}")
-        }
+        E::ConnectionRefused(code) => format!(
+            "broker refused the connection: {} (return code {})",
+            words(&format!("{code:?}")),
+            *code as u8
+        ),
         E::Io(io) => format!("network: {io}"),
         E::NetworkTimeout => "connect timed out".into(),
         E::FlushTimeout => "write to broker timed out".into(),
@@ -432,8 +467,9 @@ fn describe_v5(e: &v5::ConnectionError) -> String {
     use v5::StateError as S;
     match e {
         E::ConnectionRefused(code) => format!(
-            "broker refused the connection: {}",
-            words(&format!("{code:?}"))
+            "broker refused the connection: {} (reason code 0x{:02x})",
+            words(&format!("{code:?}")),
+            connack_code(code)
         ),
         E::Io(io) => format!("network: {io}"),
         E::Timeout(_) => "connect timed out".into(),

@@ -12,8 +12,13 @@
 //! after the datatype comes (the bridge's tick, within a second), so that the `$unit`
 //! of the same retained burst comes with it. `$name` of the device and of the property
 //! are the series' label. At most `discovery_max_entities` properties are held.
+//!
+//! Removal follows the convention: a device is gone when its retained `$homie` is
+//! cleared (an empty payload), a property when its `$datatype` is. Either drops the
+//! properties and their labels; a removed device's stray values are ignored until it
+//! announces `$homie` again. An empty value (a cleared retained value) is not a reading.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::discovery::{DiscoveryStatus, EntityProblem, MAX_PROBLEMS};
 use crate::hub::labels::Label;
@@ -50,6 +55,12 @@ pub(crate) enum Event {
         metric: String,
         label: Label,
     },
+    /// The property is gone: its series keeps its history but loses its label.
+    Removed {
+        room: String,
+        device: String,
+        metric: String,
+    },
 }
 
 /// The Homie properties of one bridge.
@@ -65,6 +76,9 @@ pub(crate) struct Homie {
     pub(crate) unread: u64,
     /// Held values whose datatype has come: taken at the next [`Homie::flush`].
     ready: Vec<(String, String)>,
+    /// Devices whose `$homie` was cleared, ignored until they announce again (at most
+    /// `max` of them: past that a stray value of a removed device may add it back).
+    removed: HashSet<String>,
 }
 
 impl Homie {
@@ -78,6 +92,7 @@ impl Homie {
             refused_over_limit: 0,
             unread: 0,
             ready: Vec::new(),
+            removed: HashSet::new(),
         }
     }
 
@@ -118,6 +133,16 @@ impl Homie {
         let text = String::from_utf8_lossy(payload).trim().to_string();
         let mut out = Vec::new();
         match levels.as_slice() {
+            [device, "$homie"] if text.is_empty() => {
+                out.extend(self.remove_device(device));
+            }
+            [device, "$homie"] => {
+                self.removed.remove(*device);
+            }
+            [device, ..] if self.removed.contains(*device) => {}
+            [device, node, prop, "$datatype"] if text.is_empty() => {
+                out.extend(self.remove(device, &format!("{node}/{prop}")));
+            }
             [device, "$name"] if valid_id(device) => {
                 self.device_names.insert(device.to_string(), text);
                 let metrics: Vec<String> = self
@@ -147,6 +172,8 @@ impl Homie {
                     self.ready.push((device.to_string(), metric));
                 }
             }
+            // A cleared retained value (or attribute): nothing to read, nothing wrong.
+            [_, node, _] if payload.is_empty() && !node.starts_with('$') => {}
             [device, node, prop] if !node.starts_with('$') && !prop.starts_with('$') => {
                 let metric = format!("{node}/{prop}");
                 let Some(p) = self.property(device, &metric) else {
@@ -163,6 +190,40 @@ impl Homie {
             _ => {}
         }
         Some(out)
+    }
+
+    /// Drops one property (its held value, its problem, its place in the count).
+    fn remove(&mut self, device: &str, metric: &str) -> Option<Event> {
+        let key = (device.to_string(), metric.to_string());
+        self.props.remove(&key)?;
+        self.problems.remove(&format!("{device}/{metric}"));
+        self.ready.retain(|k| *k != key);
+        Some(Event::Removed {
+            room: self.room(device),
+            device: device.to_string(),
+            metric: metric.to_string(),
+        })
+    }
+
+    /// Drops every property of `device`, and ignores it until it announces again.
+    fn remove_device(&mut self, device: &str) -> Vec<Event> {
+        let mut metrics: Vec<String> = self
+            .props
+            .keys()
+            .filter(|(d, _)| d == device)
+            .map(|(_, m)| m.clone())
+            .collect();
+        metrics.sort();
+        self.device_names.remove(device);
+        let prefix = format!("{device}/");
+        self.problems.retain(|k, _| !k.starts_with(&prefix));
+        if self.removed.len() < self.max {
+            self.removed.insert(device.to_string());
+        }
+        metrics
+            .iter()
+            .filter_map(|m| self.remove(device, m))
+            .collect()
     }
 
     /// The property, made if there is room for it; `None` (reported) if not.
@@ -274,9 +335,56 @@ mod tests {
             .into_iter()
             .filter_map(|e| match e {
                 Event::Reading { metric, value, .. } => Some((metric, value)),
-                Event::Label { .. } => None,
+                Event::Label { .. } | Event::Removed { .. } => None,
             })
             .collect()
+    }
+
+    fn removed(events: Vec<Event>) -> Vec<String> {
+        events
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Removed { metric, .. } => Some(metric),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_cleared_homie_or_datatype_removes_and_stray_values_are_ignored_until_announced() {
+        let mut h = Homie::new(10, "home");
+        h.message("homie/dev1/$homie", b"4.0.0");
+        h.message("homie/dev1/env/temp/$datatype", b"float");
+        h.message("homie/dev1/env/hum/$datatype", b"integer");
+        h.message("homie/dev2/env/temp/$datatype", b"float");
+        assert_eq!(h.status().entities, 3);
+        // A cleared $datatype removes one property; a cleared value is no problem.
+        assert_eq!(
+            removed(h.message("homie/dev1/env/hum/$datatype", b"").unwrap()),
+            ["env/hum"]
+        );
+        assert!(h.message("homie/dev1/env/hum", b"").unwrap().is_empty());
+        assert_eq!(h.unread, 0);
+        // A cleared $homie removes the device; its stray values are ignored.
+        h.message("homie/dev1/env/temp", b"not a number");
+        assert_eq!(
+            removed(h.message("homie/dev1/$homie", b"").unwrap()),
+            ["env/temp"]
+        );
+        assert!(h.status().problems.is_empty(), "{:?}", h.status());
+        assert!(h.message("homie/dev1/env/temp", b"21").unwrap().is_empty());
+        assert!(h
+            .message("homie/dev1/env/temp/$datatype", b"float")
+            .unwrap()
+            .is_empty());
+        assert_eq!(h.status().entities, 1, "only dev2 is left");
+        // Announced again, it is read again.
+        h.message("homie/dev1/$homie", b"4.0.0");
+        h.message("homie/dev1/env/temp/$datatype", b"float");
+        assert_eq!(
+            readings(h.message("homie/dev1/env/temp", b"22").unwrap()),
+            [("env/temp".to_string(), 22.0)]
+        );
     }
 
     #[test]

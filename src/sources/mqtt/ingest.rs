@@ -493,7 +493,7 @@ impl Ingest {
         };
         let state = self.state.clone();
         let unread = std::mem::take(&mut homie.unread);
-        if unread > 0 || events.iter().any(|e| matches!(e, Event::Label { .. })) {
+        if unread > 0 || events.iter().any(|e| !matches!(e, Event::Reading { .. })) {
             state.parse_errors.fetch_add(unread, Relaxed);
             state.set_discovery(homie.status());
         }
@@ -508,6 +508,13 @@ impl Ingest {
                     if !sink.label(&room, &device, &metric, Some(label)) {
                         state.rejected.fetch_add(1, Relaxed);
                     }
+                }
+                Event::Removed {
+                    room,
+                    device,
+                    metric,
+                } => {
+                    sink.label(&room, &device, &metric, None);
                 }
                 Event::Reading {
                     room,

@@ -46,6 +46,10 @@ pub struct Config {
     /// delivers and grants every SUBSCRIBE; its dynamic security plugin refuses them, so
     /// a non-empty list loads that plugin with a generated config. Empty: no ACL.
     pub deny_subscribe: Vec<String>,
+    /// Mosquitto's `allow_anonymous`. With `false` (and no password file) every
+    /// connect is refused as "not authorized" (0x87 to MQTT 5, return code 5 to 3.1.1),
+    /// so that a test can see a broker's CONNACK refusal.
+    pub allow_anonymous: bool,
 }
 
 impl Default for Config {
@@ -57,6 +61,7 @@ impl Default for Config {
             max_queued_messages: 100_000,
             max_inflight_messages: 100,
             deny_subscribe: Vec::new(),
+            allow_anonymous: true,
         }
     }
 }
@@ -343,7 +348,7 @@ impl Mosquitto {
         let conf = self.dir.join("mosquitto.conf");
         let text = format!(
             "listener {port} 127.0.0.1\n\
-             allow_anonymous true\n\
+             allow_anonymous {anonymous}\n\
              persistence {persistence}\n\
              persistence_location {dir}/\n\
              autosave_interval 1\n\
@@ -352,6 +357,7 @@ impl Mosquitto {
              log_dest file {dir}/mosquitto.log\n\
              log_type error\nlog_type warning\nlog_type notice\nlog_type information\n",
             port = self.port,
+            anonymous = self.config.allow_anonymous,
             persistence = self.config.persistence,
             queued = self.config.max_queued_messages,
             inflight = self.config.max_inflight_messages,
