@@ -199,40 +199,42 @@ where
             format!("the token may not publish as device `{device}`: {r}")
         }),
     };
-    Ok(match influx.write(&room, &text, precision, may_publish) {
-        Ok(mut report) => match report.kept().await {
-            Ok(()) => answer(report),
-            Err(why) => {
-                stats.refused(Refused::StoreUnavailable);
-                influx_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    ErrorCode::StoreUnavailable.as_str(),
-                    &why,
-                )
+    Ok(
+        match influx.write(&room, &text, precision, may_publish).await {
+            Ok(mut report) => match report.kept().await {
+                Ok(()) => answer(report),
+                Err(why) => {
+                    stats.refused(Refused::StoreUnavailable);
+                    influx_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        ErrorCode::StoreUnavailable.as_str(),
+                        &why,
+                    )
+                }
+            },
+            Err(e @ WriteError::RateLimited { wait, .. }) => {
+                let mut resp = influx_error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    &e.to_string(),
+                );
+                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                resp.headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
+                resp
             }
-        },
-        Err(e @ WriteError::RateLimited { wait, .. }) => {
-            let mut resp = influx_error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
+            Err(e @ WriteError::OverBurst { .. }) => influx_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "batch_too_large",
                 &e.to_string(),
-            );
-            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            resp.headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
-            resp
-        }
-        Err(e @ WriteError::OverBurst { .. }) => influx_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "batch_too_large",
-            &e.to_string(),
-        ),
-        Err(WriteError::Room(e)) => influx_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            e.rejection().as_str(),
-            &e.to_string(),
-        ),
-    })
+            ),
+            Err(WriteError::Room(e)) => influx_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                e.rejection().as_str(),
+                &e.to_string(),
+            ),
+        },
+    )
 }
 
 /// The answer to a write that was taken (whole or in part).

@@ -361,13 +361,16 @@ impl Hub {
     /// the source waits on before acknowledging [`Published::seqs`] (the commit to disk
     /// with durable acks), and [`Published::unstored`] must not be acknowledged at all.
     pub(crate) fn publish(&self, from: &Membership, mut items: Vec<ReadingIn>) -> Published {
-        // A cluster hub takes readings only through `publish_cluster` (WebSocket devices);
-        // other sources' readings are refused unstored rather than fanned out locally
-        // with offsets Redis never gave (see docs/DESIGN.md, "Several hubs").
+        // A cluster hub takes readings only through Redis (`publish_cluster`, or
+        // `publish_settled` for HTTP and line protocol); anything else is refused unstored
+        // rather than fanned out locally with offsets Redis never gave (see
+        // docs/DESIGN.md, "Several hubs").
         let clustered = self.inner.cluster.get().is_some();
         if clustered || !self.inner.accepting.load(Ordering::Acquire) {
             let mut refused = Published {
                 stopping: !clustered,
+                why_unstored: clustered
+                    .then(|| "this source is not shared through Redis on a cluster hub".into()),
                 unstored_count: items.len(),
                 ..Published::default()
             };
@@ -468,6 +471,24 @@ impl Hub {
             out
         };
         (future_ts, Box::pin(fut))
+    }
+
+    /// [`Hub::publish`] for sources that answer after the fact (HTTP ingest). On a
+    /// cluster hub the readings go through Redis and this waits for its answer (there,
+    /// `accepted` means Redis has them, as for a WebSocket device); on one hub it is
+    /// [`Hub::publish`], and the caller waits on the receipt.
+    pub(crate) async fn publish_settled(
+        &self,
+        from: &Membership,
+        items: Vec<ReadingIn>,
+    ) -> Published {
+        let Some(cluster) = self.cluster() else {
+            return self.publish(from, items);
+        };
+        let (future_ts, publishing) = self.publish_cluster(cluster, from, items);
+        publishing
+            .await
+            .into_published(future_ts, self.inner.limits.max_series_per_room)
     }
 
     /// The latest `ts` a reading may carry at `now_ms` (`limits.max_future_ms` ahead).
@@ -605,6 +626,8 @@ pub(crate) struct ClusterPublished {
     pub unstored: SeqRanges,
     pub unstored_count: usize,
     pub why_unstored: Option<String>,
+    /// The offsets Redis gave the first and last reading stamped.
+    pub offsets: Option<(u64, u64)>,
 }
 
 impl ClusterPublished {
@@ -625,6 +648,11 @@ impl ClusterPublished {
         for (seq, answer) in seqs.iter().zip(answers) {
             match *answer {
                 a if a > 0 => {
+                    let offset = a.unsigned_abs();
+                    out.offsets = Some(match out.offsets {
+                        None => (offset, offset),
+                        Some((first, last)) => (first.min(offset), last.max(offset)),
+                    });
                     out.accepted += 1;
                     if let Some(s) = seq {
                         out.seqs.insert(*s);
@@ -640,5 +668,23 @@ impl ClusterPublished {
             }
         }
         out
+    }
+
+    /// The same outcome as a local [`Published`], already settled (nothing to wait for).
+    fn into_published(self, future_ts: usize, max_series_per_room: usize) -> Published {
+        Published {
+            accepted: self.accepted,
+            duplicates: self.duplicates,
+            seqs: self.seqs,
+            unstored: self.unstored,
+            unstored_count: self.unstored_count,
+            why_unstored: self.why_unstored,
+            series_limit: (self.series_limited > 0)
+                .then_some(("limits.max_series_per_room", max_series_per_room)),
+            series_limited: self.series_limited,
+            future_ts,
+            offsets: self.offsets,
+            ..Published::default()
+        }
     }
 }

@@ -151,10 +151,11 @@ impl HttpDevice {
     }
 
     /// Publishes the device's readings through the hub's one seam; the device stays
-    /// present for another `limits.http_device_idle_ms`.
-    pub(crate) fn publish(&self, hub: &Hub, items: Vec<ReadingIn>) -> Published {
+    /// present for another `limits.http_device_idle_ms`. [`Hub::publish_settled`]: on a
+    /// cluster hub through Redis, whose answer it waits for.
+    pub(crate) async fn publish_settled(&self, hub: &Hub, items: Vec<ReadingIn>) -> Published {
         self.touch();
-        hub.publish(&self.membership, items)
+        hub.publish_settled(&self.membership, items).await
     }
 
     /// The device made a request: it stays present for another idle period.
@@ -359,7 +360,12 @@ mod tests {
     async fn a_device_joins_once_and_leaves_when_idle() {
         let reg = registry(50);
         let d = reg.device("lab", "h1").expect("joins");
-        assert_eq!(d.publish(reg.hub(), vec![reading(1.0)]).accepted, 1);
+        assert_eq!(
+            d.publish_settled(reg.hub(), vec![reading(1.0)])
+                .await
+                .accepted,
+            1
+        );
         assert!(Arc::ptr_eq(&d, &reg.device("lab", "h1").expect("held")));
         let room = &reg.hub().summaries()[0];
         assert_eq!(&*room.devices[0].client, "h1");

@@ -181,12 +181,12 @@ impl HttpIngest {
             return Ok(out);
         }
         let count = valid.len();
-        let published = d.publish(hub, valid);
+        let published = d.publish_settled(hub, valid).await;
         if published.unstored_count > 0 {
-            let why = if published.stopping {
-                "the hub is shutting down"
-            } else {
-                "the history store's queue is full"
+            let why = match &published.why_unstored {
+                Some(why) => why.as_str(),
+                None if published.stopping => "the hub is shutting down",
+                None => "the history store's queue is full",
             };
             out.unavailable = Some(format!(
                 "{} of {count} reading(s) not stored: {why}; resend them later",

@@ -314,3 +314,82 @@ async fn with_aof_a_redis_restart_keeps_the_epoch_and_recovery_works() {
         vec![(4, 4.0), (5, 5.0), (6, 6.0)]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readings_posted_over_http_or_line_protocol_to_one_hub_reach_dashboards_on_another_through_redis(
+) {
+    // Arrange: a dashboard on hub 2; an HTTP device posts to hub 1.
+    let redis = Redis::start();
+    let h1 = cluster_hub(&redis, "hub1", &[]);
+    let h2 = cluster_hub(&redis, "hub2", &[]);
+    let (mut dash, _) = dashboard(&h2, "yard", "dash", "").await;
+    let path = "/api/rooms/yard/devices/pump/readings";
+
+    // Act
+    let (status, body) = telehub_testkit::http::http_post(
+        h1.addr(),
+        path,
+        r#"[{"metric":"t","value":1,"seq":1},{"metric":"t","value":2,"seq":2}]"#,
+    )
+    .await;
+
+    // Assert: answered once Redis has them, with the offsets Redis gave, which the other
+    // hub's dashboard sees; a resend is a duplicate, not a second reading.
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(answer["accepted"], 2, "{answer}");
+    let offsets = answer["offsets"].clone();
+    let got = readings(&mut dash, 2).await;
+    assert_eq!(
+        json!([got[0].0, got[1].0]),
+        offsets,
+        "the dashboard on hub 2 sees the offsets hub 1 answered"
+    );
+    assert_eq!((got[0].1, got[1].1), (1.0, 2.0));
+    let (status, body) = telehub_testkit::http::http_post(
+        h1.addr(),
+        path,
+        r#"[{"metric":"t","value":2,"seq":2},{"metric":"t","value":3,"seq":3}]"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(
+        (&answer["accepted"], &answer["duplicates"]),
+        (&json!(2), &json!(1)),
+        "{answer}"
+    );
+    let next = readings(&mut dash, 1).await;
+    assert_eq!(
+        next[0],
+        (got[1].0 + 1, 3.0),
+        "only the new reading, at the next offset"
+    );
+
+    // Line protocol takes the same way: a write to hub 1 reaches hub 2's dashboard.
+    let (status, body) = telehub_testkit::http::http_post(
+        h1.addr(),
+        "/api/v2/write?bucket=yard&precision=s",
+        "pump,host=pump t=9",
+    )
+    .await;
+    assert_eq!(status, 204, "{body}");
+    let next = readings(&mut dash, 1).await;
+    assert_eq!(
+        next[0],
+        (got[1].0 + 2, 9.0),
+        "the write's reading, next offset"
+    );
+
+    // Act: Redis goes away.
+    drop(redis);
+    let (status, body) =
+        telehub_testkit::http::http_post(h1.addr(), path, r#"{"metric":"t","value":4,"seq":4}"#)
+            .await;
+    // Assert: refused as not kept, saying why, for the device to resend.
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("store_unavailable") && body.contains("Redis"),
+        "{body}"
+    );
+}

@@ -175,6 +175,9 @@ pub(crate) struct Published {
     pub receipt: Receipt,
     /// Refused whole: the hub is shutting down (set by the hub; `unstored` lists them).
     pub stopping: bool,
+    /// Why `unstored` were not kept, when the hub knows better than "the queue is full"
+    /// (a cluster hub: Redis did not take them).
+    pub why_unstored: Option<String>,
     /// Readings refused because they would create a series past a cap.
     pub series_limited: usize,
     /// The first cap that refused one: its config key and value.

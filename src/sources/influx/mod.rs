@@ -106,14 +106,14 @@ pub(crate) struct WriteReport {
     /// Readings fanned out that the store did not take (its queue is full, or the hub
     /// is stopping), and why the first were not.
     pub(crate) unstored: usize,
-    pub(crate) unstored_reason: Option<&'static str>,
+    pub(crate) unstored_reason: Option<String>,
 }
 
 impl WriteReport {
     /// Waits until every reading the write published is kept (on disk with
     /// `history.ack = "durable"`), or says why some are not.
     pub(crate) async fn kept(&mut self) -> Result<(), String> {
-        if let Some(why) = self.unstored_reason {
+        if let Some(why) = &self.unstored_reason {
             return Err(format!(
                 "{} reading(s) not stored: {why}; retry the write later",
                 self.unstored
@@ -295,7 +295,7 @@ impl Influx {
 
     /// Writes `body` into `room`. `may_publish(device)` says whether the request may
     /// publish as that device (its token); a device it may not is a bad line.
-    pub(crate) fn write(
+    pub(crate) async fn write(
         &self,
         room: &str,
         body: &[u8],
@@ -403,15 +403,18 @@ impl Influx {
             if g.readings.is_empty() {
                 continue;
             }
-            let published = device.publish(hub, g.readings);
+            // On a cluster hub this waits for Redis (one round trip per device).
+            let published = device.publish_settled(hub, g.readings).await;
             report.readings += published.accepted;
             if published.unstored_count > 0 {
                 report.unstored += published.unstored_count;
-                report.unstored_reason.get_or_insert(if published.stopping {
-                    "the hub is shutting down"
-                } else {
-                    "the history store's queue is full"
-                });
+                report
+                    .unstored_reason
+                    .get_or_insert(match published.why_unstored {
+                        Some(why) => why,
+                        None if published.stopping => "the hub is shutting down".into(),
+                        None => "the history store's queue is full".into(),
+                    });
             }
             report.receipts.push(published.receipt);
             if published.future_ts > 0 {

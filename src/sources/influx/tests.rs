@@ -123,6 +123,7 @@ async fn a_write_keeps_its_good_lines_and_names_the_first_bad_one() {
     let body = b"# telegraf\ncpu,host=a v=1\n\nbroken\ncpu,host=b v=2,w=3\nm,dev=x v=1\nmem,host=a free=5i\n\xff\xfe v=1\n";
     let r = influx
         .write("lab", body, Precision::Ns, open)
+        .await
         .expect("writes");
     assert_eq!(r.readings, 4);
     assert_eq!(r.lines_written, 3);
@@ -148,6 +149,7 @@ async fn a_device_the_token_does_not_grant_is_a_bad_line() {
     };
     let r = influx
         .write("lab", b"m,host=b v=1\nm,host=a v=1", Precision::Ns, only_a)
+        .await
         .expect("writes");
     assert_eq!((r.readings, r.lines_refused), (1, 1));
     assert_eq!(r.first_fault.expect("fault").line, 1);
@@ -165,11 +167,12 @@ async fn over_the_rate_a_write_is_refused_whole_and_can_be_retried() {
     assert_eq!(
         influx
             .write("lab", three, Precision::Ns, open)
+            .await
             .expect("ok")
             .readings,
         3
     );
-    match influx.write("lab", three, Precision::Ns, open) {
+    match influx.write("lab", three, Precision::Ns, open).await {
         Err(WriteError::RateLimited { device, wait, .. }) => {
             assert_eq!(device, "a");
             assert!(
@@ -183,7 +186,7 @@ async fn over_the_rate_a_write_is_refused_whole_and_can_be_retried() {
     assert_eq!(influx.devices.hub().summaries()[0].offset, 3);
     let five = b"m,host=a a=1,b=1,c=1,d=1,e=1";
     assert!(matches!(
-        influx.write("lab", five, Precision::Ns, open),
+        influx.write("lab", five, Precision::Ns, open).await,
         Err(WriteError::OverBurst { readings: 5, .. })
     ));
 }
@@ -197,6 +200,7 @@ async fn series_caps_and_future_timestamps_are_reported() {
     let influx = influx(cfg(), limits);
     let r = influx
         .write("lab", b"m,host=a a=1,b=2,c=3", Precision::Ns, open)
+        .await
         .expect("writes");
     assert_eq!((r.readings, r.refused_readings), (2, 1));
     let why = r.refused_reason.expect("a reason");
@@ -209,6 +213,7 @@ async fn series_caps_and_future_timestamps_are_reported() {
             Precision::S,
             open,
         )
+        .await
         .expect("writes");
     assert_eq!((r.readings, r.refused_readings), (0, 1));
     assert!(r
