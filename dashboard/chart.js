@@ -210,6 +210,18 @@ export class LineChart {
     return s;
   }
 
+  /** The value drawn for a point of GET /history when zoomed (zoom.js): a raw point's
+   *  value, a bucket's mean. */
+  bucketValue(p) { return typeof p.value === "number" ? p.value : p.mean; }
+
+  /** The time range drawn and the series over it: following now, or the range zoomed
+   *  into (zoom.js), drawn from the series it fetched. */
+  timeRange() {
+    const tEnd = this.view ? this.view.to : Date.now();
+    const tStart = this.view ? this.view.from : tEnd - this.windowMs;
+    return { tStart, tEnd, series: this.view?.series || this.series };
+  }
+
   /** Draws `series` (shared with other charts, filled by its owner) as line `key`. */
   attach(key, series) {
     if (this.series.get(key) === series) return;
@@ -286,15 +298,13 @@ export class LineChart {
     ctx.fillRect(0, 0, W, H);
     ctx.font = theme.font;
 
-    // Following now, or a range zoomed into (zoom.js), drawn from the series it fetched.
-    const tEnd = this.view ? this.view.to : Date.now();
-    const tStart = this.view ? this.view.from : tEnd - this.windowMs;
+    const { tStart, tEnd, series } = this.timeRange();
     const span = tEnd - tStart;
 
     // Value range over what is in view.
     let lo = Infinity, hi = -Infinity, any = false;
     const ranges = [];
-    for (const [device, s] of this.view?.series || this.series) {
+    for (const [device, s] of series) {
       if (this.hidden.has(device) || !s.length) continue;
       const a = Math.max(s.start, s.lowerBound(tStart) - 1);
       const b = s.end;
@@ -434,6 +444,33 @@ export class LineChart {
     ctx.restore();
     perf.noteSegments(segments);
   }
+}
+
+/**
+ * A time axis without grid lines, for panels that are not line charts (timelines, the
+ * track's time strip): ticks at `y` under the plot from `padL` over `pw` pixels, their
+ * labels below, none overlapping or leaving the canvas. Adds the labels' boxes to `boxes`.
+ */
+export function drawTimeAxis(ctx, { tStart, tEnd, padL, pw, y, W, theme, boxes }) {
+  const xOf = (t) => padL + ((t - tStart) / (tEnd - tStart)) * pw;
+  ctx.strokeStyle = theme.grid;
+  ctx.fillStyle = theme.text;
+  ctx.textBaseline = "top";
+  ctx.textAlign = "left";
+  ctx.beginPath();
+  let lastX1 = -Infinity;
+  for (const { t, label } of timeTicks(tStart, tEnd, timeStep(tEnd - tStart, pw))) {
+    const x = Math.round(xOf(t)) + 0.5;
+    ctx.moveTo(x, y - 6);
+    ctx.lineTo(x, y - 2);
+    const w = ctx.measureText(label).width;
+    const x0 = x - w / 2;
+    if (x0 < padL - 4 || x0 + w > W - 2 || x0 < lastX1 + 8) continue;
+    ctx.fillText(label, x0, y);
+    boxes.push({ text: label, x0, x1: x0 + w, y0: y, y1: y + 14 });
+    lastX1 = x0 + w;
+  }
+  ctx.stroke();
 }
 
 function traceAll(ctx, s, a, b, xOf, yOf, gap) {

@@ -4,9 +4,10 @@
 // rollup bands for 24h to 1y), CSV download, kiosk mode, and the connection's recovery.
 //
 // Every (device, metric) has one Series in `store`; panels draw those shared series
-// (panels.js, timeline.js, zoom.js), so rebuilding panels after a layout edit copies
-// nothing. Readings only touch data structures when they arrive; the DOM is brought up
-// to date once per animation frame (cards) and the charts draw in their own frame loop.
+// (panels.js, timeline.js; zoom.js zooms those with a time axis), so rebuilding panels
+// after a layout edit copies nothing. Readings only touch data structures when they
+// arrive; the DOM is brought up to date once per animation frame (cards) and the charts
+// draw in their own frame loop.
 
 import { api } from "./api.js";
 import { Series, drawBands } from "./chart.js";
@@ -37,6 +38,8 @@ const BACKFILL = "-15m";
  *  buckets (`step`), whose means chart the same at this width. */
 const BACKFILL_LIMIT = 10000;
 const BACKFILL_STEP = "5s";
+/** Panel kinds with a time axis, which zoom and pan (zoom.js). */
+const ZOOMABLE = new Set(["timeseries", "timeline", "track"]);
 const COMMAND_TIMEOUT_MS = 15000;
 const PLOT_REFRESH_MS = 15000;
 const CARD_REFRESH_MS = 200;
@@ -384,7 +387,7 @@ export function renderRoom(root, room, { ui, clientId, params = new URLSearchPar
       const devs = r.device ? [r.device] : [...(devicesOf.get(r.metric) || [])];
       for (const dev of devs) if (store.has(`${dev}\u0000${r.metric}`)) attach(p, dev, r.metric);
     }
-    if (spec.kind === "timeseries") p.zoom = zoomable(p, room, tools);
+    if (ZOOMABLE.has(spec.kind)) p.zoom = zoomable(p, room, tools);
     if (!w.live) showPlot(p);
     return p;
   }
@@ -770,7 +773,8 @@ export function renderRoom(root, room, { ui, clientId, params = new URLSearchPar
       clearInterval(countdown);
       if (cardsRaf) cancelAnimationFrame(cardsRaf);
       clearTimeout(cardsTimer);
-      for (const p of panels) { p.chart.destroy(); clearInterval(p.plotTimer); }
+      for (const p of panels) { p.chart.destroy(); p.zoom?.destroy(); clearInterval(p.plotTimer); }
+      panels = [];
       cancelAnimationFrame(redrawRaf);
       for (const p of pending.values()) clearTimeout(p.timer);
       window.removeEventListener("telehub-theme", onTheme);
