@@ -398,8 +398,11 @@ export class LineChart {
     ctx.lineWidth = ranges.length > 12 ? 1.2 : 1.6;
     ctx.lineJoin = ranges.length > 12 ? "bevel" : "round";
     let segments = 0;
-    // Dense lines first, rasterised by us into one pixel layer (see rasterColumns).
-    const dense = ranges.filter(([, , a, b]) => b - a > pw * 1.5);
+    // Dense lines, or every line of a chart of many, are rasterised by us into one pixel
+    // layer (see rasterColumns): 200 canvas paths a chart cost far more to raster.
+    const many = ranges.length > 12;
+    const rastered = ([, , a, b]) => many || b - a > pw * 1.5;
+    const dense = ranges.filter(rastered);
     if (dense.length) {
       const dpr = this.dpr;
       const lw = Math.round(pw * dpr), lh = Math.round(ph * dpr);
@@ -413,9 +416,11 @@ export class LineChart {
       layer.ctx.putImageData(layer.image, 0, 0);
       ctx.drawImage(layer.canvas, padL, padT, pw, ph);
     }
-    for (const [device, s, a, b] of ranges) {
+    for (const r of ranges) {
+      const [device, s, , b] = r;
       const color = this.colorFor(device);
-      if (b - a <= pw * 1.5) {
+      if (!rastered(r)) {
+        const a = r[2];
         ctx.strokeStyle = color;
         ctx.beginPath();
         segments += traceAll(ctx, s, a, b, xOf, yOf, gap);
@@ -424,7 +429,9 @@ export class LineChart {
       ctx.fillStyle = color;
       // The newest point of each line gets a dot, so a live value is easy to spot.
       const lx = xOf(s.ts[b - 1]), ly = yOf(s.v[b - 1]);
-      if (lx >= padL) {
+      if (lx >= padL && many) {
+        ctx.fillRect(lx - 2, ly - 2, 4, 4); // a square: 200 arcs cost more than they show
+      } else if (lx >= padL) {
         ctx.beginPath();
         ctx.arc(lx, ly, 2.6, 0, Math.PI * 2);
         ctx.fill();
@@ -493,28 +500,43 @@ function traceAll(ctx, s, a, b, xOf, yOf, gap) {
  * cost ~125 ms a chart in Chromium's software raster, this costs a few.
  */
 function rasterColumns(pix, w, h, s, a, b, tStart, pxPerMs, hi, scaleY, half, color, gap) {
-  let col = NaN, mn = 0, mx = 0, last = NaN, prevLast = NaN, prevT = -Infinity, n = 0;
-  const flush = () => {
-    if (col < 0 || col >= w) return;
-    let lo = mn, top = mx;
-    if (prevLast === prevLast) { if (prevLast < lo) lo = prevLast; if (prevLast > top) top = prevLast; }
+  let col = NaN, mn = 0, mx = 0, last = NaN, lastFx = NaN, prevLast = NaN, prevT = -Infinity, n = 0;
+  const run = (c, lo, top) => {
+    if (c < 0 || c >= w) return;
     const y0 = Math.max(0, Math.floor(lo - half + 0.5));
     const y1 = Math.min(h - 1, Math.ceil(top + half - 0.5));
-    for (let y = y0, i = y0 * w + col; y <= y1; y++, i += w) pix[i] = color;
+    for (let y = y0, i = y0 * w + c; y <= y1; y++, i += w) pix[i] = color;
     n += 1;
+  };
+  const flush = () => {
+    let lo = mn, top = mx;
+    if (prevLast === prevLast) { if (prevLast < lo) lo = prevLast; if (prevLast > top) top = prevLast; }
+    run(col, lo, top);
   };
   for (let i = a; i < b; i++) {
     const t = s.ts[i];
-    const x = Math.floor((t - tStart) * pxPerMs);
+    const fx = (t - tStart) * pxPerMs;
+    const x = Math.floor(fx);
     const y = (hi - s.v[i]) * scaleY;
     const breaks = t - prevT > gap;
     prevT = t;
     if (x !== col || breaks) {
       if (col === col) flush();
       prevLast = breaks ? NaN : last;
-      col = x; mn = mx = last = y;
+      if (!breaks && col === col && x > col + 1) {
+        // A sparse line: the segment to this point crosses empty columns; each gets the
+        // run the segment covers in it, and this column starts where the segment enters.
+        const yAt = (u) => last + ((y - last) * (u - lastFx)) / (fx - lastFx);
+        for (let c = Math.max(col + 1, 0), end = Math.min(x - 1, w - 1); c <= end; c++) {
+          const y0 = yAt(c), y1 = yAt(c + 1);
+          run(c, Math.min(y0, y1), Math.max(y0, y1));
+        }
+        prevLast = yAt(x);
+      }
+      col = x; mn = mx = last = y; lastFx = fx;
     } else {
       last = y;
+      lastFx = fx;
       if (y < mn) mn = y;
       if (y > mx) mx = y;
     }
