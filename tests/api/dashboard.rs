@@ -1110,7 +1110,10 @@ async fn state_timelines_and_gps_tracks_zoom_and_pan_into_the_past_like_charts()
     })
     .await;
     let mut door = device(app.addr, "yard", "door-1").await;
-    feed(&mut door, "open", "", 120, 30_000, |i| ((i / 10) % 2) as f64).await;
+    feed(&mut door, "open", "", 120, 30_000, |i| {
+        ((i / 10) % 2) as f64
+    })
+    .await;
     let mut gps = device(app.addr, "yard", "gps-1").await;
     let end = now_ms();
     let fixes: Vec<Value> = (0..180)
@@ -1148,8 +1151,10 @@ async fn state_timelines_and_gps_tracks_zoom_and_pan_into_the_past_like_charts()
     let now = now_ms() as f64;
 
     // Act: focus the timeline and zoom out with the keyboard, 5 minutes to 80.
-    page.eval("document.querySelector('figure.chart[data-kind=\"timeline\"] canvas').focus(); true")
-        .await;
+    page.eval(
+        "document.querySelector('figure.chart[data-kind=\"timeline\"] canvas').focus(); true",
+    )
+    .await;
     for _ in 0..4 {
         press(&page, "-", 189, "-").await;
     }
@@ -1158,22 +1163,41 @@ async fn state_timelines_and_gps_tracks_zoom_and_pan_into_the_past_like_charts()
     // buckets) and draws door states from an hour ago, which the live series lack.
     let out = page
         .wait_for(
-            &format!("(() => {{ const z = {}; return z && z.to - z.from > 70 * 60e3 ? z : null; }})()", zoom_state_js("timeline")),
+            &format!(
+                "(() => {{ const z = {}; return z && z.to - z.from > 70 * 60e3 ? z : null; }})()",
+                zoom_state_js("timeline")
+            ),
             WAIT,
             "the timeline's zoomed-out range from REST",
         )
         .await;
-    println!("timeline zoomed out: {}", json!({"from": out["from"], "to": out["to"], "step": out["step"], "points": out["points"]}));
+    println!(
+        "timeline zoomed out: {}",
+        json!({"from": out["from"], "to": out["to"], "step": out["step"], "points": out["points"]})
+    );
     assert_eq!(out["step"], "3s", "{out}");
-    assert_eq!((out["live_button"].clone(), out["zoomed"].clone()), (json!(true), json!(true)));
+    assert_eq!(
+        (out["live_button"].clone(), out["zoomed"].clone()),
+        (json!(true), json!(true))
+    );
     assert!(out["points"].as_u64().unwrap() >= 110, "{out}");
     let spans = out["spans"].as_array().unwrap();
     assert!(
-        spans.iter().any(|s| s["from"].as_f64().unwrap() < now - 50.0 * 60e3),
+        spans
+            .iter()
+            .any(|s| s["from"].as_f64().unwrap() < now - 50.0 * 60e3),
         "a door state from an hour ago: {out}"
     );
-    assert!(spans.iter().any(|s| s["label"] == "open") && spans.iter().any(|s| s["label"] == "closed"));
-    assert!(page.eval(&asked_js("open", "step=3s")).await.as_u64().unwrap() >= 1);
+    assert!(
+        spans.iter().any(|s| s["label"] == "open") && spans.iter().any(|s| s["label"] == "closed")
+    );
+    assert!(
+        page.eval(&asked_js("open", "step=3s"))
+            .await
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
 
     // Drag across the timeline from a fifth to two fifths: 16 minutes, long ago.
     let (left, pw, y) = plot_box(&page, "timeline").await;
@@ -1183,16 +1207,31 @@ async fn state_timelines_and_gps_tracks_zoom_and_pan_into_the_past_like_charts()
     mouse(&page, "mouseReleased", left + pw * 0.4, y, 1).await;
     let zin = page
         .wait_for(
-            &format!("(() => {{ const z = {}; return z && z.to - z.from < 25 * 60e3 ? z : null; }})()", zoom_state_js("timeline")),
+            &format!(
+                "(() => {{ const z = {}; return z && z.to - z.from < 25 * 60e3 ? z : null; }})()",
+                zoom_state_js("timeline")
+            ),
             WAIT,
             "the timeline's dragged range from REST",
         )
         .await;
     let span = zin["to"].as_f64().unwrap() - zin["from"].as_f64().unwrap();
-    assert!((12.0 * 60e3..20.0 * 60e3).contains(&span), "a fifth of 80 minutes: {zin}");
-    assert!(zin["to"].as_f64().unwrap() < now - 30.0 * 60e3, "in the past: {zin}");
-    assert!(!zin["spans"].as_array().unwrap().is_empty(), "door states in the range: {zin}");
-    print_screenshot("timeline zoomed into the past", &page.screenshot_to_dir("zoom-timeline").await);
+    assert!(
+        (12.0 * 60e3..20.0 * 60e3).contains(&span),
+        "a fifth of 80 minutes: {zin}"
+    );
+    assert!(
+        zin["to"].as_f64().unwrap() < now - 30.0 * 60e3,
+        "in the past: {zin}"
+    );
+    assert!(
+        !zin["spans"].as_array().unwrap().is_empty(),
+        "door states in the range: {zin}"
+    );
+    print_screenshot(
+        "timeline zoomed into the past",
+        &page.screenshot_to_dir("zoom-timeline").await,
+    );
 
     // Double-click: the timeline follows now again.
     for clicks in [1, 2] {
@@ -1216,23 +1255,42 @@ async fn state_timelines_and_gps_tracks_zoom_and_pan_into_the_past_like_charts()
     }
     let track = page
         .wait_for(
-            &format!("(() => {{ const z = {}; return z && z.to - z.from > 70 * 60e3 ? z : null; }})()", zoom_state_js("track")),
+            &format!(
+                "(() => {{ const z = {}; return z && z.to - z.from > 70 * 60e3 ? z : null; }})()",
+                zoom_state_js("track")
+            ),
             WAIT,
             "the track's zoomed-out range from REST",
         )
         .await;
     println!("track zoomed out: {track}");
     assert_eq!(track["step"], "3s", "{track}");
-    assert!(track["fixes"].as_u64().unwrap() >= 170, "an hour of fixes: {track}");
-    assert!(track["oldest"].as_f64().unwrap() < now - 55.0 * 60e3, "{track}");
+    assert!(
+        track["fixes"].as_u64().unwrap() >= 170,
+        "an hour of fixes: {track}"
+    );
+    assert!(
+        track["oldest"].as_f64().unwrap() < now - 55.0 * 60e3,
+        "{track}"
+    );
     assert!(
         track["worst_pairing"].as_f64().unwrap() < 1e-9,
         "every latitude with the longitude of its time: {track}"
     );
     for metric in ["lat", "lon"] {
-        assert!(page.eval(&asked_js(metric, "step=3s")).await.as_u64().unwrap() >= 1, "{metric}");
+        assert!(
+            page.eval(&asked_js(metric, "step=3s"))
+                .await
+                .as_u64()
+                .unwrap()
+                >= 1,
+            "{metric}"
+        );
     }
-    print_screenshot("track zoomed out to 80 minutes", &page.screenshot_to_dir("zoom-track").await);
+    print_screenshot(
+        "track zoomed out to 80 minutes",
+        &page.screenshot_to_dir("zoom-track").await,
+    );
 
     // Shift + wheel pans it an eighth of the span into the past.
     let (left, pw, y) = plot_box(&page, "track").await;
@@ -1253,11 +1311,16 @@ async fn state_timelines_and_gps_tracks_zoom_and_pan_into_the_past_like_charts()
         )
         .await;
     let moved = track["to"].as_f64().unwrap() - panned["to"].as_f64().unwrap();
-    assert!((8.0 * 60e3..12.0 * 60e3).contains(&moved), "an eighth of 80 minutes: {panned}");
+    assert!(
+        (8.0 * 60e3..12.0 * 60e3).contains(&moved),
+        "an eighth of 80 minutes: {panned}"
+    );
 
     // The Live button: the track follows now again.
-    page.eval("document.querySelector('figure.chart[data-kind=\"track\"] .zoom-live').click(); true")
-        .await;
+    page.eval(
+        "document.querySelector('figure.chart[data-kind=\"track\"] .zoom-live').click(); true",
+    )
+    .await;
     page.wait_for(
         r#"(() => { const f = document.querySelector('figure.chart[data-kind="track"]'); const ch = f.querySelector('canvas').telehubChart;
             return ch.view === null && f.querySelector('.zoom-live').hidden && Date.now() - ch.plot.tEnd < 3000; })()"#,
