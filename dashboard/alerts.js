@@ -123,7 +123,12 @@ export function startAlerts() {
     '<svg aria-hidden="true" viewBox="0 0 24 24" width="20" height="20"><path d="M6 16V11a6 6 0 0 1 12 0v5l2 2H4l2-2zM10 20a2 2 0 0 0 4 0" fill="none" stroke="currentColor" stroke-width="2" stroke-linejoin="round"/></svg>';
   right?.prepend(bell);
   // The room page builds its cards as devices appear: badge them as they come.
-  new MutationObserver(() => { paintBadges(); paintThresholds(); }).observe(document.getElementById("view"), { childList: true, subtree: true });
+  // Only new elements (a room's cards and charts) need painting: the text of a card's
+  // values changes thousands of times a second at scale and is not looked at.
+  new MutationObserver((records) => {
+    const added = records.some((r) => [...r.addedNodes].some((n) => n.nodeType === 1));
+    if (added) { paintBadges(); paintThresholds(); }
+  }).observe(document.getElementById("view"), { childList: true, subtree: true });
   window.addEventListener("hashchange", () => { rulesAge = Infinity; refresh(); });
   timer = setInterval(refresh, REFRESH_MS);
   refresh();

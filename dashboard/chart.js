@@ -210,6 +210,18 @@ export class LineChart {
     return s;
   }
 
+  /** The value drawn for a point of GET /history when zoomed (zoom.js): a raw point's
+   *  value, a bucket's mean. */
+  bucketValue(p) { return typeof p.value === "number" ? p.value : p.mean; }
+
+  /** The time range drawn and the series over it: following now, or the range zoomed
+   *  into (zoom.js), drawn from the series it fetched. */
+  timeRange() {
+    const tEnd = this.view ? this.view.to : Date.now();
+    const tStart = this.view ? this.view.from : tEnd - this.windowMs;
+    return { tStart, tEnd, series: this.view?.series || this.series };
+  }
+
   /** Draws `series` (shared with other charts, filled by its owner) as line `key`. */
   attach(key, series) {
     if (this.series.get(key) === series) return;
@@ -286,15 +298,13 @@ export class LineChart {
     ctx.fillRect(0, 0, W, H);
     ctx.font = theme.font;
 
-    // Following now, or a range zoomed into (zoom.js), drawn from the series it fetched.
-    const tEnd = this.view ? this.view.to : Date.now();
-    const tStart = this.view ? this.view.from : tEnd - this.windowMs;
+    const { tStart, tEnd, series } = this.timeRange();
     const span = tEnd - tStart;
 
     // Value range over what is in view.
     let lo = Infinity, hi = -Infinity, any = false;
     const ranges = [];
-    for (const [device, s] of this.view?.series || this.series) {
+    for (const [device, s] of series) {
       if (this.hidden.has(device) || !s.length) continue;
       const a = Math.max(s.start, s.lowerBound(tStart) - 1);
       const b = s.end;
@@ -388,8 +398,11 @@ export class LineChart {
     ctx.lineWidth = ranges.length > 12 ? 1.2 : 1.6;
     ctx.lineJoin = ranges.length > 12 ? "bevel" : "round";
     let segments = 0;
-    // Dense lines first, rasterised by us into one pixel layer (see rasterColumns).
-    const dense = ranges.filter(([, , a, b]) => b - a > pw * 1.5);
+    // Dense lines, or every line of a chart of many, are rasterised by us into one pixel
+    // layer (see rasterColumns): 200 canvas paths a chart cost far more to raster.
+    const many = ranges.length > 12;
+    const rastered = ([, , a, b]) => many || b - a > pw * 1.5;
+    const dense = ranges.filter(rastered);
     if (dense.length) {
       const dpr = this.dpr;
       const lw = Math.round(pw * dpr), lh = Math.round(ph * dpr);
@@ -403,9 +416,11 @@ export class LineChart {
       layer.ctx.putImageData(layer.image, 0, 0);
       ctx.drawImage(layer.canvas, padL, padT, pw, ph);
     }
-    for (const [device, s, a, b] of ranges) {
+    for (const r of ranges) {
+      const [device, s, , b] = r;
       const color = this.colorFor(device);
-      if (b - a <= pw * 1.5) {
+      if (!rastered(r)) {
+        const a = r[2];
         ctx.strokeStyle = color;
         ctx.beginPath();
         segments += traceAll(ctx, s, a, b, xOf, yOf, gap);
@@ -414,7 +429,9 @@ export class LineChart {
       ctx.fillStyle = color;
       // The newest point of each line gets a dot, so a live value is easy to spot.
       const lx = xOf(s.ts[b - 1]), ly = yOf(s.v[b - 1]);
-      if (lx >= padL) {
+      if (lx >= padL && many) {
+        ctx.fillRect(lx - 2, ly - 2, 4, 4); // a square: 200 arcs cost more than they show
+      } else if (lx >= padL) {
         ctx.beginPath();
         ctx.arc(lx, ly, 2.6, 0, Math.PI * 2);
         ctx.fill();
@@ -434,6 +451,33 @@ export class LineChart {
     ctx.restore();
     perf.noteSegments(segments);
   }
+}
+
+/**
+ * A time axis without grid lines, for panels that are not line charts (timelines, the
+ * track's time strip): ticks at `y` under the plot from `padL` over `pw` pixels, their
+ * labels below, none overlapping or leaving the canvas. Adds the labels' boxes to `boxes`.
+ */
+export function drawTimeAxis(ctx, { tStart, tEnd, padL, pw, y, W, theme, boxes }) {
+  const xOf = (t) => padL + ((t - tStart) / (tEnd - tStart)) * pw;
+  ctx.strokeStyle = theme.grid;
+  ctx.fillStyle = theme.text;
+  ctx.textBaseline = "top";
+  ctx.textAlign = "left";
+  ctx.beginPath();
+  let lastX1 = -Infinity;
+  for (const { t, label } of timeTicks(tStart, tEnd, timeStep(tEnd - tStart, pw))) {
+    const x = Math.round(xOf(t)) + 0.5;
+    ctx.moveTo(x, y - 6);
+    ctx.lineTo(x, y - 2);
+    const w = ctx.measureText(label).width;
+    const x0 = x - w / 2;
+    if (x0 < padL - 4 || x0 + w > W - 2 || x0 < lastX1 + 8) continue;
+    ctx.fillText(label, x0, y);
+    boxes.push({ text: label, x0, x1: x0 + w, y0: y, y1: y + 14 });
+    lastX1 = x0 + w;
+  }
+  ctx.stroke();
 }
 
 function traceAll(ctx, s, a, b, xOf, yOf, gap) {
@@ -456,28 +500,43 @@ function traceAll(ctx, s, a, b, xOf, yOf, gap) {
  * cost ~125 ms a chart in Chromium's software raster, this costs a few.
  */
 function rasterColumns(pix, w, h, s, a, b, tStart, pxPerMs, hi, scaleY, half, color, gap) {
-  let col = NaN, mn = 0, mx = 0, last = NaN, prevLast = NaN, prevT = -Infinity, n = 0;
-  const flush = () => {
-    if (col < 0 || col >= w) return;
-    let lo = mn, top = mx;
-    if (prevLast === prevLast) { if (prevLast < lo) lo = prevLast; if (prevLast > top) top = prevLast; }
+  let col = NaN, mn = 0, mx = 0, last = NaN, lastFx = NaN, prevLast = NaN, prevT = -Infinity, n = 0;
+  const run = (c, lo, top) => {
+    if (c < 0 || c >= w) return;
     const y0 = Math.max(0, Math.floor(lo - half + 0.5));
     const y1 = Math.min(h - 1, Math.ceil(top + half - 0.5));
-    for (let y = y0, i = y0 * w + col; y <= y1; y++, i += w) pix[i] = color;
+    for (let y = y0, i = y0 * w + c; y <= y1; y++, i += w) pix[i] = color;
     n += 1;
+  };
+  const flush = () => {
+    let lo = mn, top = mx;
+    if (prevLast === prevLast) { if (prevLast < lo) lo = prevLast; if (prevLast > top) top = prevLast; }
+    run(col, lo, top);
   };
   for (let i = a; i < b; i++) {
     const t = s.ts[i];
-    const x = Math.floor((t - tStart) * pxPerMs);
+    const fx = (t - tStart) * pxPerMs;
+    const x = Math.floor(fx);
     const y = (hi - s.v[i]) * scaleY;
     const breaks = t - prevT > gap;
     prevT = t;
     if (x !== col || breaks) {
       if (col === col) flush();
       prevLast = breaks ? NaN : last;
-      col = x; mn = mx = last = y;
+      if (!breaks && col === col && x > col + 1) {
+        // A sparse line: the segment to this point crosses empty columns; each gets the
+        // run the segment covers in it, and this column starts where the segment enters.
+        const yAt = (u) => last + ((y - last) * (u - lastFx)) / (fx - lastFx);
+        for (let c = Math.max(col + 1, 0), end = Math.min(x - 1, w - 1); c <= end; c++) {
+          const y0 = yAt(c), y1 = yAt(c + 1);
+          run(c, Math.min(y0, y1), Math.max(y0, y1));
+        }
+        prevLast = yAt(x);
+      }
+      col = x; mn = mx = last = y; lastFx = fx;
     } else {
       last = y;
+      lastFx = fx;
       if (y < mn) mn = y;
       if (y > mx) mx = y;
     }

@@ -1,10 +1,12 @@
 // The panel kinds beside the line chart and the state timeline: stat (the latest value,
 // large, with a trend arrow and a sparkline), gauge (the latest value on a min..max
 // arc) and GPS track (latitude and longitude as a path on our own canvas, the latest
-// position marked, with its speed; over map tiles when the hub has a tile server). Each is a LineChart with its own draw, so it takes
-// shared series, the frame loop and offscreen skipping from there.
+// position marked, with its speed; over map tiles when the hub has a tile server). Each
+// is a LineChart with its own draw, so it takes shared series, the frame loop and
+// offscreen skipping from there; the track also zooms like one (zoom.js), over the time
+// strip under its map.
 
-import { LineChart } from "./chart.js";
+import { LineChart, drawTimeAxis } from "./chart.js";
 import { fmtValue } from "./format.js";
 import { drawAttribution, drawTiles, mapConfig } from "./tiles.js";
 import { TimelineChart } from "./timeline.js";
@@ -251,10 +253,17 @@ export class TrackChart extends LineChart {
     mapConfig().then((m) => { if (m) { this.map = m; this.invalidate(); } });
   }
 
-  /** Per device: [{t, lat, lon}] over the window, lat and lon paired by time. */
-  tracks(tStart) {
+  /**
+   * Per device: [{t, lat, lon}] in [tStart, tEnd] of `series`, each latitude paired with
+   * the longitude of the same time. Live fixes pair with the newest longitude at most
+   * 5 s older (a device sends the two in one batch, not always in one reading); the
+   * buckets of a zoomed range (`exact`) both start at multiples of the step, so they
+   * pair only with the bucket of the same start.
+   */
+  tracks(series, tStart, tEnd, exact) {
+    const tolerance = exact ? 0 : 5000;
     const by = new Map();
-    for (const [key, s] of this.series) {
+    for (const [key, s] of series) {
       const [dev, metric] = key.split(" · ");
       if (this.hidden.has(key)) continue;
       let d = by.get(dev);
@@ -265,9 +274,9 @@ export class TrackChart extends LineChart {
     for (const [dev, { lat, lon }] of [...by].sort(([a], [b]) => (a < b ? -1 : 1))) {
       if (!lat || !lon || !lat.length || !lon.length) continue;
       const pts = [];
-      for (let i = Math.max(lat.start, lat.lowerBound(tStart)); i < lat.end; i++) {
+      for (let i = Math.max(lat.start, lat.lowerBound(tStart)); i < lat.end && lat.ts[i] <= tEnd; i++) {
         const j = atOrBefore(lon, lat.ts[i]);
-        if (j < 0 || lat.ts[i] - lon.ts[j] > 5000) continue;
+        if (j < 0 || lat.ts[i] - lon.ts[j] > tolerance) continue;
         pts.push({ t: lat.ts[i], lat: lat.v[i], lon: lon.v[j] });
       }
       if (pts.length) out.push({ dev, pts });
@@ -277,20 +286,27 @@ export class TrackChart extends LineChart {
 
   draw(now) {
     const { ctx, W, H, theme } = begin(this, now);
-    const tEnd = Date.now();
-    const tracks = this.tracks(tEnd - this.windowMs);
-    this.track = { devices: tracks.map((t) => ({ device: t.dev, points: t.pts.length })) };
-    if (!tracks.length) return waiting(this, ctx, W, H);
+    const { tStart, tEnd, series } = this.timeRange();
+    const tracks = this.tracks(series, tStart, tEnd, !!this.view?.step);
+    this.track = { devices: tracks.map((t) => ({ device: t.dev, points: t.pts.length })), from: tStart, to: tEnd };
+    // The time strip under the map: the track's time axis, where zoom.js maps a drag.
+    const stripH = 24, Hm = H - stripH, pad = 24;
+    this.plot = { padL: pad, pw: Math.max(10, W - 2 * pad), tStart, tEnd };
+    if (!tracks.length) {
+      waiting(this, ctx, W, Hm);
+      this.drawTimeStrip(ctx, tracks, Hm, W, theme);
+      return;
+    }
     let la0 = Infinity, la1 = -Infinity, lo0 = Infinity, lo1 = -Infinity;
     for (const { pts } of tracks) for (const p of pts) {
       la0 = Math.min(la0, p.lat); la1 = Math.max(la1, p.lat);
       lo0 = Math.min(lo0, p.lon); lo1 = Math.max(lo1, p.lon);
     }
-    const pad = 24, pw = W - 2 * pad, ph = H - 2 * pad - 18;
+    const padT = 16, pw = W - 2 * pad, ph = Math.max(10, Hm - padT - 26);
     let xOf, yOf, metresPerPx;
     if (this.map) {
       // Web Mercator, as the hub's tile server draws its tiles.
-      const p = drawTiles(this, ctx, W, H, this.map, { la0, la1, lo0, lo1 }, { pw, ph, cx: W / 2, cy: pad + ph / 2 });
+      const p = drawTiles(this, ctx, W, Hm, this.map, { la0, la1, lo0, lo1 }, { pw, ph, cx: W / 2, cy: padT + ph / 2 });
       ({ xOf, yOf, metresPerPx } = p);
       this.track.map = { z: p.z, tiles: p.tiles };
     } else {
@@ -300,7 +316,7 @@ export class TrackChart extends LineChart {
       const scale = Math.min(pw / spanX, ph / spanY);
       const cxm = (lo0 + lo1) / 2, cym = (la0 + la1) / 2;
       xOf = (lon) => W / 2 + (lon - cxm) * k * scale;
-      yOf = (lat) => pad + ph / 2 - (lat - cym) * scale;
+      yOf = (lat) => padT + ph / 2 - (lat - cym) * scale;
       metresPerPx = ((Math.PI / 180) * EARTH_M) / scale;
     }
     // A scale bar: metres across a fifth of the width.
@@ -312,12 +328,12 @@ export class TrackChart extends LineChart {
     ctx.fillStyle = theme.text;
     ctx.lineWidth = 2;
     ctx.beginPath();
-    ctx.moveTo(pad, H - 10);
-    ctx.lineTo(pad + barPx, H - 10);
+    ctx.moveTo(pad, Hm - 10);
+    ctx.lineTo(pad + barPx, Hm - 10);
     ctx.stroke();
     ctx.textAlign = "left";
     ctx.textBaseline = "bottom";
-    haloText(ctx, bar >= 1000 ? `${bar / 1000} km` : `${bar} m`, pad + barPx + 6, H - 4, this.map && theme.bg);
+    haloText(ctx, bar >= 1000 ? `${bar / 1000} km` : `${bar} m`, pad + barPx + 6, Hm - 4, this.map && theme.bg);
     const summary = [];
     for (const { dev, pts } of tracks) {
       const color = this.colorFor(dev);
@@ -350,6 +366,22 @@ export class TrackChart extends LineChart {
       summary.push({ device: dev, lat: last.lat, lon: last.lon, speed_kmh: speed === null ? null : speed * 3.6 });
     }
     this.track.latest = summary;
-    if (this.map) drawAttribution(ctx, W, H, this.map.attribution, theme);
+    if (this.map) drawAttribution(ctx, W, Hm, this.map.attribution, theme);
+    this.drawTimeStrip(ctx, tracks, Hm, W, theme);
+  }
+
+  /** Under the map from `y`: each device's fixes as a bar in its colour along the time
+   *  axis of the range shown. */
+  drawTimeStrip(ctx, tracks, y, W, theme) {
+    const { padL, pw, tStart, tEnd } = this.plot;
+    ctx.fillStyle = theme.bg;
+    ctx.fillRect(0, y, W, this.height - y);
+    const xOf = (t) => padL + ((t - tStart) / (tEnd - tStart)) * pw;
+    const barH = Math.max(1, Math.min(3, 6 / Math.max(1, tracks.length)));
+    tracks.forEach(({ dev, pts }, k) => {
+      ctx.fillStyle = this.colorFor(dev);
+      ctx.fillRect(xOf(pts[0].t), y + 1 + k * barH, Math.max(2, xOf(pts[pts.length - 1].t) - xOf(pts[0].t)), barH);
+    });
+    drawTimeAxis(ctx, { tStart, tEnd, padL, pw, y: y + 9, W, theme, boxes: this.labelBoxes });
   }
 }

@@ -4,9 +4,10 @@
 // rollup bands for 24h to 1y), CSV download, kiosk mode, and the connection's recovery.
 //
 // Every (device, metric) has one Series in `store`; panels draw those shared series
-// (panels.js, timeline.js, zoom.js), so rebuilding panels after a layout edit copies
-// nothing. Readings only touch data structures when they arrive; the DOM is brought up
-// to date once per animation frame (cards) and the charts draw in their own frame loop.
+// (panels.js, timeline.js; zoom.js zooms those with a time axis), so rebuilding panels
+// after a layout edit copies nothing. Readings only touch data structures when they
+// arrive; the DOM is brought up to date once per animation frame (cards) and the charts
+// draw in their own frame loop.
 
 import { api } from "./api.js";
 import { Series, drawBands } from "./chart.js";
@@ -37,6 +38,8 @@ const BACKFILL = "-15m";
  *  buckets (`step`), whose means chart the same at this width. */
 const BACKFILL_LIMIT = 10000;
 const BACKFILL_STEP = "5s";
+/** Panel kinds with a time axis, which zoom and pan (zoom.js). */
+const ZOOMABLE = new Set(["timeseries", "timeline", "track"]);
 const COMMAND_TIMEOUT_MS = 15000;
 const PLOT_REFRESH_MS = 15000;
 const CARD_REFRESH_MS = 200;
@@ -174,7 +177,8 @@ export function renderRoom(root, room, { ui, clientId, params = new URLSearchPar
     const upBtn = el("button", { type: "button", class: "btn small", hidden: !editing, "aria-label": `Move the card of ${name} earlier`,
       onclick: () => bar.moveDevice(name, [...cards.children].map((c) => c.dataset.device)) }, "↑");
     card.querySelector(".card-head").append(upBtn, hideBtn);
-    cardEls.set(name, { card, badge, dl, rows: new Map(), via: null, hideBtn, upBtn });
+    cardEls.set(name, { card, badge, dl, rows: new Map(), via: null, hideBtn, upBtn, visible: true });
+    cardsSeen.observe(card);
     // Keep cards sorted by name.
     const after = [...cardEls.keys()].filter((k) => k > name).sort()[0];
     cards.insertBefore(card, after ? cardEls.get(after).card : null);
@@ -213,6 +217,18 @@ export function renderRoom(root, room, { ui, clientId, params = new URLSearchPar
     return r;
   }
 
+  // Only cards on screen are updated (200 cards of changing values cost a style and
+  // layout pass each refresh); a card that scrolls into view catches up at once.
+  const cardsSeen = new IntersectionObserver((entries) => {
+    for (const e of entries) {
+      const name = e.target.dataset.device;
+      const c = cardEls.get(name);
+      if (!c) continue;
+      c.visible = e.isIntersecting;
+      if (c.visible) for (const metric of state.devices.get(name)?.metrics.keys() || []) markCell(name, metric);
+    }
+  });
+
   function flushCards() {
     cardsRaf = 0;
     const now = Date.now();
@@ -220,6 +236,9 @@ export function renderRoom(root, room, { ui, clientId, params = new URLSearchPar
       const [name, metric] = key.split("\u0000");
       const m = state.devices.get(name)?.metrics.get(metric);
       if (!m) continue;
+      const c = cardEls.get(name);
+      // An offscreen card's row is made (its metrics are listed), not kept up to date.
+      if (c && !c.visible && c.rows.has(metric)) continue;
       const r = cell(name, metric);
       const v = fmtValue(m.value);
       if (r.value.textContent !== v) r.value.textContent = v;
@@ -250,6 +269,7 @@ export function renderRoom(root, room, { ui, clientId, params = new URLSearchPar
     const now = Date.now();
     for (const [name, d] of state.devices) {
       const c = cardEls.get(name);
+      if (!c.visible) continue;
       for (const [metric, m] of d.metrics) {
         const r = c.rows.get(metric);
         if (!r) continue;
@@ -384,7 +404,7 @@ export function renderRoom(root, room, { ui, clientId, params = new URLSearchPar
       const devs = r.device ? [r.device] : [...(devicesOf.get(r.metric) || [])];
       for (const dev of devs) if (store.has(`${dev}\u0000${r.metric}`)) attach(p, dev, r.metric);
     }
-    if (spec.kind === "timeseries") p.zoom = zoomable(p, room, tools);
+    if (ZOOMABLE.has(spec.kind)) p.zoom = zoomable(p, room, tools);
     if (!w.live) showPlot(p);
     return p;
   }
@@ -770,8 +790,10 @@ export function renderRoom(root, room, { ui, clientId, params = new URLSearchPar
       clearInterval(countdown);
       if (cardsRaf) cancelAnimationFrame(cardsRaf);
       clearTimeout(cardsTimer);
-      for (const p of panels) { p.chart.destroy(); clearInterval(p.plotTimer); }
+      for (const p of panels) { p.chart.destroy(); p.zoom?.destroy(); clearInterval(p.plotTimer); }
+      panels = [];
       cancelAnimationFrame(redrawRaf);
+      cardsSeen.disconnect();
       for (const p of pending.values()) clearTimeout(p.timer);
       window.removeEventListener("telehub-theme", onTheme);
     },

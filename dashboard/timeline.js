@@ -1,10 +1,9 @@
 // A state timeline: one row per series, coloured spans for each state over time ("open
 // 14:02 to 14:05" at a glance), for binary (0/1) and enumerated series. Draws from the
 // same shared Series objects and in the same frame loop as the line chart (it is one,
-// with its own draw).
+// with its own draw), and zooms like it (zoom.js: `plot`, `view`, `bucketValue`).
 
-import { LineChart } from "./chart.js";
-import { timeStep, timeTicks } from "./axis.js";
+import { LineChart, drawTimeAxis } from "./chart.js";
 
 /** Names of the states 0 and 1 by metric name; anything else is off/on. */
 const STATE_NAMES = {
@@ -54,6 +53,10 @@ export class TimelineChart extends LineChart {
     this.metricOf = opts.metricOf || (() => opts.label);
   }
 
+  /** A bucket of a zoomed range is "on" if the state was 1 at any time in it (its max),
+   *  so a short opening never disappears at a coarse step. */
+  bucketValue(p) { return typeof p.value === "number" ? p.value : p.max; }
+
   draw(now) {
     this.dirty = false;
     this.drawnAt = now;
@@ -63,14 +66,15 @@ export class TimelineChart extends LineChart {
     ctx.fillStyle = theme.bg;
     ctx.fillRect(0, 0, W, H);
     ctx.font = theme.font;
-    const tEnd = Date.now();
-    const tStart = tEnd - this.windowMs;
-    const rows = [...this.series].filter(([k, s]) => !this.hidden.has(k) && s.length).sort(([a], [b]) => (a < b ? -1 : 1));
+    const { tStart, tEnd, series } = this.timeRange();
+    const span = tEnd - tStart;
+    const rows = [...series].filter(([k, s]) => !this.hidden.has(k) && s.length).sort(([a], [b]) => (a < b ? -1 : 1));
     let labelW = 0;
     for (const [k] of rows) labelW = Math.max(labelW, ctx.measureText(k).width);
     const padL = Math.ceil(Math.max(40, labelW + 12)), padR = 12, padT = 8, padB = 24;
     const pw = Math.max(10, W - padL - padR), ph = Math.max(10, H - padT - padB);
-    const xOf = (t) => padL + ((t - tStart) / this.windowMs) * pw;
+    const xOf = (t) => padL + ((t - tStart) / span) * pw;
+    this.plot = { padL, pw, tStart, tEnd };
     const boxes = (this.labelBoxes = []);
     this.spans = [];
     ctx.textBaseline = "middle";
@@ -89,9 +93,9 @@ export class TimelineChart extends LineChart {
       boxes.push({ text: key, x0: padL - 6 - ctx.measureText(key).width, x1: padL - 6, y0, y1: y0 + h });
       const color = this.colorFor(key);
       const metric = this.metricOf(key);
-      // Spans: from each change of value to the next (the last one runs to now).
+      // Spans: from each change of value to the next (the last one to the range's end).
       let i = Math.max(s.start, s.lowerBound(tStart) - 1);
-      while (i < s.end) {
+      while (i < s.end && s.ts[i] < tEnd) {
         const v = s.v[i];
         let j = i + 1;
         while (j < s.end && s.v[j] === v) j++;
@@ -116,26 +120,6 @@ export class TimelineChart extends LineChart {
         i = j;
       }
     });
-    // The time axis.
-    ctx.strokeStyle = theme.grid;
-    ctx.fillStyle = theme.text;
-    ctx.textBaseline = "top";
-    ctx.textAlign = "left";
-    ctx.beginPath();
-    let lastX1 = -Infinity;
-    const axisY = padT + rows.length * rowH + 6;
-    for (const { t, label } of timeTicks(tStart, tEnd, timeStep(this.windowMs, pw))) {
-      const x = Math.round(xOf(t)) + 0.5;
-      // A tick under the rows (a grid line through the spans would cut their labels).
-      ctx.moveTo(x, axisY - 6);
-      ctx.lineTo(x, axisY - 2);
-      const w = ctx.measureText(label).width;
-      const x0 = x - w / 2;
-      if (x0 < padL - 4 || x0 + w > W - 2 || x0 < lastX1 + 8) continue;
-      ctx.fillText(label, x0, axisY);
-      boxes.push({ text: label, x0, x1: x0 + w, y0: axisY, y1: axisY + 14 });
-      lastX1 = x0 + w;
-    }
-    ctx.stroke();
+    drawTimeAxis(ctx, { tStart, tEnd, padL, pw, y: padT + rows.length * rowH + 6, W, theme, boxes });
   }
 }

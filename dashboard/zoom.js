@@ -1,14 +1,23 @@
-// Zoom and pan on a line chart: drag across it to zoom into that span, double-click to
-// go back to following now, arrow keys (or Shift + wheel) to pan, + and - (or Ctrl +
-// wheel) to zoom in and out, and a "Live" button to return. A zoomed chart draws the
-// range fetched from GET /history at a step that keeps it under MAX_POINTS points per
-// line, so zooming into the past reaches what the live series no longer hold.
+// Zoom and pan over time, for every panel with a time axis: line charts, state
+// timelines and GPS tracks (whose time strip under the map is their time axis). Drag
+// across a panel to zoom into that span, double-click to go back to following now, arrow
+// keys (or Shift + wheel) to pan, + and - (or Ctrl + wheel) to zoom in and out, and a
+// "Live" button to return. A zoomed panel draws the range fetched from GET /history at a
+// step that keeps it under MAX_POINTS points per series, so zooming into the past reaches
+// what the live series no longer hold.
+//
+// What a chart offers for this (chart.js, timeline.js, panels.js):
+//   chart.plot        {padL, pw, tStart, tEnd} of its last draw: where its time axis is;
+//   chart.view        set here while zoomed, {from, to, step, series, loading, fetched};
+//                     the chart draws view.series over [from, to] instead of following now;
+//   chart.bucketValue(point) the value of a history point or bucket ({value} or {min,
+//                     max, mean}) for this kind of chart.
 
 import { api } from "./api.js";
 import { Series } from "./chart.js";
 import { el } from "./format.js";
 
-/** Points per line a zoomed chart asks for at most. */
+/** Points per series a zoomed panel asks for at most. */
 const MAX_POINTS = 2000;
 /** Shortest span one can zoom into. */
 const MIN_SPAN_MS = 10e3;
@@ -17,6 +26,11 @@ const MAX_SPAN_MS = 365 * 86400e3;
 /** What one arrow press pans, as a part of the span. */
 const PAN_PART = 0.25;
 
+/** Zoom handlers attached and not yet destroyed (tests check that a room's teardown
+ *  leaves none behind). */
+let attached = 0;
+export function activeZooms() { return attached; }
+
 /** A `step` for GET /history that gives at most MAX_POINTS buckets over `span`. */
 export function stepFor(span) {
   const s = Math.ceil(span / MAX_POINTS / 1000);
@@ -24,19 +38,22 @@ export function stepFor(span) {
 }
 
 /**
- * Makes `panel` (room.js's: chart, canvas, fig, spec, metrics) zoomable. `room` names the
- * room, `liveTools` is where the Live button goes. Returns {destroy}.
+ * Makes `panel` (room.js's: chart, canvas, fig, title, metrics, wants, keyOf) zoomable.
+ * `room` names the room, `liveTools` is where the Live button goes. Returns {reset,
+ * show, destroy}; destroy removes every listener, the band and the button.
  */
 export function zoomable(panel, room, liveTools) {
   const { chart, canvas } = panel;
   const box = canvas.parentElement;
   const band = el("div", { class: "zoom-band", hidden: true, "aria-hidden": "true" });
   box.append(band);
-  const live = el("button", { type: "button", class: "btn small primary", hidden: true,
+  const live = el("button", { type: "button", class: "btn small primary zoom-live", hidden: true,
     "aria-label": `Back to live: ${panel.title}`, onclick: () => reset() }, "Live");
   liveTools.prepend(live);
   canvas.tabIndex = 0;
   canvas.title = "Drag to zoom, double-click for live; arrows pan, + and - zoom";
+  const listeners = new AbortController();
+  attached += 1;
   let seq = 0;
   let drag = null;
 
@@ -50,7 +67,8 @@ export function zoomable(panel, room, liveTools) {
 
   function current() {
     const p = chart.plot;
-    return chart.view ? { from: chart.view.from, to: chart.view.to } : { from: p.tEnd - chart.windowMs, to: p.tEnd };
+    const to = p ? p.tEnd : Date.now();
+    return chart.view ? { from: chart.view.from, to: chart.view.to } : { from: to - chart.windowMs, to };
   }
 
   /** Shows [from, to] and fetches it from the hub. */
@@ -76,7 +94,7 @@ export function zoomable(panel, room, liveTools) {
       const res = await api.history(room, { metric, from: String(from), to: String(to), step: step || undefined, limit: 100000 });
       if (!res.ok) { if (res.code !== "unknown_series") failed = res.error; return; }
       for (const p of res.data.points || []) {
-        const value = typeof p.value === "number" ? p.value : p.mean;
+        const value = chart.bucketValue(p);
         if (!panel.wants(p.device, metric) || typeof value !== "number") continue;
         const key = panel.keyOf(p.device, metric);
         let s = fetched.get(key);
@@ -150,11 +168,25 @@ export function zoomable(panel, room, liveTools) {
     if (e.ctrlKey) zoomBy(e.deltaY > 0 ? 1.5 : 1 / 1.5, timeAt(e.clientX));
     else pan(Math.sign(e.deltaY || e.deltaX) * PAN_PART * 0.5);
   };
-  canvas.addEventListener("pointerdown", onDown);
-  canvas.addEventListener("pointermove", onMove);
-  canvas.addEventListener("pointerup", onUp);
-  canvas.addEventListener("dblclick", reset);
-  canvas.addEventListener("keydown", onKey);
-  canvas.addEventListener("wheel", onWheel, { passive: false });
-  return { reset, show, destroy() { seq += 1; band.remove(); } };
+  const { signal } = listeners;
+  canvas.addEventListener("pointerdown", onDown, { signal });
+  canvas.addEventListener("pointermove", onMove, { signal });
+  canvas.addEventListener("pointerup", onUp, { signal });
+  canvas.addEventListener("dblclick", reset, { signal });
+  canvas.addEventListener("keydown", onKey, { signal });
+  canvas.addEventListener("wheel", onWheel, { signal, passive: false });
+  let destroyed = false;
+  return {
+    reset,
+    show,
+    destroy() {
+      if (destroyed) return;
+      destroyed = true;
+      attached -= 1;
+      seq += 1;
+      listeners.abort();
+      band.remove();
+      live.remove();
+    },
+  };
 }

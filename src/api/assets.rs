@@ -55,6 +55,7 @@ const ASSETS: &[Asset] = &[
     asset!("tiles.js", JS),
     asset!("timeline.js", JS),
     asset!("ws.js", JS),
+    asset!("ws-worker.js", JS),
     asset!("zoom.js", JS),
 ];
 

@@ -1052,3 +1052,293 @@ async fn zooming_out_and_drag_zooming_into_the_last_hour_loads_the_range_from_re
     drop(browser);
     app.stop().await;
 }
+
+/// The zoom state of the panel of `kind` once its range has arrived from the hub: the
+/// range, its step, the Live button, and what the chart drew of it.
+fn zoom_state_js(kind: &str) -> String {
+    format!(
+        r#"(() => {{ const f = document.querySelector('figure.chart[data-kind="{kind}"]');
+    const ch = f?.querySelector('canvas').telehubChart; const v = ch?.view;
+    if (!v || v.loading || !v.fetched) return null;
+    const out = {{ from: v.from, to: v.to, step: v.fetched.step, points: v.points,
+                  live_button: !f.querySelector('.zoom-live').hidden, zoomed: f.classList.contains('zoomed') }};
+    if (ch.spans) out.spans = ch.spans.map(s => ({{ from: s.from, label: s.label }}));
+    if (ch.track) {{
+      // Every fix as the chart pairs it, from the fetched series.
+      const pts = (ch.tracks(v.series, v.from, v.to, !!v.step)[0] || {{ pts: [] }}).pts;
+      out.fixes = pts.length;
+      out.oldest = pts.length ? pts[0].t : null;
+      out.worst_pairing = Math.max(0, ...pts.map(p => Math.abs((p.lon - 4.9) - 2 * (p.lat - 52.0))));
+    }}
+    return out; }})()"#
+    )
+}
+
+/// [left of the plot, its width, a y inside it] of the panel of `kind`, scrolled into view.
+async fn plot_box(page: &crate::cdp::Page, kind: &str) -> (f64, f64, f64) {
+    let r = page
+        .eval(&format!(
+            r#"(() => {{ const c = document.querySelector('figure.chart[data-kind="{kind}"] canvas');
+    c.scrollIntoView({{ block: 'center' }}); const b = c.getBoundingClientRect(); const p = c.telehubChart.plot;
+    return [b.left + p.padL, p.pw, b.top + b.height * 0.4]; }})()"#
+        ))
+        .await;
+    (
+        r[0].as_f64().unwrap(),
+        r[1].as_f64().unwrap(),
+        r[2].as_f64().unwrap(),
+    )
+}
+
+/// History requests (by the browser's resource timing) for `metric` with `needle` in
+/// their query.
+fn asked_js(metric: &str, needle: &str) -> String {
+    format!(
+        "performance.getEntriesByType('resource').map(e => e.name).filter(n => n.includes('/history?') && n.includes('metric={metric}') && n.includes('{needle}')).length"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_timelines_and_gps_tracks_zoom_and_pan_into_the_past_like_charts() {
+    let _one = BROWSER_TESTS.lock().await;
+    // Arrange: an hour of a door that changes state every 5 minutes, and an hour of a GPS
+    // tracker whose longitude moves twice as fast as its latitude (lon - 4.9 = 2 (lat -
+    // 52)), so a fix paired with the wrong longitude shows. The live series hold 15 minutes.
+    let app = crate::helpers::spawn_app_with(|s| {
+        s.limits.rate_per_sec = 100_000.0;
+        s.limits.rate_burst = 100_000.0;
+    })
+    .await;
+    let mut door = device(app.addr, "yard", "door-1").await;
+    feed(&mut door, "open", "", 120, 30_000, |i| {
+        ((i / 10) % 2) as f64
+    })
+    .await;
+    let mut gps = device(app.addr, "yard", "gps-1").await;
+    let end = now_ms();
+    let fixes: Vec<Value> = (0..180)
+        .flat_map(|i| {
+            let ts = end - (179 - i) as i64 * 20_000;
+            let lat = 52.0 + i as f64 * 0.0001;
+            [
+                json!({"metric": "lat", "unit": "°", "value": lat, "ts": ts}),
+                json!({"metric": "lon", "unit": "°", "value": 4.9 + 2.0 * (lat - 52.0), "ts": ts}),
+            ]
+        })
+        .collect();
+    for chunk in fixes.chunks(120) {
+        gps.send_json(json!({"type": "readings", "items": chunk}))
+            .await;
+    }
+    let browser = Browser::launch().await;
+    let page = browser.new_page(1280, 900).await;
+    page.goto(&format!("http://{}/#/rooms/yard", app.addr))
+        .await;
+    page.wait_for(
+        r#"(() => { const t = document.querySelector('figure.chart[data-kind="timeline"] canvas')?.telehubChart;
+            const g = document.querySelector('figure.chart[data-kind="track"] canvas')?.telehubChart;
+            return !!(t?.plot && t.spans?.length >= 1 && g?.plot && g.track?.devices?.[0]?.points >= 10); })()"#,
+        WAIT,
+        "a door timeline and a GPS track, live",
+    )
+    .await;
+    assert_eq!(
+        page.eval("import('./zoom.js').then(m => m.activeZooms())")
+            .await,
+        json!(2),
+        "the timeline and the track are zoomable"
+    );
+    let now = now_ms() as f64;
+
+    // Act: focus the timeline and zoom out with the keyboard, 5 minutes to 80.
+    page.eval(
+        "document.querySelector('figure.chart[data-kind=\"timeline\"] canvas').focus(); true",
+    )
+    .await;
+    for _ in 0..4 {
+        press(&page, "-", 189, "-").await;
+    }
+
+    // Assert: the timeline fetched the 80 minutes from REST at a step (3 s: 1,600
+    // buckets) and draws door states from an hour ago, which the live series lack.
+    let out = page
+        .wait_for(
+            &format!(
+                "(() => {{ const z = {}; return z && z.to - z.from > 70 * 60e3 ? z : null; }})()",
+                zoom_state_js("timeline")
+            ),
+            WAIT,
+            "the timeline's zoomed-out range from REST",
+        )
+        .await;
+    println!(
+        "timeline zoomed out: {}",
+        json!({"from": out["from"], "to": out["to"], "step": out["step"], "points": out["points"]})
+    );
+    assert_eq!(out["step"], "3s", "{out}");
+    assert_eq!(
+        (out["live_button"].clone(), out["zoomed"].clone()),
+        (json!(true), json!(true))
+    );
+    assert!(out["points"].as_u64().unwrap() >= 110, "{out}");
+    let spans = out["spans"].as_array().unwrap();
+    assert!(
+        spans
+            .iter()
+            .any(|s| s["from"].as_f64().unwrap() < now - 50.0 * 60e3),
+        "a door state from an hour ago: {out}"
+    );
+    assert!(
+        spans.iter().any(|s| s["label"] == "open") && spans.iter().any(|s| s["label"] == "closed")
+    );
+    assert!(
+        page.eval(&asked_js("open", "step=3s"))
+            .await
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+
+    // Drag across the timeline from a fifth to two fifths: 16 minutes, long ago.
+    let (left, pw, y) = plot_box(&page, "timeline").await;
+    mouse(&page, "mousePressed", left + pw * 0.2, y, 1).await;
+    mouse(&page, "mouseMoved", left + pw * 0.3, y, 1).await;
+    mouse(&page, "mouseMoved", left + pw * 0.4, y, 1).await;
+    mouse(&page, "mouseReleased", left + pw * 0.4, y, 1).await;
+    let zin = page
+        .wait_for(
+            &format!(
+                "(() => {{ const z = {}; return z && z.to - z.from < 25 * 60e3 ? z : null; }})()",
+                zoom_state_js("timeline")
+            ),
+            WAIT,
+            "the timeline's dragged range from REST",
+        )
+        .await;
+    let span = zin["to"].as_f64().unwrap() - zin["from"].as_f64().unwrap();
+    assert!(
+        (12.0 * 60e3..20.0 * 60e3).contains(&span),
+        "a fifth of 80 minutes: {zin}"
+    );
+    assert!(
+        zin["to"].as_f64().unwrap() < now - 30.0 * 60e3,
+        "in the past: {zin}"
+    );
+    assert!(
+        !zin["spans"].as_array().unwrap().is_empty(),
+        "door states in the range: {zin}"
+    );
+    print_screenshot(
+        "timeline zoomed into the past",
+        &page.screenshot_to_dir("zoom-timeline").await,
+    );
+
+    // Double-click: the timeline follows now again.
+    for clicks in [1, 2] {
+        mouse(&page, "mousePressed", left + pw * 0.5, y, clicks).await;
+        mouse(&page, "mouseReleased", left + pw * 0.5, y, clicks).await;
+    }
+    page.wait_for(
+        r#"(() => { const f = document.querySelector('figure.chart[data-kind="timeline"]'); const ch = f.querySelector('canvas').telehubChart;
+            return ch.view === null && f.querySelector('.zoom-live').hidden && !f.classList.contains('zoomed') && Date.now() - ch.plot.tEnd < 3000; })()"#,
+        WAIT,
+        "the timeline live again",
+    )
+    .await;
+
+    // The track: four presses of - zoom it out to 80 minutes, fetched at a 3 s step with
+    // latitude and longitude paired by their bucket's time.
+    page.eval("document.querySelector('figure.chart[data-kind=\"track\"] canvas').focus(); true")
+        .await;
+    for _ in 0..4 {
+        press(&page, "-", 189, "-").await;
+    }
+    let track = page
+        .wait_for(
+            &format!(
+                "(() => {{ const z = {}; return z && z.to - z.from > 70 * 60e3 ? z : null; }})()",
+                zoom_state_js("track")
+            ),
+            WAIT,
+            "the track's zoomed-out range from REST",
+        )
+        .await;
+    println!("track zoomed out: {track}");
+    assert_eq!(track["step"], "3s", "{track}");
+    assert!(
+        track["fixes"].as_u64().unwrap() >= 170,
+        "an hour of fixes: {track}"
+    );
+    assert!(
+        track["oldest"].as_f64().unwrap() < now - 55.0 * 60e3,
+        "{track}"
+    );
+    assert!(
+        track["worst_pairing"].as_f64().unwrap() < 1e-9,
+        "every latitude with the longitude of its time: {track}"
+    );
+    for metric in ["lat", "lon"] {
+        assert!(
+            page.eval(&asked_js(metric, "step=3s"))
+                .await
+                .as_u64()
+                .unwrap()
+                >= 1,
+            "{metric}"
+        );
+    }
+    print_screenshot(
+        "track zoomed out to 80 minutes",
+        &page.screenshot_to_dir("zoom-track").await,
+    );
+
+    // Shift + wheel pans it an eighth of the span into the past.
+    let (left, pw, y) = plot_box(&page, "track").await;
+    page.call(
+        "Input.dispatchMouseEvent",
+        json!({"type": "mouseWheel", "x": left + pw * 0.5, "y": y, "deltaX": 0, "deltaY": -100, "modifiers": 8}),
+    )
+    .await;
+    let panned = page
+        .wait_for(
+            &format!(
+                "(() => {{ const z = {}; return z && z.to < {} - 5 * 60e3 ? z : null; }})()",
+                zoom_state_js("track"),
+                track["to"]
+            ),
+            WAIT,
+            "the track panned into the past",
+        )
+        .await;
+    let moved = track["to"].as_f64().unwrap() - panned["to"].as_f64().unwrap();
+    assert!(
+        (8.0 * 60e3..12.0 * 60e3).contains(&moved),
+        "an eighth of 80 minutes: {panned}"
+    );
+
+    // The Live button: the track follows now again.
+    page.eval(
+        "document.querySelector('figure.chart[data-kind=\"track\"] .zoom-live').click(); true",
+    )
+    .await;
+    page.wait_for(
+        r#"(() => { const f = document.querySelector('figure.chart[data-kind="track"]'); const ch = f.querySelector('canvas').telehubChart;
+            return ch.view === null && f.querySelector('.zoom-live').hidden && Date.now() - ch.plot.tEnd < 3000; })()"#,
+        WAIT,
+        "the track live again",
+    )
+    .await;
+
+    // Leaving the room removes every panel's zoom handlers.
+    page.eval("location.hash = '#/'; true").await;
+    page.wait_for(
+        "import('./zoom.js').then(m => m.activeZooms() === 0 && !document.querySelector('.zoom-live'))",
+        WAIT,
+        "no zoom handlers left after the room",
+    )
+    .await;
+    assert!(page.errors().is_empty(), "page errors: {:?}", page.errors());
+    drop((door, gps));
+    drop(browser);
+    app.stop().await;
+}

@@ -63,6 +63,11 @@ fn spawn_app_on(listener: TcpListener, configure: impl FnOnce(&mut Settings)) ->
     // Tests keep history in memory unless they ask for a data directory of their own
     // (the default `./data` would be shared by every test).
     settings.history.persist = false;
+    // `TELEHUB_TEST_DASHBOARD_DIR=dashboard` serves the page from disk instead of the
+    // copy compiled in, so a measurement of an edited page needs no rebuild.
+    if let Some(dir) = std::env::var_os("TELEHUB_TEST_DASHBOARD_DIR") {
+        settings.server.dashboard_dir = Some(dir.into());
+    }
     configure(&mut settings);
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = oneshot::channel::<()>();
