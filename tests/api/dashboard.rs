@@ -1208,11 +1208,11 @@ async fn state_timelines_and_gps_tracks_zoom_and_pan_into_the_past_like_charts()
     let zin = page
         .wait_for(
             &format!(
-                "(() => {{ const z = {}; return z && z.to - z.from < 25 * 60e3 ? z : null; }})()",
+                "(() => {{ const z = {}; return z && z.to - z.from < 25 * 60e3 && z.spans && z.spans.length ? z : null; }})()",
                 zoom_state_js("timeline")
             ),
             WAIT,
-            "the timeline's dragged range from REST",
+            "the timeline's dragged range, its door states fetched from REST",
         )
         .await;
     let span = zin["to"].as_f64().unwrap() - zin["from"].as_f64().unwrap();
