@@ -483,8 +483,8 @@ fn a_busy_stream_costs_one_commit_per_flush_interval() {
     );
     h.close();
     let conn = rusqlite::Connection::open(dir.path().join(super::DB_FILE)).unwrap();
-    let rows: u64 = conn
+    let rows: i64 = conn
         .query_row("SELECT count(*) FROM readings", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(rows, n);
+    assert_eq!(rows as u64, n);
 }
