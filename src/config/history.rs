@@ -47,8 +47,10 @@ pub struct HistoryConfig {
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
     /// How often buffered readings are committed to the database, in milliseconds (one
-    /// transaction and one fsync per interval, however many readings). With durable acks
-    /// this is how long a device waits for `accepted` at most (plus the commit itself).
+    /// transaction and one fsync per interval, however many readings). A batch is
+    /// committed once its oldest reading has waited about this long (less the recent
+    /// commit time), so with durable acks this is about how long a device waits for
+    /// `accepted`.
     #[serde(default = "default_flush_interval_ms")]
     pub flush_interval_ms: u64,
     /// When a device is told its readings are kept (`accepted`, and the MQTT bridge's

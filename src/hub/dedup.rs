@@ -46,6 +46,29 @@ impl SeqWindow {
         }
     }
 
+    /// The highest seq and the bitmap, little-endian (what the store keeps); `None` for
+    /// an empty window.
+    pub(crate) fn to_parts(&self) -> Option<(u64, Vec<u8>)> {
+        let high = self.high?;
+        Some((
+            high,
+            self.bits.iter().flat_map(|w| w.to_le_bytes()).collect(),
+        ))
+    }
+
+    /// The window [`SeqWindow::to_parts`] gave; `None` if `bits` is not one.
+    pub(crate) fn from_parts(high: u64, bits: &[u8]) -> Option<SeqWindow> {
+        if bits.len() != (SEQ_WINDOW / 8) as usize {
+            return None;
+        }
+        let mut w = SeqWindow::default();
+        for (word, bytes) in w.bits.iter_mut().zip(bits.chunks_exact(8)) {
+            *word = u64::from_le_bytes(bytes.try_into().ok()?);
+        }
+        w.high = Some(high);
+        Some(w)
+    }
+
     /// Records `seq`; false if it was already seen within the window.
     pub(crate) fn insert(&mut self, seq: u64) -> bool {
         let Some(high) = self.high else {
@@ -101,5 +124,10 @@ mod tests {
         assert!(w.insert(1), "far below the window: a restarted counter");
         assert!(w.insert(2));
         assert!(!w.insert(2));
+        let (high, bits) = w.to_parts().expect("not empty");
+        let mut back = SeqWindow::from_parts(high, &bits).expect("a window");
+        assert!(!back.insert(2) && !back.insert(1) && back.insert(3));
+        assert!(SeqWindow::from_parts(1, &bits[1..]).is_none());
+        assert!(SeqWindow::default().to_parts().is_none());
     }
 }

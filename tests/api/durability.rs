@@ -290,7 +290,7 @@ async fn killed_mid_stream_every_reading_an_mqtt_publisher_sent_is_stored_exactl
 }
 
 /// Runs `telehub <args>` on `data` with `stdin`; returns (success, stdout, stderr).
-fn telehub_cli(args: &[&str], data: &Path, stdin: &[u8]) -> (bool, Vec<u8>, String) {
+pub(crate) fn telehub_cli(args: &[&str], data: &Path, stdin: &[u8]) -> (bool, Vec<u8>, String) {
     use std::io::Write as _;
     let mut child = Command::new(env!("CARGO_BIN_EXE_telehub"))
         .args(args)

@@ -177,7 +177,8 @@ async fn four_hundred_days_sent_late_are_answered_from_the_1h_and_1m_tiers_befor
             "{round}: every reading, both series"
         );
 
-        // No step: about 1,000 buckets per series, from the coarsest tier that gives them.
+        // No step: about 1,000 buckets per series, from the coarsest tier that gives at
+        // least half that many (a year: 8,760 hours in 8h buckets; 30 days: 720 hours).
         let (_, body) = http_get(hub.addr(), "/api/rooms/farm/history?from=-1y&metric=t", "").await;
         let v: Value = serde_json::from_str(&body).expect("json");
         assert_eq!(
@@ -189,11 +190,12 @@ async fn four_hundred_days_sent_late_are_answered_from_the_1h_and_1m_tiers_befor
         let v: Value = serde_json::from_str(&body).expect("json");
         assert_eq!(
             (v["resolution"].clone(), v["step"].clone()),
-            (json!("1m"), json!(43 * MINUTE))
+            (json!("1h"), json!(HOUR))
         );
+        check(&v, &expected(&sent, HOUR), now - 30 * DAY, HOUR);
 
-        // A plot of the 30 days is drawn from the 1m tier (memory holds an hour): about
-        // a thousand bucket means, not the last hour's few readings.
+        // A plot of the 30 days is drawn from the 1h tier (memory holds an hour): 720
+        // bucket means, not the last hour's few readings.
         let plot = telehub_testkit::http::get(
             hub.addr(),
             "/api/rooms/farm/plot.svg?metric=t&window=30d",
@@ -237,7 +239,7 @@ async fn four_hundred_days_sent_late_are_answered_from_the_1h_and_1m_tiers_befor
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dashboards_30d_window_charts_min_max_bands_and_means_from_the_1m_tier() {
+async fn the_dashboards_30d_window_charts_min_max_bands_and_means_from_the_1h_tier() {
     let _one = crate::browser::BROWSER_TESTS.lock().await;
     // Arrange: durable history; two thermometers flush 30 days of hourly readings.
     let data = tempfile::tempdir().expect("data dir");
@@ -288,7 +290,7 @@ async fn the_dashboards_30d_window_charts_min_max_bands_and_means_from_the_1m_ti
     page.eval("(() => { const i = document.querySelector('input[name=\"window\"][value=\"30d\"]'); i.click(); return true; })()")
         .await;
 
-    // Assert: the chart is drawn from rollup buckets (the 1m tier, ~43-minute buckets),
+    // Assert: the chart is drawn from rollup buckets (the 1h tier: 720 buckets a line),
     // and no request asked for raw points of the window.
     let alt = page
         .wait_for(
@@ -297,7 +299,7 @@ async fn the_dashboards_30d_window_charts_min_max_bands_and_means_from_the_1m_ti
             "the 30d band chart",
         )
         .await;
-    assert!(alt.as_str().unwrap_or("").contains("(1m rollups)"), "{alt}");
+    assert!(alt.as_str().unwrap_or("").contains("(1h rollups)"), "{alt}");
     let asked = page
         .eval("performance.getEntriesByType('resource').map(e => e.name).filter(n => n.includes('/history?') && n.includes('limit=100000') && !n.includes('to='))")
         .await;
@@ -307,7 +309,7 @@ async fn the_dashboards_30d_window_charts_min_max_bands_and_means_from_the_1m_ti
     let (status, body) = http_get(app.addr, path, "").await;
     assert_eq!(status, 200, "{body}");
     let v: Value = serde_json::from_str(&body).expect("json");
-    assert_eq!(v["resolution"], "1m", "{v}");
+    assert_eq!(v["resolution"], "1h", "{v}");
     let points = v["points"].as_array().expect("points");
     assert!(points
         .iter()
@@ -321,4 +323,131 @@ async fn the_dashboards_30d_window_charts_min_max_bands_and_means_from_the_1m_ti
         "every hourly reading of both devices: {total}"
     );
     crate::browser::print_screenshot("30d bands", &page.screenshot_to_dir("rollup-30d").await);
+}
+
+/// The sum of `count` over the buckets of `room`'s answer to `query`.
+async fn counted(hub: &crate::helpers::Hub, room: &str, query: &str) -> (Value, u64) {
+    let (status, body) = http_get(
+        hub.addr(),
+        &format!("/api/rooms/{room}/history?{query}"),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("json");
+    let total = v["points"]
+        .as_array()
+        .expect("points")
+        .iter()
+        .map(|b| b["count"].as_u64().unwrap_or(0))
+        .sum();
+    (v, total)
+}
+
+fn raw_rows(data: &Path, room: &str) -> i64 {
+    let conn = rusqlite::Connection::open(data.join("telehub.db")).expect("db");
+    conn.query_row(
+        "SELECT count(*) FROM readings WHERE room = ?1",
+        [room],
+        |r| r.get(0),
+    )
+    .expect("count")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_after_a_restart_of_readings_older_than_memory_is_stored_and_counted_once() {
+    // Arrange: memory holds one minute; a device flushes 40 readings of two hours ago
+    // (acknowledged, so on disk), then the hub restarts: memory holds none of them.
+    let data = tempfile::tempdir().expect("data dir");
+    let mut hub = hub_process()
+        .data_dir(data.path())
+        .env("TELEHUB_HISTORY_MEMORY_MS", "60000")
+        .start();
+    let now = chrono::Utc::now().timestamp_millis();
+    let items: Vec<Value> = (0..40)
+        .map(|i| json!({"metric":"t","value":i,"ts":now - 2 * HOUR + i * 1_000,"seq":i + 1}))
+        .collect();
+    let mut dev = Client::connect(&hub.ws_url("late", "dev", "role=device&acks=true"))
+        .await
+        .expect("device");
+    dev.recv_type("welcome").await;
+    dev.send_json(json!({"type":"readings","items":items.clone()}))
+        .await;
+    let a = dev.recv_type("accepted").await;
+    assert_eq!(a["seqs"], json!([[1, 40]]), "{a}");
+    drop(dev);
+    assert_eq!(hub.stop().await.code(), Some(0), "{}", hub.log());
+    hub.restart();
+
+    // Act: the device, whose `accepted` it takes to be lost, sends them all again.
+    let mut dev = Client::connect(&hub.ws_url("late", "dev", "role=device&acks=true"))
+        .await
+        .expect("device again");
+    dev.recv_type("welcome").await;
+    dev.send_json(json!({"type":"readings","items":items}))
+        .await;
+    let a = dev.recv_type("accepted").await;
+
+    // Assert: acknowledged (the originals are kept), but stored and counted once.
+    assert_eq!(a["seqs"], json!([[1, 40]]), "{a}");
+    assert_eq!(raw_rows(data.path(), "late"), 40, "raw rows");
+    let (v, total) = counted(&hub, "late", "from=-3h&metric=t&step=1h").await;
+    assert_eq!(v["resolution"], "1h", "{v}");
+    assert_eq!(total, 40, "the 1h tier: {v}");
+    let (_, total) = counted(&hub, "late", "from=-3h&metric=t&step=1m").await;
+    assert_eq!(total, 40, "the 1m tier");
+    assert_eq!(hub.stop().await.code(), Some(0), "{}", hub.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn importing_again_rows_whose_raw_copies_retention_deleted_does_not_count_them_twice() {
+    // Arrange: an archive of 3 readings from three days ago, imported into a new file;
+    // a hub keeping raw rows one day starts on it and deletes their raw rows.
+    let data = tempfile::tempdir().expect("data dir");
+    let now = chrono::Utc::now().timestamp_millis();
+    let archive = format!(
+        "room,device,metric,unit,ts,value,seq\nold,dev,t,,{},1.5,1\nold,dev,t,,{},2.5,2\nold,dev,t,,{},3.5,3\n",
+        now - 3 * DAY,
+        now - 3 * DAY + 1_000,
+        now - 3 * DAY + 2_000
+    );
+    let import = || {
+        crate::durability::telehub_cli(
+            &["import", "--format", "csv"],
+            data.path(),
+            archive.as_bytes(),
+        )
+    };
+    let (ok, _, err) = import();
+    assert!(ok && err.contains("imported 3"), "{err}");
+    let retention = |hub: telehub_testkit::hub::HubBuilder| {
+        hub.data_dir(data.path())
+            .env("TELEHUB_HISTORY_RETENTION_MS", "86400000")
+    };
+    let mut hub = retention(hub_process()).start();
+    let deadline = Instant::now() + WAIT;
+    while raw_rows(data.path(), "old") > 0 {
+        assert!(Instant::now() < deadline, "raw rows past retention stay");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, before) = counted(&hub, "old", "from=-4d&step=1h").await;
+    assert_eq!(before, 3);
+    assert_eq!(hub.stop().await.code(), Some(0), "{}", hub.log());
+
+    // Act: import the same archive again.
+    let (ok, _, err) = import();
+
+    // Assert: nothing imported (the file cannot hold them raw, its tiers count them),
+    // and the tiers still count each reading once.
+    assert!(
+        ok && err.contains("imported 0") && err.contains("skipped 3"),
+        "{err}"
+    );
+    hub.restart();
+    let (v, total) = counted(&hub, "old", "from=-4d&step=1h").await;
+    assert_eq!(v["resolution"], "1h", "{v}");
+    assert_eq!(total, 3, "{v}");
+    let (_, total) = counted(&hub, "old", "from=-4d&step=1m").await;
+    assert_eq!(total, 3, "the 1m tier");
+    assert_eq!(hub.stop().await.code(), Some(0), "{}", hub.log());
 }

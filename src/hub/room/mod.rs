@@ -247,8 +247,15 @@ impl Room {
     pub(crate) fn new(name: Arc<str>, history: Arc<RoomHistory>) -> Room {
         // The seqs the history already holds count as seen, so a device that resends
         // readings across a hub restart (their `accepted` was lost with the old process)
-        // does not get them stored twice.
+        // does not get them stored twice: the store's committed windows first (readings
+        // older than memory holds), then memory's log over them (the newest, some not
+        // committed yet).
         let mut dedup: HashMap<Arc<str>, SeqWindow> = HashMap::new();
+        for s in history.stored_seqs() {
+            if let Some(window) = SeqWindow::from_parts(s.high, &s.bits) {
+                dedup.insert(s.device, window);
+            }
+        }
         history.replay(0, None, |e| {
             if let Some(seq) = e.seq {
                 match dedup.get_mut(e.device) {

@@ -54,6 +54,15 @@ pub(crate) struct StoredReading {
     pub(crate) offset: u64,
 }
 
+/// A device's stored seq window (see the store's `seqs`): its highest seq and the
+/// bitmap below it, as the hub's duplicate detection keeps them.
+#[derive(Debug, Clone)]
+pub(crate) struct StoredSeqs {
+    pub(crate) device: Arc<str>,
+    pub(crate) high: u64,
+    pub(crate) bits: Vec<u8>,
+}
+
 /// A room as the store keeps it: (room, epoch, last offset).
 pub(crate) type StoredRoom = (Arc<str>, Arc<str>, u64);
 
@@ -85,6 +94,9 @@ pub(crate) trait Durable: Send + Sync {
     fn last_ticket(&self) -> Ticket;
     /// A receiver of the commit state.
     fn commits(&self) -> Commits;
+    /// The seq windows of `room`'s devices as committed (readings memory may no longer
+    /// hold); read from disk, so call it once, when the room is made.
+    fn device_seqs(&self, room: &str) -> Vec<StoredSeqs>;
     /// Readings not stored because the queue was full.
     fn dropped(&self) -> u64;
     /// Commits that failed (each attempt counts).

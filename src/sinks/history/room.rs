@@ -117,6 +117,16 @@ impl RoomHistory {
             .any(|p| p.value.to_bits() == value.to_bits())
     }
 
+    /// The committed seq windows of this room's devices (none in memory only): what
+    /// duplicate detection starts from, before memory's log is replayed over it, so a
+    /// resend of readings older than memory holds is still found. Reads the file.
+    pub(crate) fn stored_seqs(&self) -> Vec<super::durable::StoredSeqs> {
+        self.common
+            .store
+            .as_ref()
+            .map_or_else(Vec::new, |s| s.device_seqs(&self.name))
+    }
+
     /// The last ticket the store gave out (0 in memory): a duplicate's original is
     /// covered by it.
     pub(crate) fn last_ticket(&self) -> super::durable::Ticket {

@@ -7,6 +7,10 @@
 //! runs, or after a crash; `force` overrides): rows get the room's next offsets, a room
 //! the file does not know is created with a new epoch, and a row the room already holds
 //! (same device, metric, `ts`, value and seq) is skipped, so importing twice is harmless.
+//! A row older than the room's `raw_before` mark (the time before which the hub's
+//! retention deleted the room's raw rows, kept in `meta`) is skipped too: the file cannot
+//! tell whether it held it, and if it did, the rollup tiers count it already. Import old
+//! history into a room before its raw rows past retention are deleted (a new file, say).
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -327,15 +331,31 @@ fn write_batch(
         )?;
         let mut set_last =
             tx.prepare_cached("UPDATE rooms SET last_offset = ?2 WHERE room = ?1")?;
+        let mut mark = tx.prepare_cached(
+            "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'raw_before:' || ?1",
+        )?;
+        let mut raw_before: std::collections::HashMap<&str, Option<i64>> =
+            std::collections::HashMap::new();
         for r in batch {
             let seq = r.seq.map(|s| s as i64);
-            if held
-                .query_row(
-                    params![r.ts, r.room, r.device, r.metric, r.value, seq],
-                    |_| Ok(()),
-                )
-                .optional()?
-                .is_some()
+            let before = match raw_before.get(r.room.as_str()) {
+                Some(b) => *b,
+                None => {
+                    let b = mark
+                        .query_row(params![r.room], |row| row.get::<_, i64>(0))
+                        .optional()?;
+                    raw_before.insert(&r.room, b);
+                    b
+                }
+            };
+            if before.is_some_and(|b| r.ts < b)
+                || held
+                    .query_row(
+                        params![r.ts, r.room, r.device, r.metric, r.value, seq],
+                        |_| Ok(()),
+                    )
+                    .optional()?
+                    .is_some()
             {
                 skipped += 1;
                 continue;

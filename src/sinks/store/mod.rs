@@ -4,7 +4,8 @@
 //! It is the last sink of the data flow. [`history`](crate::sinks::history) pushes every
 //! recorded reading, and every new room epoch, into a bounded queue ([`queue`],
 //! [`STORE_QUEUE`]) without waiting, and gets a ticket back; the writer thread
-//! ([`writer`]) commits what arrived in one transaction every `flush_interval_ms` and
+//! ([`writer`]) commits what arrived in one transaction once the oldest of it has waited
+//! about `flush_interval_ms` (one commit per interval under a steady stream) and
 //! publishes the highest committed ticket, which is what durable acks wait for
 //! (`history.ack = "durable"`): a `kill -9` or a power cut loses only readings no one was
 //! told are kept. A clean shutdown ([`Store::close`]) commits everything. Once a minute it
@@ -15,15 +16,18 @@
 //! history at once.
 //!
 //! Tables: `rooms(room, epoch, last_offset)`,
-//! `readings(room, device, metric, unit, ts, value, seq, offset)`, and the rollup tiers
-//! ([`rollup`]: `series`, `rollup_<step ms>`), updated in the same transaction as the
-//! raw rows they summarise. Users may open the file with any SQLite client while the hub
+//! `readings(room, device, metric, unit, ts, value, seq, offset)`, the rollup tiers
+//! ([`rollup`]: `series`, `rollup_<step ms>`) and the devices' seq windows ([`seqs`]:
+//! `device_seqs`), both updated in the same transaction as the raw rows, and `meta`
+//! (`clean`; `raw_before:<room>`, the time before which the room's raw rows were deleted
+//! by retention, see [`archive`]). Users may open the file with any SQLite client while the hub
 //! runs (WAL mode).
 
 pub(crate) mod archive;
 mod queue;
 pub(crate) mod read;
 pub(crate) mod rollup;
+mod seqs;
 mod writer;
 
 use std::path::PathBuf;
@@ -64,7 +68,16 @@ pub(crate) const SCHEMA: &str = "PRAGMA journal_mode = WAL;
                  PRIMARY KEY (room, offset)
              ) WITHOUT ROWID;
              CREATE INDEX IF NOT EXISTS readings_ts ON readings (ts);
-             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);";
+             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS device_seqs (
+                 room TEXT NOT NULL,
+                 device TEXT NOT NULL,
+                 high INTEGER NOT NULL,
+                 bits BLOB NOT NULL,
+                 seen_at INTEGER NOT NULL,
+                 PRIMARY KEY (room, device)
+             ) WITHOUT ROWID;
+             CREATE INDEX IF NOT EXISTS device_seqs_seen ON device_seqs (seen_at);";
 
 /// How long one commit waits for a lock another connection holds before it fails.
 const BUSY_TIMEOUT: Duration = Duration::from_millis(200);
@@ -101,6 +114,8 @@ pub(crate) struct Store {
     commits: Commits,
     dropped: AtomicU64,
     failures: Arc<AtomicU64>,
+    /// `history.data_dir`, for reads beside the writer.
+    dir: PathBuf,
 }
 
 impl Store {
@@ -199,6 +214,8 @@ impl Store {
             commits: commits_tx,
             failures: failures.clone(),
             rollups: rollup::Rollups::new(tiers),
+            commit_time: Duration::ZERO,
+            seqs: seqs::Seqs::default(),
         };
         let thread = std::thread::Builder::new()
             .name("telehub-store".into())
@@ -213,6 +230,7 @@ impl Store {
                 commits,
                 dropped: AtomicU64::new(0),
                 failures,
+                dir: dir.clone(),
             },
             loaded,
         ))
@@ -263,6 +281,13 @@ impl Durable for Store {
 
     fn commits(&self) -> Commits {
         self.commits.clone()
+    }
+
+    fn device_seqs(&self, room: &str) -> Vec<crate::sinks::history::durable::StoredSeqs> {
+        seqs::device_seqs(&self.dir, room).unwrap_or_else(|e| {
+            tracing::error!(room, error = %e, "cannot read the devices' stored seqs: resends of readings past memory may be stored twice");
+            Vec::new()
+        })
     }
 
     /// Readings not written because the queue was full.

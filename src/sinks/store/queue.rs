@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use crate::sinks::history::durable::{StoredReading, Ticket};
 
@@ -34,6 +35,9 @@ struct State {
     /// Readings among `msgs` (against [`STORE_QUEUE`]).
     readings: usize,
     last_ticket: Ticket,
+    /// When the oldest record of `msgs` was queued (`None` while empty): the writer
+    /// commits a flush interval after it, not a flush interval after its last commit.
+    oldest: Option<Instant>,
     /// The writer has stopped: nothing more is taken.
     closed: bool,
 }
@@ -61,6 +65,11 @@ impl Queue {
         st.last_ticket += 1;
         let ticket = st.last_ticket;
         st.readings += usize::from(reading);
+        if st.msgs.is_empty() {
+            // One clock read per batch, not per reading: only the first into an empty
+            // queue.
+            st.oldest = Some(Instant::now());
+        }
         st.msgs.push_back((ticket, msg));
         Ok((ticket, st.readings))
     }
@@ -79,6 +88,16 @@ impl Queue {
             into.push(m);
         }
         st.readings -= readings;
+        if st.msgs.is_empty() {
+            st.oldest = None;
+        }
+        // A partial take (a full batch) keeps the earlier mark: the rest is committed at
+        // once anyway.
+    }
+
+    /// When the oldest queued record was queued, if any is.
+    pub(super) fn oldest(&self) -> Option<Instant> {
+        self.lock().oldest
     }
 
     /// Whether a full batch of readings waits (the writer commits it before its deadline).

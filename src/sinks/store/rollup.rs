@@ -358,12 +358,16 @@ pub(crate) fn tier_for_step(tiers: &[Tier], step: i64) -> Option<&Tier> {
 }
 
 /// When a query gives no step: about `points` buckets per series over `span` ms, from
-/// the coarsest tier that still gives that many (the step a whole multiple of its step).
-/// `None` when even the finest tier is too coarse (the raw rows answer).
+/// the coarsest tier that still gives at least half that many (fewer rows to read: a
+/// `-30d` window is answered from the 1h tier's 720 buckets, not re-bucketed from 43,200
+/// minutes); the step is the tier's, or a whole multiple of it when the tier gives more
+/// than `points`. `None` when even the finest tier gives too few (the raw rows answer).
 pub(crate) fn auto_step(tiers: &[Tier], span: i64, points: i64) -> Option<(&Tier, i64)> {
-    let target = span / points.max(1);
-    let t = tiers.iter().rev().find(|t| t.step <= target)?;
-    Some((t, target / t.step * t.step))
+    let points = points.max(1);
+    let least = (points / 2).max(1);
+    let t = tiers.iter().rev().find(|t| span / t.step >= least)?;
+    let target = span / points;
+    Some((t, (target / t.step).max(1) * t.step))
 }
 
 /// One series' buckets, newest first, re-bucketed to the answer's step.
@@ -537,9 +541,16 @@ mod tests {
         let year = 365 * 86_400_000;
         let (tier, step) = auto_step(&t, year, 1_000).unwrap();
         assert_eq!((tier.step, step), (3_600_000, 8 * 3_600_000));
+        // 720 hours are over half the target: the coarser tier, at its own step.
         let (tier, step) = auto_step(&t, 30 * 86_400_000, 1_000).unwrap();
-        assert_eq!((tier.step, step), (60_000, 43 * 60_000));
+        assert_eq!((tier.step, step), (3_600_000, 3_600_000));
+        // 480 hours are not; 20 days of minutes, in 28-minute buckets, are.
+        let (tier, step) = auto_step(&t, 20 * 86_400_000, 1_000).unwrap();
+        assert_eq!((tier.step, step), (60_000, 28 * 60_000));
+        let (tier, step) = auto_step(&t, 86_400_000, 1_000).unwrap();
+        assert_eq!((tier.step, step), (60_000, 60_000));
         assert!(auto_step(&t, 3_600_000, 1_000).is_none());
+        assert!(auto_step(&t, 8 * 3_600_000, 1_000).is_none(), "480 minutes");
     }
 
     #[test]

@@ -446,3 +446,45 @@ fn a_durable_room_idle_past_the_memory_window_keeps_its_epoch_rows_and_rollups()
     assert_eq!(counted, 2, "and so are its rollups");
     h.close();
 }
+
+#[test]
+fn a_busy_stream_costs_one_commit_per_flush_interval() {
+    // Readings arrive during every commit (one every 0.2 ms, or as fast as a loaded
+    // machine allows). They wait for their own deadline, not for an immediate second
+    // commit: counted, so no timing bound can flake, only the number of commits.
+    let dir = tempfile::tempdir().unwrap();
+    let interval = std::time::Duration::from_millis(100);
+    let config = HistoryConfig {
+        flush_interval_ms: interval.as_millis() as u64,
+        ..cfg(dir.path())
+    };
+    let commits = prometheus_client::metrics::histogram::Histogram::new([0.001, 1.0]);
+    let h = History::open_timed(config, Some(commits.clone())).unwrap();
+    let room = h.room(&Arc::from("a"));
+    let d: Arc<str> = Arc::from("dev");
+    let start = std::time::Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < std::time::Duration::from_millis(1_000) {
+        room.record(&reading(&d, crate::clock::now_ms(), n))
+            .unwrap();
+        n += 1;
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+    let elapsed = start.elapsed();
+    let made = commits.count();
+    // Consecutive commits are at least half an interval apart (the writer's wait is a
+    // flush interval less the recent commit time, never under half of one); with a
+    // fast disk about a whole one. Before, each commit was followed by another for what
+    // arrived during it, back to back while the stream went on.
+    let most = (elapsed.as_secs_f64() / (interval.as_secs_f64() / 2.0)).ceil() as u64 + 1;
+    assert!(
+        made >= 1 && made <= most,
+        "{made} commits for {n} readings in {elapsed:?} (at most {most})"
+    );
+    h.close();
+    let conn = rusqlite::Connection::open(dir.path().join(super::DB_FILE)).unwrap();
+    let rows: i64 = conn
+        .query_row("SELECT count(*) FROM readings", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows as u64, n);
+}

@@ -21,6 +21,7 @@ use tokio::sync::watch;
 
 use super::queue::{Msg, Queue};
 use super::rollup::Rollups;
+use super::seqs::Seqs;
 use crate::sinks::history::durable::{CommitState, Ticket};
 
 /// Readings committed in one transaction at most; a fuller queue is committed at once.
@@ -39,6 +40,12 @@ const COMMIT_RETRIES: u32 = 3;
 const FIRST_RETRY: Duration = Duration::from_millis(50);
 /// While failing, how often the kept batch is tried again.
 const FAILING_RETRY: Duration = Duration::from_secs(1);
+
+/// How much sooner than a flush interval (less the recent commit time) after its oldest
+/// record a batch is committed: the writer's wake-up delay and the ack's way back to the
+/// device, so that the oldest reading's `accepted` leaves about one interval after it
+/// arrived.
+const MARGIN: Duration = Duration::from_millis(2);
 
 /// What the handle and the writer share besides the queue.
 #[derive(Default)]
@@ -88,25 +95,55 @@ pub(super) struct Writer {
     pub(super) failures: Arc<AtomicU64>,
     /// The rollup tiers, updated in every commit's transaction.
     pub(super) rollups: Rollups,
+    /// Recent successful commits' duration (a moving average, 1/8 per commit), which a
+    /// batch's deadline allows for ([`Writer::wait`]).
+    pub(super) commit_time: Duration,
+    /// The devices' seq windows, updated in every commit's transaction.
+    pub(super) seqs: Seqs,
 }
 
 impl Writer {
-    /// Sleeps until the flush deadline (or an early wake-up: a flush, a stop, a full
-    /// batch), then commits what is queued. Readings never wake this thread one by one.
+    /// Sleeps until the queued records are due (or an early wake-up: a flush, a stop, a
+    /// full batch), then commits them in one transaction. Readings never wake this thread
+    /// one by one.
+    ///
+    /// A batch is due when its oldest record has waited [`Writer::wait`]: a flush
+    /// interval less the recent commit time and [`MARGIN`], so the oldest reading is
+    /// acknowledged about one flush interval after it was queued, whatever it arrived
+    /// during. Records that arrive while a commit runs wait for their own deadline, so a
+    /// steady stream costs one commit (one fsync) per interval. While the queue is empty
+    /// the thread wakes every [`Writer::wait`] (a record queued just after it fell asleep
+    /// is still committed on time).
     pub(super) fn run(mut self) {
         // Records taken and not yet committed (kept across failed attempts).
         let mut batch: Vec<(Ticket, Msg)> = Vec::new();
-        let mut next_flush = Instant::now() + self.interval;
+        // While failing: when the kept batch is tried again.
+        let mut retry_at = Instant::now();
         let mut next_retention = Instant::now();
         loop {
             let stopping = self.control.stop.load(Ordering::Acquire);
             let flushing = self.control.flush.swap(false, Ordering::AcqRel);
             let now = Instant::now();
-            if !stopping && !flushing && now < next_flush && !self.queue.batch_ready() {
-                std::thread::park_timeout(next_flush - now);
+            let due = if self.failing() {
+                Some(retry_at)
+            } else {
+                self.queue.oldest().map(|queued| queued + self.wait())
+            };
+            let ready = stopping
+                || flushing
+                || due.is_some_and(|at| now >= at)
+                || (!self.failing() && self.queue.batch_ready());
+            if !ready {
+                if now >= next_retention && !self.failing() {
+                    self.enforce_retention();
+                    next_retention = now + RETENTION_EVERY;
+                    continue;
+                }
+                std::thread::park_timeout(due.map_or(self.wait(), |at| at - now));
                 continue;
             }
-            // Commit whole batches until the queue is empty or a commit fails.
+            // Commit what is queued; more full batches at once (a backlog, a stop), a
+            // partial rest only when stopping (else it waits for its own deadline).
             loop {
                 // While failing the kept batch is retried alone: the queue fills and
                 // refuses readings, so at most MAX_BATCH + STORE_QUEUE are held.
@@ -116,6 +153,9 @@ impl Writer {
                 if batch.is_empty() || !self.commit(&mut batch) {
                     break;
                 }
+                if !stopping && !self.queue.batch_ready() {
+                    break;
+                }
             }
             self.control.notify();
             if stopping {
@@ -123,17 +163,22 @@ impl Writer {
                 return;
             }
             let now = Instant::now();
-            next_flush = now
-                + if self.failing() {
-                    FAILING_RETRY
-                } else {
-                    self.interval
-                };
-            if now >= next_retention && !self.failing() {
+            if self.failing() {
+                retry_at = now + FAILING_RETRY;
+            } else if now >= next_retention {
                 self.enforce_retention();
                 next_retention = now + RETENTION_EVERY;
             }
         }
+    }
+
+    /// How long the oldest queued record waits before its batch is committed: a flush
+    /// interval less the recent commit time and [`MARGIN`] (at least half an interval, so
+    /// a slow disk still gets batches, not a commit per arrival).
+    fn wait(&self) -> Duration {
+        self.interval
+            .saturating_sub(self.commit_time + MARGIN)
+            .max(self.interval / 2)
     }
 
     /// The last step: refuses further records and marks the file clean if everything was
@@ -178,15 +223,17 @@ impl Writer {
                 delay *= 2;
             }
             let started = Instant::now();
-            let written = write(&mut self.conn, &mut self.rollups, batch);
+            let written = write(&mut self.conn, &mut self.rollups, &mut self.seqs, batch);
             if written.is_err() {
                 self.rollups.rolled_back();
             }
+            self.seqs.committed(written.is_ok());
             if let Some(h) = &self.commit_seconds {
                 h.observe(started.elapsed().as_secs_f64());
             }
             match written {
                 Ok(()) => {
+                    self.commit_time = (self.commit_time * 7 + started.elapsed()) / 8;
                     batch.clear();
                     if self.failing() {
                         tracing::info!(path = %self.path.display(), "history commits succeed again");
@@ -227,20 +274,16 @@ impl Writer {
     }
 
     /// Deletes rows past retention in statements of [`RETENTION_BATCH`] rows, then the
-    /// rollup buckets past their tiers' retention (likewise in small statements), and
-    /// stops early when records wait in the queue (the next pass goes on), so acks never
-    /// wait behind a long delete.
+    /// rollup buckets past their tiers' retention and the seq windows of devices not seen
+    /// for the raw retention (likewise in small statements), and stops early when
+    /// records wait in the queue (the next pass goes on), so acks never wait behind a
+    /// long delete.
     fn enforce_retention(&mut self) {
         let now = crate::clock::now_ms();
         let cutoff = now.saturating_sub(self.retention);
         let mut total = 0usize;
         loop {
-            let deleted = self.conn.execute(
-                "DELETE FROM readings WHERE (room, offset) IN
-                   (SELECT room, offset FROM readings WHERE ts < ?1 LIMIT ?2)",
-                params![cutoff, RETENTION_BATCH],
-            );
-            match deleted {
+            match delete_raw(&mut self.conn, cutoff) {
                 Ok(n) => {
                     total += n;
                     if (n as i64) < RETENTION_BATCH || !self.queue.is_empty() {
@@ -268,7 +311,51 @@ impl Writer {
             Ok(n) => tracing::debug!(deleted = n, "rollup buckets past retention deleted"),
             Err(e) => tracing::error!(error = %e, "rollup retention delete failed"),
         }
+        match self
+            .seqs
+            .enforce_retention(&self.conn, cutoff, &|| !queue.is_empty())
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(deleted = n, "seq windows of devices gone deleted"),
+            Err(e) => tracing::error!(error = %e, "seq window retention delete failed"),
+        }
     }
+}
+
+/// Deletes up to [`RETENTION_BATCH`] raw rows older than `cutoff` and, in the same
+/// transaction, marks each room they were of with `raw_before:<room> = cutoff` in
+/// `meta`: its rows before that are gone but counted in the rollup tiers, so an import
+/// of them again ([`super::archive`]) does not count them twice. Returns the rows deleted.
+fn delete_raw(conn: &mut Connection, cutoff: i64) -> rusqlite::Result<usize> {
+    let tx = conn.transaction()?;
+    let mut rooms: Vec<String> = Vec::new();
+    let mut n = 0;
+    {
+        let mut delete = tx.prepare_cached(
+            "DELETE FROM readings WHERE (room, offset) IN
+               (SELECT room, offset FROM readings WHERE ts < ?1 LIMIT ?2) RETURNING room",
+        )?;
+        let mut rows = delete.query(params![cutoff, RETENTION_BATCH])?;
+        while let Some(r) = rows.next()? {
+            let room: String = r.get(0)?;
+            if !rooms.contains(&room) {
+                rooms.push(room);
+            }
+            n += 1;
+        }
+    }
+    {
+        let mut mark = tx.prepare_cached(
+            "INSERT INTO meta (key, value) VALUES ('raw_before:' || ?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET
+               value = max(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
+        )?;
+        for room in &rooms {
+            mark.execute(params![room, cutoff])?;
+        }
+    }
+    tx.commit()?;
+    Ok(n)
 }
 
 /// Writes `batch` in one transaction (one fsync with `synchronous = FULL`): the raw
@@ -276,6 +363,7 @@ impl Writer {
 pub(super) fn write(
     conn: &mut Connection,
     rollups: &mut Rollups,
+    seqs: &mut Seqs,
     batch: &[(Ticket, Msg)],
 ) -> rusqlite::Result<()> {
     let now = crate::clock::now_ms();
@@ -290,6 +378,8 @@ pub(super) fn write(
              ON CONFLICT (room) DO UPDATE SET epoch = excluded.epoch, last_offset = 0",
         )?;
         let mut clear_room = tx.prepare_cached("DELETE FROM readings WHERE room = ?1")?;
+        let mut unmark_room =
+            tx.prepare_cached("DELETE FROM meta WHERE key = 'raw_before:' || ?1")?;
         let mut last: Vec<(&str, u64)> = Vec::new();
         for (_, msg) in batch {
             match msg {
@@ -306,6 +396,9 @@ pub(super) fn write(
                     ])?;
                     let name = (r.room.clone(), r.key.device.clone(), r.key.metric.clone());
                     rollups.add(&tx, &name, r.ts, r.value, now)?;
+                    if let Some(seq) = r.seq {
+                        seqs.add(&tx, &r.room, &r.key.device, seq)?;
+                    }
                     match last.iter_mut().find(|(room, _)| *room == &*r.room) {
                         Some(entry) => entry.1 = entry.1.max(r.offset),
                         None => last.push((&r.room, r.offset)),
@@ -313,7 +406,9 @@ pub(super) fn write(
                 }
                 Msg::Room { room, epoch } => {
                     clear_room.execute(params![&**room])?;
+                    unmark_room.execute(params![&**room])?;
                     rollups.clear_room(&tx, room)?;
+                    seqs.clear_room(&tx, room)?;
                     new_room.execute(params![&**room, &**epoch])?;
                     last.retain(|(r, _)| *r != &**room);
                 }
@@ -326,6 +421,7 @@ pub(super) fn write(
             set_last.execute(params![room, offset as i64])?;
         }
         rollups.write(&tx)?;
+        seqs.write(&tx, now)?;
     }
     tx.commit()
 }
