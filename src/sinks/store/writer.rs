@@ -119,7 +119,9 @@ impl Writer {
         let mut batch: Vec<(Ticket, Msg)> = Vec::new();
         // While failing: when the kept batch is tried again.
         let mut retry_at = Instant::now();
-        let mut next_retention = Instant::now();
+        // The first pass one interval in: past the start's own reads, and soon enough
+        // that rows left past retention by a long stop go early.
+        let mut next_retention = Instant::now() + self.interval;
         loop {
             let stopping = self.control.stop.load(Ordering::Acquire);
             let flushing = self.control.flush.swap(false, Ordering::AcqRel);
