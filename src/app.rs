@@ -169,6 +169,12 @@ pub async fn run(
     if let Some(cluster) = cluster {
         hub.set_cluster(cluster.clone());
         cluster.start_feed(Arc::new(hub.clone()), shutdown.clone(), completion.clone());
+        let devices_of = hub.clone();
+        cluster.start_directory(
+            move || devices_of.local_devices(),
+            shutdown.clone(),
+            completion.clone(),
+        );
     }
     // Devices that post over HTTP, held between their requests.
     let http_devices = HttpDevices::new(hub.clone(), influx_stats.devices_gauge());

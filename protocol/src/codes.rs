@@ -37,11 +37,14 @@ pub enum ErrorCode {
     /// The readings listed in `seqs` were fanned out but are not stored (the history
     /// store's queue is full or its commits fail): keep them and resend later.
     StoreUnavailable,
+    /// With `[cluster]`: a command for a device on another hub could not be routed
+    /// (Redis unreachable or timed out). The device may be connected: try again.
+    ClusterUnavailable,
 }
 
 impl ErrorCode {
     /// Every code, in [`ErrorCode::index`] order.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::InvalidJson,
         ErrorCode::UnknownType,
         ErrorCode::MissingField,
@@ -57,6 +60,7 @@ impl ErrorCode {
         ErrorCode::TooManyPending,
         ErrorCode::SeriesLimit,
         ErrorCode::StoreUnavailable,
+        ErrorCode::ClusterUnavailable,
     ];
 
     /// The wire name, as in `"code":"invalid_json"`.
@@ -77,6 +81,7 @@ impl ErrorCode {
             ErrorCode::TooManyPending => "too_many_pending",
             ErrorCode::SeriesLimit => "series_limit",
             ErrorCode::StoreUnavailable => "store_unavailable",
+            ErrorCode::ClusterUnavailable => "cluster_unavailable",
         }
     }
 

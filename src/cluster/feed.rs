@@ -21,6 +21,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tracing::{info, warn};
 
+use super::commands::NodeMessage;
 use super::{lock, Cluster, WireReading};
 use crate::shutdown::{Completion, Shutdown};
 
@@ -35,6 +36,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 pub(crate) trait RoomSink: Send + Sync + 'static {
     /// A reading of `room` stamped `offset` in `epoch` by Redis.
     fn deliver(&self, room: &str, offset: u64, epoch: &str, reading: &WireReading<'_>);
+    /// A message another hub sent this one ([`NodeMessage`]: a command for a local
+    /// device, or the answer to a local dashboard's command).
+    fn node_message(&self, message: NodeMessage<'_>);
 }
 
 /// `offset:epoch:payload` split, if it is that.
@@ -95,6 +99,13 @@ impl Cluster {
             };
             backoff = BACKOFF_MIN;
             let (mut subscriber, mut stream) = pubsub.split();
+            // This hub's own channel first: commands and answers from other hubs.
+            let node_channel = self.node_channel();
+            if let Err(e) = subscriber.subscribe(&node_channel).await {
+                self.set_down(format!("redis subscribe failed: {e}"));
+                tokio::time::sleep(backoff).await;
+                continue;
+            }
             let mut subscribed: HashSet<Arc<str>> = HashSet::new();
             let mut reconcile = true;
             let mut ping = tokio::time::interval(PING_INTERVAL);
@@ -148,6 +159,13 @@ impl Cluster {
                         let Some(msg) = msg else {
                             break "redis connection closed".to_string();
                         };
+                        if msg.get_channel_name() == node_channel {
+                            match serde_json::from_slice(msg.get_payload_bytes()) {
+                                Ok(m) => sink.node_message(m),
+                                Err(e) => warn!(error = %e, "unreadable message on this hub's channel; ignored"),
+                            }
+                            continue;
+                        }
                         let Some(room) = self.room_of(msg.get_channel_name()) else {
                             continue;
                         };

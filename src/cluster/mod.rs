@@ -13,7 +13,9 @@
 //!
 //! - [`scripts`]: the Lua and the parsing of its answers.
 //! - [`feed`]: the subscription connection: reconnects, resubscribes, dispatches.
+//! - [`commands`]: commands across hubs: the device directory and the hubs' channels.
 
+pub(crate) mod commands;
 pub(crate) mod feed;
 pub(crate) mod scripts;
 
@@ -94,6 +96,10 @@ struct Shared {
     cmd: ConnectionManager,
     publish: Arc<Script>,
     fetch: Arc<Script>,
+    /// [`commands::ROUTE`] and [`commands::FORGET`].
+    route: Script,
+    forget: Script,
+    directory: commands::Directory,
     /// Rooms with local dashboards: how many hold a [`Seat`], and whether Redis has
     /// confirmed the subscription on the current connection. Bounded by the hub's
     /// rooms (`limits.max_rooms`): a seat is only taken by a member of a room.
@@ -187,6 +193,9 @@ impl Cluster {
                 cmd,
                 publish: Arc::new(Script::new(scripts::PUBLISH)),
                 fetch: Arc::new(Script::new(scripts::FETCH)),
+                route: Script::new(commands::ROUTE),
+                forget: Script::new(commands::FORGET),
+                directory: commands::Directory::default(),
                 subs: Mutex::new(HashMap::new()),
                 changed: Notify::new(),
                 up: AtomicBool::new(false),

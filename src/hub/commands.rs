@@ -18,6 +18,9 @@ pub(crate) struct Pending {
     pub(crate) dashboard: Arc<str>,
     /// The asking connection: a dashboard that reconnected does not get an old ack.
     pub(crate) dashboard_conn: u64,
+    /// With `[cluster]`: the hub the dashboard is on, when it is another one (its
+    /// connection numbers are that hub's, so they never match a local connection).
+    pub(crate) node: Option<Arc<str>>,
     pub(crate) device: Arc<str>,
     pub(crate) since: Instant,
 }
@@ -77,7 +80,8 @@ impl PendingCommands {
 
     /// Forgets the commands a dashboard connection sent (it left: no one takes the ack).
     pub(crate) fn forget_connection(&mut self, conn: u64) {
-        self.0.retain(|_, p| p.dashboard_conn != conn);
+        self.0
+            .retain(|_, p| p.node.is_some() || p.dashboard_conn != conn);
     }
 
     /// Forgets commands older than `timeout`.

@@ -26,16 +26,19 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use crate::alerts::Alerts;
+use crate::cluster::commands::NodeMessage;
 use crate::cluster::feed::RoomSink;
 use crate::cluster::{Cluster, Seat, WireReading};
 use crate::config::{AckMode, LimitsConfig, Overflow};
-use crate::hub::mailbox::{Close, Mailbox};
+use crate::hub::mailbox::{Close, Mailbox, Push};
 use crate::hub::room::{
     CatchUpStep, Member, Presence, Published, Room, RoomJoinError, RoomSummary, Since,
 };
 use crate::metrics::{Metrics, Rejection};
+use crate::net::ws::frames;
 use crate::sinks::history::durable::Commits;
 use crate::sinks::history::{History, SeriesCaps};
+use telehub_protocol::codes::ErrorCode;
 use telehub_protocol::inbound::{AckIn, CommandIn, ProtoError, ReadingIn};
 use telehub_protocol::role::{Role, Via};
 use telehub_protocol::seqs::SeqRanges;
@@ -181,8 +184,12 @@ impl Membership {
 
 impl Drop for Membership {
     fn drop(&mut self) {
-        self.room
+        let left = self
+            .room
             .leave(&self.client, self.conn, &self.hub.inner.metrics);
+        if let (true, Role::Device, Some(c)) = (left, self.role, self.hub.inner.cluster.get()) {
+            c.device_left(&self.room.name, &self.client);
+        }
         self.hub.inner.metrics.connected(self.role, -1);
     }
 }
@@ -296,6 +303,9 @@ impl Hub {
             }
         };
         self.inner.metrics.connected(role, 1);
+        if let (Some(c), Role::Device) = (self.inner.cluster.get(), role) {
+            c.device_joined(&room.name, &client);
+        }
         let cluster = match (self.inner.cluster.get(), role) {
             (Some(c), Role::Dashboard) => Some((
                 c.seat(&room.name),
@@ -546,11 +556,21 @@ impl Hub {
         }
     }
 
-    /// Forwards a dashboard's command to a device in the same room.
+    /// Forwards a dashboard's command to a device in the same room: on this hub, or
+    /// with `[cluster]` on the hub the device is on (the answer, or the refusal, comes
+    /// back to the dashboard's mailbox later).
     pub(crate) fn command(&self, from: &Membership, cmd: &CommandIn) -> Result<(), ProtoError> {
+        if let Some(cluster) = self.inner.cluster.get() {
+            if !from.room.has_device(&cmd.to) {
+                self.command_elsewhere(cluster, from, cmd);
+                self.inner.metrics.command();
+                return Ok(());
+            }
+        }
         from.room.command(
             &from.client,
             from.conn,
+            None,
             cmd,
             self.inner.limits.max_pending_commands,
             Duration::from_millis(self.inner.limits.command_timeout_ms),
@@ -559,9 +579,92 @@ impl Hub {
         Ok(())
     }
 
-    /// Routes a device's ack back to the dashboard that sent the command.
+    /// Sends a command for a device that is not on this hub to the hub it is on, if
+    /// any. Runs in a task of its own: one Redis round trip ([`Cluster::route_command`]).
+    fn command_elsewhere(&self, cluster: &Cluster, from: &Membership, cmd: &CommandIn) {
+        let message = NodeMessage::Cmd {
+            room: &from.room.name,
+            to: &cmd.to,
+            id: cmd.id.clone(),
+            name: cmd.name.clone(),
+            args: cmd.args.as_deref(),
+            from: &from.client,
+            conn: from.conn,
+            node: cluster.node_id(),
+        };
+        // Strings, numbers and an already valid raw value: serialising cannot fail.
+        let message = serde_json::to_string(&message).unwrap_or_default();
+        let (cluster, hub) = (cluster.clone(), self.clone());
+        let (room, mailbox) = (from.room.name.clone(), from.mailbox.clone());
+        let (to, id) = (cmd.to.clone(), cmd.id.clone());
+        tokio::spawn(async move {
+            let refused = match cluster.route_command(&room, &to, message).await {
+                Ok(true) => return,
+                Ok(false) => ProtoError::new(
+                    ErrorCode::UnknownDevice,
+                    format!("no device `{to}` in room `{room}` on any hub"),
+                ),
+                Err(e) => ProtoError::new(
+                    ErrorCode::ClusterUnavailable,
+                    format!("the command could not be sent to the device's hub: {e}"),
+                ),
+            };
+            hub.refuse(&mailbox, &refused.with_id(&id));
+        });
+    }
+
+    /// Queues an error frame for a member, closing it if it does not read.
+    fn refuse(&self, mailbox: &Mailbox, e: &ProtoError) {
+        self.inner.metrics.error(e.code);
+        if mailbox.push(frames::error_frame(e)) == Push::Full {
+            mailbox.close(Close::SLOW_CONSUMER);
+            self.inner.metrics.slow_consumer();
+        }
+    }
+
+    /// Routes a device's ack back to the dashboard that sent the command (with
+    /// `[cluster]`, to its hub).
     pub(crate) fn ack(&self, from: &Membership, ack: &AckIn) -> Result<(), ProtoError> {
-        from.room.ack(&from.client, ack, &self.inner.metrics)
+        let Some(p) = from.room.ack(&from.client, ack, &self.inner.metrics)? else {
+            return Ok(());
+        };
+        let (Some(cluster), Some(node)) = (self.inner.cluster.get(), p.node.as_deref()) else {
+            return Ok(());
+        };
+        let message = NodeMessage::Ack {
+            room: &from.room.name,
+            id: ack.id.clone(),
+            device: &from.client,
+            ok: ack.ok,
+            result: ack.result.as_deref(),
+            dashboard: &p.dashboard,
+            conn: p.dashboard_conn,
+        };
+        self.answer_elsewhere(cluster, node, &message);
+        Ok(())
+    }
+
+    /// Sends `message` to hub `node` in a task of its own; an answer Redis does not
+    /// take is logged (the dashboard's command then goes unanswered, as when a device
+    /// never acks).
+    fn answer_elsewhere(&self, cluster: &Cluster, node: &str, message: &NodeMessage<'_>) {
+        let message = serde_json::to_string(message).unwrap_or_default();
+        let (cluster, node) = (cluster.clone(), node.to_string());
+        tokio::spawn(async move {
+            if let Err(e) = cluster.reply(&node, message).await {
+                tracing::warn!(%node, error = %e, "a command's answer could not be sent to its hub");
+            }
+        });
+    }
+
+    /// This hub's devices, by room (the cluster's device directory refresh).
+    pub(crate) fn local_devices(&self) -> Vec<(Arc<str>, Vec<Arc<str>>)> {
+        let rooms: Vec<Arc<Room>> = self.rooms().values().cloned().collect();
+        rooms
+            .into_iter()
+            .map(|r| (r.name.clone(), r.devices()))
+            .filter(|(_, d)| !d.is_empty())
+            .collect()
     }
 
     /// Every room, sorted by name.
@@ -595,6 +698,88 @@ impl Hub {
 }
 
 impl RoomSink for Hub {
+    fn node_message(&self, message: NodeMessage<'_>) {
+        let Some(cluster) = self.inner.cluster.get() else {
+            return;
+        };
+        match message {
+            NodeMessage::Cmd {
+                room,
+                to,
+                id,
+                name,
+                args,
+                from,
+                conn,
+                node,
+            } => {
+                let cmd = CommandIn {
+                    id,
+                    to: to.to_string(),
+                    name,
+                    args: args.map(ToOwned::to_owned),
+                };
+                let found = self.rooms().get(room).cloned();
+                let sent = match found {
+                    Some(r) => r.command(
+                        &from.into(),
+                        conn,
+                        Some(node.into()),
+                        &cmd,
+                        self.inner.limits.max_pending_commands,
+                        Duration::from_millis(self.inner.limits.command_timeout_ms),
+                    ),
+                    None => Err(ProtoError::new(
+                        ErrorCode::UnknownDevice,
+                        format!("no device `{to}` in room `{room}`"),
+                    )
+                    .with_id(&cmd.id)),
+                };
+                if let Err(e) = sent {
+                    let refusal = NodeMessage::Err {
+                        room,
+                        id: cmd.id.clone(),
+                        code: e.code.as_str(),
+                        message: e.message,
+                        dashboard: from,
+                        conn,
+                    };
+                    self.answer_elsewhere(cluster, node, &refusal);
+                }
+            }
+            NodeMessage::Ack {
+                room,
+                id,
+                device,
+                ok,
+                result,
+                dashboard,
+                conn,
+            } => {
+                let found = self.rooms().get(room).cloned();
+                if let Some(r) = found {
+                    let frame = frames::ack_frame(&id, device, ok, result);
+                    r.tell(dashboard, conn, frame, &self.inner.metrics);
+                }
+            }
+            NodeMessage::Err {
+                room,
+                id,
+                code,
+                message,
+                dashboard,
+                conn,
+            } => {
+                let found = self.rooms().get(room).cloned();
+                if let (Some(r), Some(code)) = (found, ErrorCode::parse(code)) {
+                    self.inner.metrics.error(code);
+                    let frame = frames::error_frame(&ProtoError::new(code, message).with_id(&id));
+                    r.tell(dashboard, conn, frame, &self.inner.metrics);
+                }
+            }
+        }
+    }
+
     fn deliver(&self, room: &str, offset: u64, epoch: &str, reading: &WireReading<'_>) {
         let room = self.rooms().get(room).cloned();
         if let Some(room) = room {

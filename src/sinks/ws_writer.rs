@@ -94,14 +94,20 @@ impl Unsent {
 
     /// One `writev` of up to [`MAX_IOVECS`] frames.
     async fn write_some<W: WsWrite>(&mut self, io: &mut W) -> std::io::Result<()> {
-        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-        let mut n = 0;
-        for (i, l) in self.frames.iter().take(MAX_IOVECS).enumerate() {
-            let f = bytes(l);
-            slices[i] = IoSlice::new(if i == 0 { &f[self.offset..] } else { f });
-            n += 1;
-        }
-        let mut written = io.write_vectored(&slices[..n]).await?;
+        // The iovecs are built inside each poll, on the stack: held across an `.await`
+        // they would sit in every session's future (1 KiB each) for the connection's
+        // whole life, written or idle.
+        let mut written = std::future::poll_fn(|cx| {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let mut n = 0;
+            for (i, l) in self.frames.iter().take(MAX_IOVECS).enumerate() {
+                let f = bytes(l);
+                slices[i] = IoSlice::new(if i == 0 { &f[self.offset..] } else { f });
+                n += 1;
+            }
+            std::pin::Pin::new(&mut *io).poll_write_vectored(cx, &slices[..n])
+        })
+        .await?;
         if written == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }

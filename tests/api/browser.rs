@@ -167,6 +167,47 @@ fn value_js(device: &str, metric: &str) -> String {
     )
 }
 
+/// A renderer trace's main thread (`CrRendererMain`): its busy time, its tasks over
+/// 50 ms, and the 20 event names with the most inclusive time (nested events count in
+/// their parents too).
+fn summarise_trace(events: &[Value]) -> String {
+    let main = events.iter().find_map(|e| {
+        (e["ph"] == "M" && e["name"] == "thread_name" && e["args"]["name"] == "CrRendererMain")
+            .then(|| (e["pid"].clone(), e["tid"].clone()))
+    });
+    let Some((pid, tid)) = main else {
+        return format!("no renderer main thread among {} events", events.len());
+    };
+    let mut by_name: std::collections::HashMap<String, (f64, u64)> = Default::default();
+    let (mut tasks_ms, mut long_tasks, mut longest) = (0.0, 0, 0.0f64);
+    for e in events {
+        if e["ph"] != "X" || e["pid"] != pid || e["tid"] != tid {
+            continue;
+        }
+        let ms = e["dur"].as_f64().unwrap_or(0.0) / 1000.0;
+        let name = e["name"].as_str().unwrap_or("?");
+        if name == "RunTask" || name == "ThreadControllerImpl::RunTask" {
+            tasks_ms += ms;
+            longest = longest.max(ms);
+            long_tasks += u64::from(ms > 50.0);
+        }
+        let entry = by_name.entry(name.to_string()).or_default();
+        entry.0 += ms;
+        entry.1 += 1;
+    }
+    let mut top: Vec<_> = by_name.into_iter().collect();
+    top.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
+    let lines: Vec<String> = top
+        .iter()
+        .take(20)
+        .map(|(name, (ms, n))| format!("  {ms:9.1} ms  {n:7}x  {name}"))
+        .collect();
+    format!(
+        "main thread tasks {tasks_ms:.0} ms, {long_tasks} over 50 ms (longest {longest:.1} ms); by inclusive time:\n{}",
+        lines.join("\n")
+    )
+}
+
 /// The renderer's main-thread time by kind between two `Performance.getMetrics`.
 fn renderer_seconds(before: &Value, after: &Value) -> Value {
     let get = |m: &Value, name: &str| {
@@ -621,6 +662,14 @@ async fn fifty_devices_at_10_hz_keep_the_page_responsive() {
         "room with 50 devices",
         &page.screenshot_to_dir("room-50-devices").await,
     );
+    // TELEHUB_PERF_TRACE=1: a 5 s performance trace after the sample (tracing slows
+    // the page, so not during it), summarised: where the renderer's main thread went.
+    if std::env::var_os("TELEHUB_PERF_TRACE").is_some() {
+        page.start_trace().await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let events = page.stop_trace().await;
+        println!("PERF trace, 5 s: {}", summarise_trace(&events));
+    }
 
     // Assert and report.
     println!(

@@ -186,7 +186,8 @@ impl Browser {
                         }
                     } else if v.get("method").is_some() {
                         let mut ev = events.lock().unwrap();
-                        if ev.len() < 10_000 {
+                        // A trace's end is kept whatever came before it.
+                        if ev.len() < 10_000 || v["method"] == "Tracing.tracingComplete" {
                             ev.push(v);
                         }
                     }
@@ -451,6 +452,91 @@ impl Page {
                 _ => None,
             })
             .collect()
+    }
+
+    /// Starts recording a performance trace of the renderer (the timeline categories
+    /// DevTools' Performance panel records); [`Page::stop_trace`] returns it.
+    pub async fn start_trace(&self) {
+        self.call(
+            "Tracing.start",
+            json!({
+                "transferMode": "ReturnAsStream",
+                "traceConfig": {
+                    "recordMode": "recordAsMuchAsPossible",
+                    "includedCategories": [
+                        "toplevel",
+                        "devtools.timeline",
+                        "disabled-by-default-devtools.timeline",
+                        "blink",
+                        "cc",
+                        "v8"
+                    ]
+                }
+            }),
+        )
+        .await;
+    }
+
+    /// Ends the trace [`Page::start_trace`] began and returns its events.
+    pub async fn stop_trace(&self) -> Vec<Value> {
+        self.call("Tracing.end", json!({})).await;
+        let deadline = tokio::time::Instant::now() + COMMAND_TIMEOUT;
+        let stream = loop {
+            let done = self
+                .cdp
+                .events
+                .lock()
+                .unwrap()
+                .iter()
+                .rev()
+                .find(|e| {
+                    e["sessionId"] == self.session.as_str()
+                        && e["method"] == "Tracing.tracingComplete"
+                })
+                .map(|e| {
+                    e["params"]["stream"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string()
+                });
+            if let Some(stream) = done {
+                break stream;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "Chromium did not finish the trace within {COMMAND_TIMEOUT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let mut data = Vec::new();
+        loop {
+            let chunk = self
+                .call("IO.read", json!({"handle": stream, "size": 1 << 20}))
+                .await;
+            let text = chunk["data"].as_str().unwrap_or_default();
+            if chunk["base64Encoded"] == true {
+                data.extend(
+                    base64::engine::general_purpose::STANDARD
+                        .decode(text)
+                        .expect("trace chunk is base64"),
+                );
+            } else {
+                data.extend_from_slice(text.as_bytes());
+            }
+            if chunk["eof"] == true {
+                break;
+            }
+        }
+        self.call("IO.close", json!({"handle": stream})).await;
+        let trace: Value = serde_json::from_slice(&data).expect("the trace is JSON");
+        match trace {
+            Value::Array(events) => events,
+            mut v => v["traceEvents"]
+                .take()
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
+        }
     }
 
     pub async fn close(self) {

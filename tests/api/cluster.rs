@@ -393,3 +393,134 @@ async fn readings_posted_over_http_or_line_protocol_to_one_hub_reach_dashboards_
         "{body}"
     );
 }
+
+/// Sends commands `id-1`, `id-2`, ... from `dash` to `to` until one is refused with
+/// something other than `unknown_device` or answered, at most [`WAIT`]: a device's entry
+/// in the directory is written just after its welcome. Returns the id that was not
+/// refused and the refusal that ended it, if any.
+async fn command_once_known(dash: &mut Client, to: &str, id: &str) -> (String, Option<Value>) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    for n in 1.. {
+        let cid = format!("{id}-{n}");
+        dash.send_json(json!({"type":"command","id":cid,"to":to,"name":"open","args":{"pct":40}}))
+            .await;
+        match dash.poll_json(std::time::Duration::from_millis(300)).await {
+            Polled::Json(v) if v["type"] == "error" && v["code"] == "unknown_device" => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "`{to}` still unknown after {WAIT:?}: {v}"
+                );
+            }
+            Polled::Json(v) if v["type"] == "error" => return (cid, Some(v)),
+            Polled::Json(v) => panic!("unexpected frame while commanding: {v}"),
+            Polled::Quiet => return (cid, None),
+            Polled::Closed => panic!("the dashboard was closed"),
+        }
+    }
+    unreachable!()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_from_a_dashboard_on_one_hub_reaches_a_device_on_another_and_the_ack_comes_back()
+{
+    // Arrange: the device on hub 1, the dashboard on hub 3.
+    let redis = Redis::start();
+    let mut hubs: Vec<Hub> = (1..=3)
+        .map(|i| cluster_hub(&redis, &format!("hub{i}"), &[]))
+        .collect();
+    let mut valve = device(&hubs[0], "plant", "valve").await;
+    let (mut dash, _) = dashboard(&hubs[2], "plant", "dash3", "").await;
+
+    // Act: a command crosses to hub 1 and the device's ack comes back to hub 3.
+    let (id, refused) = command_once_known(&mut dash, "valve", "c").await;
+    assert_eq!(refused, None, "the command is taken");
+    let cmd = valve.recv_type("command").await;
+    assert_eq!(
+        (&cmd["id"], &cmd["from"], &cmd["name"], &cmd["args"]),
+        (
+            &json!(id),
+            &json!("dash3"),
+            &json!("open"),
+            &json!({"pct":40})
+        ),
+        "{cmd}"
+    );
+    valve
+        .send_json(json!({"type":"ack","id":id,"ok":true,"result":{"opened":40}}))
+        .await;
+    let ack = dash.recv_type("ack").await;
+
+    // Assert
+    assert_eq!(
+        (&ack["id"], &ack["from"], &ack["ok"], &ack["result"]),
+        (
+            &json!(id),
+            &json!("valve"),
+            &json!(true),
+            &json!({"opened":40})
+        ),
+        "{ack}"
+    );
+    // The same id while it is pending on hub 1 is refused there, and the refusal comes
+    // back with its own code.
+    dash.send_json(json!({"type":"command","id":"twice","to":"valve","name":"open"}))
+        .await;
+    valve.recv_type("command").await;
+    dash.send_json(json!({"type":"command","id":"twice","to":"valve","name":"open"}))
+        .await;
+    let e = dash.recv_type("error").await;
+    assert_eq!(
+        (&e["code"], &e["id"]),
+        (&json!("duplicate_id"), &json!("twice")),
+        "{e}"
+    );
+    // A device on no hub is unknown.
+    dash.send_json(json!({"type":"command","id":"n1","to":"nobody","name":"open"}))
+        .await;
+    let e = dash.recv_type("error").await;
+    assert_eq!(
+        (&e["code"], &e["id"]),
+        (&json!("unknown_device"), &json!("n1")),
+        "{e}"
+    );
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("on any hub"),
+        "{e}"
+    );
+
+    // A device whose hub was killed (its entry left in Redis) is unknown too, at once:
+    // no hub listens on the dead hub's channel any more.
+    hubs[0].kill();
+    drop(valve);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    // (hub 1 would ignore this payload; Redis answers how many subscribers took it.)
+    while redis.command(&["PUBLISH", "t:n:hub1", "probe"]) != ":0" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "hub 1 still subscribed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        redis.command(&["HEXISTS", "t:{plant}:dev", "valve"]) == ":1",
+        "the dead hub's entry is still there before the command"
+    );
+    dash.send_json(json!({"type":"command","id":"k1","to":"valve","name":"open"}))
+        .await;
+    let e = dash.recv_type("error").await;
+    assert_eq!(
+        (&e["code"], &e["id"]),
+        (&json!("unknown_device"), &json!("k1")),
+        "{e}"
+    );
+
+    // And the device, reconnected to hub 2, is found there.
+    let mut valve = device(&hubs[1], "plant", "valve").await;
+    let (id, refused) = command_once_known(&mut dash, "valve", "m").await;
+    assert_eq!(refused, None);
+    let cmd = valve.recv_type("command").await;
+    assert_eq!(cmd["id"], json!(id), "{cmd}");
+}

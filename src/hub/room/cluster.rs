@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use telehub_protocol::outbound::SnapshotEntry;
 
-use super::{deliver_reading, roster, Presence, Room};
+use super::{deliver_reading, Presence, Room};
 use crate::cluster::{ClusterError, Fetched, WireReading};
 use crate::hub::mailbox::{Close, Mailbox};
 use crate::metrics::Metrics;
@@ -272,7 +272,7 @@ impl Room {
             Some(m) => (m.presence == Presence::All, m.role),
             None => return ClusterJoined::Gone,
         };
-        let (dashboards, others) = roster(&st.members, client, all);
+        let (dashboards, others) = st.members.roster(client, all);
         let welcome = frames::welcome(
             &self.name, client, role, f.top, &f.epoch, &others, dashboards, recovered,
         );

@@ -11,8 +11,10 @@
 //! [`cluster`] holds that part.
 
 mod cluster;
+mod members;
 
 use cluster::ClusterRoom;
+use members::Members;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -30,7 +32,6 @@ use crate::sinks::history::durable::{Queued, Ticket};
 use crate::sinks::history::{HistoryError, Record, RoomHistory, SeriesCaps};
 use telehub_protocol::codes::ErrorCode;
 use telehub_protocol::inbound::{AckIn, CommandIn, ProtoError, ReadingIn};
-use telehub_protocol::outbound::MemberInfo;
 use telehub_protocol::role::{Role, Via};
 use telehub_protocol::seqs::SeqRanges;
 
@@ -81,7 +82,7 @@ pub(crate) struct Since<'a> {
 
 #[derive(Default)]
 struct RoomState {
-    members: HashMap<Arc<str>, Member>,
+    members: Members,
     /// The mailboxes of the dashboards, kept beside `members` so that fan-out walks a
     /// dense vector instead of a map.
     subscribers: Vec<(u64, Arc<Mailbox>)>,
@@ -100,29 +101,6 @@ struct RoomState {
     /// A cluster hub's room (`[cluster]`): its dashboards are fed from Redis, not by
     /// `publish`. `None` on a single hub, so its hot path never looks at it.
     cluster: Option<Box<ClusterRoom>>,
-}
-
-/// What a joining `client`'s welcome lists: how many other dashboards there are, and the
-/// other members it is shown (devices, and with `all` the dashboards too).
-fn roster<'a>(
-    members: &'a HashMap<Arc<str>, Member>,
-    client: &str,
-    all: bool,
-) -> (usize, Vec<MemberInfo<'a>>) {
-    let others = members.iter().filter(|(c, _)| &***c != client);
-    let dashboards = others
-        .clone()
-        .filter(|(_, m)| m.role == Role::Dashboard)
-        .count();
-    let shown = others
-        .filter(|(_, m)| all || m.role == Role::Device)
-        .map(|(c, m)| MemberInfo {
-            client: c,
-            role: m.role,
-            via: m.via,
-        })
-        .collect();
-    (dashboards, shown)
 }
 
 /// A dashboard replaying the room log at its own pace.
@@ -356,7 +334,7 @@ impl Room {
         }
         let clustered = st.cluster.is_some() && member.role == Role::Dashboard;
         let all = member.presence == Presence::All;
-        let (dashboards, others) = roster(&st.members, client, all);
+        let (dashboards, others) = st.members.roster(client, all);
         let mut snapshot = None;
         let mut recovered = None;
         let mut cursor = None;
@@ -408,10 +386,8 @@ impl Room {
                 .push_all(std::iter::once(welcome).chain(snapshot).chain(firing));
         }
         let join = frames::presence("join", client, member.role, member.via);
-        for (c, m) in st.members.iter() {
-            if c != client && (member.role == Role::Device || m.presence == Presence::All) {
-                deliver(&m.mailbox, join.clone(), metrics);
-            }
+        for m in st.members.told_of(client, member.role) {
+            deliver(&m.mailbox, join.clone(), metrics);
         }
         if clustered {
             if let Some(cr) = st.cluster.as_mut() {
@@ -483,14 +459,14 @@ impl Room {
     }
 
     /// Removes the member if `conn` is still its connection (a replaced connection leaves
-    /// silently: its successor is already in).
-    pub(crate) fn leave(&self, client: &str, conn: u64, metrics: &Metrics) {
+    /// silently: its successor is already in). Returns whether it did.
+    pub(crate) fn leave(&self, client: &str, conn: u64, metrics: &Metrics) -> bool {
         let mut st = self.lock();
         let Some(member) = st.members.get(client) else {
-            return;
+            return false;
         };
         if member.conn != conn {
-            return;
+            return false;
         }
         let role = member.role;
         let via = member.via;
@@ -502,14 +478,13 @@ impl Room {
         }
         st.pending.forget_connection(conn);
         let leave = frames::presence("leave", client, role, via);
-        for m in st.members.values() {
-            if role == Role::Device || m.presence == Presence::All {
-                deliver(&m.mailbox, leave.clone(), metrics);
-            }
+        for m in st.members.told_of(client, role) {
+            deliver(&m.mailbox, leave.clone(), metrics);
         }
         if st.members.is_empty() {
             st.empty_since = Some(Instant::now());
         }
+        true
     }
 
     /// Stamps, serialises once and fans out a device's readings, in order. With
@@ -677,11 +652,27 @@ impl Room {
         out
     }
 
-    /// Forwards a dashboard's command to a device of this room and remembers who asked.
+    /// The devices connected to this room on this hub.
+    pub(crate) fn devices(&self) -> Vec<Arc<str>> {
+        self.lock().members.devices().to_vec()
+    }
+
+    /// Whether `client` is a device connected to this room on this hub.
+    pub(crate) fn has_device(&self, client: &str) -> bool {
+        self.lock()
+            .members
+            .get(client)
+            .is_some_and(|m| m.role == Role::Device)
+    }
+
+    /// Forwards a dashboard's command to a device of this room and remembers who asked:
+    /// `from` on connection `from_conn`, of this hub or (with `[cluster]`) of hub `node`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn command(
         &self,
         from: &Arc<str>,
         from_conn: u64,
+        node: Option<Arc<str>>,
         cmd: &CommandIn,
         max_pending: usize,
         timeout: Duration,
@@ -718,6 +709,7 @@ impl Room {
             Pending {
                 dashboard: from.clone(),
                 dashboard_conn: from_conn,
+                node,
                 device: device.0,
                 since: Instant::now(),
             },
@@ -725,22 +717,45 @@ impl Room {
         Ok(())
     }
 
-    /// Routes a device's ack to the dashboard that sent the command.
+    /// Routes a device's ack to the dashboard that sent the command. A command from a
+    /// dashboard on another hub is answered there: its [`Pending`] comes back, for the
+    /// hub to send on.
     pub(crate) fn ack(
         &self,
         device: &str,
         ack: &AckIn,
         metrics: &Metrics,
-    ) -> Result<(), ProtoError> {
+    ) -> Result<Option<Pending>, ProtoError> {
         let mut st = self.lock();
         let p = st.pending.take(&ack.id, device)?;
-        if let Some(m) = st.members.get(&p.dashboard) {
-            if m.conn == p.dashboard_conn {
-                let frame = frames::ack_frame(&ack.id, device, ack.ok, ack.result.as_deref());
+        if p.node.is_some() {
+            return Ok(Some(p));
+        }
+        let frame = frames::ack_frame(&ack.id, device, ack.ok, ack.result.as_deref());
+        self.tell_locked(&st, &p.dashboard, p.dashboard_conn, frame, metrics);
+        Ok(None)
+    }
+
+    /// Queues `frame` for `client` if it is still on connection `conn` (the answer to a
+    /// command it sent, coming back from another hub).
+    pub(crate) fn tell(&self, client: &str, conn: u64, frame: Frame, metrics: &Metrics) {
+        let st = self.lock();
+        self.tell_locked(&st, client, conn, frame, metrics);
+    }
+
+    fn tell_locked(
+        &self,
+        st: &RoomState,
+        client: &str,
+        conn: u64,
+        frame: Frame,
+        metrics: &Metrics,
+    ) {
+        if let Some(m) = st.members.get(client) {
+            if m.conn == conn {
                 deliver(&m.mailbox, frame, metrics);
             }
         }
-        Ok(())
     }
 
     /// Forgets commands older than `timeout`.
@@ -760,7 +775,7 @@ impl Room {
         let st = self.lock();
         let mut devices = Vec::new();
         let mut dashboards = Vec::new();
-        for (client, m) in &st.members {
+        for (client, m) in st.members.iter() {
             let entry = MemberSummary {
                 client: client.clone(),
                 via: m.via,

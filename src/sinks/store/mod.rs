@@ -214,7 +214,7 @@ impl Store {
             commits: commits_tx,
             failures: failures.clone(),
             rollups: rollup::Rollups::new(tiers),
-            commit_time: Duration::ZERO,
+            commit_times: writer::CommitTimes::default(),
             seqs: seqs::Seqs::default(),
         };
         let thread = std::thread::Builder::new()

@@ -473,7 +473,7 @@ fn a_busy_stream_costs_one_commit_per_flush_interval() {
     let elapsed = start.elapsed();
     let made = commits.count();
     // Consecutive commits are at least half an interval apart (the writer's wait is a
-    // flush interval less the recent commit time, never under half of one); with a
+    // flush interval less the slowest recent commit, never under half of one); with a
     // fast disk about a whole one. Before, each commit was followed by another for what
     // arrived during it, back to back while the stream went on.
     let most = (elapsed.as_secs_f64() / (interval.as_secs_f64() / 2.0)).ceil() as u64 + 1;

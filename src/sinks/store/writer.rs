@@ -41,7 +41,7 @@ const FIRST_RETRY: Duration = Duration::from_millis(50);
 /// While failing, how often the kept batch is tried again.
 const FAILING_RETRY: Duration = Duration::from_secs(1);
 
-/// How much sooner than a flush interval (less the recent commit time) after its oldest
+/// How much sooner than a flush interval (less the slowest recent commit) after its oldest
 /// record a batch is committed: the writer's wake-up delay and the ack's way back to the
 /// device, so that the oldest reading's `accepted` leaves about one interval after it
 /// arrived.
@@ -95,11 +95,45 @@ pub(super) struct Writer {
     pub(super) failures: Arc<AtomicU64>,
     /// The rollup tiers, updated in every commit's transaction.
     pub(super) rollups: Rollups,
-    /// Recent successful commits' duration (a moving average, 1/8 per commit), which a
-    /// batch's deadline allows for ([`Writer::wait`]).
-    pub(super) commit_time: Duration,
+    /// Recent successful commits' durations, whose slowest a batch's deadline allows
+    /// for ([`Writer::wait`]).
+    pub(super) commit_times: CommitTimes,
     /// The devices' seq windows, updated in every commit's transaction.
     pub(super) seqs: Seqs,
+}
+
+/// How many recent commits [`CommitTimes`] remembers: 6.4 s at the default interval.
+const COMMITS_REMEMBERED: usize = 64;
+
+/// The durations of the last [`COMMITS_REMEMBERED`] successful commits. A batch's
+/// deadline allows for the slowest of them: an average let every commit slower than
+/// the average (an fsync's tail) push its oldest readings' `accepted` past the flush
+/// interval, and fsync tails come in runs (another process flushing the same disk).
+/// Allowing for the recent peak keeps them inside it, at the price of committing a few
+/// milliseconds earlier than the average would.
+pub(super) struct CommitTimes {
+    recent: [Duration; COMMITS_REMEMBERED],
+    next: usize,
+}
+
+impl Default for CommitTimes {
+    fn default() -> Self {
+        CommitTimes {
+            recent: [Duration::ZERO; COMMITS_REMEMBERED],
+            next: 0,
+        }
+    }
+}
+
+impl CommitTimes {
+    fn record(&mut self, took: Duration) {
+        self.recent[self.next] = took;
+        self.next = (self.next + 1) % COMMITS_REMEMBERED;
+    }
+
+    fn slowest(&self) -> Duration {
+        self.recent.iter().copied().max().unwrap_or_default()
+    }
 }
 
 impl Writer {
@@ -108,7 +142,7 @@ impl Writer {
     /// one by one.
     ///
     /// A batch is due when its oldest record has waited [`Writer::wait`]: a flush
-    /// interval less the recent commit time and [`MARGIN`], so the oldest reading is
+    /// interval less the slowest recent commit and [`MARGIN`], so the oldest reading is
     /// acknowledged about one flush interval after it was queued, whatever it arrived
     /// during. Records that arrive while a commit runs wait for their own deadline, so a
     /// steady stream costs one commit (one fsync) per interval. While the queue is empty
@@ -175,11 +209,11 @@ impl Writer {
     }
 
     /// How long the oldest queued record waits before its batch is committed: a flush
-    /// interval less the recent commit time and [`MARGIN`] (at least half an interval, so
+    /// interval less the slowest recent commit and [`MARGIN`] (at least half an interval, so
     /// a slow disk still gets batches, not a commit per arrival).
     fn wait(&self) -> Duration {
         self.interval
-            .saturating_sub(self.commit_time + MARGIN)
+            .saturating_sub(self.commit_times.slowest() + MARGIN)
             .max(self.interval / 2)
     }
 
@@ -235,7 +269,7 @@ impl Writer {
             }
             match written {
                 Ok(()) => {
-                    self.commit_time = (self.commit_time * 7 + started.elapsed()) / 8;
+                    self.commit_times.record(started.elapsed());
                     batch.clear();
                     if self.failing() {
                         tracing::info!(path = %self.path.display(), "history commits succeed again");
@@ -426,4 +460,29 @@ pub(super) fn write(
         seqs.write(&tx, now)?;
     }
     tx.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{CommitTimes, COMMITS_REMEMBERED};
+    use std::time::Duration;
+
+    #[test]
+    fn a_deadline_allows_for_the_slowest_recent_commit_until_it_is_forgotten() {
+        let ms = Duration::from_millis;
+        let mut times = CommitTimes::default();
+        assert_eq!(times.slowest(), Duration::ZERO);
+        times.record(ms(4));
+        times.record(ms(30));
+        times.record(ms(3));
+        assert_eq!(times.slowest(), ms(30), "one slow fsync is remembered");
+        for _ in 0..COMMITS_REMEMBERED - 1 {
+            times.record(ms(4));
+        }
+        assert_eq!(
+            times.slowest(),
+            ms(4),
+            "until as many commits have followed it"
+        );
+    }
 }
