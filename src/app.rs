@@ -99,11 +99,30 @@ pub async fn run(
     metrics.register_collector(history.collector());
     let layouts = crate::sinks::layouts::Layouts::open(&settings.history)?;
     metrics.register_collector(layouts.collector());
+    // `[cluster]`: Redis must answer now; its metrics join the registry first.
+    let cluster = if settings.cluster.enabled() {
+        let c = crate::cluster::Cluster::connect(&settings.cluster, &mut metrics)
+            .await
+            .map_err(|e| ServerError::Cluster(e.to_string()))?;
+        info!(node = %c.node_id(), prefix = %settings.cluster.key_prefix, "cluster: rooms shared through Redis");
+        Some(c)
+    } else {
+        None
+    };
     // MQTT bridges: built (and their TLS set up) before anything is served, so a bad
     // one stops start-up; mirroring bridges tap WebSocket devices' readings.
     let mut bridges = Vec::new();
     let mut taps: Vec<Arc<dyn ReadingTap>> = Vec::new();
-    for spec in settings.mqtt.validate()? {
+    for (mut spec, conf) in settings
+        .mqtt
+        .validate()?
+        .into_iter()
+        .zip(&settings.mqtt.bridges)
+    {
+        // On a cluster every hub bridges the broker under its own session.
+        if let (Some(c), None) = (&cluster, &conf.client_id) {
+            spec.client_id = format!("{}-{}", spec.client_id, c.node_id());
+        }
         // With history in memory a restarted hub has no last values, so the broker's
         // retained messages seed them; durable history already has them, and a re-sent
         // retained reading could be stored twice.
@@ -143,16 +162,6 @@ pub async fn run(
     let alerts = Alerts::open(&settings.alerts, alerts_db.as_deref())
         .map_err(|e| ServerError::Alerts(e.to_string()))?;
     alerts.register(&mut metrics);
-    // `[cluster]`: Redis must answer now; its metrics join the registry first.
-    let cluster = if settings.cluster.enabled() {
-        let c = crate::cluster::Cluster::connect(&settings.cluster, &mut metrics)
-            .await
-            .map_err(|e| ServerError::Cluster(e.to_string()))?;
-        info!(node = %c.node_id(), prefix = %settings.cluster.key_prefix, "cluster: rooms shared through Redis");
-        Some(c)
-    } else {
-        None
-    };
     let hub = Hub::with_metrics(settings.limits.clone(), history.clone(), metrics);
     hub.set_taps(taps);
     hub.set_alerts(alerts);
@@ -169,9 +178,9 @@ pub async fn run(
     if let Some(cluster) = cluster {
         hub.set_cluster(cluster.clone());
         cluster.start_feed(Arc::new(hub.clone()), shutdown.clone(), completion.clone());
-        let devices_of = hub.clone();
-        cluster.start_directory(
-            move || devices_of.local_devices(),
+        let members_of = hub.clone();
+        cluster.start_presence(
+            move || members_of.local_members(),
             shutdown.clone(),
             completion.clone(),
         );

@@ -109,17 +109,32 @@ fn rooms(
         .and(warp::get())
         .and(auth::access(auth))
         .and(with_hub(hub))
-        .map(|access: Access, hub: Hub| {
-            let mut rooms = hub.summaries();
-            rooms.retain(|r| access.may_read(&r.room));
-            match hub.cluster() {
-                // Which hub answered: presence is per hub in a cluster (for now).
-                Some(c) => warp::reply::json(&serde_json::json!({
-                    "node": c.node_id(),
-                    "rooms": rooms,
-                })),
-                None => warp::reply::json(&serde_json::json!({ "rooms": rooms })),
-            }
+        .and_then(|access: Access, hub: Hub| async move {
+            let reply = match hub.cluster() {
+                // Every hub's members, read from Redis: the same answer on every hub.
+                Some(c) => match hub.cluster_summaries().await {
+                    Ok(mut rooms) => {
+                        rooms.retain(|r| access.may_read(&r.room));
+                        warp::reply::json(&serde_json::json!({
+                            "node": c.node_id(),
+                            "rooms": rooms,
+                        }))
+                        .into_response()
+                    }
+                    Err(e) => ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "redis_unavailable",
+                        format!("the cluster's rooms cannot be read: {e}"),
+                    )
+                    .into_response(),
+                },
+                None => {
+                    let mut rooms = hub.summaries();
+                    rooms.retain(|r| access.may_read(&r.room));
+                    warp::reply::json(&serde_json::json!({ "rooms": rooms })).into_response()
+                }
+            };
+            Ok::<_, Rejection>(reply)
         })
 }
 

@@ -1,65 +1,41 @@
-//! Commands across hubs: the device directory and the hubs' own channels.
+//! Commands across hubs, over the hubs' own channels.
 //!
-//! A dashboard on one hub may command a device connected to another. Redis keeps, per
-//! room, which hub each device is on (the hash `{room}:dev`, device -> node id), and
-//! every hub listens on a channel of its own (`<prefix>:n:<node>`, on the feed's
-//! connection). A command for a device that is not local is one [`ROUTE`] script call:
-//! it looks the device up and PUBLISHes the command on that hub's channel. PUBLISH
-//! answers how many subscribers took it, so a device whose hub is gone (killed, its
-//! entry left behind) is found out on the spot: the entry is removed and the dashboard
-//! gets `unknown_device`, which therefore means "on no hub". The device's hub checks and
-//! records the command as it would a local one, and sends the device's `ack` (or its
-//! own refusal) back on the dashboard's hub's channel.
-//!
-//! The directory is written by one task per hub, in order ([`Directory`]): a device's
-//! join sets its entry, its leave removes the entry only if it still names this hub (a
-//! device that moved to another hub keeps the other hub's entry). Every
-//! [`REFRESH_EVERY`] the task writes every local device again, which heals an update
-//! dropped while Redis was away and a Redis that lost its data.
-
-use std::sync::Arc;
-use std::time::Duration;
+//! A dashboard on one hub may command a device connected to another. Every hub listens
+//! on a channel of its own (`<prefix>:n:<node>`, on the feed's connection), and the
+//! room's presence (`presence.rs`) says which hub each device is on. A command for a
+//! device that is not local is one [`ROUTE`] script call: it looks the device up and
+//! PUBLISHes the command on that hub's channel. PUBLISH answers how many subscribers
+//! took it, so a device whose hub is gone (killed, its entry not yet reaped) is found
+//! out on the spot and the dashboard gets `unknown_device`, which therefore means "on
+//! no hub". The device's hub checks and records the command as it would a local one,
+//! and sends the device's `ack` (or its own refusal) back on the dashboard's hub's
+//! channel. The same channel tells a hub that a client id it holds connected to another
+//! hub ([`NodeMessage::Replaced`]).
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use tokio::sync::mpsc;
-use tracing::warn;
 
 use super::{Cluster, ClusterError};
-use crate::shutdown::{Completion, Shutdown};
 
-/// Looks a device up and forwards a command to its hub. KEYS: the room's directory.
-/// ARGV: device, the prefix of the hubs' channels, the message. Returns 1 if a hub took
-/// it, 0 if the device is on no hub (an entry whose hub no longer listens is removed).
+/// Looks a device up and forwards a command to its hub. KEYS: the room's presence hash
+/// and expiries. ARGV: device, the prefix of the hubs' channels, the message. Returns 1
+/// if a hub took it, 0 if the device is on no hub (absent, expired, or its hub no
+/// longer listens: the reaper removes that entry with its `leave`).
 pub(crate) const ROUTE: &str = r#"
-local node = redis.call('HGET', KEYS[1], ARGV[1])
-if not node then return 0 end
-if redis.call('PUBLISH', ARGV[2] .. node, ARGV[3]) == 0 then
-  if redis.call('HGET', KEYS[1], ARGV[1]) == node then
-    redis.call('HDEL', KEYS[1], ARGV[1])
-  end
-  return 0
-end
+local e = redis.call('HGET', KEYS[1], ARGV[1])
+if not e then return 0 end
+local o = cjson.decode(e)
+if o.role ~= 'device' then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local exp = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if not exp or tonumber(exp) < now then return 0 end
+if redis.call('PUBLISH', ARGV[2] .. o.node, ARGV[3]) == 0 then return 0 end
 return 1
 "#;
 
-/// Removes a device's entry if it still names this hub. KEYS: the directory. ARGV:
-/// device, node.
-pub(crate) const FORGET: &str = r#"
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
-  return redis.call('HDEL', KEYS[1], ARGV[1])
-end
-return 0
-"#;
-
-/// How often a hub writes its devices' entries again.
-pub(crate) const REFRESH_EVERY: Duration = Duration::from_secs(10);
-/// Directory updates queued at most; past it one is dropped (and counted in the log),
-/// and the next refresh writes the entry again.
-const DIRECTORY_QUEUE: usize = 4096;
-
-/// What hubs send each other on their own channels: `{"cmd":{...}}`, `{"ack":{...}}` or
-/// `{"err":{...}}` (externally tagged: an internally tagged enum would buffer the
+/// What hubs send each other on their own channels: `{"cmd":{...}}`, `{"ack":{...}}`,
+/// `{"err":{...}}` or `{"replaced":{...}}` (externally tagged: an internally tagged enum would buffer the
 /// fields, which a borrowed raw `args` cannot go through).
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -107,28 +83,15 @@ pub(crate) enum NodeMessage<'a> {
         dashboard: &'a str,
         conn: u64,
     },
-}
-
-/// A change to the directory, applied in order by the directory task.
-enum Update {
-    Joined { room: Arc<str>, device: Arc<str> },
-    Left { room: Arc<str>, device: Arc<str> },
-}
-
-/// The sending side of the directory task (held by the [`Cluster`]).
-pub(crate) struct Directory {
-    tx: mpsc::Sender<Update>,
-    rx: std::sync::Mutex<Option<mpsc::Receiver<Update>>>,
-}
-
-impl Default for Directory {
-    fn default() -> Self {
-        let (tx, rx) = mpsc::channel(DIRECTORY_QUEUE);
-        Directory {
-            tx,
-            rx: std::sync::Mutex::new(Some(rx)),
-        }
-    }
+    /// `client` connected to another hub: its connection `conn` here is closed with
+    /// 4000, as a replaced connection on one hub is (written by `presence::JOIN`).
+    Replaced {
+        #[serde(borrow)]
+        room: &'a str,
+        #[serde(borrow)]
+        client: &'a str,
+        conn: u64,
+    },
 }
 
 impl Cluster {
@@ -137,34 +100,8 @@ impl Cluster {
         format!("{}{}", self.node_channel_prefix(), self.inner.node_id)
     }
 
-    fn node_channel_prefix(&self) -> String {
+    pub(super) fn node_channel_prefix(&self) -> String {
         format!("{}:n:", self.inner.cfg.key_prefix)
-    }
-
-    fn directory_key(&self, room: &str) -> String {
-        self.key(room, "dev")
-    }
-
-    /// Records that `device` is on this hub now (queued; never waits).
-    pub(crate) fn device_joined(&self, room: &Arc<str>, device: &Arc<str>) {
-        self.update(Update::Joined {
-            room: room.clone(),
-            device: device.clone(),
-        });
-    }
-
-    /// Records that `device` left this hub (queued; never waits).
-    pub(crate) fn device_left(&self, room: &Arc<str>, device: &Arc<str>) {
-        self.update(Update::Left {
-            room: room.clone(),
-            device: device.clone(),
-        });
-    }
-
-    fn update(&self, u: Update) {
-        if self.inner.directory.tx.try_send(u).is_err() {
-            warn!("device directory queue full: an update waits for the next refresh");
-        }
     }
 
     /// Sends a command to the hub of `to`. `Ok(false)`: the device is on no hub.
@@ -178,7 +115,8 @@ impl Cluster {
         let took: i64 = self
             .inner
             .route
-            .key(self.directory_key(room))
+            .key(self.key(room, "pm"))
+            .key(self.key(room, "px"))
             .arg(to)
             .arg(self.node_channel_prefix())
             .arg(message)
@@ -196,90 +134,6 @@ impl Cluster {
             .query_async::<i64>(&mut cmd)
             .await?;
         Ok(())
-    }
-
-    /// Runs the directory task until shutdown. `local_devices` lists this hub's devices
-    /// by room, for the refresh.
-    pub(crate) fn start_directory(
-        &self,
-        local_devices: impl Fn() -> Vec<(Arc<str>, Vec<Arc<str>>)> + Send + 'static,
-        mut shutdown: Shutdown,
-        done: Completion,
-    ) {
-        let Some(mut rx) = super::lock(&self.inner.directory.rx).take() else {
-            return;
-        };
-        let cluster = self.clone();
-        tokio::spawn(async move {
-            let _done = done;
-            let mut refresh = tokio::time::interval(REFRESH_EVERY);
-            loop {
-                tokio::select! {
-                    u = rx.recv() => match u {
-                        Some(u) => cluster.apply(u).await,
-                        None => return,
-                    },
-                    _ = refresh.tick() => cluster.refresh(local_devices()).await,
-                    _ = shutdown.recv() => return,
-                }
-            }
-        });
-    }
-
-    async fn apply(&self, u: Update) {
-        let mut cmd = self.inner.cmd.clone();
-        let node = self.inner.node_id.clone();
-        let result: Result<(), redis::RedisError> = match &u {
-            Update::Joined { room, device } => {
-                let key = self.directory_key(room);
-                redis::pipe()
-                    .hset(&key, &**device, &*node)
-                    .ignore()
-                    .pexpire(&key, self.inner.cfg.meta_ttl_ms as i64)
-                    .ignore()
-                    .query_async(&mut cmd)
-                    .await
-            }
-            Update::Left { room, device } => self
-                .inner
-                .forget
-                .key(self.directory_key(room))
-                .arg(&**device)
-                .arg(&*node)
-                .invoke_async::<i64>(&mut cmd)
-                .await
-                .map(drop),
-        };
-        if let Err(e) = result {
-            warn!(error = %e, "device directory update failed; the next refresh retries");
-        }
-    }
-
-    async fn refresh(&self, rooms: Vec<(Arc<str>, Vec<Arc<str>>)>) {
-        let mut cmd = self.inner.cmd.clone();
-        let mut pipe = redis::pipe();
-        let mut any = false;
-        for (room, devices) in &rooms {
-            if devices.is_empty() {
-                continue;
-            }
-            let key = self.directory_key(room);
-            let fields: Vec<(&str, &str)> = devices
-                .iter()
-                .map(|d| (&**d, &*self.inner.node_id))
-                .collect();
-            pipe.hset_multiple(&key, &fields)
-                .ignore()
-                .pexpire(&key, self.inner.cfg.meta_ttl_ms as i64)
-                .ignore();
-            any = true;
-        }
-        if !any {
-            return;
-        }
-        if let Err(e) = pipe.query_async::<()>(&mut cmd).await {
-            warn!(error = %e, "device directory refresh failed; retried in {REFRESH_EVERY:?}");
-        }
     }
 }
 

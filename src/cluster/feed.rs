@@ -1,6 +1,7 @@
 //! The subscription connection of a cluster hub: one Redis pub/sub connection carrying
 //! one SUBSCRIBE per room with local dashboards, read by one task that hands each
-//! message to the hub ([`RoomSink::deliver`]) in the order Redis sent it.
+//! message to the hub ([`RoomSink::deliver`], [`RoomSink::presence`]) in the order Redis
+//! sent it.
 //!
 //! The task reconciles the subscriptions with the rooms' [`super::Seat`]s whenever one
 //! is taken or dropped, and marks each confirmed once Redis has answered its SUBSCRIBE.
@@ -36,6 +37,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 pub(crate) trait RoomSink: Send + Sync + 'static {
     /// A reading of `room` stamped `offset` in `epoch` by Redis.
     fn deliver(&self, room: &str, offset: u64, epoch: &str, reading: &WireReading<'_>);
+    /// A presence change of `room` (on any hub, this one included), numbered `version`
+    /// in the room's presence order.
+    fn presence(&self, room: &str, version: u64, event: &super::presence::Event<'_>);
     /// A message another hub sent this one ([`NodeMessage`]: a command for a local
     /// device, or the answer to a local dashboard's command).
     fn node_message(&self, message: NodeMessage<'_>);
@@ -114,6 +118,8 @@ impl Cluster {
             }
             self.inner.stats.up.set(1);
             *lock(&self.inner.down_reason) = None;
+            // Redis may have restarted without its data: write this hub's members again.
+            self.inner.presence_now.notify_one();
             let why = loop {
                 // Reconcile: subscribe what has seats, unsubscribe what has none.
                 let (add, remove) = if !std::mem::take(&mut reconcile) {
@@ -169,7 +175,15 @@ impl Cluster {
                         let Some(room) = self.room_of(msg.get_channel_name()) else {
                             continue;
                         };
-                        match parse(msg.get_payload_bytes()) {
+                        let payload = msg.get_payload_bytes();
+                        if payload.starts_with(b"p:") {
+                            match super::presence::parse(payload) {
+                                Some((version, event)) => sink.presence(room, version, &event),
+                                None => warn!(%room, "unreadable presence event; ignored"),
+                            }
+                            continue;
+                        }
+                        match parse(payload) {
                             Some((offset, epoch, reading)) => {
                                 sink.deliver(room, offset, epoch, &reading)
                             }

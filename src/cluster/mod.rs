@@ -13,10 +13,12 @@
 //!
 //! - [`scripts`]: the Lua and the parsing of its answers.
 //! - [`feed`]: the subscription connection: reconnects, resubscribes, dispatches.
-//! - [`commands`]: commands across hubs: the device directory and the hubs' channels.
+//! - [`presence`]: who is in a room on every hub, with entries that expire.
+//! - [`commands`]: commands across hubs: routed by presence, over the hubs' channels.
 
 pub(crate) mod commands;
 pub(crate) mod feed;
+pub(crate) mod presence;
 pub(crate) mod scripts;
 
 use std::collections::HashMap;
@@ -96,10 +98,14 @@ struct Shared {
     cmd: ConnectionManager,
     publish: Arc<Script>,
     fetch: Arc<Script>,
-    /// [`commands::ROUTE`] and [`commands::FORGET`].
+    /// [`commands::ROUTE`].
     route: Script,
-    forget: Script,
-    directory: commands::Directory,
+    /// The presence task's queue, and its scripts.
+    presence: presence::Writer,
+    presence_scripts: presence::Scripts,
+    /// Wakes the presence task to refresh at once (the feed connected again: Redis may
+    /// have lost every entry).
+    presence_now: Notify,
     /// Rooms with local dashboards: how many hold a [`Seat`], and whether Redis has
     /// confirmed the subscription on the current connection. Bounded by the hub's
     /// rooms (`limits.max_rooms`): a seat is only taken by a member of a room.
@@ -124,6 +130,7 @@ struct Stats {
     publishes: Counter,
     publish_failures: Counter,
     resyncs: Counter,
+    repairs: Counter,
     reconnects: Counter,
 }
 
@@ -177,8 +184,13 @@ impl Cluster {
         );
         metrics.register(
             "telehub_cluster_resyncs",
-            "Dashboards closed with 1013 `cluster resync` (a gap or a new epoch seen live)",
+            "Dashboards closed with 1013 `cluster resync` (a new epoch, or a gap the stream no longer covers)",
             stats.resyncs.clone(),
+        );
+        metrics.register(
+            "telehub_cluster_gap_repairs",
+            "Gaps in a room's readings seen live and read back from its Redis stream",
+            stats.repairs.clone(),
         );
         metrics.register(
             "telehub_cluster_reconnects",
@@ -194,8 +206,9 @@ impl Cluster {
                 publish: Arc::new(Script::new(scripts::PUBLISH)),
                 fetch: Arc::new(Script::new(scripts::FETCH)),
                 route: Script::new(commands::ROUTE),
-                forget: Script::new(commands::FORGET),
-                directory: commands::Directory::default(),
+                presence: presence::Writer::default(),
+                presence_scripts: presence::Scripts::default(),
+                presence_now: Notify::new(),
                 subs: Mutex::new(HashMap::new()),
                 changed: Notify::new(),
                 up: AtomicBool::new(false),
@@ -330,6 +343,8 @@ impl Cluster {
                 .key(self.key(room, "m"))
                 .key(self.key(room, "s"))
                 .key(self.key(room, "lv"))
+                .key(self.key(room, "pm"))
+                .key(self.key(room, "px"))
                 .arg(&since)
                 .arg(self.inner.cfg.stream_len)
                 .arg(&epoch)
@@ -346,6 +361,25 @@ impl Cluster {
             }
         };
         Ok(scripts::fetched(&v)?)
+    }
+
+    /// The stream's entries `from..=to` of `room` (a gap this hub's subscription missed),
+    /// in offset order; fewer if the stream no longer holds them all.
+    pub(crate) async fn read_range(
+        &self,
+        room: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(u64, String)>, ClusterError> {
+        let mut con = self.inner.cmd.clone();
+        let v: Value = redis::cmd("XRANGE")
+            .arg(self.key(room, "s"))
+            .arg(format!("{from}-0"))
+            .arg(format!("{to}-0"))
+            .query_async(&mut con)
+            .await?;
+        self.inner.stats.repairs.inc();
+        Ok(scripts::stream_entries(&v)?)
     }
 
     /// Takes a seat in `room`'s subscription (subscribing if it is the first).

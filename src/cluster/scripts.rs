@@ -58,21 +58,32 @@ return out
 /// without an epoch gets one (and loses any stale stream and last values), as in
 /// [`PUBLISH`].
 ///
-/// KEYS: meta, stream, last values. ARGV: since ("" for none), COUNT, epoch if new,
-/// meta TTL s. Answers `{epoch, top, entries, last values}`.
+/// It also reads the room's presence (see `presence.rs`): its version and the
+/// unexpired members of every hub.
+///
+/// KEYS: meta, stream, last values, presence hash, presence expiries. ARGV: since (""
+/// for none), COUNT, epoch if new, meta TTL s. Answers `{epoch, top, entries, last
+/// values, presence version, {client, entry, ...}}`.
 pub(crate) const FETCH: &str = r#"
-local m = redis.call('HMGET', KEYS[1], 'e', 's')
+local m = redis.call('HMGET', KEYS[1], 'e', 's', 'p')
 if not m[1] then
   redis.call('HSET', KEYS[1], 'e', ARGV[3])
   redis.call('EXPIRE', KEYS[1], ARGV[4])
   redis.call('DEL', KEYS[2], KEYS[3])
-  m = {ARGV[3], '0'}
+  m = {ARGV[3], '0', m[3]}
 end
 local entries = {}
 if ARGV[1] ~= '' and m[1] then
   entries = redis.call('XRANGE', KEYS[2], (tonumber(ARGV[1]) + 1) .. '-0', '+', 'COUNT', ARGV[2])
 end
-return {m[1] or '', m[2] or '0', entries, redis.call('HGETALL', KEYS[3])}
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local members = {}
+for _, c in ipairs(redis.call('ZRANGEBYSCORE', KEYS[5], now, '+inf')) do
+  local e = redis.call('HGET', KEYS[4], c)
+  if e then members[#members + 1] = c; members[#members + 1] = e end
+end
+return {m[1] or '', m[2] or '0', entries, redis.call('HGETALL', KEYS[3]), m[3] or '0', members}
 "#;
 
 /// The parsed answer of [`FETCH`].
@@ -86,14 +97,18 @@ pub(crate) struct Fetched {
     pub entries: Vec<(u64, String)>,
     /// The last value of each series: (offset, reading JSON).
     pub last_values: Vec<(u64, String)>,
+    /// The room's presence version: events up to it are in `members`.
+    pub presence_version: u64,
+    /// Every hub's unexpired members: (client, entry), sorted by client.
+    pub members: Vec<(String, super::presence::Entry)>,
 }
 
 /// Why an answer was not what the script returns.
 #[derive(Debug, thiserror::Error)]
 #[error("unexpected answer from Redis: {0}")]
-pub(crate) struct BadAnswer(&'static str);
+pub(crate) struct BadAnswer(pub(super) &'static str);
 
-fn text(v: &Value) -> Option<String> {
+pub(super) fn text(v: &Value) -> Option<String> {
     match v {
         Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
         Value::SimpleString(s) => Some(s.clone()),
@@ -136,36 +151,47 @@ pub(crate) fn published(v: &Value) -> Result<(String, Vec<i64>), BadAnswer> {
     Ok((epoch, answers))
 }
 
+/// Parses an `XRANGE` answer: (offset, reading JSON) in stream order.
+pub(crate) fn stream_entries(v: &Value) -> Result<Vec<(u64, String)>, BadAnswer> {
+    let mut out = Vec::new();
+    for entry in items(v).ok_or(BadAnswer("stream: entries"))? {
+        let (id, fields) = match items(entry) {
+            Some([id, fields]) => (id, fields),
+            _ => return Err(BadAnswer("stream: entry")),
+        };
+        let offset = text(id)
+            .and_then(|id| stream_offset(&id))
+            .ok_or(BadAnswer("stream: entry id"))?;
+        let fields = items(fields).ok_or(BadAnswer("stream: entry fields"))?;
+        // Fields come as name, value pairs; the reading is under `d`.
+        let payload = fields
+            .chunks(2)
+            .find(|kv| kv.first().and_then(text).as_deref() == Some("d"))
+            .and_then(|kv| kv.get(1).and_then(text))
+            .ok_or(BadAnswer("stream: entry payload"))?;
+        out.push((offset, payload));
+    }
+    Ok(out)
+}
+
 /// Parses [`FETCH`]'s answer.
 pub(crate) fn fetched(v: &Value) -> Result<Fetched, BadAnswer> {
     let all = items(v).ok_or(BadAnswer("fetch: not an array"))?;
-    let [epoch, top, entries, lv] = all else {
-        return Err(BadAnswer("fetch: four parts"));
+    let [epoch, top, entries, lv, version, members] = all else {
+        return Err(BadAnswer("fetch: six parts"));
     };
     let mut out = Fetched {
         epoch: text(epoch).ok_or(BadAnswer("fetch: epoch"))?,
         top: text(top)
             .and_then(|t| t.parse().ok())
             .ok_or(BadAnswer("fetch: top"))?,
+        presence_version: text(version)
+            .and_then(|t| t.parse().ok())
+            .ok_or(BadAnswer("fetch: presence version"))?,
+        members: super::presence::entries(items(members).ok_or(BadAnswer("fetch: members"))?),
         ..Fetched::default()
     };
-    for entry in items(entries).ok_or(BadAnswer("fetch: entries"))? {
-        let (id, fields) = match items(entry) {
-            Some([id, fields]) => (id, fields),
-            _ => return Err(BadAnswer("fetch: entry")),
-        };
-        let offset = text(id)
-            .and_then(|id| stream_offset(&id))
-            .ok_or(BadAnswer("fetch: entry id"))?;
-        let fields = items(fields).ok_or(BadAnswer("fetch: entry fields"))?;
-        // Fields come as name, value pairs; the reading is under `d`.
-        let payload = fields
-            .chunks(2)
-            .find(|kv| kv.first().and_then(text).as_deref() == Some("d"))
-            .and_then(|kv| kv.get(1).and_then(text))
-            .ok_or(BadAnswer("fetch: entry payload"))?;
-        out.entries.push((offset, payload));
-    }
+    out.entries = stream_entries(entries)?;
     match lv {
         Value::Map(pairs) => {
             for (_, v) in pairs {
@@ -205,12 +231,23 @@ mod tests {
                 Value::Array(vec![bulk("d"), bulk("{\"x\":1}")]),
             ])]),
             Value::Array(vec![bulk("d\nm"), bulk("7:{\"y\":2}")]),
+            bulk("4"),
+            Value::Array(vec![
+                bulk("dev"),
+                bulk(r#"{"node":"h1","conn":9,"role":"device","via":"ws"}"#),
+            ]),
         ]);
         let f = fetched(&v).expect("parses");
         assert_eq!(f.epoch, "abc");
         assert_eq!(f.top, 7);
         assert_eq!(f.entries, vec![(6, "{\"x\":1}".to_string())]);
         assert_eq!(f.last_values, vec![(7, "{\"y\":2}".to_string())]);
+        assert_eq!(f.presence_version, 4);
+        assert_eq!(f.members.len(), 1);
+        assert_eq!((f.members[0].0.as_str(), f.members[0].1.conn), ("dev", 9));
+        assert_eq!(f.presence_version, 4);
+        assert_eq!(f.members.len(), 1);
+        assert_eq!((f.members[0].0.as_str(), f.members[0].1.conn), ("dev", 9));
     }
 
     #[test]

@@ -16,8 +16,8 @@ pub struct ClusterConfig {
     /// This hub's name in `/api/rooms`, `/metrics` and logs. Empty: the host name plus
     /// a random suffix.
     pub node_id: String,
-    /// How long a dead hub's members stay in presence at most. Presence across hubs is
-    /// not implemented yet: the key is accepted and checked, and unused.
+    /// How long a dead hub's members stay in presence at most (see
+    /// `src/cluster/presence.rs`); hubs refresh their entries every quarter of it.
     pub presence_ttl_ms: u64,
     /// Readings kept per room in its Redis stream (`XADD MAXLEN`): the recovery window
     /// of a dashboard that reconnects to any hub with `since`/`epoch`.

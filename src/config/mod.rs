@@ -424,13 +424,23 @@ impl Settings {
         self.dashboard.validate()?;
         self.cluster.validate()?;
         if self.cluster.enabled() && !self.mqtt.bridges.is_empty() {
-            // Bridged readings would need Redis's offsets too; not implemented yet, so
-            // refused at start rather than lost at run time.
-            return Err((
-                "cluster.redis_url",
-                "[[mqtt.bridges]] cannot be combined with a cluster yet (docs/DESIGN.md, \"Several hubs\")"
-                    .into(),
-            ));
+            // Every hub of a cluster bridges the broker; one shared subscription gives
+            // each reading to one of them, and each hub's session is named after it.
+            if let Some(b) = self.mqtt.bridges.iter().find(|b| b.shared_group.is_none()) {
+                return Err((
+                    "mqtt.bridges.shared_group",
+                    format!(
+                        "bridge `{}` on a cluster hub needs protocol = \"5\" and a shared_group, the same on every hub, so that the broker gives each reading to one hub (docs/MQTT.md, \"Several hubs\")",
+                        b.name
+                    ),
+                ));
+            }
+            if self.cluster.node_id.is_empty() {
+                return Err((
+                    "cluster.node_id",
+                    "must be set on a cluster hub with [[mqtt.bridges]]: each bridge's MQTT session is named after it, and must be the same after a restart".into(),
+                ));
+            }
         }
         self.history.validate()
     }
@@ -522,7 +532,18 @@ mod tests {
             &[],
         )
         .unwrap_err();
-        assert!(e.to_string().contains("cannot be combined"), "{e}");
+        assert!(e.to_string().contains("shared_group"), "{e}");
+        let e = load(
+            "[cluster]\nredis_url = \"redis://h\"\n[[mqtt.bridges]]\nname = \"b\"\nurl = \"mqtt://h\"\nprotocol = \"5\"\nshared_group = \"g\"\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("cluster.node_id"), "{e}");
+        load(
+            "[cluster]\nredis_url = \"redis://h\"\nnode_id = \"a\"\n[[mqtt.bridges]]\nname = \"b\"\nurl = \"mqtt://h\"\nprotocol = \"5\"\nshared_group = \"g\"\n",
+            &[],
+        )
+        .expect("a bridge with a shared subscription on a named cluster hub");
     }
 
     #[test]

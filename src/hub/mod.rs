@@ -28,11 +28,13 @@ use std::time::Duration;
 use crate::alerts::Alerts;
 use crate::cluster::commands::NodeMessage;
 use crate::cluster::feed::RoomSink;
-use crate::cluster::{Cluster, Seat, WireReading};
+use crate::cluster::presence::{Event as PresenceEvent, LocalMember};
+use crate::cluster::{Cluster, ClusterError, Seat, WireReading};
 use crate::config::{AckMode, LimitsConfig, Overflow};
 use crate::hub::mailbox::{Close, Mailbox, Push};
 use crate::hub::room::{
-    CatchUpStep, Member, Presence, Published, Room, RoomJoinError, RoomSummary, Since,
+    CatchUpStep, Member, MemberSummary, Presence, Published, Room, RoomJoinError, RoomSummary,
+    Since,
 };
 use crate::metrics::{Metrics, Rejection};
 use crate::net::ws::frames;
@@ -187,8 +189,16 @@ impl Drop for Membership {
         let left = self
             .room
             .leave(&self.client, self.conn, &self.hub.inner.metrics);
-        if let (true, Role::Device, Some(c)) = (left, self.role, self.hub.inner.cluster.get()) {
-            c.device_left(&self.room.name, &self.client);
+        if let (true, Some(c)) = (left, self.hub.inner.cluster.get()) {
+            c.member_left(
+                &self.room.name,
+                LocalMember {
+                    client: self.client.clone(),
+                    conn: self.conn,
+                    role: self.role,
+                    via: self.via,
+                },
+            );
         }
         self.hub.inner.metrics.connected(self.role, -1);
     }
@@ -303,8 +313,16 @@ impl Hub {
             }
         };
         self.inner.metrics.connected(role, 1);
-        if let (Some(c), Role::Device) = (self.inner.cluster.get(), role) {
-            c.device_joined(&room.name, &client);
+        if let Some(c) = self.inner.cluster.get() {
+            c.member_joined(
+                &room.name,
+                LocalMember {
+                    client: client.clone(),
+                    conn,
+                    role,
+                    via,
+                },
+            );
         }
         let cluster = match (self.inner.cluster.get(), role) {
             (Some(c), Role::Dashboard) => Some((
@@ -371,8 +389,9 @@ impl Hub {
     /// the source waits on before acknowledging [`Published::seqs`] (the commit to disk
     /// with durable acks), and [`Published::unstored`] must not be acknowledged at all.
     pub(crate) fn publish(&self, from: &Membership, mut items: Vec<ReadingIn>) -> Published {
-        // A cluster hub takes readings only through Redis (`publish_cluster`, or
-        // `publish_settled` for HTTP and line protocol); anything else is refused unstored
+        // A cluster hub takes readings only through Redis (`publish_cluster`, which the
+        // MQTT bridge uses too, or `publish_settled` for HTTP and line protocol); anything
+        // else is refused unstored
         // rather than fanned out locally with offsets Redis never gave (see
         // docs/DESIGN.md, "Several hubs").
         let clustered = self.inner.cluster.get().is_some();
@@ -657,14 +676,69 @@ impl Hub {
         });
     }
 
-    /// This hub's devices, by room (the cluster's device directory refresh).
-    pub(crate) fn local_devices(&self) -> Vec<(Arc<str>, Vec<Arc<str>>)> {
+    /// Reads a gap of `room`'s readings back from its stream and hands it to the room,
+    /// again for each further gap its buffer turns out to have.
+    async fn repair_gap(&self, c: &Cluster, room: &Room, epoch: &str, mut gap: (u64, u64)) {
+        loop {
+            let entries = match c.read_range(&room.name, gap.0, gap.1).await {
+                Ok(e) => Some(e),
+                Err(e) => {
+                    tracing::warn!(room = %room.name, error = %e, "a gap could not be read from the stream; its dashboards resync");
+                    None
+                }
+            };
+            let (resyncs, next) = room.cluster_repaired(epoch, gap, entries, &self.inner.metrics);
+            for _ in 0..resyncs {
+                c.resynced();
+            }
+            match next {
+                Some(next) => gap = next,
+                None => return,
+            }
+        }
+    }
+
+    /// This hub's members, by room (the cluster's presence refresh and reap).
+    pub(crate) fn local_members(&self) -> Vec<(Arc<str>, Vec<LocalMember>)> {
         let rooms: Vec<Arc<Room>> = self.rooms().values().cloned().collect();
         rooms
             .into_iter()
-            .map(|r| (r.name.clone(), r.devices()))
-            .filter(|(_, d)| !d.is_empty())
+            .map(|r| (r.name.clone(), r.local_members()))
+            .filter(|(_, m)| !m.is_empty())
             .collect()
+    }
+
+    /// Every room of the cluster with members on some hub, sorted by name, as Redis
+    /// has them (the same on every hub); this hub's own rooms without a cluster.
+    pub(crate) async fn cluster_summaries(&self) -> Result<Vec<RoomSummary>, ClusterError> {
+        let Some(cluster) = self.inner.cluster.get() else {
+            return Ok(self.summaries());
+        };
+        let rooms = cluster.rooms(self.inner.limits.max_rooms).await?;
+        Ok(rooms
+            .into_iter()
+            .map(|r| {
+                let (mut devices, mut dashboards) = (Vec::new(), Vec::new());
+                for (client, e) in r.members {
+                    let m = MemberSummary {
+                        client: client.into(),
+                        via: e.via,
+                        node: Some(e.node.into()),
+                    };
+                    match e.role {
+                        Role::Device => devices.push(m),
+                        Role::Dashboard => dashboards.push(m),
+                    }
+                }
+                RoomSummary {
+                    room: r.room.into(),
+                    offset: r.offset,
+                    epoch: r.epoch.into(),
+                    devices,
+                    dashboards,
+                }
+            })
+            .collect())
     }
 
     /// Every room, sorted by name.
@@ -747,6 +821,12 @@ impl RoomSink for Hub {
                     self.answer_elsewhere(cluster, node, &refusal);
                 }
             }
+            NodeMessage::Replaced { room, client, conn } => {
+                let found = self.rooms().get(room).cloned();
+                if let Some(r) = found {
+                    r.close_connection(client, conn, Close::REPLACED);
+                }
+            }
             NodeMessage::Ack {
                 room,
                 id,
@@ -780,14 +860,33 @@ impl RoomSink for Hub {
         }
     }
 
-    fn deliver(&self, room: &str, offset: u64, epoch: &str, reading: &WireReading<'_>) {
+    fn presence(&self, room: &str, version: u64, event: &PresenceEvent<'_>) {
         let room = self.rooms().get(room).cloned();
         if let Some(room) = room {
-            let resyncs = room.cluster_deliver(offset, epoch, reading, &self.inner.metrics);
+            let resyncs = room.cluster_presence(version, event, &self.inner.metrics);
             if let (true, Some(c)) = (resyncs > 0, self.inner.cluster.get()) {
                 for _ in 0..resyncs {
                     c.resynced();
                 }
+            }
+        }
+    }
+
+    fn deliver(&self, room: &str, offset: u64, epoch: &str, reading: &WireReading<'_>) {
+        let room = self.rooms().get(room).cloned();
+        if let Some(room) = room {
+            let delivered = room.cluster_deliver(offset, epoch, reading, &self.inner.metrics);
+            let Some(c) = self.inner.cluster.get() else {
+                return;
+            };
+            for _ in 0..delivered.resyncs {
+                c.resynced();
+            }
+            if let Some(gap) = delivered.repair {
+                // Read what this hub missed from the stream; the room's dashboards wait
+                // (what arrives meanwhile is buffered) and then get it in order.
+                let (c, hub, epoch) = (c.clone(), self.clone(), epoch.to_string());
+                tokio::spawn(async move { hub.repair_gap(&c, &room, &epoch, gap).await });
             }
         }
     }

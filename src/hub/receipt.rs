@@ -5,7 +5,8 @@
 //! with the message's [`Published`](super::room::Published) outcome. Every source that acks
 //! (a WebSocket device's `accepted`, the MQTT bridge's PUBACK, any later ingest) waits on
 //! the same thing: [`Receipt::wait`], or [`Receipt::check`] without waiting. With
-//! `history.ack = "memory"` or without a store, a receipt is kept at once.
+//! `history.ack = "memory"` or without a store, a receipt is kept at once. On a cluster
+//! hub a bridged message's receipt is Redis's answer instead ([`Receipt::from_redis`]).
 
 use std::sync::Arc;
 
@@ -23,11 +24,18 @@ pub(crate) struct Receipt {
     ticket: Ticket,
     /// Where commits are announced; `None` when acks do not wait for the disk.
     commits: Option<Commits>,
+    /// On a cluster hub: Redis's answer, `None` until it comes.
+    redis: Option<Answer>,
 }
+
+/// Where a cluster publish's outcome is announced.
+pub(crate) type Answer = tokio::sync::watch::Receiver<Option<Result<(), Unavailable>>>;
 
 impl PartialEq for Receipt {
     fn eq(&self, other: &Receipt) -> bool {
-        self.ticket == other.ticket && self.commits.is_some() == other.commits.is_some()
+        self.ticket == other.ticket
+            && self.commits.is_some() == other.commits.is_some()
+            && self.redis.is_some() == other.redis.is_some()
     }
 }
 impl Eq for Receipt {}
@@ -38,11 +46,23 @@ impl Receipt {
         Receipt {
             ticket,
             commits: commits.filter(|_| ticket > 0),
+            redis: None,
+        }
+    }
+
+    /// A receipt kept once Redis has taken the readings (a cluster hub's publish).
+    pub(crate) fn from_redis(answer: Answer) -> Receipt {
+        Receipt {
+            redis: Some(answer),
+            ..Receipt::default()
         }
     }
 
     /// Decided now? `Some(Ok)` kept, `Some(Err)` the store is failing, `None` pending.
     pub(crate) fn check(&self) -> Option<Result<(), Unavailable>> {
+        if let Some(answer) = &self.redis {
+            return answer.borrow().clone();
+        }
         let Some(commits) = &self.commits else {
             return Some(Ok(()));
         };
@@ -56,6 +76,14 @@ impl Receipt {
 
     /// Waits until the readings are on disk, or the store says it cannot keep them.
     pub(crate) async fn wait(mut self) -> Result<(), Unavailable> {
+        if let Some(answer) = self.redis.as_mut() {
+            return match answer.wait_for(Option::is_some).await {
+                Ok(decided) => decided.clone().unwrap_or(Ok(())),
+                Err(_) => Err(Unavailable(Arc::from(
+                    "the hub stopped before Redis answered",
+                ))),
+            };
+        }
         loop {
             if let Some(decided) = self.check() {
                 return decided;

@@ -8,9 +8,11 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use telehub_protocol::outbound::SnapshotEntry;
+use telehub_protocol::outbound::{MemberInfo, SnapshotEntry};
+use telehub_protocol::role::Role;
 
-use super::{deliver_reading, Presence, Room};
+use super::{deliver, deliver_reading, Room};
+use crate::cluster::presence::Event as PresenceEvent;
 use crate::cluster::{ClusterError, Fetched, WireReading};
 use crate::hub::mailbox::{Close, Mailbox};
 use crate::metrics::Metrics;
@@ -30,20 +32,47 @@ pub(super) struct ClusterRoom {
     pub(super) live: Vec<LiveSub>,
     /// Dashboards whose join is reading Redis: what arrives meanwhile is buffered.
     pub(super) joining: Vec<Joining>,
+    /// The last presence version seen: a later one that does not follow it means this
+    /// hub missed a join or leave, and its dashboards start over.
+    presence_version: Option<u64>,
+    /// A gap in the readings being filled from the stream.
+    repair: Option<Repair>,
 }
 
 pub(super) struct LiveSub {
     conn: u64,
     mailbox: Arc<Mailbox>,
     last: u64,
+    /// Its client id and whether it is told of dashboards (`?presence=all`).
+    client: Arc<str>,
+    all: bool,
 }
 
 pub(super) struct Joining {
     conn: u64,
     mailbox: Arc<Mailbox>,
-    /// (offset, epoch, frame), in arrival order; at most [`CLUSTER_JOIN_BUFFER`].
+    client: Arc<str>,
+    all: bool,
+    /// (offset, epoch, frame), in arrival order; with `presence`, at most
+    /// [`CLUSTER_JOIN_BUFFER`].
     buffer: Vec<(u64, Arc<str>, Frame)>,
+    /// Presence frames it is to be told of, with their versions.
+    presence: Vec<(u64, Frame)>,
     overflowed: bool,
+}
+
+impl Joining {
+    fn room_for_more(&mut self) -> bool {
+        let room = self.buffer.len() + self.presence.len() < CLUSTER_JOIN_BUFFER;
+        self.overflowed |= !room;
+        room
+    }
+}
+
+/// Whether a member is told of `subject`'s presence: everyone of a device's, the
+/// members that asked for `all` of a dashboard's, never its own.
+fn told(client: &str, all: bool, subject: &str, role: Role) -> bool {
+    client != subject && (role == Role::Device || all)
 }
 
 /// How a cluster dashboard's join ended ([`Room::cluster_finish`]).
@@ -57,7 +86,61 @@ pub(crate) enum ClusterJoined {
     Gone,
 }
 
+/// One reading on its way to the live dashboards of a cluster room.
+pub(super) struct Live {
+    offset: u64,
+    frame: Frame,
+    device: Arc<str>,
+    metric: String,
+}
+
+/// A gap being filled from the stream: what arrived meanwhile, in order.
+pub(super) struct Repair {
+    buffer: Vec<Live>,
+    overflowed: bool,
+}
+
+/// What [`Room::cluster_deliver`] did besides delivering.
+#[derive(Debug, Default)]
+pub(crate) struct Delivered {
+    /// Live dashboards closed with 1013 `cluster resync`.
+    pub resyncs: usize,
+    /// A gap to read from the stream, first and last missing offset: the caller reads
+    /// it and calls [`Room::cluster_repaired`].
+    pub repair: Option<(u64, u64)>,
+}
+
 impl ClusterRoom {
+    /// Queues `live` for every live dashboard that is due it: one it already has is
+    /// skipped, one after a gap of its own closes it (1013 `cluster resync`). Returns how
+    /// many were closed so.
+    fn fan_out(&mut self, live: &Live, metrics: &Metrics) -> usize {
+        let mut resyncs = 0;
+        let mut sent = 0;
+        self.live.retain_mut(|s| {
+            if live.offset <= s.last {
+                return true;
+            }
+            if live.offset != s.last + 1 {
+                s.mailbox.close(Close::RESYNC);
+                resyncs += 1;
+                return false;
+            }
+            deliver_reading(
+                &s.mailbox,
+                live.frame.clone(),
+                (&live.device, &live.metric),
+                live.offset,
+                metrics,
+            );
+            s.last = live.offset;
+            sent += 1;
+            true
+        });
+        metrics.frames_out(sent);
+        resyncs
+    }
+
     /// Forgets a connection that left or was replaced, live or still joining.
     pub(super) fn forget(&mut self, conn: u64) {
         self.live.retain(|s| s.conn != conn);
@@ -65,11 +148,20 @@ impl ClusterRoom {
     }
 
     /// A dashboard whose join now reads Redis: what arrives meanwhile is buffered.
-    pub(super) fn start_join(&mut self, conn: u64, mailbox: Arc<Mailbox>) {
+    pub(super) fn start_join(
+        &mut self,
+        client: &Arc<str>,
+        conn: u64,
+        all: bool,
+        mailbox: Arc<Mailbox>,
+    ) {
         self.joining.push(Joining {
             conn,
             mailbox,
+            client: client.clone(),
+            all,
             buffer: Vec::new(),
+            presence: Vec::new(),
             overflowed: false,
         });
     }
@@ -78,39 +170,44 @@ impl ClusterRoom {
 impl Room {
     /// A reading Redis stamped `offset` in `epoch`, from this hub's subscription: fanned
     /// out to the live dashboards in order (each skips what it already has), buffered for
-    /// the joining ones. A gap, or a new epoch (Redis lost the room), closes the live
-    /// dashboards with 1013 `cluster resync`: they reconnect with `since` and recover
-    /// from the stream, or are told `recovered: false`. Returns how many were closed so.
+    /// the joining ones. A gap (this hub missed readings: its subscription dropped) is
+    /// repaired in place: the live dashboards wait, what arrives meanwhile is buffered,
+    /// and the caller reads the missing offsets from the stream
+    /// ([`Delivered::repair`], then [`Room::cluster_repaired`]). A new epoch (Redis lost
+    /// the room) closes the live dashboards with 1013 `cluster resync`: they reconnect
+    /// with `since` and are told `recovered: false`.
     pub(crate) fn cluster_deliver(
         &self,
         offset: u64,
         epoch: &str,
         reading: &WireReading<'_>,
         metrics: &Metrics,
-    ) -> usize {
+    ) -> Delivered {
         let mut st = self.lock();
         let st = &mut *st;
         let Some(cr) = st.cluster.as_deref_mut() else {
-            return 0;
+            return Delivered::default();
         };
-        let mut resyncs = 0;
+        let mut out = Delivered::default();
         let same_epoch = cr.epoch.as_deref() == Some(epoch);
         if !same_epoch {
             if cr.epoch.is_some() {
                 for s in cr.live.drain(..) {
                     s.mailbox.close(Close::RESYNC);
-                    resyncs += 1;
+                    out.resyncs += 1;
                 }
                 for j in &mut cr.joining {
                     j.buffer.clear();
                 }
+                cr.repair = None;
                 st.offset = 0;
             }
             cr.epoch = Some(epoch.into());
         }
+        let seen = st.offset;
         st.offset = st.offset.max(offset);
         if cr.live.is_empty() && cr.joining.is_empty() {
-            return resyncs;
+            return out;
         }
         let device: Arc<str> = reading.device.as_ref().into();
         let frame = frames::reading_frame(&ReadingOut {
@@ -123,35 +220,160 @@ impl Room {
             seq: reading.seq,
             offset,
         });
-        let mut sent = 0;
-        cr.live.retain_mut(|s| {
-            if offset <= s.last {
-                return true;
-            }
-            if offset != s.last + 1 {
-                s.mailbox.close(Close::RESYNC);
-                resyncs += 1;
-                return false;
-            }
-            deliver_reading(
-                &s.mailbox,
-                frame.clone(),
-                (&device, &reading.metric),
-                offset,
-                metrics,
-            );
-            s.last = offset;
-            sent += 1;
-            true
-        });
-        metrics.frames_out(sent);
         if let Some(epoch) = &cr.epoch {
             for j in &mut cr.joining {
-                if j.buffer.len() < CLUSTER_JOIN_BUFFER {
+                if j.room_for_more() {
                     j.buffer.push((offset, epoch.clone(), frame.clone()));
-                } else {
-                    j.overflowed = true;
                 }
+            }
+        }
+        let live = Live {
+            offset,
+            frame,
+            device,
+            metric: reading.metric.to_string(),
+        };
+        match &mut cr.repair {
+            Some(r) => {
+                if r.buffer.len() < CLUSTER_JOIN_BUFFER {
+                    r.buffer.push(live);
+                } else {
+                    r.overflowed = true;
+                }
+            }
+            None if !cr.live.is_empty() && seen > 0 && offset > seen + 1 => {
+                cr.repair = Some(Repair {
+                    buffer: vec![live],
+                    overflowed: false,
+                });
+                out.repair = Some((seen + 1, offset - 1));
+            }
+            None => out.resyncs += cr.fan_out(&live, metrics),
+        }
+        out
+    }
+
+    /// Ends a repair ([`Delivered::repair`]) with the stream's entries for the missing
+    /// offsets, in order: they and then what was buffered meanwhile go to the live
+    /// dashboards. Entries that do not cover the gap (the stream was trimmed past it, or
+    /// Redis could not be read), a new epoch meanwhile or an overflowing buffer close
+    /// the live dashboards with 1013 `cluster resync` instead. Returns how many were
+    /// closed so, and the next gap to read if the buffer has one of its own (the
+    /// subscription dropped again meanwhile): the repair goes on with it.
+    pub(crate) fn cluster_repaired(
+        &self,
+        epoch: &str,
+        gap: (u64, u64),
+        entries: Option<Vec<(u64, String)>>,
+        metrics: &Metrics,
+    ) -> (usize, Option<(u64, u64)>) {
+        let mut st = self.lock();
+        let Some(cr) = st.cluster.as_deref_mut() else {
+            return (0, None);
+        };
+        let Some(repair) = cr.repair.take() else {
+            return (0, None);
+        };
+        let mut filled = Vec::new();
+        let whole = cr.epoch.as_deref() == Some(epoch)
+            && !repair.overflowed
+            && entries.is_some_and(|entries| {
+                let mut next = gap.0;
+                for (offset, json) in entries {
+                    let Ok(r) = serde_json::from_str::<WireReading<'_>>(&json) else {
+                        return false;
+                    };
+                    if offset != next {
+                        return false;
+                    }
+                    let device: Arc<str> = r.device.as_ref().into();
+                    filled.push(Live {
+                        offset,
+                        frame: frames::reading_frame(&ReadingOut {
+                            room: &self.name,
+                            device: &device,
+                            metric: &r.metric,
+                            value: r.value,
+                            unit: r.unit.as_deref(),
+                            ts: r.ts,
+                            seq: r.seq,
+                            offset,
+                        }),
+                        device,
+                        metric: r.metric.to_string(),
+                    });
+                    next += 1;
+                }
+                next == gap.1 + 1
+            });
+        if !whole {
+            let mut resyncs = 0;
+            for s in cr.live.drain(..) {
+                s.mailbox.close(Close::RESYNC);
+                resyncs += 1;
+            }
+            return (resyncs, None);
+        }
+        let mut resyncs = 0;
+        for live in &filled {
+            resyncs += cr.fan_out(live, metrics);
+        }
+        let mut last = gap.1;
+        let mut rest = repair.buffer.into_iter();
+        while let Some(live) = rest.next() {
+            if live.offset > last + 1 && !cr.live.is_empty() {
+                let next = (last + 1, live.offset - 1);
+                let mut buffer = vec![live];
+                buffer.extend(rest);
+                cr.repair = Some(Repair {
+                    buffer,
+                    overflowed: false,
+                });
+                return (resyncs, Some(next));
+            }
+            resyncs += cr.fan_out(&live, metrics);
+            last = last.max(live.offset);
+        }
+        (resyncs, None)
+    }
+
+    /// A presence change Redis numbered `version` in this room: a `presence` frame for
+    /// the live dashboards told of it, buffered for the joining ones. A version that
+    /// does not follow the last one seen means this hub missed a change (its
+    /// subscription dropped): the live dashboards are closed with 1013 `cluster resync`
+    /// and learn the room's members again from their next welcome. Returns how many
+    /// were closed so.
+    pub(crate) fn cluster_presence(
+        &self,
+        version: u64,
+        event: &PresenceEvent<'_>,
+        metrics: &Metrics,
+    ) -> usize {
+        let mut st = self.lock();
+        let Some(cr) = st.cluster.as_deref_mut() else {
+            return 0;
+        };
+        let mut resyncs = 0;
+        // A lower version is a Redis that lost its data and started over.
+        if cr.presence_version.is_some_and(|last| version > last + 1) {
+            for s in cr.live.drain(..) {
+                s.mailbox.close(Close::RESYNC);
+                resyncs += 1;
+            }
+        }
+        cr.presence_version = Some(version);
+        let frame = frames::presence(event.event, event.client, event.role, event.via);
+        let mut sent = 0;
+        for s in &cr.live {
+            if told(&s.client, s.all, event.client, event.role) {
+                deliver(&s.mailbox, frame.clone(), metrics);
+                sent += 1;
+            }
+        }
+        metrics.frames_out(sent);
+        for j in &mut cr.joining {
+            if told(&j.client, j.all, event.client, event.role) && j.room_for_more() {
+                j.presence.push((version, frame.clone()));
             }
         }
         resyncs
@@ -268,13 +490,38 @@ impl Room {
             })
             .collect();
         let snapshot = (!series.is_empty()).then(|| frames::snapshot_frame(&series));
-        let (all, role) = match st.members.get(client) {
-            Some(m) => (m.presence == Presence::All, m.role),
-            None => return ClusterJoined::Gone,
+        let Some(role) = st.members.get(client).map(|m| m.role) else {
+            return ClusterJoined::Gone;
         };
-        let (dashboards, others) = st.members.roster(client, all);
+        // Every hub's members, as Redis had them when the room was read; the changes
+        // after that (by presence version) follow the readings.
+        let others: Vec<MemberInfo<'_>> = f
+            .members
+            .iter()
+            .filter(|(c, e)| told(client, j.all, c, e.role))
+            .map(|(c, e)| MemberInfo {
+                client: c,
+                role: e.role,
+                via: e.via,
+            })
+            .collect();
+        let dashboards = f
+            .members
+            .iter()
+            .filter(|(c, e)| e.role == Role::Dashboard && **c != **client)
+            .count();
         let welcome = frames::welcome(
             &self.name, client, role, f.top, &f.epoch, &others, dashboards, recovered,
+        );
+        frames_out.extend(
+            j.presence
+                .into_iter()
+                .filter(|(v, _)| *v > f.presence_version)
+                .map(|(_, frame)| frame),
+        );
+        cr.presence_version = Some(
+            cr.presence_version
+                .map_or(f.presence_version, |v| v.max(f.presence_version)),
         );
         j.mailbox
             .push_all(std::iter::once(welcome).chain(snapshot).chain(frames_out));
@@ -286,6 +533,8 @@ impl Room {
             conn,
             mailbox: j.mailbox,
             last,
+            client: j.client,
+            all: j.all,
         });
         ClusterJoined::Live { recovered }
     }

@@ -53,11 +53,6 @@ impl Members {
         self.by_client.values()
     }
 
-    /// The devices' client ids.
-    pub(super) fn devices(&self) -> &[Arc<str>] {
-        &self.devices
-    }
-
     /// Adds `member` as `client`, replacing (and returning) a member with that id.
     pub(super) fn insert(&mut self, client: Arc<str>, member: Member) -> Option<Member> {
         let old = self.remove(&client);

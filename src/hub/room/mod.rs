@@ -180,6 +180,9 @@ pub(crate) struct RoomSummary {
 pub(crate) struct MemberSummary {
     pub client: Arc<str>,
     pub via: Via,
+    /// With `[cluster]`: the hub it is connected to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<Arc<str>>,
 }
 
 /// The config key and value of the cap behind a refused new series.
@@ -385,13 +388,17 @@ impl Room {
                 .mailbox
                 .push_all(std::iter::once(welcome).chain(snapshot).chain(firing));
         }
-        let join = frames::presence("join", client, member.role, member.via);
-        for m in st.members.told_of(client, member.role) {
-            deliver(&m.mailbox, join.clone(), metrics);
+        // A cluster room's presence comes from Redis, in one order on every hub
+        // (`Room::cluster_presence`).
+        if st.cluster.is_none() {
+            let join = frames::presence("join", client, member.role, member.via);
+            for m in st.members.told_of(client, member.role) {
+                deliver(&m.mailbox, join.clone(), metrics);
+            }
         }
         if clustered {
             if let Some(cr) = st.cluster.as_mut() {
-                cr.start_join(member.conn, member.mailbox.clone());
+                cr.start_join(client, member.conn, all, member.mailbox.clone());
             }
         } else {
             match cursor {
@@ -477,9 +484,11 @@ impl Room {
             cr.forget(conn);
         }
         st.pending.forget_connection(conn);
-        let leave = frames::presence("leave", client, role, via);
-        for m in st.members.told_of(client, role) {
-            deliver(&m.mailbox, leave.clone(), metrics);
+        if st.cluster.is_none() {
+            let leave = frames::presence("leave", client, role, via);
+            for m in st.members.told_of(client, role) {
+                deliver(&m.mailbox, leave.clone(), metrics);
+            }
         }
         if st.members.is_empty() {
             st.empty_since = Some(Instant::now());
@@ -652,11 +661,6 @@ impl Room {
         out
     }
 
-    /// The devices connected to this room on this hub.
-    pub(crate) fn devices(&self) -> Vec<Arc<str>> {
-        self.lock().members.devices().to_vec()
-    }
-
     /// Whether `client` is a device connected to this room on this hub.
     pub(crate) fn has_device(&self, client: &str) -> bool {
         self.lock()
@@ -779,6 +783,7 @@ impl Room {
             let entry = MemberSummary {
                 client: client.clone(),
                 via: m.via,
+                node: None,
             };
             match m.role {
                 Role::Device => devices.push(entry),
@@ -797,6 +802,28 @@ impl Room {
             devices,
             dashboards,
         }
+    }
+
+    /// Closes `client`'s connection `conn` with `close`, if it is still here (its client
+    /// id connected to another hub of the cluster).
+    pub(crate) fn close_connection(&self, client: &str, conn: u64, close: Close) {
+        if let Some(m) = self.lock().members.get(client).filter(|m| m.conn == conn) {
+            m.mailbox.close(close);
+        }
+    }
+
+    /// Every member on this hub, as the cluster's presence entries need them.
+    pub(crate) fn local_members(&self) -> Vec<crate::cluster::presence::LocalMember> {
+        self.lock()
+            .members
+            .iter()
+            .map(|(client, m)| crate::cluster::presence::LocalMember {
+                client: client.clone(),
+                conn: m.conn,
+                role: m.role,
+                via: m.via,
+            })
+            .collect()
     }
 
     /// Asks every member to close (used by shutdown).

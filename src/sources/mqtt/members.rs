@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::value::RawValue;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::ingest::{BridgeSink, BridgedAck, BridgedMessage, Commit};
@@ -21,6 +22,7 @@ use super::link::BridgeLink;
 use crate::config::Overflow;
 use crate::hub::labels::Label;
 use crate::hub::mailbox::{Close, CommandLetter, Letter, Mailbox, Taken};
+use crate::hub::receipt::{Receipt, Unavailable};
 use crate::hub::room::Presence;
 use crate::hub::{Hub, Membership, ReadingTap};
 use telehub_protocol::ids::{MAX_UNIT_LEN, TS_RANGE};
@@ -68,6 +70,42 @@ pub(crate) struct HubSink {
     protect_ws: bool,
     /// What the message being handled waits for before its PUBACK.
     commit: Option<Commit>,
+    /// On a cluster hub: hands this bridge's messages to Redis one after another, so a
+    /// device's readings are stamped in the order the broker sent them.
+    to_redis: Option<mpsc::Sender<ToRedis>>,
+}
+
+/// A bridged message on its way through Redis, and where its outcome is announced.
+type ToRedis = (
+    crate::hub::ClusterPublishing,
+    watch::Sender<Option<Result<(), Unavailable>>>,
+);
+
+/// Bridged messages queued for Redis at most; past it a message is not acked (the broker
+/// sends it again).
+const TO_REDIS_QUEUE: usize = 1024;
+
+/// Starts the task that publishes a bridge's messages through Redis in order.
+fn start_to_redis() -> mpsc::Sender<ToRedis> {
+    let (tx, mut rx) = mpsc::channel::<ToRedis>(TO_REDIS_QUEUE);
+    tokio::spawn(async move {
+        while let Some((publishing, answer)) = rx.recv().await {
+            let out = publishing.await;
+            let result = match (out.unstored_count, out.series_limited) {
+                (0, 0) => Ok(()),
+                (0, n) => Err(Unavailable(
+                    format!("{n} readings would pass limits.max_series_per_room").into(),
+                )),
+                _ => Err(Unavailable(
+                    out.why_unstored
+                        .unwrap_or_else(|| "Redis did not take them".into())
+                        .into(),
+                )),
+            };
+            let _ = answer.send(Some(result));
+        }
+    });
+    tx
 }
 
 impl HubSink {
@@ -80,6 +118,14 @@ impl HubSink {
             last_ts: HashMap::new(),
             protect_ws: false,
             commit: None,
+            to_redis: None,
+        }
+    }
+
+    fn seen(&mut self, room: &str, device: &str) {
+        let key: (Arc<str>, Arc<str>) = (room.into(), device.into());
+        if let Some(d) = self.devices.get_mut(&key) {
+            d.last_seen = Instant::now();
         }
     }
 
@@ -233,15 +279,30 @@ impl BridgeSink for HubSink {
         }
         let hub = self.hub.clone();
         let member = self.member(&msg.room, &msg.device)?;
+        if let Some(cluster) = hub.cluster() {
+            // Through Redis, like a WebSocket device's: its offsets, every hub's
+            // dashboards; the PUBACK waits for Redis's answer.
+            let n = items.len();
+            let (_, publishing) = hub.publish_cluster(cluster, member, items);
+            let to_redis = self.to_redis.get_or_insert_with(start_to_redis);
+            let (tx, rx) = watch::channel(None);
+            let commit = self.commit.get_or_insert_with(Commit::default);
+            if to_redis.try_send((publishing, tx)).is_err() {
+                commit.refused = true;
+                return Err(format!(
+                    "{TO_REDIS_QUEUE} bridged messages are waiting for Redis; this one is not acked"
+                ));
+            }
+            commit.receipts.push(Receipt::from_redis(rx));
+            self.seen(&msg.room, &msg.device);
+            return Ok(n);
+        }
         let published = hub.publish(member, items);
         let accepted = published.accepted;
         let commit = self.commit.get_or_insert_with(Commit::default);
         commit.refused |= published.unstored_count > 0 || published.stopping;
         commit.receipts.push(published.receipt);
-        let key: (Arc<str>, Arc<str>) = (msg.room.as_str().into(), msg.device.as_str().into());
-        if let Some(d) = self.devices.get_mut(&key) {
-            d.last_seen = Instant::now();
-        }
+        self.seen(&msg.room, &msg.device);
         Ok(accepted)
     }
 
