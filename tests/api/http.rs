@@ -96,14 +96,17 @@ async fn metrics_keep_every_family_and_fill_the_histograms() {
 
     // Act: the dashboard comes back asking for everything since offset 0. Its old
     // connection is replaced (closed by the hub) and the new one gets three readings
-    // replayed. Then wait for the store's first commit.
+    // replayed. Then wait for the store's first commit and for the replay to be counted
+    // (when the dashboard's catch-up ends, after its welcome).
     let query = format!("role=dashboard&since=0&epoch={epoch}");
     let (_again, rejoined) = app.connect_query("h", "screen", &query).await;
     assert_eq!(rejoined["recovered"], true, "{rejoined}");
     let mut text = String::new();
     for _ in 0..250 {
         text = app.get("/metrics").await.1;
-        if sample(&text, "telehub_store_commit_seconds_count").unwrap_or(0.0) > 0.0 {
+        if sample(&text, "telehub_store_commit_seconds_count").unwrap_or(0.0) > 0.0
+            && sample(&text, "telehub_replay_frames_count").unwrap_or(0.0) > 0.0
+        {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
