@@ -539,3 +539,112 @@ impl Room {
         ClusterJoined::Live { recovered }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::HistoryConfig;
+    use crate::hub::mailbox::Letter;
+    use crate::hub::room::Member;
+    use crate::sinks::history::History;
+    use telehub_protocol::role::Via;
+
+    /// A cluster room with one live dashboard that has offsets up to 2.
+    fn room_with_live_dashboard() -> (Room, Arc<Mailbox>, Metrics) {
+        let history = History::in_memory(HistoryConfig {
+            persist: false,
+            ..HistoryConfig::default()
+        });
+        let name: Arc<str> = "r".into();
+        let room = Room::new(name.clone(), history.room(&name)).clustered();
+        let metrics = Metrics::default();
+        let mailbox = Arc::new(Mailbox::new(64));
+        let client: Arc<str> = "dash".into();
+        let member = Member {
+            role: Role::Dashboard,
+            via: Via::Ws,
+            presence: super::super::Presence::Devices,
+            conn: 1,
+            mailbox: mailbox.clone(),
+        };
+        room.join(&client, member, 10, None, &metrics)
+            .expect("joins");
+        let fetched = Fetched {
+            epoch: "e".into(),
+            top: 2,
+            ..Fetched::default()
+        };
+        let joined = room.cluster_finish(&client, 1, Ok(fetched), None, &metrics);
+        assert_eq!(joined, ClusterJoined::Live { recovered: None });
+        mailbox.take();
+        (room, mailbox, metrics)
+    }
+
+    fn reading(offset: u64) -> (u64, String) {
+        (
+            offset,
+            format!(r#"{{"device":"d","metric":"t","value":{offset},"ts":1}}"#),
+        )
+    }
+
+    /// The offsets of the readings queued in `mailbox`, and whether it is closing.
+    fn offsets(mailbox: &Mailbox) -> (Vec<u64>, bool) {
+        let taken = mailbox.take();
+        let got = taken
+            .letters
+            .iter()
+            .filter_map(|l| match l {
+                Letter::Frame(f) => {
+                    let text = String::from_utf8_lossy(f);
+                    let at = text.find("\"offset\":")? + 9;
+                    let digits: String = text[at..]
+                        .chars()
+                        .take_while(char::is_ascii_digit)
+                        .collect();
+                    digits.parse().ok()
+                }
+                _ => None,
+            })
+            .collect();
+        (got, taken.close.is_some() || mailbox.closing().is_some())
+    }
+
+    fn deliver(room: &Room, offset: u64, metrics: &Metrics) -> Delivered {
+        let (_, json) = reading(offset);
+        let w: WireReading<'_> = serde_json::from_str(&json).expect("reading");
+        room.cluster_deliver(offset, "e", &w, metrics)
+    }
+
+    #[test]
+    fn a_gap_seen_live_is_filled_from_the_stream_in_order_and_a_second_one_too() {
+        let (room, mailbox, m) = room_with_live_dashboard();
+        assert!(deliver(&room, 3, &m).repair.is_none());
+        // 4 and 5 were missed: the dashboard waits while they are read back.
+        assert_eq!(deliver(&room, 6, &m).repair, Some((4, 5)));
+        assert!(deliver(&room, 7, &m).repair.is_none());
+        // ... and 8 is missed too, while the first repair is under way.
+        assert!(deliver(&room, 9, &m).repair.is_none());
+        assert_eq!(offsets(&mailbox), (vec![3], false));
+        let (resyncs, next) =
+            room.cluster_repaired("e", (4, 5), Some(vec![reading(4), reading(5)]), &m);
+        assert_eq!((resyncs, next), (0, Some((8, 8))));
+        assert_eq!(offsets(&mailbox), (vec![4, 5, 6, 7], false));
+        let (resyncs, next) = room.cluster_repaired("e", (8, 8), Some(vec![reading(8)]), &m);
+        assert_eq!((resyncs, next), (0, None));
+        assert_eq!(offsets(&mailbox), (vec![8, 9], false));
+        assert!(deliver(&room, 10, &m).repair.is_none());
+        assert_eq!(offsets(&mailbox), (vec![10], false));
+    }
+
+    #[test]
+    fn a_gap_the_stream_no_longer_covers_resyncs_the_dashboards() {
+        let (room, mailbox, m) = room_with_live_dashboard();
+        assert_eq!(deliver(&room, 6, &m).repair, Some((3, 5)));
+        // The stream was trimmed: 3 is gone.
+        let (resyncs, next) =
+            room.cluster_repaired("e", (3, 5), Some(vec![reading(4), reading(5)]), &m);
+        assert_eq!((resyncs, next), (1, None));
+        let (got, closing) = offsets(&mailbox);
+        assert!(got.is_empty() && closing, "{got:?} {closing}");
+    }
+}
