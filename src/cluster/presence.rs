@@ -248,12 +248,18 @@ pub(crate) fn entries(flat: &[Value]) -> Vec<(String, Entry)> {
 }
 
 impl Cluster {
-    fn presence_keys(&self, room: &str) -> [String; 3] {
-        [
-            self.key(room, "pm"),
-            self.key(room, "px"),
-            self.key(room, "m"),
-        ]
+    /// A call of one of this module's scripts on `room`'s keys (pm, px, meta), which
+    /// all of them take in that order.
+    fn presence_call<'s>(
+        &self,
+        script: &'s redis::Script,
+        room: &str,
+    ) -> redis::ScriptInvocation<'s> {
+        let mut call = script.prepare_invoke();
+        call.key(self.key(room, "pm"))
+            .key(self.key(room, "px"))
+            .key(self.key(room, "m"));
+        call
     }
 
     /// The sorted set of rooms with members on some hub (room -> until when, in ms of
@@ -391,17 +397,13 @@ impl Cluster {
         let scripts = &self.inner.presence_scripts;
         match u {
             Update::Joined(room, m) => {
-                let [pm, px, meta] = self.presence_keys(room);
                 let replaced = format!(
                     r#"{{"replaced":{{"room":{},"client":{},"conn":"#,
                     serde_json::Value::from(&**room),
                     serde_json::Value::from(&*m.client)
                 );
-                let joined = scripts
-                    .join
-                    .key(pm)
-                    .key(px)
-                    .key(meta)
+                let joined = self
+                    .presence_call(&scripts.join, room)
                     .arg(&*m.client)
                     .arg(self.entry(m))
                     .arg(self.entry_lifetime())
@@ -419,21 +421,15 @@ impl Cluster {
                     Err(e) => Err(e),
                 }
             }
-            Update::Left(room, m) => {
-                let [pm, px, meta] = self.presence_keys(room);
-                scripts
-                    .leave
-                    .key(pm)
-                    .key(px)
-                    .key(meta)
-                    .arg(&*m.client)
-                    .arg(self.entry(m))
-                    .arg(self.channel(room))
-                    .arg(self.event("leave", m))
-                    .invoke_async::<i64>(&mut con)
-                    .await
-                    .map(drop)
-            }
+            Update::Left(room, m) => self
+                .presence_call(&scripts.leave, room)
+                .arg(&*m.client)
+                .arg(self.entry(m))
+                .arg(self.channel(room))
+                .arg(self.event("leave", m))
+                .invoke_async::<i64>(&mut con)
+                .await
+                .map(drop),
         }
     }
 
@@ -474,12 +470,8 @@ impl Cluster {
         rooms: &[(Arc<str>, Vec<LocalMember>)],
     ) -> Result<(), redis::RedisError> {
         let calls = rooms.iter().map(|(room, members)| {
-            let [pm, px, meta] = self.presence_keys(room);
-            let mut call = self.inner.presence_scripts.refresh.prepare_invoke();
-            call.key(pm)
-                .key(px)
-                .key(meta)
-                .arg(self.entry_lifetime())
+            let mut call = self.presence_call(&self.inner.presence_scripts.refresh, room);
+            call.arg(self.entry_lifetime())
                 .arg(self.channel(room))
                 .arg(self.inner.cfg.presence_ttl_ms * 2)
                 .arg(members.len());
@@ -501,13 +493,8 @@ impl Cluster {
 
     async fn reap(&self, rooms: &[Arc<str>]) {
         let calls = rooms.iter().map(|room| {
-            let [pm, px, meta] = self.presence_keys(room);
-            let mut call = self.inner.presence_scripts.reap.prepare_invoke();
-            call.key(pm)
-                .key(px)
-                .key(meta)
-                .arg(self.channel(room))
-                .arg(REAP_BATCH);
+            let mut call = self.presence_call(&self.inner.presence_scripts.reap, room);
+            call.arg(self.channel(room)).arg(REAP_BATCH);
             let mut con = self.inner.cmd.clone();
             async move { call.invoke_async::<i64>(&mut con).await }
         });

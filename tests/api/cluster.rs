@@ -7,12 +7,17 @@ use telehub_testkit::redis::Redis;
 
 use crate::helpers::{http_get, hub_process, Client, Hub, Polled, WAIT};
 
-/// A hub of the cluster on `redis`, with extra `TELEHUB_CLUSTER_*` settings.
-fn cluster_hub(redis: &Redis, node: &str, extra: &[(&str, &str)]) -> Hub {
-    let mut b = hub_process()
+/// A hub process of the cluster on `redis` named `node`, not started yet.
+fn cluster_process(redis: &Redis, node: &str) -> telehub_testkit::hub::HubBuilder {
+    hub_process()
         .env("TELEHUB_CLUSTER_REDIS_URL", redis.url())
         .env("TELEHUB_CLUSTER_KEY_PREFIX", "t")
-        .env("TELEHUB_CLUSTER_NODE_ID", node);
+        .env("TELEHUB_CLUSTER_NODE_ID", node)
+}
+
+/// A hub of the cluster on `redis`, with extra `TELEHUB_*` settings.
+fn cluster_hub(redis: &Redis, node: &str, extra: &[(&str, &str)]) -> Hub {
+    let mut b = cluster_process(redis, node);
     for (k, v) in extra {
         b = b.env(*k, *v);
     }
@@ -793,10 +798,7 @@ async fn a_killed_hub_s_members_leave_once_within_the_ttl_and_no_accepted_readin
 /// A hub of the cluster on `redis` bridging `broker` with MQTT 5 and one shared
 /// subscription, as every hub of a cluster must.
 fn bridging_hub(redis: &Redis, node: &str, broker: u16) -> Hub {
-    hub_process()
-        .env("TELEHUB_CLUSTER_REDIS_URL", redis.url())
-        .env("TELEHUB_CLUSTER_KEY_PREFIX", "t")
-        .env("TELEHUB_CLUSTER_NODE_ID", node)
+    cluster_process(redis, node)
         .config(format!(
             "[[mqtt.bridges]]\nname = \"plant\"\nurl = \"mqtt://127.0.0.1:{broker}\"\n\
              protocol = \"5\"\nshared_group = \"hubs\"\nreconnect_min_ms = 50\nreconnect_max_ms = 200\n"
