@@ -177,6 +177,14 @@ pub async fn run(
     }
     if let Some(cluster) = cluster {
         hub.set_cluster(cluster.clone());
+        let questions = hub.take_questions();
+        tokio::spawn(crate::api::keeper::answer_questions(
+            hub.clone(),
+            questions,
+            shutdown.clone(),
+            completion.clone(),
+        ));
+        hub.start_keeper(cluster.clone(), shutdown.clone(), completion.clone());
         cluster.start_feed(Arc::new(hub.clone()), shutdown.clone(), completion.clone());
         let members_of = hub.clone();
         cluster.start_presence(

@@ -23,13 +23,21 @@ use crate::sinks::history::{Query, QueryResult, MAX_QUERY_LIMIT};
 /// `step` (the step is the window over this, down to a multiple of the tier's).
 const ROLLUP_POINTS: i64 = 1_000;
 
-/// `GET /api/rooms/{room}/history`
+/// `GET /api/rooms/{room}/history` (asked of the room's keeper on a cluster).
 pub(crate) async fn history(
     hub: Hub,
     room: String,
     raw: Vec<(String, String)>,
 ) -> Result<Response, std::convert::Infallible> {
-    respond(history_inner(hub, room, raw).await)
+    if let Some(answer) = super::keeper::to_keeper(&hub, &room, "history", &raw).await {
+        return Ok(answer);
+    }
+    Ok(history_here(hub, room, raw).await)
+}
+
+/// The history query answered from this hub's own history.
+pub(crate) async fn history_here(hub: Hub, room: String, raw: Vec<(String, String)>) -> Response {
+    respond(history_inner(hub, room, raw).await).unwrap_or_else(|never| match never {})
 }
 
 async fn history_inner(
@@ -223,13 +231,22 @@ fn to_csv(result: &QueryResult) -> String {
     out
 }
 
-/// `GET /api/rooms/{room}/series`
+/// `GET /api/rooms/{room}/series` (asked of the room's keeper on a cluster).
 pub(crate) async fn series(
     hub: Hub,
     room: String,
     raw: Vec<(String, String)>,
 ) -> Result<Response, std::convert::Infallible> {
-    respond((|| {
+    if let Some(answer) = super::keeper::to_keeper(&hub, &room, "series", &raw).await {
+        return Ok(answer);
+    }
+    Ok(series_here(hub, room, raw))
+}
+
+/// The series of this hub's own history. A kept cluster room names the epoch and
+/// offset Redis gave its readings (this hub's store numbers them its own way).
+pub(crate) fn series_here(hub: Hub, room: String, raw: Vec<(String, String)>) -> Response {
+    let answer = respond((|| {
         Params::new(raw, &[])?;
         let rh = find_room_history(&hub, &room)?;
         let labels = hub.labels();
@@ -247,13 +264,17 @@ pub(crate) async fn series(
                 v
             })
             .collect();
+        let (epoch, offset) = hub
+            .kept_position(&room)
+            .unwrap_or_else(|| (rh.epoch().to_string(), rh.offset()));
         let body = serde_json::to_vec(&serde_json::json!({
             "room": room,
-            "epoch": rh.epoch(),
-            "offset": rh.offset(),
+            "epoch": epoch,
+            "offset": offset,
             "series": series,
         }))
         .map_err(|e| ApiError::internal(e.to_string()))?;
         Ok(with_type(body, "application/json"))
-    })())
+    })());
+    answer.unwrap_or_else(|never| match never {})
 }

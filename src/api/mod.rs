@@ -12,6 +12,7 @@ pub(crate) mod auth;
 pub(crate) mod error;
 pub(crate) mod history;
 pub(crate) mod ingest;
+pub(crate) mod keeper;
 pub(crate) mod layout;
 pub(crate) mod metrics;
 pub(crate) mod params;

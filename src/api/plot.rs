@@ -21,14 +21,32 @@ const DEFAULT_WINDOW: &str = "15m";
 /// Points per line, about, when a plot is drawn from a rollup tier.
 const PLOT_BUCKETS: i64 = 1_000;
 
-/// `GET /api/rooms/{room}/plot.svg` and `plot.png`
+/// `GET /api/rooms/{room}/plot.svg` and `plot.png` (asked of the room's keeper on a
+/// cluster).
 pub(crate) async fn plot(
     hub: Hub,
     room: String,
     format: Format,
     raw: Vec<(String, String)>,
 ) -> Result<Response, std::convert::Infallible> {
-    respond(plot_inner(hub, room, format, raw).await)
+    let what = match format {
+        Format::Png => "plot.png",
+        Format::Svg => "plot.svg",
+    };
+    if let Some(answer) = super::keeper::to_keeper(&hub, &room, what, &raw).await {
+        return Ok(answer);
+    }
+    Ok(plot_here(hub, room, format, raw).await)
+}
+
+/// The plot drawn from this hub's own history.
+pub(crate) async fn plot_here(
+    hub: Hub,
+    room: String,
+    format: Format,
+    raw: Vec<(String, String)>,
+) -> Response {
+    respond(plot_inner(hub, room, format, raw).await).unwrap_or_else(|never| match never {})
 }
 
 async fn plot_inner(

@@ -35,7 +35,7 @@ return 1
 "#;
 
 /// What hubs send each other on their own channels: `{"cmd":{...}}`, `{"ack":{...}}`,
-/// `{"err":{...}}` or `{"replaced":{...}}` (externally tagged: an internally tagged enum would buffer the
+/// `{"err":{...}}`, `{"replaced":{...}}`, `{"ask":{...}}` or `{"answer":{...}}` (externally tagged: an internally tagged enum would buffer the
 /// fields, which a borrowed raw `args` cannot go through).
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -92,6 +92,24 @@ pub(crate) enum NodeMessage<'a> {
         client: &'a str,
         conn: u64,
     },
+    /// A history question for the room's keeper (`keeper.rs`): `what` is `history`,
+    /// `series`, `plot.png` or `plot.svg`, `params` the request's query; the answer goes
+    /// to hub `node` with the same `id`.
+    Ask {
+        id: u64,
+        #[serde(borrow)]
+        node: &'a str,
+        #[serde(borrow)]
+        room: &'a str,
+        #[serde(borrow)]
+        what: &'a str,
+        params: Vec<(String, String)>,
+    },
+    /// The keeper's answer to question `id`.
+    Answer {
+        id: u64,
+        answer: super::keeper::Answer,
+    },
 }
 
 impl Cluster {
@@ -127,13 +145,7 @@ impl Cluster {
 
     /// Sends an answer (an ack or a refusal) to the hub `node`.
     pub(crate) async fn reply(&self, node: &str, message: String) -> Result<(), ClusterError> {
-        let mut cmd = self.inner.cmd.clone();
-        redis::cmd("PUBLISH")
-            .arg(format!("{}{node}", self.node_channel_prefix()))
-            .arg(message)
-            .query_async::<i64>(&mut cmd)
-            .await?;
-        Ok(())
+        self.send_to(node, message).await.map(|_| ())
     }
 }
 

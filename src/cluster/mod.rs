@@ -15,9 +15,11 @@
 //! - [`feed`]: the subscription connection: reconnects, resubscribes, dispatches.
 //! - [`presence`]: who is in a room on every hub, with entries that expire.
 //! - [`commands`]: commands across hubs: routed by presence, over the hubs' channels.
+//! - [`keeper`]: the one hub per room that stores its readings and answers its history.
 
 pub(crate) mod commands;
 pub(crate) mod feed;
+pub(crate) mod keeper;
 pub(crate) mod presence;
 pub(crate) mod scripts;
 
@@ -82,6 +84,9 @@ pub(crate) struct Stamped {
     /// Per reading, in order: its offset, 0 for a duplicate `(device, seq)`, -1 for a
     /// new series past `limits.max_series_per_room`.
     pub answers: Vec<i64>,
+    /// This hub holds the room's keeper lease (it took it now, or had it): it is to
+    /// store the room's readings ([`keeper`]).
+    pub keeper: bool,
 }
 
 /// A handle to this hub's part of the cluster.
@@ -100,6 +105,11 @@ struct Shared {
     fetch: Arc<Script>,
     /// [`commands::ROUTE`].
     route: Script,
+    /// [`keeper::TAIL`] and [`keeper::HOLDER`].
+    tail: Script,
+    holder: Script,
+    /// History questions this hub asked other hubs and waits on.
+    asks: keeper::Asks,
     /// The presence task's queue, and its scripts.
     presence: presence::Writer,
     presence_scripts: presence::Scripts,
@@ -132,6 +142,9 @@ struct Stats {
     resyncs: Counter,
     repairs: Counter,
     reconnects: Counter,
+    kept: Counter,
+    keeper_lost: Counter,
+    keeper_reads: Counter,
 }
 
 impl Cluster {
@@ -197,6 +210,21 @@ impl Cluster {
             "Times the subscription connection to Redis was lost and made again",
             stats.reconnects.clone(),
         );
+        metrics.register(
+            "telehub_cluster_kept_readings",
+            "Readings this hub stored (history and SQLite) as their room's keeper",
+            stats.kept.clone(),
+        );
+        metrics.register(
+            "telehub_cluster_keeper_reads",
+            "Script calls this hub made to read a kept room's stream and renew its lease",
+            stats.keeper_reads.clone(),
+        );
+        metrics.register(
+            "telehub_cluster_keeper_lost_readings",
+            "Readings a room's stream trimmed before any keeper stored them (a keeper's hand-over took longer than the stream holds)",
+            stats.keeper_lost.clone(),
+        );
         Ok(Cluster {
             inner: Arc::new(Shared {
                 cfg: cfg.clone(),
@@ -206,6 +234,9 @@ impl Cluster {
                 publish: Arc::new(Script::new(scripts::PUBLISH)),
                 fetch: Arc::new(Script::new(scripts::FETCH)),
                 route: Script::new(commands::ROUTE),
+                tail: Script::new(keeper::TAIL),
+                holder: Script::new(keeper::HOLDER),
+                asks: keeper::Asks::default(),
                 presence: presence::Writer::default(),
                 presence_scripts: presence::Scripts::default(),
                 presence_now: Notify::new(),
@@ -216,6 +247,11 @@ impl Cluster {
                 stats,
             }),
         })
+    }
+
+    /// `cluster.keeper_lease_ms`.
+    pub(crate) fn keeper_lease_ms(&self) -> u64 {
+        self.inner.cfg.keeper_lease_ms
     }
 
     /// This hub's name in the cluster.
@@ -270,8 +306,9 @@ impl Cluster {
             self.key(room, "m"),
             self.key(room, "s"),
             self.key(room, "lv"),
+            self.key(room, "k"),
         ];
-        let mut args: Vec<Vec<u8>> = Vec::with_capacity(9 + items.len() * 3);
+        let mut args: Vec<Vec<u8>> = Vec::with_capacity(11 + items.len() * 3);
         args.push(self.channel(room).into_bytes());
         args.push(new_epoch().into_bytes());
         args.push(cfg.stream_len.to_string().into_bytes());
@@ -280,6 +317,8 @@ impl Cluster {
         args.push(secs(cfg.dedup_ttl_ms).into_bytes());
         args.push(self.key(room, &format!("dd:{device}:")).into_bytes());
         args.push(max_series.to_string().into_bytes());
+        args.push(self.inner.node_id.as_bytes().to_vec());
+        args.push(cfg.keeper_lease_ms.to_string().into_bytes());
         args.push(items.len().to_string().into_bytes());
         for item in items {
             let wire = WireReading {
@@ -315,7 +354,7 @@ impl Cluster {
             let stamped = answer
                 .map_err(ClusterError::from)
                 .and_then(|v| Ok(scripts::published(&v)?))
-                .map(|(_, answers)| Stamped { answers });
+                .map(|(_, keeper, answers)| Stamped { answers, keeper });
             match &stamped {
                 Ok(_) => stats.publishes.inc(),
                 Err(_) => stats.publish_failures.inc(),

@@ -6,7 +6,8 @@
 //! Keys of a room, all with the room as hash tag (so Redis Cluster puts them in one
 //! slot): `{prefix}:{room}:m` the meta hash (`e` epoch, `s` last offset), `:s` the stream
 //! (entry id `<offset>-0`, field `d` the reading), `:lv` the last value per series,
-//! `:dd:<device>:<seq>` a device's recent seqs. `{prefix}:{room}:c` is its channel.
+//! `:dd:<device>:<seq>` a device's recent seqs, `:k` its keeper's lease (`keeper.rs`).
+//! `{prefix}:{room}:c` is its channel.
 
 use redis::Value;
 
@@ -14,11 +15,13 @@ use redis::Value;
 /// stream and last values), then for each reading drops a `(device, seq)` seen within
 /// the dedup TTL (answer 0), refuses a new series past the room's cap (answer -1), or
 /// takes the next offset, XADDs it with MAXLEN, updates the last value and PUBLISHes
-/// `offset:epoch:payload`. Answers `{epoch, answer per reading}`.
+/// `offset:epoch:payload`. Last it renews nothing but checks the room's keeper lease
+/// (`keeper.rs`): absent or expired, this hub takes it. Answers `{epoch, 1 if this hub
+/// is the room's keeper else 0, answer per reading}`.
 ///
-/// KEYS: meta, stream, last values. ARGV: channel, epoch if new, MAXLEN, stream TTL s,
-/// meta TTL s, dedup TTL s, dedup key prefix, max series, n, then n × (seq or "",
-/// series field, payload).
+/// KEYS: meta, stream, last values, keeper. ARGV: channel, epoch if new, MAXLEN, stream
+/// TTL s, meta TTL s, dedup TTL s, dedup key prefix, max series, node, keeper lease ms,
+/// n, then n × (seq or "", series field, payload).
 pub(crate) const PUBLISH: &str = r#"
 local epoch = redis.call('HGET', KEYS[1], 'e')
 if not epoch then
@@ -27,11 +30,11 @@ if not epoch then
   redis.call('DEL', KEYS[2], KEYS[3])
 end
 local out = {epoch}
-local n = tonumber(ARGV[9])
+local n = tonumber(ARGV[11])
 for i = 0, n - 1 do
-  local seq = ARGV[10 + i * 3]
-  local field = ARGV[11 + i * 3]
-  local payload = ARGV[12 + i * 3]
+  local seq = ARGV[12 + i * 3]
+  local field = ARGV[13 + i * 3]
+  local payload = ARGV[14 + i * 3]
   local answer
   if seq ~= '' and not redis.call('SET', ARGV[7] .. seq, '1', 'NX', 'EX', ARGV[6]) then
     answer = 0
@@ -50,6 +53,19 @@ end
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('EXPIRE', KEYS[3], ARGV[5])
 if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('EXPIRE', KEYS[2], ARGV[4]) end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local k = redis.call('HMGET', KEYS[4], 'n', 't', 'e')
+local mine = 0
+if k[1] == ARGV[9] and tonumber(k[2] or '0') >= now then
+  mine = 1
+elseif tonumber(k[2] or '0') < now then
+  if k[3] ~= epoch then redis.call('HSET', KEYS[4], 'e', epoch, 'w', 0) end
+  redis.call('HSET', KEYS[4], 'n', ARGV[9], 't', now + tonumber(ARGV[10]))
+  mine = 1
+end
+redis.call('EXPIRE', KEYS[4], ARGV[5])
+table.insert(out, 2, mine)
 return out
 "#;
 
@@ -136,11 +152,15 @@ fn split_offset(v: &str) -> Option<(u64, String)> {
     Some((off.parse().ok()?, json.to_string()))
 }
 
-/// Parses [`PUBLISH`]'s answer: the epoch and one answer per reading.
-pub(crate) fn published(v: &Value) -> Result<(String, Vec<i64>), BadAnswer> {
+/// Parses [`PUBLISH`]'s answer: the epoch, whether this hub keeps the room, and one
+/// answer per reading.
+pub(crate) fn published(v: &Value) -> Result<(String, bool, Vec<i64>), BadAnswer> {
     let all = items(v).ok_or(BadAnswer("publish: not an array"))?;
-    let (first, rest) = all.split_first().ok_or(BadAnswer("publish: empty"))?;
+    let [first, mine, rest @ ..] = all else {
+        return Err(BadAnswer("publish: too short"));
+    };
     let epoch = text(first).ok_or(BadAnswer("publish: epoch"))?;
+    let keeper = matches!(mine, Value::Int(1));
     let answers = rest
         .iter()
         .map(|a| match a {
@@ -148,7 +168,7 @@ pub(crate) fn published(v: &Value) -> Result<(String, Vec<i64>), BadAnswer> {
             _ => Err(BadAnswer("publish: offset")),
         })
         .collect::<Result<_, _>>()?;
-    Ok((epoch, answers))
+    Ok((epoch, keeper, answers))
 }
 
 /// Parses an `XRANGE` answer: (offset, reading JSON) in stream order.
@@ -256,8 +276,14 @@ mod tests {
         assert!(fetched(&Value::Array(vec![bulk("e")])).is_err());
         assert!(published(&Value::Array(vec![])).is_err());
         assert_eq!(
-            published(&Value::Array(vec![bulk("e"), Value::Int(3), Value::Int(0)])).ok(),
-            Some(("e".to_string(), vec![3, 0]))
+            published(&Value::Array(vec![
+                bulk("e"),
+                Value::Int(1),
+                Value::Int(3),
+                Value::Int(0)
+            ]))
+            .ok(),
+            Some(("e".to_string(), true, vec![3, 0]))
         );
     }
 }

@@ -30,6 +30,12 @@ pub struct ClusterConfig {
     pub meta_ttl_ms: u64,
     /// How long a device's `(device, seq)` is remembered for dropping its resends.
     pub dedup_ttl_ms: u64,
+    /// The lease of a room's keeper, the one hub that stores its readings in its history
+    /// and SQLite and answers its history queries (see `src/cluster/keeper.rs`): renewed
+    /// every quarter of it, so a dead keeper's rooms move to another hub after at most
+    /// this long. Its stream must hold that long's readings (`stream_len`), or the
+    /// new keeper cannot store what the stream trimmed meanwhile.
+    pub keeper_lease_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -43,6 +49,7 @@ impl Default for ClusterConfig {
             stream_ttl_ms: 600_000,
             meta_ttl_ms: 30 * 24 * 3_600_000,
             dedup_ttl_ms: 600_000,
+            keeper_lease_ms: 5_000,
         }
     }
 }
@@ -86,6 +93,9 @@ impl ClusterConfig {
         }
         if self.presence_ttl_ms < 1_000 {
             return Err(("cluster.presence_ttl_ms", "must be at least 1000".into()));
+        }
+        if !(1_000..=3_600_000).contains(&self.keeper_lease_ms) {
+            return Err(("cluster.keeper_lease_ms", "must be 1000 to 3600000".into()));
         }
         if !(1..=1_000_000).contains(&self.stream_len) {
             return Err(("cluster.stream_len", "must be 1 to 1000000".into()));

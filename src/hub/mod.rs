@@ -12,9 +12,11 @@
 //! - [`mailbox`]: the bounded queue of frames for one member, drained by a sink.
 //! - [`receipt`]: what a source waits for before it acknowledges readings.
 //! - [`labels`]: series' friendly names and device classes, as their source names them.
+//! - [`keeper`]: the cluster rooms whose readings this hub stores for every hub.
 
 pub(crate) mod commands;
 pub(crate) mod dedup;
+pub(crate) mod keeper;
 pub(crate) mod labels;
 pub(crate) mod mailbox;
 pub(crate) mod receipt;
@@ -71,7 +73,26 @@ struct Inner {
     labels: labels::Labels,
     /// Set once at start-up with `[cluster] redis_url`: rooms are shared through Redis.
     cluster: OnceLock<Cluster>,
+    /// The cluster rooms this hub keeps.
+    keeping: keeper::Keeping,
+    /// Set once at start-up on a cluster hub: where other hubs' history questions go to
+    /// be answered (by the API, which the hub does not know).
+    questions: OnceLock<tokio::sync::mpsc::Sender<Question>>,
 }
+
+/// Another hub's history question for a room this hub keeps ([`NodeMessage::Ask`]).
+#[derive(Debug)]
+pub(crate) struct Question {
+    pub id: u64,
+    /// The asking hub: where the answer goes.
+    pub node: String,
+    pub room: String,
+    pub what: String,
+    pub params: Vec<(String, String)>,
+}
+
+/// Questions waiting for the API at most; past it they are answered 503 `busy`.
+pub(crate) const MAX_QUESTIONS: usize = 64;
 
 /// Sees every message of readings a WebSocket device publishes, after its room took
 /// them: the MQTT bridge's `mirror`. Called outside any lock, on the device's session
@@ -208,6 +229,11 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves its value whole, so poison is harmless.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Hub {
     /// A hub with metrics of its own, for tests.
     #[cfg(test)]
@@ -235,6 +261,8 @@ impl Hub {
                 alerts: OnceLock::new(),
                 labels: labels::Labels::default(),
                 cluster: OnceLock::new(),
+                keeping: keeper::Keeping::default(),
+                questions: OnceLock::new(),
             }),
         }
     }
@@ -458,6 +486,14 @@ impl Hub {
         let _ = self.inner.cluster.set(cluster);
     }
 
+    /// Installs where other hubs' history questions go (once, at start-up); returns
+    /// their queue's receiving end.
+    pub(crate) fn take_questions(&self) -> tokio::sync::mpsc::Receiver<Question> {
+        let (tx, rx) = tokio::sync::mpsc::channel(MAX_QUESTIONS);
+        let _ = self.inner.questions.set(tx);
+        rx
+    }
+
     /// A cluster hub's publish of a WebSocket device's readings: Redis stamps, stores
     /// and PUBLISHes them in one script call, and every hub's dashboards (this one's
     /// too) get them from their subscription. Readings too far in the future are
@@ -487,9 +523,15 @@ impl Hub {
             self.inner.limits.max_series_per_room,
         );
         let hub = self.clone();
+        let (cluster, room) = (cluster.clone(), from.room.name.clone());
         let fut = async move {
             let out = match stamping.await {
-                Ok(stamped) => ClusterPublished::from_answers(&seqs, &stamped.answers),
+                Ok(stamped) => {
+                    if stamped.keeper {
+                        hub.keeper_claimed(&cluster, &room);
+                    }
+                    ClusterPublished::from_answers(&seqs, &stamped.answers)
+                }
                 Err(e) => {
                     ClusterPublished::refused(&seqs, format!("Redis did not take them ({e})"))
                 }
@@ -821,6 +863,33 @@ impl RoomSink for Hub {
                     self.answer_elsewhere(cluster, node, &refusal);
                 }
             }
+            NodeMessage::Ask {
+                id,
+                node,
+                room,
+                what,
+                params,
+            } => {
+                let question = Question {
+                    id,
+                    node: node.to_string(),
+                    room: room.to_string(),
+                    what: what.to_string(),
+                    params,
+                };
+                let queued = self
+                    .inner
+                    .questions
+                    .get()
+                    .map(|q| q.try_send(question).is_ok());
+                if queued != Some(true) {
+                    let busy = crate::cluster::keeper::Answer::busy(
+                        "the room's keeper has too many history questions waiting",
+                    );
+                    self.answer_elsewhere(cluster, node, &NodeMessage::Answer { id, answer: busy });
+                }
+            }
+            NodeMessage::Answer { id, answer } => cluster.answered(id, answer),
             NodeMessage::Replaced { room, client, conn } => {
                 let found = self.rooms().get(room).cloned();
                 if let Some(r) = found {
@@ -873,6 +942,7 @@ impl RoomSink for Hub {
     }
 
     fn deliver(&self, room: &str, offset: u64, epoch: &str, reading: &WireReading<'_>) {
+        self.keeper_offer(room, offset, epoch, reading);
         let room = self.rooms().get(room).cloned();
         if let Some(room) = room {
             let delivered = room.cluster_deliver(offset, epoch, reading, &self.inner.metrics);

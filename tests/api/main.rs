@@ -13,6 +13,7 @@ mod auth;
 mod backpressure;
 mod browser;
 mod cluster;
+mod cluster_history;
 mod dashboard;
 mod discovery;
 mod durability;

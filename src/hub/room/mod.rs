@@ -265,9 +265,14 @@ impl Room {
         }
     }
 
-    /// The same room on a cluster hub: dashboards are fed from Redis.
+    /// The same room on a cluster hub: dashboards are fed from Redis, whose offsets
+    /// are the room's (its history here, if this hub keeps the room, numbers its
+    /// records its own way).
     pub(crate) fn clustered(self) -> Room {
-        self.lock().cluster = Some(Box::default());
+        let mut st = self.lock();
+        st.cluster = Some(Box::default());
+        st.offset = 0;
+        drop(st);
         self
     }
 
