@@ -185,6 +185,7 @@ pub async fn run(
             completion.clone(),
         ));
         hub.start_keeper(cluster.clone(), shutdown.clone(), completion.clone());
+        cluster.start_broadcasts(shutdown.clone());
         cluster.start_feed(Arc::new(hub.clone()), shutdown.clone(), completion.clone());
         let members_of = hub.clone();
         cluster.start_presence(

@@ -40,6 +40,8 @@ pub(crate) trait RoomSink: Send + Sync + 'static {
     /// A presence change of `room` (on any hub, this one included), numbered `version`
     /// in the room's presence order.
     fn presence(&self, room: &str, version: u64, event: &super::presence::Event<'_>);
+    /// A frame for the dashboards of `room` (an `alert`), from the room's keeper.
+    fn room_frame(&self, room: &str, frame: &[u8]);
     /// A message another hub sent this one ([`NodeMessage`]: a command for a local
     /// device, or the answer to a local dashboard's command).
     fn node_message(&self, message: NodeMessage<'_>);
@@ -176,6 +178,10 @@ impl Cluster {
                             continue;
                         };
                         let payload = msg.get_payload_bytes();
+                        if let Some(frame) = payload.strip_prefix(b"a:") {
+                            sink.room_frame(room, frame);
+                            continue;
+                        }
                         if payload.starts_with(b"p:") {
                             match super::presence::parse(payload) {
                                 Some((version, event)) => sink.presence(room, version, &event),

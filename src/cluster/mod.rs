@@ -45,6 +45,12 @@ pub(crate) use scripts::Fetched;
 /// How long a join waits for Redis to confirm its room's subscription before the
 /// dashboard is closed with 1013 `cluster unavailable` (it reconnects and tries again).
 pub(crate) const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A frame for every hub's dashboards of a room ([`Cluster::broadcast`]).
+type RoomFrame = (Arc<str>, bytes::Bytes);
+
+/// Room frames (alerts) waiting to be PUBLISHed at most; past it one is dropped and
+/// logged.
+const BROADCAST_QUEUE: usize = 1024;
 /// How long one command (a publish, a fetch) may take before it counts as failed.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -110,6 +116,10 @@ struct Shared {
     holder: Script,
     /// History questions this hub asked other hubs and waits on.
     asks: keeper::Asks,
+    /// Frames for every hub's dashboards of a room (alerts), in order, to the task
+    /// that PUBLISHes them ([`Cluster::broadcast`]).
+    broadcasts: tokio::sync::mpsc::Sender<RoomFrame>,
+    broadcasts_rx: Mutex<Option<tokio::sync::mpsc::Receiver<RoomFrame>>>,
     /// The presence task's queue, and its scripts.
     presence: presence::Writer,
     presence_scripts: presence::Scripts,
@@ -225,6 +235,7 @@ impl Cluster {
             "Readings a room's stream trimmed before any keeper stored them (a keeper's hand-over took longer than the stream holds)",
             stats.keeper_lost.clone(),
         );
+        let (broadcasts, broadcasts_rx) = tokio::sync::mpsc::channel(BROADCAST_QUEUE);
         Ok(Cluster {
             inner: Arc::new(Shared {
                 cfg: cfg.clone(),
@@ -237,6 +248,8 @@ impl Cluster {
                 tail: Script::new(keeper::TAIL),
                 holder: Script::new(keeper::HOLDER),
                 asks: keeper::Asks::default(),
+                broadcasts,
+                broadcasts_rx: Mutex::new(Some(broadcasts_rx)),
                 presence: presence::Writer::default(),
                 presence_scripts: presence::Scripts::default(),
                 presence_now: Notify::new(),
@@ -419,6 +432,52 @@ impl Cluster {
             .await?;
         self.inner.stats.repairs.inc();
         Ok(scripts::stream_entries(&v)?)
+    }
+
+    /// Queues `frame` (an `alert`) for the dashboards of `room` on every hub, this one
+    /// included: PUBLISHed on the room's channel as `a:<frame>` in the order queued, and
+    /// fanned out by each hub from its subscription. Never waits; a full queue drops it
+    /// (logged).
+    pub(crate) fn broadcast(&self, room: &Arc<str>, frame: bytes::Bytes) {
+        if self
+            .inner
+            .broadcasts
+            .try_send((room.clone(), frame))
+            .is_err()
+        {
+            tracing::warn!(%room, "cluster: room broadcast queue full; an alert frame was not sent to other hubs");
+        }
+    }
+
+    /// Runs the task behind [`Cluster::broadcast`] until shutdown.
+    pub(crate) fn start_broadcasts(&self, mut shutdown: crate::shutdown::Shutdown) {
+        let Some(mut rx) = lock(&self.inner.broadcasts_rx).take() else {
+            return;
+        };
+        let cluster = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let (room, frame) = tokio::select! {
+                    m = rx.recv() => match m {
+                        Some(m) => m,
+                        None => return,
+                    },
+                    _ = shutdown.recv() => return,
+                };
+                let mut payload = Vec::with_capacity(frame.len() + 2);
+                payload.extend_from_slice(b"a:");
+                payload.extend_from_slice(&frame);
+                let mut con = cluster.inner.cmd.clone();
+                let sent = redis::cmd("PUBLISH")
+                    .arg(cluster.channel(&room))
+                    .arg(payload)
+                    .query_async::<i64>(&mut con)
+                    .await;
+                if let Err(e) = sent {
+                    tracing::warn!(%room, error = %e, "cluster: an alert frame could not be published");
+                }
+            }
+        });
     }
 
     /// Takes a seat in `room`'s subscription (subscribing if it is the first).

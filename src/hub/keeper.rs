@@ -17,6 +17,8 @@ use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use super::{lock, Hub};
+use crate::alerts::eval::RoomAlerts;
+use crate::alerts::Alerts;
 use crate::cluster::keeper::{Tail, TAIL_BATCH};
 use crate::cluster::{Cluster, Seat, WireReading};
 use crate::shutdown::{Completion, Shutdown};
@@ -38,6 +40,9 @@ struct Kept {
     /// Holds the room's subscription, whose readings wake the reader.
     _seat: Seat,
     history: Arc<RoomHistory>,
+    /// The room's alert instances, with rules in force: evaluated here, on the one hub
+    /// that records the room's readings, so each transition happens once per cluster.
+    alerts: Option<Arc<std::sync::Mutex<RoomAlerts>>>,
     /// The epoch read and the last offset recorded in it (`None` until the first read).
     reading: Option<Position>,
     /// Offsets recorded but not yet committed by the store, with their tickets.
@@ -109,6 +114,36 @@ fn record(history: &RoomHistory, reading: &WireReading<'_>) -> Stored {
     }
 }
 
+/// Steps the room's alert instances with a reading just recorded; each transition is
+/// recorded (store, sinks: once per cluster) and its frame goes to the room's
+/// dashboards on every hub.
+fn evaluate(engine: Option<&Alerts>, k: &Kept, cluster: &Cluster, room: &str, r: &WireReading<'_>) {
+    let (Some(engine), Some(room_alerts)) = (engine, &k.alerts) else {
+        return;
+    };
+    let rules = engine.rules();
+    if rules.rules.is_empty() {
+        return;
+    }
+    let device: Arc<str> = r.device.as_ref().into();
+    let mut transitions = Vec::new();
+    crate::alerts::lock(room_alerts).observe(
+        &rules,
+        &device,
+        &r.metric,
+        (r.value, r.ts, crate::clock::now_ms()),
+        &mut transitions,
+    );
+    if transitions.is_empty() {
+        return;
+    }
+    let room: Arc<str> = room.into();
+    for t in &transitions {
+        engine.record(t);
+        cluster.broadcast(&room, crate::alerts::frame(t));
+    }
+}
+
 /// How often the reader goes over every kept room: a quarter of the lease.
 fn period(cluster_lease_ms: u64) -> Duration {
     Duration::from_millis((cluster_lease_ms / 4).max(100))
@@ -129,6 +164,7 @@ impl Hub {
             Kept {
                 _seat: cluster.seat(room),
                 history: self.inner.history.room(room),
+                alerts: self.inner.alerts.get().map(|a| a.room(room)),
                 reading: None,
                 pending: VecDeque::new(),
                 dirty: true,
@@ -170,6 +206,9 @@ impl Hub {
         };
         if next && !k.dirty {
             let stored = record(&k.history, r);
+            if let (Stored::Kept(_), Some(c)) = (&stored, self.inner.cluster.get()) {
+                evaluate(self.inner.alerts.get(), k, c, room, r);
+            }
             if !matches!(stored, Stored::Refused) {
                 if let Stored::Kept(Some(t)) = stored {
                     k.pending.push_back((offset, t));
@@ -299,7 +338,11 @@ impl Hub {
                     continue;
                 }
             };
-            match record(&k.history, &reading) {
+            let outcome = record(&k.history, &reading);
+            if let Stored::Kept(_) = outcome {
+                evaluate(self.inner.alerts.get(), k, cluster, room, &reading);
+            }
+            match outcome {
                 Stored::Refused => {
                     refused = true;
                     break;

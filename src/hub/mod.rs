@@ -135,6 +135,9 @@ pub(crate) struct Membership {
     /// A cluster dashboard's hold on its room's Redis subscription, and the `since`
     /// its join still has to read Redis for ([`Membership::cluster_join`]).
     cluster: Option<(Seat, Option<OwnedSince>)>,
+    /// A cluster WebSocket device's hold on its room's subscription: the presence
+    /// changes it is told of come through it.
+    _device_seat: Option<Seat>,
 }
 
 /// A `since` and its `epoch`, kept past the upgrade for a cluster dashboard's join.
@@ -359,6 +362,10 @@ impl Hub {
             )),
             _ => None,
         };
+        let device_seat = match (self.inner.cluster.get(), role, via) {
+            (Some(c), Role::Device, Via::Ws) => Some(c.seat(&room.name)),
+            _ => None,
+        };
         Ok(Membership {
             hub: self.clone(),
             room,
@@ -369,6 +376,7 @@ impl Hub {
             mailbox,
             catching_up: AtomicBool::new(catching_up),
             cluster,
+            _device_seat: device_seat,
         })
     }
 
@@ -602,15 +610,17 @@ impl Hub {
         };
         for t in alerts.tick(now_ms()) {
             alerts.record(&t);
-            let room = self.rooms().get(&*t.room).cloned();
-            if let Some(room) = room {
-                room.broadcast(crate::alerts::frame(&t), &self.inner.metrics);
-            }
+            self.broadcast(&t.room, crate::alerts::frame(&t));
         }
     }
 
-    /// Queues `frame` for every dashboard of `room`, if the hub holds it.
+    /// Queues `frame` for every dashboard of `room`: of this hub, or with `[cluster]`
+    /// of every hub (through Redis, this hub's own included).
     pub(crate) fn broadcast(&self, room: &str, frame: crate::net::ws::frames::Frame) {
+        if let Some(c) = self.inner.cluster.get() {
+            c.broadcast(&Arc::from(room), frame);
+            return;
+        }
         let room = self.rooms().get(room).cloned();
         if let Some(room) = room {
             room.broadcast(frame, &self.inner.metrics);
@@ -926,6 +936,13 @@ impl RoomSink for Hub {
                     r.tell(dashboard, conn, frame, &self.inner.metrics);
                 }
             }
+        }
+    }
+
+    fn room_frame(&self, room: &str, frame: &[u8]) {
+        let room = self.rooms().get(room).cloned();
+        if let Some(room) = room {
+            room.broadcast(bytes::Bytes::copy_from_slice(frame), &self.inner.metrics);
         }
     }
 

@@ -915,3 +915,33 @@ async fn two_hubs_bridging_one_broker_publish_each_mqtt_reading_once_and_route_i
         (&json!(id), &json!("valve"), &json!(true))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_is_told_of_devices_joining_and_leaving_on_other_hubs() {
+    // Arrange: a device on hub 1, which is told of devices only (the default).
+    let redis = Redis::start();
+    let h1 = cluster_hub(&redis, "hub1", &[]);
+    let h2 = cluster_hub(&redis, "hub2", &[]);
+    let mut valve = device(&h1, "plant", "valve").await;
+    wait_for_members(&redis, "plant", 1).await;
+
+    // Act: a dashboard, then a device join on hub 2; the device leaves.
+    let (_dash, _) = dashboard(&h2, "plant", "dash", "").await;
+    let pump = device(&h2, "plant", "pump").await;
+    wait_for_members(&redis, "plant", 3).await;
+    let joined = presence_within(&mut valve, 500).await;
+    drop(pump);
+    let left = presence_within(&mut valve, 1000).await;
+
+    // Assert: the device's join and leave, once each; not the dashboard's.
+    assert_eq!(
+        joined,
+        vec![("join".into(), "pump".into(), "device".into())],
+        "{joined:?}"
+    );
+    assert_eq!(
+        left,
+        vec![("leave".into(), "pump".into(), "device".into())],
+        "{left:?}"
+    );
+}

@@ -13,7 +13,7 @@ mod auth;
 mod backpressure;
 mod browser;
 mod cluster;
-mod cluster_history;
+mod cluster_keeper;
 mod dashboard;
 mod discovery;
 mod durability;

@@ -142,6 +142,14 @@ impl ClusterRoom {
     }
 
     /// Forgets a connection that left or was replaced, live or still joining.
+    /// Queues `frame` (an `alert`) for the live dashboards.
+    pub(super) fn broadcast(&self, frame: Frame, metrics: &Metrics) {
+        for s in &self.live {
+            deliver(&s.mailbox, frame.clone(), metrics);
+        }
+        metrics.frames_out(self.live.len());
+    }
+
     pub(super) fn forget(&mut self, conn: u64) {
         self.live.retain(|s| s.conn != conn);
         self.joining.retain(|j| j.conn != conn);
@@ -350,6 +358,7 @@ impl Room {
         metrics: &Metrics,
     ) -> usize {
         let mut st = self.lock();
+        let st = &mut *st;
         let Some(cr) = st.cluster.as_deref_mut() else {
             return 0;
         };
@@ -369,6 +378,18 @@ impl Room {
                 deliver(&s.mailbox, frame.clone(), metrics);
                 sent += 1;
             }
+        }
+        // This hub's devices are told as on one hub (every device's join and leave,
+        // dashboards' with `?presence=all`), in Redis's order. They are not closed on
+        // a missed change: their welcome's roster is this hub's, and the next change
+        // of the same member tells them of it.
+        for m in st
+            .members
+            .told_of(event.client, event.role)
+            .filter(|m| m.role == Role::Device)
+        {
+            deliver(&m.mailbox, frame.clone(), metrics);
+            sent += 1;
         }
         metrics.frames_out(sent);
         for j in &mut cr.joining {

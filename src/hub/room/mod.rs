@@ -289,6 +289,9 @@ impl Room {
             deliver(mailbox, frame.clone(), metrics);
         }
         metrics.frames_out(st.subscribers.len());
+        if let Some(cr) = &st.cluster {
+            cr.broadcast(frame, metrics);
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, RoomState> {

@@ -1,6 +1,6 @@
-//! History on a cluster (`cluster/keeper.rs`): one hub per room, its keeper, stores the
-//! room's readings, and every hub's `/history`, `/series` and plots answer what the
-//! keeper holds. Real hub processes on a real `redis-server`; the stores are the hubs'
+//! A room's keeper on a cluster (`cluster/keeper.rs`): one hub per room stores the
+//! room's readings and evaluates its alert rules, and every hub's `/history`, `/series`
+//! and plots answer what the keeper holds. Real hub processes on a real `redis-server`; the stores are the hubs'
 //! own SQLite files, read back here to count every reading once.
 
 use std::collections::BTreeMap;
@@ -228,4 +228,65 @@ async fn a_killed_keeper_s_room_is_kept_by_another_hub_and_no_reading_goes_unsto
     );
     let twice = all.values().filter(|&&n| n > 1).count();
     assert_eq!(twice, 0, "the watermark was current: {first:?} {second:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_on_a_cluster_room_fires_once_and_reaches_dashboards_on_every_hub() {
+    // Arrange: one rule on three hubs; the device on hub 1 (the keeper).
+    let redis = Redis::start();
+    let rules = r#"
+[[alerts.rules]]
+id = "hot"
+metric = "t"
+above = 10.0
+"#;
+    let hubs: Vec<Hub> = ["hub1", "hub2", "hub3"]
+        .iter()
+        .map(|n| cluster_process(&redis, n).config(rules).start())
+        .collect();
+    let (mut d2, _) = dashboard(&hubs[1], "plant", "d2", "").await;
+    let (mut d3, _) = dashboard(&hubs[2], "plant", "d3", "").await;
+    let mut dev = device(&hubs[0], "plant", "sensor").await;
+
+    // Act: below, above (fires), above again (still firing), below (resolves).
+    for (seq, value) in [(1, 5.0), (2, 12.0), (3, 13.0), (4, 4.0)] {
+        dev.reading("t", value, seq).await;
+        dev.recv_type("accepted").await;
+    }
+
+    // Assert: each dashboard gets the firing and the resolution once, after the
+    // readings that caused them.
+    for d in [&mut d2, &mut d3] {
+        let mut seen = Vec::new();
+        while seen.len() < 6 {
+            let v = d.recv_json().await;
+            match v["type"].as_str() {
+                Some("reading") => seen.push(format!("reading {}", v["value"])),
+                Some("alert") => seen.push(format!("{} {} {}", v["rule"], v["state"], v["value"])),
+                _ => {}
+            }
+        }
+        // Readings in order; each alert after the reading that caused it (later
+        // readings may come first: the keeper publishes it once it has recorded it).
+        let readings: Vec<&String> = seen.iter().filter(|s| s.starts_with("reading")).collect();
+        assert_eq!(
+            readings,
+            ["reading 5.0", "reading 12.0", "reading 13.0", "reading 4.0"]
+        );
+        let at = |item: &str| seen.iter().position(|s| s == item).expect(item);
+        assert!(
+            at("\"hot\" \"firing\" 12.0") > at("reading 12.0"),
+            "{seen:?}"
+        );
+        assert!(
+            at("\"hot\" \"resolved\" 4.0") > at("reading 4.0"),
+            "{seen:?}"
+        );
+        // And nothing more: no second evaluation of the same readings.
+        let mut extra = Vec::new();
+        while let crate::helpers::Polled::Json(v) = d.poll_json(Duration::from_millis(300)).await {
+            extra.push(v);
+        }
+        assert!(extra.is_empty(), "{extra:?}");
+    }
 }
